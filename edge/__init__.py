@@ -1,0 +1,1 @@
+"""The edge device runtime, SDK and fleet simulator."""

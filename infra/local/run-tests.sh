@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make test`: lint, start the stack if it is not already up, run every test, and stop
+# what this script started. Exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+VENV=${QFLARE_VENV:-${QFLARE_CACHE_DIR:-/var/cache/qflare}/venv}
+BIN="$VENV/bin"
+
+paths=()
+for p in qflare services edge tests bench; do [ -e "$p" ] && paths+=("$p"); done
+"$BIN/ruff" check "${paths[@]}" || exit 1
+"$BIN/ruff" format --check "${paths[@]}" || exit 1
+"$BIN/mypy" "${paths[@]}" || exit 1
+
+started=0
+if ! "$BIN/qflare" stack status >/dev/null 2>&1; then
+  "$BIN/qflare" stack up || exit 1
+  started=1
+fi
+stop_stack() { if [ "$started" = 1 ]; then "$BIN/qflare" stack down; fi; }
+trap stop_stack EXIT
+
+"$BIN/python" -m pytest "$@"

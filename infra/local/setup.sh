@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Idempotent set-up of a development/CI machine: Debian packages, the Python venv and
+# the project's dependencies. The Kafka jars and the Elasticsearch zip are fetched by
+# `qflare stack up` itself. A second run only checks and exits within seconds.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CACHE_DIR=${QFLARE_CACHE_DIR:-/var/cache/qflare}
+VENV=${QFLARE_VENV:-$CACHE_DIR/venv}
+PYTHON=${QFLARE_PYTHON:-python3.11}
+
+log() { printf '[setup] %s\n' "$*"; }
+
+missing=()
+command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || missing+=(maven)
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
+command -v unzip >/dev/null || missing+=(unzip)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+command -v "$PYTHON" >/dev/null || { echo "[setup] $PYTHON not found; QFLARE needs Python 3.11" >&2; exit 1; }
+mkdir -p "$CACHE_DIR"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating venv $VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+
+# Reinstall dependencies only when pyproject.toml changed. pip leaves satisfied
+# requirements alone, so a large wheel already in the venv is never fetched again.
+stamp="$VENV/.qflare-deps"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Python dependencies into $VENV"
+  "$VENV/bin/pip" install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+# The venv is shared between clones: point the editable install at this one.
+here=$(pwd -P)
+if [ "$("$VENV/bin/python" -c 'import qflare,os;print(os.path.dirname(os.path.dirname(os.path.realpath(qflare.__file__))))' 2>/dev/null)" != "$here" ]; then
+  log "linking $here into the venv"
+  "$VENV/bin/pip" install -q --no-deps -e .
+fi
+log "ready: $VENV"

@@ -1,0 +1,1 @@
+"""Independent QFLARE services. Each talks to the others only through Kafka topics."""

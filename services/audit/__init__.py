@@ -1,0 +1,1 @@
+"""The audit service: one independent process that talks to the others only through Kafka."""
