@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from qflare.crypto.cli import keys_app
 from qflare.demo import demo
 from qflare.stack.cli import app as stack_app
 
@@ -13,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(stack_app, name="stack")
+app.add_typer(keys_app, name="keys")
 app.command(name="demo")(demo)
 
 

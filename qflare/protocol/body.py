@@ -1,0 +1,220 @@
+"""The base of every typed message body, and strict field readers for ``from_body``.
+
+Each body is a frozen dataclass that turns itself into a msgpack-ready map
+(``to_body``) and back (``from_body``). ``from_body`` goes through ``Fields``,
+which refuses wrong types, out-of-range values and unexpected keys, and names
+the offending field in every ``SchemaError``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from typing import Any, ClassVar, Self
+
+from qflare.errors import SchemaError
+from qflare.protocol.tensors import MAX_NDIM, Tensor, decode_tensor
+
+#: Ids of devices, jobs and services: printable, no spaces, safe in logs and Kafka keys.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
+_INT64_MAX = (1 << 63) - 1
+
+Scalar = str | int | float | bool | None
+
+
+class Body(ABC):
+    """A typed payload. ``TYPE`` is the envelope's ``type`` string."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+
+    @abstractmethod
+    def to_body(self) -> dict[str, Any]:
+        """The msgpack map for this body (str keys; bins may be memoryviews)."""
+
+    @classmethod
+    @abstractmethod
+    def from_body(cls, data: object) -> Self:
+        """Validate a decoded msgpack map and build the body, or raise ``SchemaError``."""
+
+    def all_tensors(self) -> tuple[Tensor, ...]:
+        """Tensors carried by this body, for finiteness checks."""
+        return ()
+
+    def claimed_key(self) -> tuple[str, bytes] | None:
+        """(owner, public key) for bodies that introduce their own signing key."""
+        return None
+
+
+class Fields:
+    """Reads one map strictly. Call ``done()`` last to refuse unknown keys."""
+
+    def __init__(self, data: object, where: str = "body") -> None:
+        if not isinstance(data, dict):
+            raise SchemaError(f"expected a map, got {type(data).__name__}", field=where)
+        self._data: dict[str, object] = data
+        self._where = where
+        self._seen: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self._where}.{key}"
+
+    def _get(self, key: str) -> object:
+        # Every key is required, optional ones included (as nil): one canonical form per body.
+        self._seen.add(key)
+        if key not in self._data:
+            raise SchemaError("required field is missing", field=self._name(key))
+        return self._data[key]
+
+    def done(self) -> None:
+        extra = sorted(set(self._data) - self._seen)
+        if extra:
+            raise SchemaError(f"unexpected field(s) {', '.join(extra)}", field=self._name(extra[0]))
+
+    def integer(self, key: str, *, lo: int = 0, hi: int = _INT64_MAX) -> int:
+        value = self._get(key)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise SchemaError(f"expected an integer, got {type(value).__name__}", field=self._name(key))
+        if not lo <= value <= hi:
+            raise SchemaError(f"{value} is outside [{lo}, {hi}]", field=self._name(key))
+        return value
+
+    def opt_integer(self, key: str, *, lo: int = 0, hi: int = _INT64_MAX) -> int | None:
+        if self._get(key) is None:
+            return None
+        return self.integer(key, lo=lo, hi=hi)
+
+    def number(self, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
+        value = self._get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SchemaError(f"expected a number, got {type(value).__name__}", field=self._name(key))
+        out = float(value)
+        if not math.isfinite(out) or not lo <= out <= hi:
+            raise SchemaError(f"{out} is not finite or outside [{lo}, {hi}]", field=self._name(key))
+        return out
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key)
+        if not isinstance(value, bool):
+            raise SchemaError(f"expected a bool, got {type(value).__name__}", field=self._name(key))
+        return value
+
+    def text(self, key: str, *, max_len: int = 1024, pattern: re.Pattern[str] | None = None) -> str:
+        value = self._get(key)
+        if not isinstance(value, str):
+            raise SchemaError(f"expected a str, got {type(value).__name__}", field=self._name(key))
+        if len(value) > max_len:
+            raise SchemaError(f"longer than {max_len} characters", field=self._name(key))
+        if pattern is not None and not pattern.fullmatch(value):
+            raise SchemaError(f"does not match {pattern.pattern}", field=self._name(key))
+        return value
+
+    def id(self, key: str) -> str:
+        return self.text(key, max_len=128, pattern=ID_PATTERN)
+
+    def opt_id(self, key: str) -> str | None:
+        if self._get(key) is None:
+            return None
+        return self.id(key)
+
+    def opt_text(self, key: str, *, max_len: int = 1024) -> str | None:
+        if self._get(key) is None:
+            return None
+        return self.text(key, max_len=max_len)
+
+    def choice(self, key: str, allowed: Collection[str]) -> str:
+        value = self.text(key, max_len=64)
+        if value not in allowed:
+            raise SchemaError(f"{value!r} is not one of {sorted(allowed)}", field=self._name(key))
+        return value
+
+    def blob(self, key: str, *, size: int | None = None, max_len: int = 1 << 20) -> bytes:
+        value = self._get(key)
+        if not isinstance(value, bytes | memoryview):
+            raise SchemaError(f"expected bin, got {type(value).__name__}", field=self._name(key))
+        if size is not None and len(value) != size:
+            raise SchemaError(f"expected {size} bytes, got {len(value)}", field=self._name(key))
+        if len(value) > max_len:
+            raise SchemaError(f"longer than {max_len} bytes", field=self._name(key))
+        return bytes(value)
+
+    def view(self, key: str) -> memoryview:
+        """A bin field without copying it (for bulk data)."""
+        value = self._get(key)
+        if not isinstance(value, bytes | memoryview):
+            raise SchemaError(f"expected bin, got {type(value).__name__}", field=self._name(key))
+        return memoryview(value)
+
+    def opt_blob(self, key: str, *, size: int) -> bytes | None:
+        if self._get(key) is None:
+            return None
+        return self.blob(key, size=size)
+
+    def ids(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise SchemaError(f"expected an array, got {type(value).__name__}", field=self._name(key))
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not ID_PATTERN.fullmatch(item):
+                raise SchemaError("expected an id string", field=f"{self._name(key)}[{i}]")
+            out.append(item)
+        return tuple(out)
+
+    def digests(self, key: str) -> tuple[bytes, ...]:
+        """An array of 32-byte bins (SHA-256 values)."""
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise SchemaError(f"expected an array, got {type(value).__name__}", field=self._name(key))
+        for i, item in enumerate(value):
+            if not isinstance(item, bytes | memoryview) or len(item) != 32:
+                raise SchemaError("expected bin of 32 bytes", field=f"{self._name(key)}[{i}]")
+        return tuple(bytes(item) for item in value)
+
+    def _map(self, key: str) -> dict[str, object]:
+        value = self._get(key)
+        if not isinstance(value, dict):
+            raise SchemaError(f"expected a map, got {type(value).__name__}", field=self._name(key))
+        return value
+
+    def str_map(self, key: str) -> dict[str, str]:
+        out = self._map(key)
+        for k, v in out.items():
+            if not isinstance(v, str):
+                raise SchemaError(f"expected a str, got {type(v).__name__}", field=f"{self._name(key)}.{k}")
+        return out  # type: ignore[return-value]
+
+    def float_map(self, key: str) -> dict[str, float]:
+        raw = self._map(key)
+        out: dict[str, float] = {}
+        for k, v in raw.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise SchemaError("expected a finite number", field=f"{self._name(key)}.{k}")
+            out[k] = float(v)
+        return out
+
+    def scalar_map(self, key: str) -> dict[str, Scalar]:
+        out = self._map(key)
+        for k, v in out.items():
+            if v is not None and not isinstance(v, str | int | float | bool):
+                raise SchemaError(
+                    f"expected a scalar, got {type(v).__name__}", field=f"{self._name(key)}.{k}"
+                )
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SchemaError("expected a finite number", field=f"{self._name(key)}.{k}")
+        return out  # type: ignore[return-value]
+
+    def tensors(self, key: str, *, max_ndim: int = MAX_NDIM) -> tuple[Tensor, ...]:
+        value = self._get(key)
+        if not isinstance(value, list):
+            raise SchemaError(f"expected an array, got {type(value).__name__}", field=self._name(key))
+        out = tuple(
+            decode_tensor(item, where=f"{self._name(key)}[{i}]", max_ndim=max_ndim)
+            for i, item in enumerate(value)
+        )
+        names = [t.name for t in out]
+        if len(set(names)) != len(names):
+            raise SchemaError("tensor names must be unique", field=self._name(key))
+        return out

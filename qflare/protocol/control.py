@@ -1,0 +1,121 @@
+"""Bodies for operations: audit events and job commands."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+from qflare.errors import SchemaError
+from qflare.protocol.body import Body, Fields, Scalar
+
+SEVERITIES = frozenset({"info", "warning", "error", "critical"})
+JOB_COMMANDS = frozenset({"start", "pause", "resume", "stop"})
+REGISTRY_COMMANDS = frozenset({"issue_tokens", "revoke", "rotate_key"})
+#: Commands that act on one device and so must name it.
+_DEVICE_COMMANDS = frozenset({"revoke", "rotate_key"})
+_EVENT = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent(Body):
+    """Something security- or operations-relevant happened (e.g. a message was rejected)."""
+
+    TYPE: ClassVar[str] = "audit_event"
+    event: str
+    severity: str
+    source: str
+    reason: str = ""
+    subject: str | None = None
+    #: Id of the message the event is about, when there is one.
+    ref_id: bytes | None = None
+    detail: dict[str, Scalar] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "severity": self.severity,
+            "source": self.source,
+            "reason": self.reason,
+            "subject": self.subject,
+            "ref_id": self.ref_id,
+            "detail": self.detail,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        out = cls(
+            event=f.text("event", pattern=_EVENT),
+            severity=f.choice("severity", SEVERITIES),
+            source=f.id("source"),
+            reason=f.text("reason", max_len=1024),
+            subject=f.opt_text("subject", max_len=256),
+            ref_id=f.opt_blob("ref_id", size=16),
+            detail=f.scalar_map("detail"),
+        )
+        f.done()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class JobCommand(Body):
+    """Start, pause, resume or stop a training job."""
+
+    TYPE: ClassVar[str] = "job_command"
+    job_id: str
+    command: str
+    config: dict[str, Scalar] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "command": self.command, "config": self.config}
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        out = cls(f.id("job_id"), f.choice("command", JOB_COMMANDS), f.scalar_map("config"))
+        f.done()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryCommand(Body):
+    """An operator instruction to the registry, signed with an operator key.
+
+    ``issue_tokens`` carries SHA-256 hashes of new enrolment tokens (never the
+    tokens), ``revoke`` retires ``device_id``, ``rotate_key`` lets ``device_id``
+    enrol a new key until ``expires_ms``.
+    """
+
+    TYPE: ClassVar[str] = "registry_command"
+    command: str
+    device_id: str | None
+    token_hashes: tuple[bytes, ...] = ()
+    expires_ms: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "command": self.command,
+            "device_id": self.device_id,
+            "token_hashes": list(self.token_hashes),
+            "expires_ms": self.expires_ms,
+            "labels": self.labels,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        command = f.choice("command", REGISTRY_COMMANDS)
+        out = cls(
+            command,
+            f.opt_id("device_id"),
+            f.digests("token_hashes"),
+            f.integer("expires_ms"),
+            f.str_map("labels"),
+        )
+        f.done()
+        if (command in _DEVICE_COMMANDS) != (out.device_id is not None):
+            need = "needs" if command in _DEVICE_COMMANDS else "takes no"
+            raise SchemaError(f"{command!r} {need} device_id", field="body.device_id")
+        return out

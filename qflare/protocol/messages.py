@@ -1,0 +1,71 @@
+"""The chunk body, and the registry of every body type by its envelope ``type``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from qflare.protocol.body import Body, Fields
+from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
+from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, Heartbeat
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChunk(Body):
+    """One slice of a body too large for one record (see ``qflare.protocol.chunks``).
+
+    ``size`` and ``digest`` describe the whole reassembled body; ``offset`` places
+    this slice in it. The envelope's ``chunk`` field carries stream/index/count.
+    """
+
+    TYPE: ClassVar[str] = "model_chunk"
+    inner_type: str
+    size: int
+    offset: int
+    digest: bytes
+    data: bytes | memoryview
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "inner_type": self.inner_type,
+            "size": self.size,
+            "offset": self.offset,
+            "digest": self.digest,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        out = cls(
+            inner_type=f.choice("inner_type", CHUNKABLE),
+            size=f.integer("size", lo=1),
+            offset=f.integer("offset"),
+            digest=f.blob("digest", size=32),
+            data=f.view("data"),
+        )
+        f.done()
+        return out
+
+
+BODY_TYPES: dict[str, type[Body]] = {
+    cls.TYPE: cls
+    for cls in (
+        Enrollment,
+        Heartbeat,
+        Device,
+        DeviceHealth,
+        Deregistration,
+        RoundTask,
+        GlobalModel,
+        ModelChunk,
+        ModelUpdate,
+        RoundComplete,
+        AuditEvent,
+        JobCommand,
+        RegistryCommand,
+    )
+}
+#: Types whose bodies may be split into chunks (anything but a chunk itself).
+CHUNKABLE = frozenset(BODY_TYPES) - {ModelChunk.TYPE}

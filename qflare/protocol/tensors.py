@@ -1,0 +1,145 @@
+"""Tensors on the wire: ``{name, dtype, shape, data}`` with raw little-endian C-order bytes.
+
+Decoding never copies: ``data`` arrives as a memoryview into the received
+record and becomes a read-only ``numpy.frombuffer`` array over the same memory.
+Such arrays may be unaligned (their offset inside the record is arbitrary);
+numpy handles that, and callers that need alignment or writability copy.
+
+bfloat16 has no numpy dtype, so it travels with the tag ``"bf16"`` and is held
+in memory as its raw 16-bit patterns (``<u2``); ``bf16_to_float32`` widens it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from qflare.errors import NonFiniteTensorError, SchemaError, TensorError
+
+#: wire tag -> in-memory numpy dtype. Only these tags are accepted.
+DTYPES: dict[str, np.dtype[Any]] = {
+    "<f4": np.dtype("<f4"),
+    "<f2": np.dtype("<f2"),
+    "bf16": np.dtype("<u2"),
+    "|i1": np.dtype("|i1"),
+    "|u1": np.dtype("|u1"),
+}
+_FLOAT_TAGS = frozenset({"<f4", "<f2"})
+_KEYS = frozenset({"name", "dtype", "shape", "data"})
+_MAX_DIM = (1 << 31) - 1
+#: More dimensions than any layer needs; bounds the shape array a peer can send.
+MAX_NDIM = 8
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Tensor:
+    """A named array plus its wire dtype tag (which differs from ``array.dtype`` only for bf16)."""
+
+    name: str
+    dtype: str
+    array: NDArray[Any]
+
+    def __eq__(self, other: object) -> bool:
+        # Bitwise, so NaN payloads and -0.0 compare the way the wire sees them.
+        if not isinstance(other, Tensor):
+            return NotImplemented
+        return (self.name, self.dtype, self.array.shape) == (
+            other.name,
+            other.dtype,
+            other.array.shape,
+        ) and self.array.tobytes() == other.array.tobytes()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def of(cls, name: str, array: NDArray[Any]) -> Tensor:
+        """Wrap ``array``, picking the tag from its dtype (byte order normalised to little-endian)."""
+        for tag, dtype in DTYPES.items():
+            if tag != "bf16" and array.dtype.kind == dtype.kind and array.dtype.itemsize == dtype.itemsize:
+                return cls(name, tag, np.asarray(array, dtype=dtype))
+        raise TensorError(f"unsupported dtype {array.dtype}; use one of {sorted(DTYPES)}", field=name)
+
+    @classmethod
+    def bf16(cls, name: str, array: NDArray[Any]) -> Tensor:
+        """Round a float array to bfloat16 (nearest even) and wrap it."""
+        return cls(name, "bf16", float32_to_bf16(array))
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise TensorError(f"unsupported dtype {self.dtype!r}", field=f"{self.name}.dtype")
+        if self.array.dtype != DTYPES[self.dtype]:
+            raise TensorError(
+                f"array dtype {self.array.dtype} does not match tag {self.dtype}", field=self.name
+            )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The tensor map; ``data`` is a zero-copy view of the array (copied only if not C-contiguous)."""
+        flat = np.ascontiguousarray(self.array).reshape(-1)
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": [int(d) for d in self.array.shape],
+            "data": memoryview(flat.view(np.uint8).data),
+        }
+
+    def check_finite(self, where: str = "tensor") -> None:
+        """Raise ``NonFiniteTensorError`` if a float tensor holds NaN or +-inf."""
+        if self.array.size == 0:
+            return
+        if self.dtype == "bf16":
+            # all-ones exponent marks inf/NaN in bfloat16
+            if bool(np.any((self.array & 0x7F80) == 0x7F80)):
+                raise NonFiniteTensorError("contains NaN or infinity", field=f"{where}.data")
+        elif self.dtype in _FLOAT_TAGS and not (
+            # min/max propagate NaN and expose +-inf, and allocate nothing (isfinite would).
+            np.isfinite(self.array.min()) and np.isfinite(self.array.max())
+        ):
+            raise NonFiniteTensorError("contains NaN or infinity", field=f"{where}.data")
+
+
+def decode_tensor(obj: object, *, where: str, max_ndim: int = MAX_NDIM) -> Tensor:
+    """Build a tensor from its decoded map without copying ``data``."""
+    if not isinstance(obj, dict):
+        raise SchemaError(f"expected a tensor map, got {type(obj).__name__}", field=where)
+    if set(obj) != _KEYS:
+        odd = sorted(set(obj) ^ _KEYS)
+        raise SchemaError(f"tensor keys must be exactly {sorted(_KEYS)}", field=f"{where}.{odd[0]}")
+    name, tag, shape, data = obj["name"], obj["dtype"], obj["shape"], obj["data"]
+    if not isinstance(name, str) or not 0 < len(name) <= 256:
+        raise SchemaError("expected a str of 1..256 characters", field=f"{where}.name")
+    if not isinstance(tag, str) or tag not in DTYPES:
+        raise TensorError(f"dtype must be one of {sorted(DTYPES)}", field=f"{where}.dtype")
+    if not isinstance(shape, list) or len(shape) > max_ndim:
+        raise TensorError(f"shape must be an array of at most {max_ndim} dims", field=f"{where}.shape")
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= _MAX_DIM:
+            raise TensorError(f"bad dimension {dim!r}", field=f"{where}.shape")
+        count *= dim
+    if not isinstance(data, memoryview | bytes):
+        raise SchemaError(f"expected bin, got {type(data).__name__}", field=f"{where}.data")
+    dtype = DTYPES[tag]
+    if count * dtype.itemsize != len(data):
+        raise TensorError(
+            f"shape {shape} of {tag} needs {count * dtype.itemsize} bytes, got {len(data)}",
+            field=f"{where}.data",
+        )
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    return Tensor(name, tag, array)
+
+
+def float32_to_bf16(array: NDArray[Any]) -> NDArray[np.uint16]:
+    """bfloat16 bit patterns of ``array`` (round to nearest, ties to even; NaN stays NaN)."""
+    bits = np.ascontiguousarray(array, dtype="<f4").view("<u4")
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    out = np.where(nan, (bits >> 16) | 0x0040, rounded)
+    return out.astype("<u2")
+
+
+def bf16_to_float32(bits: NDArray[Any]) -> NDArray[np.float32]:
+    """Widen bfloat16 bit patterns to float32 (exact)."""
+    return (np.asarray(bits, dtype="<u2").astype("<u4") << 16).view("<f4")

@@ -1,0 +1,181 @@
+"""Bodies of a training round: task, global model, update, completion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+from qflare.protocol.body import Body, Fields, Scalar
+from qflare.protocol.tensors import Tensor
+
+ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed"})
+
+
+@dataclass(frozen=True, slots=True)
+class RoundTask(Body):
+    """The scheduler opens a round for the selected devices."""
+
+    TYPE: ClassVar[str] = "round_task"
+    job_id: str
+    round: int
+    model_version: int
+    strategy: str
+    devices: tuple[str, ...]
+    deadline_ms: int
+    min_updates: int
+    config: dict[str, Scalar] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "round": self.round,
+            "model_version": self.model_version,
+            "strategy": self.strategy,
+            "devices": list(self.devices),
+            "deadline_ms": self.deadline_ms,
+            "min_updates": self.min_updates,
+            "config": self.config,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        out = cls(
+            job_id=f.id("job_id"),
+            round=f.integer("round"),
+            model_version=f.integer("model_version"),
+            strategy=f.id("strategy"),
+            devices=f.ids("devices"),
+            deadline_ms=f.integer("deadline_ms"),
+            min_updates=f.integer("min_updates", lo=1),
+            config=f.scalar_map("config"),
+        )
+        f.done()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalModel(Body):
+    """A version of a job's global model (compacted topic; usually chunked)."""
+
+    TYPE: ClassVar[str] = "model"
+    job_id: str
+    version: int
+    tensors: tuple[Tensor, ...]
+    round: int | None = None
+    metadata: dict[str, Scalar] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "version": self.version,
+            "round": self.round,
+            "tensors": [t.to_wire() for t in self.tensors],
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        out = cls(
+            job_id=f.id("job_id"),
+            version=f.integer("version"),
+            round=f.opt_integer("round"),
+            tensors=f.tensors("tensors"),
+            metadata=f.scalar_map("metadata"),
+        )
+        f.done()
+        return out
+
+    def all_tensors(self) -> tuple[Tensor, ...]:
+        return self.tensors
+
+
+@dataclass(frozen=True, slots=True)
+class ModelUpdate(Body):
+    """A device's locally trained weights for one round."""
+
+    TYPE: ClassVar[str] = "model_update"
+    job_id: str
+    round: int
+    device_id: str
+    base_version: int
+    num_examples: int
+    tensors: tuple[Tensor, ...]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "round": self.round,
+            "device_id": self.device_id,
+            "base_version": self.base_version,
+            "num_examples": self.num_examples,
+            "tensors": [t.to_wire() for t in self.tensors],
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        out = cls(
+            job_id=f.id("job_id"),
+            round=f.integer("round"),
+            device_id=f.id("device_id"),
+            base_version=f.integer("base_version"),
+            num_examples=f.integer("num_examples"),
+            tensors=f.tensors("tensors"),
+            metrics=f.float_map("metrics"),
+        )
+        f.done()
+        return out
+
+    def all_tensors(self) -> tuple[Tensor, ...]:
+        return self.tensors
+
+
+@dataclass(frozen=True, slots=True)
+class RoundComplete(Body):
+    """The aggregator closes a round and names the resulting model version."""
+
+    TYPE: ClassVar[str] = "round_complete"
+    job_id: str
+    round: int
+    status: str
+    model_version: int
+    num_updates: int
+    num_examples: int
+    included: tuple[str, ...] = ()
+    #: SHA-256 of the new model's body, so anyone can check what they fetched.
+    model_digest: bytes | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "round": self.round,
+            "status": self.status,
+            "model_version": self.model_version,
+            "num_updates": self.num_updates,
+            "num_examples": self.num_examples,
+            "included": list(self.included),
+            "model_digest": self.model_digest,
+            "metrics": self.metrics,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data)
+        out = cls(
+            job_id=f.id("job_id"),
+            round=f.integer("round"),
+            status=f.choice("status", ROUND_STATUSES),
+            model_version=f.integer("model_version"),
+            num_updates=f.integer("num_updates"),
+            num_examples=f.integer("num_examples"),
+            included=f.ids("included"),
+            model_digest=f.opt_blob("model_digest", size=32),
+            metrics=f.float_map("metrics"),
+        )
+        f.done()
+        return out

@@ -1,0 +1,293 @@
+"""A strict msgpack subset: reader with limits and zero-copy bins, writer with shortest forms.
+
+Why not ``msgpack.unpackb``: it copies every bin into a new ``bytes`` and then
+hands back whatever it parsed. Here every length is checked against the limit
+*and* against the bytes actually left before anything is allocated, bins come
+back as ``memoryview`` slices of the input (so tensors decode with no copy), and
+the accepted subset is exactly what the protocol uses: nil, bool, int, float,
+str (UTF-8), bin, array, and maps with unique str keys. Ext types are refused.
+
+The writer emits the shortest encoding of every value (what ``msgpack.packb``
+does too) and returns large bins as separate buffer parts, so a body can be
+hashed and framed into a record with a single copy of its tensor data.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from qflare.errors import LimitError, SchemaError
+
+#: Bins at least this large are passed through as their own part, not copied.
+_ZERO_COPY_MIN = 4096
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_FIXED = {
+    0xCC: struct.Struct(">B"),
+    0xCD: struct.Struct(">H"),
+    0xCE: struct.Struct(">I"),
+    0xCF: struct.Struct(">Q"),
+    0xD0: struct.Struct(">b"),
+    0xD1: struct.Struct(">h"),
+    0xD2: struct.Struct(">i"),
+    0xD3: struct.Struct(">q"),
+    0xCA: struct.Struct(">f"),
+    0xCB: struct.Struct(">d"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WireLimits:
+    max_bytes: int
+    max_depth: int
+    max_array_len: int
+    max_map_len: int
+    max_str_len: int
+    max_bin_len: int
+
+
+class _Reader:
+    __slots__ = ("buf", "limits", "path", "pos")
+
+    def __init__(self, buf: memoryview, limits: WireLimits, root: str) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.limits = limits
+        self.path = [root] if root else []
+
+    def where(self) -> str:
+        # "body.tensors[0].data": keys joined by dots, array indexes appended.
+        out = "".join(p if p.startswith("[") else f".{p}" for p in self.path).lstrip(".")
+        return out or "$"
+
+    def need(self, n: int) -> None:
+        if n > len(self.buf) - self.pos:
+            raise SchemaError(f"truncated: needs {n} more bytes at offset {self.pos}", field=self.where())
+
+    def length(self, size: int) -> int:
+        self.need(size)
+        n = (_U16 if size == 2 else _U32).unpack_from(self.buf, self.pos)[0]
+        self.pos += size
+        return int(n)
+
+    def value(self, depth: int) -> object:
+        self.need(1)
+        b = self.buf[self.pos]
+        self.pos += 1
+        if b <= 0x7F:
+            return b
+        if b >= 0xE0:
+            return b - 0x100
+        if 0xA0 <= b <= 0xBF:
+            return self.text(b & 0x1F)
+        if 0x90 <= b <= 0x9F:
+            return self.array(b & 0x0F, depth)
+        if 0x80 <= b <= 0x8F:
+            return self.map(b & 0x0F, depth)
+        if b == 0xC0:
+            return None
+        if b == 0xC2:
+            return False
+        if b == 0xC3:
+            return True
+        fixed = _FIXED.get(b)
+        if fixed is not None:
+            self.need(fixed.size)
+            out = fixed.unpack_from(self.buf, self.pos)[0]
+            self.pos += fixed.size
+            return out
+        if b in (0xD9, 0xDA, 0xDB):
+            return self.text(self.byte() if b == 0xD9 else self.length(2 if b == 0xDA else 4))
+        if b in (0xC4, 0xC5, 0xC6):
+            return self.binary(self.byte() if b == 0xC4 else self.length(2 if b == 0xC5 else 4))
+        if b in (0xDC, 0xDD):
+            return self.array(self.length(2 if b == 0xDC else 4), depth)
+        if b in (0xDE, 0xDF):
+            return self.map(self.length(2 if b == 0xDE else 4), depth)
+        raise SchemaError(f"msgpack type byte 0x{b:02x} is not allowed", field=self.where())
+
+    def byte(self) -> int:
+        self.need(1)
+        self.pos += 1
+        return self.buf[self.pos - 1]
+
+    def text(self, n: int) -> str:
+        if n > self.limits.max_str_len:
+            raise LimitError(f"string of {n} bytes exceeds {self.limits.max_str_len}", field=self.where())
+        self.need(n)
+        try:
+            out = str(self.buf[self.pos : self.pos + n], "utf-8")
+        except UnicodeDecodeError as exc:
+            raise SchemaError("string is not valid UTF-8", field=self.where()) from exc
+        self.pos += n
+        return out
+
+    def binary(self, n: int) -> memoryview:
+        if n > self.limits.max_bin_len:
+            raise LimitError(f"bin of {n} bytes exceeds {self.limits.max_bin_len}", field=self.where())
+        self.need(n)
+        self.pos += n
+        return self.buf[self.pos - n : self.pos]
+
+    def enter(self, depth: int) -> None:
+        if depth >= self.limits.max_depth:
+            raise LimitError(f"nesting deeper than {self.limits.max_depth}", field=self.where())
+
+    def array(self, n: int, depth: int) -> list[object]:
+        if n > self.limits.max_array_len:
+            raise LimitError(f"array of {n} items exceeds {self.limits.max_array_len}", field=self.where())
+        self.need(n)  # every item takes at least one byte: bounds the list before it exists
+        self.enter(depth)
+        out: list[object] = []
+        for i in range(n):
+            self.path.append(f"[{i}]")
+            out.append(self.value(depth + 1))
+            self.path.pop()
+        return out
+
+    def map(self, n: int, depth: int) -> dict[str, object]:
+        if n > self.limits.max_map_len:
+            raise LimitError(f"map of {n} entries exceeds {self.limits.max_map_len}", field=self.where())
+        self.need(2 * n)
+        self.enter(depth)
+        out: dict[str, object] = {}
+        for _ in range(n):
+            key = self.value(depth + 1)
+            if not isinstance(key, str):
+                raise SchemaError(f"map key must be a str, got {type(key).__name__}", field=self.where())
+            if key in out:
+                raise SchemaError(f"duplicate map key {key!r}", field=self.where())
+            self.path.append(key)
+            out[key] = self.value(depth + 1)
+            self.path.pop()
+        return out
+
+
+def unpack(data: bytes | bytearray | memoryview, limits: WireLimits, *, root: str = "") -> object:
+    """Decode exactly one value filling all of ``data``; bins are views into ``data``."""
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    if len(view) > limits.max_bytes:
+        raise LimitError(f"{len(view)} bytes exceeds {limits.max_bytes}", field=root or "$")
+    reader = _Reader(view, limits, root)
+    value = reader.value(0)
+    if reader.pos != len(view):
+        raise SchemaError(f"{len(view) - reader.pos} trailing bytes after the value", field=root or "$")
+    return value
+
+
+# --- writer ---------------------------------------------------------------
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _head(out: bytearray, n: int, fix: int | None, fix_max: int, c8: int | None, c16: int, c32: int) -> None:
+    if fix is not None and n <= fix_max:
+        out.append(fix | n)
+    elif c8 is not None and n <= 0xFF:
+        out += bytes((c8, n))
+    elif n <= 0xFFFF:
+        out.append(c16)
+        out += _U16.pack(n)
+    elif n <= 0xFFFFFFFF:
+        out.append(c32)
+        out += _U32.pack(n)
+    else:
+        raise LimitError(f"length {n} does not fit msgpack")
+
+
+def _int(out: bytearray, v: int) -> None:
+    if 0 <= v <= 0x7F or -32 <= v < 0:
+        out.append(v & 0xFF)
+    elif v >= 0:
+        for code in (0xCC, 0xCD, 0xCE, 0xCF):
+            if v < 1 << (8 * _FIXED[code].size):
+                out.append(code)
+                out += _FIXED[code].pack(v)
+                return
+        raise LimitError(f"integer {v} does not fit msgpack")
+    else:
+        for code in (0xD0, 0xD1, 0xD2, 0xD3):
+            if v >= -(1 << (8 * _FIXED[code].size - 1)):
+                out.append(code)
+                out += _FIXED[code].pack(v)
+                return
+        raise LimitError(f"integer {v} does not fit msgpack")
+
+
+def _write(obj: object, out: bytearray, parts: list[Buffer]) -> None:
+    if obj is None:
+        out.append(0xC0)
+    elif obj is True or obj is False:
+        out.append(0xC3 if obj else 0xC2)
+    elif isinstance(obj, int):
+        _int(out, obj)
+    elif isinstance(obj, float):
+        out.append(0xCB)
+        out += _FIXED[0xCB].pack(obj)
+    elif isinstance(obj, str):
+        raw = obj.encode("utf-8")
+        _head(out, len(raw), 0xA0, 31, 0xD9, 0xDA, 0xDB)
+        out += raw
+    elif isinstance(obj, bytes | bytearray | memoryview):
+        view = memoryview(obj).cast("B") if isinstance(obj, memoryview) else obj
+        _head(out, len(view), None, 0, 0xC4, 0xC5, 0xC6)
+        if len(view) >= _ZERO_COPY_MIN:
+            parts.append(bytes(out))
+            out.clear()
+            parts.append(view)
+        else:
+            out += view
+    elif isinstance(obj, Mapping):
+        _head(out, len(obj), 0x80, 15, None, 0xDE, 0xDF)
+        for key, value in obj.items():
+            _write(key, out, parts)
+            _write(value, out, parts)
+    elif isinstance(obj, Sequence):
+        _head(out, len(obj), 0x90, 15, None, 0xDC, 0xDD)
+        for item in obj:
+            _write(item, out, parts)
+    else:
+        raise SchemaError(f"cannot encode {type(obj).__name__}")
+
+
+def map_header(n: int) -> bytes:
+    out = bytearray()
+    _head(out, n, 0x80, 15, None, 0xDE, 0xDF)
+    return bytes(out)
+
+
+def bin_header(n: int) -> bytes:
+    out = bytearray()
+    _head(out, n, None, 0, 0xC4, 0xC5, 0xC6)
+    return bytes(out)
+
+
+def pack_entries(entries: Sequence[tuple[str, object]]) -> bytes:
+    """Map entries (key, value, key, value, ...) without the map header, for splicing."""
+    out = bytearray()
+    parts: list[Buffer] = []
+    for key, value in entries:
+        _write(key, out, parts)
+        _write(value, out, parts)
+    parts.append(bytes(out))
+    return b"".join(parts)
+
+
+def pack_parts(obj: object) -> list[Buffer]:
+    """Encode ``obj`` as a list of buffers whose concatenation is its msgpack form."""
+    out = bytearray()
+    parts: list[Buffer] = []
+    _write(obj, out, parts)
+    if out:
+        parts.append(bytes(out))
+    return parts
+
+
+def pack(obj: object) -> bytes:
+    """Encode ``obj`` to shortest-form msgpack (byte-identical to ``msgpack.packb``)."""
+    return b"".join(pack_parts(obj))

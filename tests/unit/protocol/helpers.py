@@ -1,0 +1,92 @@
+"""Shared test data: fixed keys, one valid body of every type, raw record builders."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from qflare.crypto import Signer, signature_backend
+from qflare.crypto.base import MLKEM768_PUBLIC_KEY_BYTES
+from qflare.protocol import Body, Decoder, KeyRing, Tensor
+from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
+from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, Heartbeat
+from qflare.protocol.envelope import Chunk, Header, encode_envelope, new_message_id
+from qflare.protocol.messages import ModelChunk
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+
+NOW = 1_750_000_000_000
+SENDER = "dev-1"
+SIGNER: Signer = signature_backend().signer_from_seed(bytes(range(32)))
+OTHER: Signer = signature_backend().signer_from_seed(bytes(range(1, 33)))
+
+
+def ring() -> KeyRing:
+    keys = KeyRing()
+    keys.add(SENDER, SIGNER.public_key)
+    keys.add("dev-2", OTHER.public_key)
+    return keys
+
+
+def decoder(**options: Any) -> Decoder:
+    options.setdefault("clock", lambda: NOW)
+    return Decoder(ring(), **options)
+
+
+def small_tensors() -> tuple[Tensor, ...]:
+    return (
+        Tensor.of("w", np.arange(6, dtype=np.float32).reshape(2, 3)),
+        Tensor.of("b", np.array([0.5, -1.0], dtype=np.float16)),
+        Tensor.of("q", np.array([-3, 7], dtype=np.int8)),
+    )
+
+
+def sample_bodies() -> list[Body]:
+    """One valid instance of every body type."""
+    pk = SIGNER.public_key
+    return [
+        Enrollment(
+            "dev-1", pk, kem_public_key=b"\x01" * MLKEM768_PUBLIC_KEY_BYTES, token="t", labels={"a": "b"}
+        ),
+        Heartbeat("dev-1", 7, "training", {"cpu": 0.5}),
+        Device("dev-1", "active", pk, enrolled_ms=NOW - 10, updated_ms=NOW, labels={"zone": "eu"}),
+        DeviceHealth("dev-1", "online", NOW),
+        Deregistration("dev-1", "retired"),
+        RoundTask("job-1", 3, 2, "fedavg", ("dev-1", "dev-2"), NOW + 60_000, 1, {"lr": 0.01, "epochs": 1}),
+        GlobalModel("job-1", 2, small_tensors(), round=2, metadata={"arch": "cnn"}),
+        ModelUpdate("job-1", 3, "dev-1", 2, 600, small_tensors(), {"loss": 0.25}),
+        RoundComplete("job-1", 3, "completed", 3, 2, 1200, ("dev-1",), b"\x02" * 32, {"acc": 0.9}),
+        AuditEvent("message.rejected", "warning", "aggregator", "signature", "dev-9", b"\x03" * 16, {"n": 1}),
+        JobCommand("job-1", "start", {"rounds": 10}),
+        RegistryCommand("issue_tokens", None, (b"\x06" * 32, b"\x07" * 32), NOW + 3_600_000, {"site": "lab"}),
+        ModelChunk("model_update", 100, 0, b"\x04" * 32, b"\x05" * 10),
+    ]
+
+
+def raw_record(
+    body: bytes,
+    *,
+    type_: str = "heartbeat",
+    signer: Signer = SIGNER,
+    sender: str = SENDER,
+    ts_ms: int = NOW,
+    round_: int | None = None,
+    chunk: Chunk | None = None,
+    msg_id: bytes | None = None,
+    digest: bytes | None = None,
+) -> bytes:
+    """A correctly signed record around arbitrary body bytes (the body need not be valid)."""
+    header = Header(
+        v=1,
+        type=type_,
+        id=msg_id or new_message_id(ts_ms),
+        sender=sender,
+        key_id=signer.key_id,
+        ts_ms=ts_ms,
+        round=round_,
+        body_digest=digest or hashlib.sha256(body).digest(),
+        chunk=chunk,
+        sig_alg=signer.alg,
+    )
+    return encode_envelope(header, [body], signer.sign(header.signing_bytes()))

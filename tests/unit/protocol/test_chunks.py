@@ -1,0 +1,203 @@
+"""Chunking and reassembly: order independence, duplicates, memory and time bounds, tampering."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pytest
+
+from qflare.errors import ChunkError, ChunkTimeoutError, LimitError, ReplayError, SchemaError
+from qflare.protocol import Limits, Reassembler, Tensor, seal_chunked, wire
+from qflare.protocol.devices import Heartbeat
+from qflare.protocol.envelope import Chunk, new_message_id
+from qflare.protocol.messages import ModelChunk
+from qflare.protocol.training import ModelUpdate
+from tests.unit.protocol.helpers import NOW, OTHER, SENDER, SIGNER, decoder, raw_record
+
+
+def _update(n: int = 50_000) -> ModelUpdate:
+    rng = np.random.default_rng(1)
+    tensors = (Tensor.of("w", rng.standard_normal(n).astype(np.float32)),)
+    return ModelUpdate("job-1", 2, SENDER, 1, 100, tensors, {"loss": 1.0})
+
+
+def _chunks(update: ModelUpdate, chunk_bytes: int = 30_000) -> list[bytes]:
+    return seal_chunked(update, SIGNER, sender=SENDER, round=2, ts_ms=NOW, chunk_bytes=chunk_bytes)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_small_bodies_are_not_chunked() -> None:
+    records = seal_chunked(Heartbeat(SENDER, 1), SIGNER, sender=SENDER, ts_ms=NOW)
+    assert len(records) == 1
+    d = decoder()
+    msg = Reassembler(d).feed(d.decode(records[0]))
+    assert msg is not None and msg.body == Heartbeat(SENDER, 1)
+
+
+def test_chunks_reassemble_in_any_order_with_duplicates() -> None:
+    update = _update()
+    records = _chunks(update)
+    assert len(records) == 7
+    shuffled = records + records[:3]
+    random.Random(4).shuffle(shuffled)
+    d = decoder()
+    r = Reassembler(d)
+    done = []
+    seen: set[bytes] = set()
+    for record in shuffled:
+        if record in seen:  # a redelivered record is the decoder's to refuse
+            with pytest.raises(ReplayError):
+                d.decode(record)
+            continue
+        seen.add(record)
+        out = r.feed(d.decode(record))
+        if out is not None:
+            done.append(out)
+    assert len(done) == 1
+    msg = done[0]
+    assert msg.body == update
+    assert msg.header.type == "model_update"
+    assert msg.header.chunk is None
+    assert msg.header.round == 2
+    assert r.streams == 0 and r.bytes_in_flight == 0
+
+
+def test_duplicate_chunk_of_an_open_or_finished_stream_is_ignored() -> None:
+    records = _chunks(_update())
+    d = decoder()
+    r = Reassembler(d)
+    first = d.decode(records[0])
+    assert r.feed(first) is None
+    assert r.feed(first) is None
+    for record in records[1:]:
+        out = r.feed(d.decode(record))
+    assert out is not None
+    assert r.feed(first) is None  # stream already completed
+    assert r.streams == 0
+
+
+def test_stream_limit_and_bytes_in_flight() -> None:
+    d = decoder()
+    r = Reassembler(d, max_streams=1)
+    assert r.feed(d.decode(_chunks(_update())[0])) is None
+    with pytest.raises(LimitError) as info:
+        r.feed(d.decode(_chunks(_update())[0]))
+    assert info.value.field == "chunk.stream"
+    r = Reassembler(d, max_streams_per_sender=1)
+    assert r.feed(d.decode(_chunks(_update())[0])) is None
+    with pytest.raises(LimitError) as info:
+        r.feed(d.decode(_chunks(_update())[0]))
+    assert "open streams" in str(info.value)
+    other = seal_chunked(_update(), OTHER, sender="dev-2", ts_ms=NOW, chunk_bytes=30_000)
+    assert r.feed(d.decode(other[0])) is None
+    r = Reassembler(d, max_bytes_in_flight=100_000)
+    with pytest.raises(LimitError) as info:
+        r.feed(d.decode(_chunks(_update(30_000))[0]))
+    assert info.value.field == "body.size"
+    assert r.bytes_in_flight == 0
+
+
+def test_stale_streams_are_evicted_and_reported() -> None:
+    clock = Clock()
+    d = decoder(clock=clock, max_age_ms=None)
+    r = Reassembler(d, timeout_ms=1000)
+    records = _chunks(_update())
+    assert r.feed(d.decode(records[0])) is None
+    assert r.bytes_in_flight > 0
+    clock.now += 1000
+    assert r.drain_timeouts() == []
+    clock.now += 1
+    evicted = r.drain_timeouts()
+    assert len(evicted) == 1 and isinstance(evicted[0], ChunkTimeoutError)
+    assert r.streams == 0 and r.bytes_in_flight == 0
+    assert d.rejected["chunk_timeout"] == 1
+    assert r.drain_timeouts() == []
+
+
+def _chunk_record(body: ModelChunk, stream: bytes, index: int, count: int) -> bytes:
+    return raw_record(wire.pack(body.to_body()), type_="model_chunk", chunk=Chunk(stream, index, count))
+
+
+def test_chunks_that_disagree_drop_the_stream() -> None:
+    stream = new_message_id(NOW)
+    d = decoder()
+    r = Reassembler(d)
+    digest = b"\x00" * 32
+    assert (
+        r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 20, 0, digest, b"a" * 10), stream, 0, 2)))
+        is None
+    )
+    with pytest.raises(ChunkError) as info:
+        r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 21, 10, digest, b"b" * 11), stream, 1, 2)))
+    assert info.value.field == "body.size"
+    assert r.streams == 0
+
+
+def test_reassembled_body_must_match_the_digest() -> None:
+    stream = new_message_id(NOW)
+    d = decoder()
+    r = Reassembler(d)
+    wrong = hashlib.sha256(b"something else").digest()
+    r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 20, 0, wrong, b"a" * 10), stream, 0, 2)))
+    with pytest.raises(ChunkError) as info:
+        r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 20, 10, wrong, b"b" * 10), stream, 1, 2)))
+    assert info.value.field == "body.digest"
+
+
+def test_slice_past_the_end_and_disallowed_inner_type() -> None:
+    d = decoder()
+    r = Reassembler(d)
+    digest = b"\x00" * 32
+    with pytest.raises(ChunkError) as info:
+        r.feed(
+            d.decode(
+                _chunk_record(ModelChunk("heartbeat", 20, 15, digest, b"a" * 10), new_message_id(NOW), 0, 2)
+            )
+        )
+    assert info.value.field == "body.offset"
+    only_updates = decoder(allowed_types={"model_chunk", "model_update"})
+    r = Reassembler(only_updates)
+    record = _chunk_record(ModelChunk("heartbeat", 20, 0, digest, b"a" * 10), new_message_id(NOW), 0, 2)
+    with pytest.raises(SchemaError) as schema:
+        r.feed(only_updates.decode(record))
+    assert schema.value.field == "body.inner_type"
+
+
+def test_inner_body_is_validated_after_reassembly() -> None:
+    inner = wire.pack({"device_id": SENDER})  # a heartbeat missing most fields
+    digest = hashlib.sha256(inner).digest()
+    stream = new_message_id(NOW)
+    d = decoder()
+    with pytest.raises(SchemaError):
+        Reassembler(d).feed(
+            d.decode(_chunk_record(ModelChunk("heartbeat", len(inner), 0, digest, inner), stream, 0, 1))
+        )
+
+
+def test_seal_chunked_limits() -> None:
+    with pytest.raises(LimitError):
+        seal_chunked(_update(), SIGNER, sender=SENDER, chunk_bytes=0)
+    with pytest.raises(LimitError) as info:
+        seal_chunked(_update(), SIGNER, sender=SENDER, chunk_bytes=1000, limits=Limits(max_chunks=10))
+    assert info.value.field == "chunk.count"
+    with pytest.raises(LimitError):
+        seal_chunked(
+            _update(), SIGNER, sender=SENDER, chunk_bytes=1000, limits=Limits(max_message_bytes=1000)
+        )
+
+
+def test_default_limits_send_the_fedavg_cnn_in_one_record() -> None:
+    update = _update(1_663_370)
+    records = seal_chunked(update, SIGNER, sender=SENDER, ts_ms=NOW)
+    assert len(records) == 1
+    assert len(records[0]) <= Limits().max_record_bytes
+    assert decoder().decode(records[0]).body == update

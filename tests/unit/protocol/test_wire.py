@@ -1,0 +1,132 @@
+"""The strict msgpack subset: agreement with msgpack, limits, refusals, zero copy."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qflare.errors import LimitError, ProtocolError, SchemaError
+from qflare.protocol import wire
+
+LIMITS = wire.WireLimits(
+    max_bytes=1 << 20, max_depth=8, max_array_len=1000, max_map_len=100, max_str_len=1000, max_bin_len=1 << 16
+)
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=300)
+    | st.binary(max_size=300)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=10), inner, max_size=10),
+    max_leaves=40,
+)
+
+
+def _plain(obj: object) -> object:
+    """Bins come back as memoryviews; compare them as bytes."""
+    if isinstance(obj, memoryview):
+        return bytes(obj)
+    if isinstance(obj, list):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+@given(values)
+def test_pack_matches_msgpack_and_roundtrips(obj: object) -> None:
+    packed = wire.pack(obj)
+    assert packed == msgpack.packb(obj, use_bin_type=True)
+    assert _plain(wire.unpack(packed, LIMITS)) == obj
+
+
+def test_large_bins_are_passed_through_without_copy() -> None:
+    data = b"x" * 10_000
+    parts = wire.pack_parts({"data": data})
+    assert any(p is data for p in parts)
+    view = memoryview(data)
+    assert any(isinstance(p, memoryview) and p.obj is data for p in wire.pack_parts([view]))
+    assert b"".join(parts) == msgpack.packb({"data": data})
+
+
+def test_unpacked_bins_are_views_of_the_input() -> None:
+    record = msgpack.packb({"data": b"y" * 100})
+    value = wire.unpack(record, LIMITS)
+    assert isinstance(value, dict)
+    view = value["data"]
+    assert isinstance(view, memoryview)
+    assert view.obj is record
+
+
+def test_floats_of_both_widths_decode() -> None:
+    assert wire.unpack(msgpack.packb(1.5, use_single_float=True), LIMITS) == 1.5
+    assert math.isnan(float(wire.unpack(msgpack.packb(float("nan")), LIMITS)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (msgpack.packb([[[[[[[[[1]]]]]]]]]), LimitError),  # depth 9 > 8
+        (msgpack.packb(list(range(1001))), LimitError),
+        (msgpack.packb({str(i): i for i in range(101)}), LimitError),
+        (msgpack.packb("x" * 1001), LimitError),
+        (msgpack.packb(b"x" * 70_000), LimitError),
+        (b"\xdd\xff\xff\xff\xff", LimitError),  # array32 declaring 4 billion items
+        (b"\xdf\xff\xff\xff\xff", LimitError),  # map32
+        (b"\xdb\xff\xff\xff\xff", LimitError),  # str32
+        (b"\xc6\xff\xff\xff\xff", LimitError),  # bin32
+        (b"\xdc\x03\xe8", SchemaError),  # array16 of 1000 items, no items present
+        (b"\xc6\x00\x00\x00\x10abc", SchemaError),  # bin shorter than declared
+        (b"\xd4\x01\x00", SchemaError),  # fixext: not allowed
+        (b"\xc7\x01\x01\x00", SchemaError),  # ext8
+        (b"\xc1", SchemaError),  # never-used byte
+        (b"", SchemaError),
+        (b"\xcd\x01", SchemaError),  # truncated uint16
+        (b"\x81\x01\x02", SchemaError),  # non-str key
+        (b"\x82\xa1a\x01\xa1a\x02", SchemaError),  # duplicate key
+        (b"\xa2\xff\xfe", SchemaError),  # invalid UTF-8
+        (b"\x01\x02", SchemaError),  # trailing byte
+    ],
+)
+def test_bad_input_raises_typed_errors(data: bytes, error: type[ProtocolError]) -> None:
+    with pytest.raises(error):
+        wire.unpack(data, LIMITS)
+
+
+def test_total_size_limit_is_checked_first() -> None:
+    tight = wire.WireLimits(10, 8, 10, 10, 10, 10)
+    with pytest.raises(LimitError) as info:
+        wire.unpack(b"\xc0" * 11, tight, root="body")
+    assert info.value.field == "body"
+
+
+def test_errors_name_the_path() -> None:
+    bad = b"\x81\xa5outer\x81\xa5inner\x92\x01\xa2\xff\xfe"
+    with pytest.raises(SchemaError) as info:
+        wire.unpack(bad, LIMITS, root="body")
+    assert info.value.field == "body.outer.inner[1]"
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        wire.unpack(data, LIMITS)
+
+
+def test_writer_refuses_unencodable_values() -> None:
+    with pytest.raises(SchemaError):
+        wire.pack(object())
+    with pytest.raises(LimitError):
+        wire.pack(1 << 64)
+    with pytest.raises(LimitError):
+        wire.pack(-(1 << 63) - 1)

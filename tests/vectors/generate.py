@@ -1,0 +1,196 @@
+"""Regenerate tests/vectors/envelopes.json: fixed keys and fields -> exact bytes.
+
+Run from the repository root: ``python tests/vectors/generate.py``.
+
+Everything is deterministic except the ML-DSA signatures: signing is hedged
+(randomised, as FIPS 204 recommends) and the backend offers no deterministic
+mode, so each run records a different valid signature, and so a different
+``sig`` and ``envelope``. Everything else must come out byte-identical, which
+tests/unit/protocol/test_vectors.py checks against ``build()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from qflare.crypto import generate_key, kem_backend  # noqa: E402
+from qflare.crypto.base import ML_KEM_768  # noqa: E402
+from qflare.protocol import Body, Tensor, wire  # noqa: E402
+from qflare.protocol.devices import Enrollment, Heartbeat  # noqa: E402
+from qflare.protocol.envelope import Chunk, Header, encode_envelope  # noqa: E402
+from qflare.protocol.messages import ModelChunk  # noqa: E402
+from qflare.protocol.training import ModelUpdate  # noqa: E402
+
+OUT = Path(__file__).with_name("envelopes.json")
+SEED = bytes(range(32))  # 00 01 02 ... 1f
+KEM_SEED = bytes(range(64))  # 00 01 ... 3f
+DEVICE_SEED = bytes(range(32, 64))
+TS = 1_750_000_000_000
+
+
+def fixed_id(ts_ms: int, n: int) -> bytes:
+    """A UUIDv7 with fixed 'random' bits, so ids are reproducible."""
+    rand = int.from_bytes(hashlib.sha256(b"qflare-vector-%d" % n).digest()[:10], "big")
+    value = ts_ms << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
+    return value.to_bytes(16, "big")
+
+
+def view(obj: object) -> object:
+    """JSON rendering of a decoded body: bins become {"bin": hex}."""
+    if isinstance(obj, bytes | memoryview):
+        return {"bin": bytes(obj).hex()}
+    if isinstance(obj, list):
+        return [view(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: view(v) for k, v in obj.items()}
+    return obj
+
+
+def _envelope(name: str, header: Header, body: bytes, signer_key: Any) -> dict[str, Any]:
+    signing = header.signing_bytes()
+    sig = signer_key.signer().sign(signing)
+    chunk = header.chunk
+    limits = wire.WireLimits(1 << 20, 16, 1000, 100, 1000, 1 << 20)
+    return {
+        "name": name,
+        "header": {
+            "v": header.v,
+            "type": header.type,
+            "id": header.id.hex(),
+            "sender": header.sender,
+            "key_id": header.key_id.hex(),
+            "ts_ms": header.ts_ms,
+            "round": header.round,
+            "body_digest": header.body_digest.hex(),
+            "chunk": None
+            if chunk is None
+            else {"stream": chunk.stream.hex(), "index": chunk.index, "count": chunk.count},
+            "sig_alg": header.sig_alg,
+        },
+        "body_view": view(wire.unpack(body, limits)),
+        "body": body.hex(),
+        "signing_bytes": signing.hex(),
+        "sig": sig.hex(),
+        "envelope": encode_envelope(header, [body], sig).hex(),
+    }
+
+
+def _header(type_: str, n: int, body: bytes, key: Any, sender: str, **kw: Any) -> Header:
+    return Header(
+        v=1,
+        type=type_,
+        id=fixed_id(TS, n),
+        sender=sender,
+        key_id=key.key_id,
+        ts_ms=TS,
+        round=kw.get("round"),
+        body_digest=hashlib.sha256(body).digest(),
+        chunk=kw.get("chunk"),
+        sig_alg="ML-DSA-65",
+    )
+
+
+def _update() -> ModelUpdate:
+    tensors = (
+        Tensor.of("conv.w", np.array([[0.5, -1.25], [2.0, 0.0]], dtype=np.float32)),
+        Tensor.of("conv.b", np.array([1.5], dtype=np.float16)),
+        Tensor.bf16("fc.w", np.array([1.0, -2.0, 3.5], dtype=np.float32)),
+        Tensor.of("q", np.array([-128, 0, 127], dtype=np.int8)),
+        Tensor.of("mask", np.array([[0, 255]], dtype=np.uint8)),
+    )
+    return ModelUpdate("job-1", 7, "dev-1", 6, 600, tensors, {"loss": 0.125})
+
+
+def build() -> dict[str, Any]:
+    key = generate_key(seed=SEED)
+    device = generate_key(seed=DEVICE_SEED)
+    kem_public = kem_backend().public_key_from_seed(KEM_SEED)
+    # Encapsulation randomness is internal to the backend: the ciphertext is one
+    # recorded output, and decapsulating it with the seed is deterministic.
+    encap = kem_backend().encapsulate(kem_public)
+    envelopes: list[dict[str, Any]] = []
+
+    def add(name: str, type_: str, body: Body | bytes, signer: Any, sender: str, **kw: Any) -> None:
+        raw = body if isinstance(body, bytes) else wire.pack(body.to_body())
+        header = _header(type_, len(envelopes), raw, signer, sender, **kw)
+        envelopes.append(_envelope(name, header, raw, signer))
+
+    add("heartbeat", "heartbeat", Heartbeat("dev-1", 42, "training", {"cpu": 0.5}), key, "dev-1")
+    add("model_update", "model_update", _update(), key, "dev-1", round=7)
+    whole = wire.pack(_update().to_body())
+    digest = hashlib.sha256(whole).digest()
+    stream = fixed_id(TS, 100)
+    half = (len(whole) + 1) // 2
+    for index in range(2):
+        piece = ModelChunk(
+            "model_update", len(whole), index * half, digest, whole[index * half : (index + 1) * half]
+        )
+        add(
+            f"model_chunk_{index}", "model_chunk", piece, key, "dev-1", round=7, chunk=Chunk(stream, index, 2)
+        )
+    enrol = Enrollment(
+        "dev-2", device.public_key, kem_public_key=kem_public, token=None, labels={"site": "lab"}
+    )
+    add("enrollment_self_signed", "enrollment", enrol, device, "dev-2")
+
+    base = envelopes[0]
+    tampered_sig = bytearray.fromhex(base["envelope"])
+    tampered_sig[-1] ^= 0x01
+    v2 = bytearray.fromhex(base["envelope"])
+    v2[v2.index(b"\xa1v\x01") + 2] = 0x02
+    body_at = v2.index(bytes.fromhex(base["body"]))
+    tampered_body = bytearray.fromhex(base["envelope"])
+    tampered_body[body_at] ^= 0x01  # first body byte: a map header becomes another map size
+    return {
+        "description": (
+            "QFLARE protocol v1 golden vectors. Hex strings are raw bytes. See docs/protocol.md. "
+            "Signatures are hedged ML-DSA-65 and differ on every regeneration: verify 'sig' over "
+            "'signing_bytes' with 'signing_key.public_key'; every other byte must match exactly."
+        ),
+        "protocol_version": 1,
+        "signing_key": {
+            "alg": key.alg,
+            "seed": SEED.hex(),
+            "public_key": key.public_key.hex(),
+            "key_id": key.key_id.hex(),
+            "key_file": {k: v for k, v in key.to_json().items() if k != "created_ms"} | {"created_ms": 0},
+        },
+        "device_key": {"alg": device.alg, "seed": DEVICE_SEED.hex(), "public_key": device.public_key.hex()},
+        "kem_key": {
+            "alg": ML_KEM_768,
+            "seed": KEM_SEED.hex(),
+            "public_key": kem_public.hex(),
+            "ciphertext": encap.ciphertext.hex(),
+            "shared_secret": encap.shared_secret.hex(),
+        },
+        "envelopes": envelopes,
+        "rejections": [
+            {
+                "name": "signature bit flipped",
+                "envelope": tampered_sig.hex(),
+                "reason": "signature",
+                "field": "sig",
+            },
+            {"name": "version 2", "envelope": v2.hex(), "reason": "version", "field": "v"},
+            {"name": "body altered", "envelope": tampered_body.hex(), "reason": "digest", "field": "body"},
+        ],
+    }
+
+
+def main() -> None:
+    OUT.write_text(json.dumps(build(), indent=1) + "\n")
+    print(f"wrote {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
