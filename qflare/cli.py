@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+
 import typer
 
+from edge.simulator.cli import simulate
 from qflare.crypto.cli import keys_app
 from qflare.demo import demo
+from qflare.devices_cli import app as devices_app
 from qflare.stack.cli import app as stack_app
 
 app = typer.Typer(
@@ -15,7 +19,20 @@ app = typer.Typer(
 )
 app.add_typer(stack_app, name="stack")
 app.add_typer(keys_app, name="keys")
+app.add_typer(devices_app, name="devices")
 app.command(name="demo")(demo)
+app.command(name="simulate")(simulate)
+
+SERVICES = ("registry",)
+
+
+@app.command()
+def run(service: str = typer.Argument(..., help="The service to run: " + ", ".join(SERVICES))) -> None:
+    """Run one QFLARE service in the foreground (same as `python -m services.<name>`)."""
+    if service not in SERVICES:
+        raise typer.BadParameter(f"unknown service {service!r}; choose one of {', '.join(SERVICES)}")
+    module = importlib.import_module(f"services.{service}.__main__")
+    module.main()
 
 
 def main() -> None:

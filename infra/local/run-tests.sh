@@ -5,6 +5,10 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${QFLARE_VENV:-${QFLARE_CACHE_DIR:-/var/cache/qflare}/venv}
 BIN="$VENV/bin"
+# Use the locally built liboqs (infra/local/build-liboqs.sh) when present, so the
+# cross-backend signature tests run; without it they skip with a reason.
+LIBOQS=${QFLARE_LIBOQS_PREFIX:-${QFLARE_CACHE_DIR:-/var/cache/qflare}/liboqs}
+if [ -f "$LIBOQS/lib/liboqs.so" ]; then export OQS_INSTALL_PATH="$LIBOQS"; fi
 
 paths=()
 for p in qflare services edge tests bench; do [ -e "$p" ] && paths+=("$p"); done

@@ -70,4 +70,13 @@ if [ "$("$VENV/bin/python" -c 'import qflare,os;print(os.path.dirname(os.path.di
   log "linking $here into the venv"
   "$VENV/bin/pip" install -q --no-deps -e .
 fi
+# Optional second signature backend: liboqs built from source (see build-liboqs.sh).
+# A failed build only leaves the cross-backend tests skipped; it never fails set-up.
+if [ "${QFLARE_SKIP_LIBOQS:-0}" != 1 ]; then
+  if ! "$VENV/bin/python" -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("oqs") is None)'; then
+    "$VENV/bin/pip" install -q "liboqs-python==0.16.0.1" || log "liboqs-python not installed; liboqs backend off"
+  fi
+  command -v cmake >/dev/null && command -v ninja >/dev/null || apt-get install -y -qq cmake ninja-build >/dev/null || true
+  bash infra/local/build-liboqs.sh >/dev/null || log "liboqs build failed; the liboqs backend stays off"
+fi
 log "ready: $VENV"

@@ -68,7 +68,12 @@ def load_oqs() -> ModuleType | None:
     """The ``oqs`` module if both it and the shared library are present, else None."""
     if importlib.util.find_spec("oqs") is None or find_liboqs() is None:
         return None
-    return importlib.import_module("oqs")
+    try:
+        return importlib.import_module("oqs")
+    except (ImportError, AttributeError, OSError):
+        # A liboqs too old for the bindings fails at import (missing symbol):
+        # the backend is then unavailable, never a crash of the default one.
+        return None
 
 
 def _require() -> Any:

@@ -17,7 +17,7 @@ from qflare.protocol.body import Body, Fields
 
 DEVICE_STATUSES = frozenset({"active", "revoked", "deregistered"})
 HEARTBEAT_STATES = frozenset({"idle", "training", "uploading"})
-HEALTH_STATES = frozenset({"online", "offline"})
+HEALTH_STATES = frozenset({"online", "stale", "offline"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -132,7 +132,7 @@ def topics(prefix: str = "") -> Topics:
             retention_ms=_DAY,
             types={"device_health"},
             max_age_ms=10 * _MINUTE,
-            description="Online/offline transitions derived from heartbeats.",
+            description="Online/stale/offline transitions derived from heartbeats.",
         ),
         rounds=_spec(
             "qflare.rounds",

@@ -1,0 +1,132 @@
+"""A device's connection to Kafka that never gives up.
+
+Everything a device sends goes through its durable spool first and is removed
+only once Kafka acknowledged it (acks=all), so messages leave in order and
+nothing is lost while the broker is away. While disconnected the link retries
+with exponential backoff and full jitter; it never raises to its caller on a
+broker outage. Re-sending after a failure can deliver a record twice;
+receivers de-duplicate on (sender, message id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiokafka.errors import KafkaError
+
+from edge.spool import Spool
+from qflare.backoff import Backoff
+
+log = structlog.get_logger("qflare.edge.link")
+
+#: Errors that mean "the broker is unreachable or slow": retry, don't crash.
+_TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError)
+
+
+class Link:
+    """Drains a :class:`Spool` into Kafka with one background task."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        producer_factory: Callable[[], Any],
+        *,
+        backoff: Backoff | None = None,
+        batch: int = 500,
+    ) -> None:
+        self.spool = spool
+        self._factory = producer_factory
+        self._backoff = backoff or Backoff()
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._producer: Any = None
+        self.connected = False
+        self.sent = 0
+        self.reconnects = 0
+
+    async def __aenter__(self) -> Link:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="edge-link")
+
+    async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
+        """Try to flush what is spooled, then close; anything left stays in the spool."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._until_empty(), timeout=drain_timeout_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._close_producer()
+        self._task = None
+
+    async def _until_empty(self) -> None:
+        while len(self.spool) and self.connected:
+            await asyncio.sleep(0.05)
+
+    def send(self, topic: str, key: bytes | None, value: bytes, *, droppable: bool = False) -> None:
+        """Queue a record durably; it is delivered when (and as soon as) Kafka is reachable."""
+        self.spool.append(topic, key, value, droppable=droppable)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if self._producer is None:
+                    await self._connect()
+                await self._drain()
+            except _TRANSIENT as exc:
+                self.connected = False
+                await self._close_producer()
+                delay = self._backoff.next_delay_s()
+                log.warning(
+                    "kafka unreachable, retrying",
+                    error=type(exc).__name__,
+                    retry_in_s=round(delay, 2),
+                    spooled=len(self.spool),
+                )
+                await asyncio.sleep(delay)
+                continue
+            self._wake.clear()
+            if not len(self.spool):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def _connect(self) -> None:
+        producer = self._factory()
+        try:
+            await producer.start()
+        except BaseException:
+            with contextlib.suppress(*_TRANSIENT):
+                await producer.stop()
+            raise
+        self._producer = producer
+        if self._backoff.attempts:
+            self.reconnects += 1
+            log.info("kafka reachable again", spooled=len(self.spool))
+        self._backoff.reset()
+        self.connected = True
+
+    async def _drain(self) -> None:
+        while batch := self.spool.peek(self._batch):
+            futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in batch]
+            await asyncio.gather(*futures)
+            self.spool.ack(batch[-1].seq)
+            self.sent += len(batch)
+
+    async def _close_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(*_TRANSIENT):
+                await asyncio.wait_for(producer.stop(), timeout=5)

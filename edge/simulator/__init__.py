@@ -1,0 +1,1 @@
+"""``qflare simulate``: many device runtimes on one machine, for scale and fault tests."""

@@ -1,0 +1,188 @@
+"""`qflare simulate`: run a fleet of device runtimes against the real registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from edge.simulator.observer import FleetObserver
+from edge.simulator.worker import WorkerSpec, worker_main
+from qflare import operator
+from qflare.identity import trusted_ring
+from qflare.kafka import KafkaSettings
+from services.registry.config import RegistrySettings
+
+console = Console(stderr=True)
+
+
+def simulate(
+    devices: int = typer.Option(100, "--devices", "-n", min=1, max=20_000, help="Fleet size."),
+    processes: int = typer.Option(2, min=1, max=64, help="Worker processes the fleet is spread over."),
+    heartbeat_s: float = typer.Option(5.0, min=0.1, help="Heartbeat interval of every device."),
+    duration_s: float = typer.Option(0.0, min=0, help="Stop after this many seconds (0: until Ctrl-C)."),
+    kill: int = typer.Option(0, min=0, help="Kill this many random devices a third of the way in."),
+    pause: int = typer.Option(0, min=0, help="Pause this many random devices a third of the way in..."),
+    revive_at: float = typer.Option(
+        0.7, min=0, max=1, help="...and revive killed/paused ones at this fraction."
+    ),
+    seed: int = typer.Option(0, help="Seed for device choices and chaos."),
+    fleet_id: str = typer.Option("", help="Device id prefix (default: a fresh random one)."),
+    spawn_registry: bool = typer.Option(
+        False, help="Start a registry process for the run and measure its CPU."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout; no live table."),
+    keys_dir: Path = typer.Option(Path(".qflare/keys"), envvar="QFLARE_KEYS_DIR"),
+    state_dir: Path = typer.Option(Path(".qflare/sim"), help="Device keys and spools live here."),
+) -> None:
+    """Run N simulated devices: enrol, heartbeat, and optionally kill, pause and revive some.
+
+    Each device has its own ML-DSA-65 key and identity; devices share one Kafka
+    connection per worker process. Needs the stack and a running registry
+    (`qflare run registry`), or pass --spawn-registry.
+    """
+    result = asyncio.run(_simulate(locals()))
+    if as_json:
+        typer.echo(json.dumps(result))
+
+
+async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
+    kafka = KafkaSettings()
+    fleet = o["fleet_id"] or f"sim-{uuid.uuid4().hex[:6]}"
+    ids = [f"{fleet}-{i:05d}" for i in range(o["devices"])]
+    keys_dir: Path = o["keys_dir"]
+    registry = _spawn_registry(kafka) if o["spawn_registry"] else None
+    ident = operator.operator_identity(keys_dir)
+    tokens = await operator.issue_tokens(
+        kafka, ident, len(ids), 3600, {"fleet": fleet}, keys_dir=keys_dir, confirm_s=120
+    )
+    ctx = mp.get_context("spawn")
+    control = [ctx.Queue() for _ in range(o["processes"])]
+    stats: Any = ctx.Queue()
+    workers = []
+    for w in range(o["processes"]):
+        mine = [(d, t) for i, (d, t) in enumerate(zip(ids, tokens, strict=True)) if i % o["processes"] == w]
+        spec = WorkerSpec(
+            w,
+            mine,
+            str(o["state_dir"] / fleet),
+            kafka.bootstrap,
+            kafka.topic_prefix,
+            o["heartbeat_s"],
+            o["seed"] * 1000 + w,
+        )
+        proc = ctx.Process(target=worker_main, args=(spec, control[w], stats), daemon=True)
+        proc.start()
+        workers.append(proc)
+    observer = FleetObserver(
+        kafka, trusted_ring(keys_dir), device_prefix=fleet, registry_group=RegistrySettings().group_id
+    )
+    await observer.start()
+    began = time.monotonic()
+    enrolled_s: float | None = None
+    worker_stats: dict[int, dict[str, Any]] = {}
+    cpu: list[float] = []
+    rng = random.Random(o["seed"])
+    chaos_done = revive_done = False
+    victims: list[str] = []
+    try:
+        with Live(
+            _table(fleet, observer, worker_stats, 0.0),
+            console=console,
+            refresh_per_second=2,
+            transient=o["as_json"],
+        ) as live:
+            while o["duration_s"] == 0 or time.monotonic() - began < o["duration_s"]:
+                await observer.poll()
+                await observer.measure_lag()
+                while not stats.empty():
+                    s = stats.get_nowait()
+                    worker_stats[s["worker"]] = s
+                if registry is not None:
+                    cpu.append(registry.cpu_percent())
+                elapsed = time.monotonic() - began
+                if enrolled_s is None and observer.counts()["enrolled"] >= len(ids):
+                    enrolled_s = elapsed
+                frac = elapsed / o["duration_s"] if o["duration_s"] else 0.0
+                if not chaos_done and frac >= 1 / 3 and (o["kill"] or o["pause"]):
+                    victims = rng.sample(ids, min(len(ids), o["kill"] + o["pause"]))
+                    for i, device in enumerate(victims):
+                        _tell(control, ids, device, "kill" if i < o["kill"] else "pause")
+                    chaos_done = True
+                if chaos_done and not revive_done and frac >= o["revive_at"]:
+                    for device in victims:
+                        _tell(control, ids, device, "revive")
+                    revive_done = True
+                live.update(_table(fleet, observer, worker_stats, elapsed))
+                await asyncio.sleep(0.8)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for q in control:
+            q.put(("stop", ""))
+        for proc in workers:
+            proc.join(timeout=15)
+            if proc.is_alive():
+                proc.terminate()
+        await observer.stop()
+        if registry is not None:
+            registry.terminate()
+            registry.wait(timeout=15)
+    counts = observer.counts()
+    return {
+        "devices": len(ids),
+        **counts,
+        "registry_lag_max": observer.lag_max,
+        "registry_lag_final": observer.lag_now,
+        "enrol_s": None if enrolled_s is None else round(enrolled_s, 2),
+        "sent": sum(int(s["sent"]) for s in worker_stats.values()),
+        "spooled": sum(int(s["spooled"]) for s in worker_stats.values()),
+        "killed": o["kill"],
+        "paused": o["pause"],
+        "heartbeat_s": o["heartbeat_s"],
+        "duration_s": round(time.monotonic() - began, 1),
+        "registry_cpu_pct_mean": round(sum(cpu[2:]) / max(1, len(cpu[2:])), 1) if cpu else None,
+        "registry_cpu_pct_max": round(max(cpu), 1) if cpu else None,
+    }
+
+
+def _tell(control: list[Any], ids: list[str], device: str, command: str) -> None:
+    control[ids.index(device) % len(control)].put((command, device))
+
+
+def _spawn_registry(kafka: KafkaSettings) -> psutil.Popen:
+    env = {**os.environ, "QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "QFLARE_REGISTRY_METRICS_PORT": "0"}
+    log_path = Path(".qflare/logs/registry-simulate.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return psutil.Popen([sys.executable, "-m", "services.registry"], env=env, stdout=log, stderr=log)
+
+
+def _table(fleet: str, obs: FleetObserver, workers: dict[int, dict[str, Any]], elapsed: float) -> Table:
+    c = obs.counts()
+    table = Table(title=f"fleet {fleet} · {elapsed:5.0f} s", show_header=True)
+    for name in ("enrolled", "online", "stale", "offline", "revoked", "deregistered"):
+        table.add_column(name, justify="right")
+    table.add_column("registry lag", justify="right")
+    table.add_column("sent / spooled", justify="right")
+    sent = sum(int(w["sent"]) for w in workers.values())
+    spooled = sum(int(w["spooled"]) for w in workers.values())
+    table.add_row(
+        *(str(c[k]) for k in ("enrolled", "online", "stale", "offline", "revoked", "deregistered")),
+        f"{obs.lag_now} (max {obs.lag_max})",
+        f"{sent} / {spooled}",
+    )
+    return table

@@ -1,0 +1,105 @@
+"""One simulator process: a slice of the fleet as asyncio tasks sharing one Kafka link.
+
+Each simulated device has its own key and identity and signs its own messages;
+only the connection (and its spool) is shared, because a thousand producer
+connections on a 2-core machine would measure the simulator, not the platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import random
+from dataclasses import dataclass
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+from edge.link import Link
+from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
+from edge.spool import Spool
+from qflare.kafka import KafkaSettings, make_producer
+from qflare.protocol import topics
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    index: int
+    devices: list[tuple[str, str]]  # (device id, enrolment token)
+    state_dir: str
+    bootstrap: str
+    topic_prefix: str
+    heartbeat_interval_s: float
+    seed: int
+
+
+def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
+    """Process entry point (spawned): run until told to stop."""
+    logging.basicConfig(level=logging.ERROR)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run(spec, control, stats))
+
+
+async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
+    kafka = KafkaSettings(bootstrap=spec.bootstrap, topic_prefix=spec.topic_prefix)
+    tset = topics(spec.topic_prefix)
+    state = Path(spec.state_dir)
+    spool = Spool(state / f"worker-{spec.index}.spool")
+    link = Link(spool, lambda: make_producer(kafka, request_timeout_ms=10_000, linger_ms=20))
+    await link.start()
+    rng = random.Random(spec.seed)
+    fleet: dict[str, DeviceRuntime] = {}
+    for device_id, token in spec.devices:
+        key = load_or_create_key(state / "keys" / f"{device_id}.key")
+        cfg = DeviceConfig(
+            device_id,
+            token,
+            {"hardware": rng.choice(["cpu-small", "cpu-large"]), "sim_worker": str(spec.index)},
+            spec.heartbeat_interval_s,
+        )
+        fleet[device_id] = DeviceRuntime(cfg, key, link, tset)
+    tasks = {d: asyncio.create_task(r.run(rng=random.Random(rng.random()))) for d, r in fleet.items()}
+    running = True
+    while running:
+        await asyncio.sleep(0.5)
+        while True:
+            try:
+                command, device_id = control.get_nowait()
+            except queue.Empty:
+                break
+            if command == "stop":
+                running = False
+            elif command in ("kill", "pause", "revive", "deregister") and device_id in fleet:
+                _apply(command, fleet[device_id], tasks)
+        stats.put(
+            {
+                "worker": spec.index,
+                "sent": link.sent,
+                "spooled": len(spool),
+                "reconnects": link.reconnects,
+                "connected": link.connected,
+                "killed": sum(1 for r in fleet.values() if not r.alive),
+                "paused": sum(1 for r in fleet.values() if r.paused and r.alive),
+            }
+        )
+    for task in tasks.values():
+        task.cancel()
+    await link.stop()
+    spool.close()
+
+
+def _apply(command: str, device: DeviceRuntime, tasks: dict[str, asyncio.Task[None]]) -> None:
+    if command == "kill":
+        device.alive = False
+        tasks[device.device_id].cancel()
+    elif command == "pause":
+        device.paused = True
+    elif command == "revive":
+        device.paused = False
+        if not device.alive:
+            device.alive = True
+            tasks[device.device_id] = asyncio.create_task(device.run())
+    elif command == "deregister":
+        device.deregister("simulated leave")

@@ -1,0 +1,182 @@
+"""Operator actions on the device registry, as signed commands over Kafka.
+
+The CLI never touches the registry's database: it signs a ``registry_command``
+with the operator's key and publishes it on the registry's control topic; the
+registry trusts operator keys from its trusted-keys directory. Enrolment
+tokens are generated here and only their SHA-256 travels, so the registry
+never stores a usable token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka import TopicPartition
+
+from qflare.errors import ProtocolError, QflareError
+from qflare.identity import DEFAULT_KEYS_DIR, Identity, TrustedKeys, load_identity, trusted_ring
+from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.protocol import Decoder, seal, topics
+from qflare.protocol.control import AuditEvent, RegistryCommand
+from qflare.protocol.devices import Device, DeviceHealth
+from qflare.protocol.envelope import new_message_id
+
+
+def new_token() -> str:
+    return "qft_" + secrets.token_urlsafe(24)
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def send_command(
+    kafka: KafkaSettings,
+    operator: Identity,
+    command: RegistryCommand,
+    *,
+    keys_dir: Path = DEFAULT_KEYS_DIR,
+    confirm_s: float = 30.0,
+) -> bool:
+    """Publish a signed command; with ``confirm_s`` > 0, wait for the registry's audit record of it.
+
+    Returns True once confirmed (or immediately when not waiting), False if the
+    registry did not confirm in time: the command stays queued in Kafka and is
+    applied when the registry runs.
+    """
+    t = topics(kafka.topic_prefix)
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        await ensure_topics(admin, list(t), kafka)
+    finally:
+        await admin.close()
+    msg_id = new_message_id(int(time.time() * 1000))
+    watcher = _AuditWatcher(kafka, t.audit.name, t.audit.partitions, keys_dir) if confirm_s > 0 else None
+    if watcher is not None:
+        await watcher.start()
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        record = seal(command, operator.signer, sender=operator.name, msg_id=msg_id)
+        await producer.send_and_wait(t.registry_control.name, record, key=command.command.encode())
+    finally:
+        await producer.stop()
+    if watcher is None:
+        return True
+    try:
+        return await watcher.wait_for(msg_id, confirm_s)
+    finally:
+        await watcher.stop()
+
+
+class _AuditWatcher:
+    """Follows the audit topic from its current end, looking for events about one message."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str, partitions: int, keys_dir: Path) -> None:
+        self.kafka = kafka
+        self.parts = [TopicPartition(topic, p) for p in range(partitions)]
+        self.decoder = Decoder(TrustedKeys(keys_dir), allowed_types={"audit_event"}, max_age_ms=None)
+
+    async def start(self) -> None:
+        self.consumer = make_consumer(self.kafka, group_id=None)
+        await self.consumer.start()
+        self.consumer.assign(self.parts)
+        await self.consumer.seek_to_end(*self.parts)
+        for tp in self.parts:  # resolve the end offsets now, before the command is sent
+            await self.consumer.position(tp)
+
+    async def wait_for(self, ref_id: bytes, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            for records in (await self.consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        body = self.decoder.decode(record.value).body
+                    except ProtocolError:
+                        continue  # not ours to judge here; the audit service records rejections
+                    if isinstance(body, AuditEvent) and body.ref_id == ref_id and body.source == "registry":
+                        return True
+        return False
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+
+async def issue_tokens(
+    kafka: KafkaSettings,
+    operator: Identity,
+    count: int,
+    ttl_s: float,
+    labels: dict[str, str],
+    *,
+    keys_dir: Path = DEFAULT_KEYS_DIR,
+    confirm_s: float = 30.0,
+) -> list[str]:
+    tokens = [new_token() for _ in range(count)]
+    expires_ms = int((time.time() + ttl_s) * 1000)
+    command = RegistryCommand("issue_tokens", None, tuple(token_hash(t) for t in tokens), expires_ms, labels)
+    if not await send_command(kafka, operator, command, keys_dir=keys_dir, confirm_s=confirm_s):
+        raise RegistryUnconfirmedError(
+            f"the registry did not confirm {count} new tokens within {confirm_s:.0f} s; they stay queued "
+            "and become valid once it processes them (is `qflare run registry` running?)"
+        )
+    return tokens
+
+
+class RegistryUnconfirmedError(QflareError):
+    retriable = True
+    reason = "unconfirmed"
+
+
+@dataclass
+class FleetView:
+    devices: dict[str, Device]
+    health: dict[str, str]
+    rejected: int
+
+
+async def read_fleet(kafka: KafkaSettings, keys_dir: Path, *, timeout_s: float = 10.0) -> FleetView:
+    """The registry's published state: every device record and its latest health."""
+    t = topics(kafka.topic_prefix)
+    decoder = Decoder(trusted_ring(keys_dir), allowed_types={"device", "device_health"}, max_age_ms=None)
+    consumer = make_consumer(kafka, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    view = FleetView({}, {}, 0)
+    try:
+        parts = [TopicPartition(s.name, p) for s in (t.devices, t.health) for p in range(s.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        body = decoder.decode(record.value).body
+                    except ProtocolError:
+                        view.rejected += 1
+                        continue
+                    if isinstance(body, Device):
+                        view.devices[body.device_id] = body
+                    elif isinstance(body, DeviceHealth):
+                        view.health[body.device_id] = body.state
+    finally:
+        await consumer.stop()
+    return view
+
+
+def operator_identity(keys_dir: Path) -> Identity:
+    return load_identity("operator", keys_dir)

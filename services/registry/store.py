@@ -1,0 +1,224 @@
+"""The registry's PostgreSQL state: devices, tokens, rotations, applied commands.
+
+Every mutation runs in one transaction with the checks that guard it
+(``SELECT … FOR UPDATE``), so a crash or a re-delivered message can never
+half-apply an enrolment or consume a token twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from qflare.errors import QflareError
+from qflare.migrations import migrate
+
+SCHEMA_DIR = Path(__file__).with_name("schema")
+Conn = psycopg.AsyncConnection[TupleRow]
+
+
+class EnrollmentRejected(QflareError):
+    """An enrolment that is well-formed and signed but not allowed."""
+
+    def __init__(self, reason: str, message: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message, field=field)
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    key_id: bytes
+    public_key: bytes
+    status: str
+    labels: dict[str, str] = field(default_factory=dict)
+    enrolled_ms: int = 0
+    updated_ms: int = 0
+    revision: int = 1
+
+
+_COLUMNS = "device_id, key_id, public_key, status, labels, enrolled_at, updated_at, revision"
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+def _row(values: tuple[Any, ...]) -> DeviceRow:
+    device_id, kid, pk, status, labels, enrolled, updated, revision = values
+    return DeviceRow(
+        str(device_id),
+        bytes(kid),
+        bytes(pk),
+        str(status),
+        dict(labels),
+        _ms(enrolled),
+        _ms(updated),
+        int(revision),
+    )
+
+
+class RegistryStore:
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def connect(cls, dsn: str) -> RegistryStore:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        await migrate(conn, "registry", SCHEMA_DIR)
+        return cls(conn)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    async def devices(self, *, status: str | None = None) -> list[DeviceRow]:
+        where = "WHERE status = %s" if status else ""
+        cur = await self.conn.execute(
+            f"SELECT {_COLUMNS} FROM registry.devices {where} ORDER BY device_id",
+            (status,) if status else (),
+        )
+        return [_row(r) for r in await cur.fetchall()]
+
+    async def device(self, device_id: str) -> DeviceRow | None:
+        cur = await self.conn.execute(
+            f"SELECT {_COLUMNS} FROM registry.devices WHERE device_id = %s",
+            (device_id,),
+        )
+        found = await cur.fetchone()
+        return _row(found) if found else None
+
+    async def enrol(
+        self, device_id: str, public_key: bytes, kid: bytes, token_hash: bytes | None, labels: dict[str, str]
+    ) -> tuple[DeviceRow, str]:
+        """Apply one verified enrolment. Returns the row and the outcome
+        (``new``, ``unchanged`` or ``rotated``), or raises ``EnrollmentRejected``."""
+        async with self.conn.transaction():
+            cur = await self.conn.execute(
+                f"SELECT {_COLUMNS} FROM registry.devices WHERE device_id = %s FOR UPDATE",
+                (device_id,),
+            )
+            found = await cur.fetchone()
+            if found is not None:
+                return await self._re_enrol(_row(found), public_key, kid)
+            token_labels = await self._use_token(token_hash, device_id, kid)
+            cur = await self.conn.execute(
+                f"INSERT INTO registry.devices (device_id, key_id, public_key, status, labels) "
+                f"VALUES (%s, %s, %s, 'active', %s) RETURNING {_COLUMNS}",
+                (device_id, kid, public_key, json.dumps({**token_labels, **labels})),
+            )
+            inserted = await cur.fetchone()
+            assert inserted is not None
+            return _row(inserted), "new"
+
+    async def _re_enrol(self, row: DeviceRow, public_key: bytes, kid: bytes) -> tuple[DeviceRow, str]:
+        if row.status != "active":
+            raise EnrollmentRejected("revoked", f"device {row.device_id} is {row.status}", field="device_id")
+        if row.key_id == kid:
+            return row, "unchanged"
+        cur = await self.conn.execute(
+            "DELETE FROM registry.rotations WHERE device_id = %s AND expires_at > now() RETURNING device_id",
+            (row.device_id,),
+        )
+        if await cur.fetchone() is None:
+            raise EnrollmentRejected(
+                "key_mismatch",
+                f"device {row.device_id} is pinned to key {row.key_id.hex()}; an operator must "
+                "authorise a rotation (`qflare devices rotate-key`)",
+                field="public_key",
+            )
+        return await self._update(row.device_id, "key_id = %s, public_key = %s", (kid, public_key)), "rotated"
+
+    async def _use_token(self, token_hash: bytes | None, device_id: str, kid: bytes) -> dict[str, str]:
+        if token_hash is None:
+            raise EnrollmentRejected(
+                "token_missing", "a new device needs an enrolment token", field="body.token"
+            )
+        cur = await self.conn.execute(
+            "SELECT expires_at, used_at, labels FROM registry.tokens WHERE token_hash = %s FOR UPDATE",
+            (token_hash,),
+        )
+        found = await cur.fetchone()
+        if found is None:
+            raise EnrollmentRejected("token_unknown", "enrolment token is not known", field="body.token")
+        expires_at, used_at, labels = found
+        if used_at is not None:
+            raise EnrollmentRejected("token_reused", "enrolment token was already used", field="body.token")
+        if expires_at <= datetime.now(UTC):
+            raise EnrollmentRejected("token_expired", "enrolment token has expired", field="body.token")
+        await self.conn.execute(
+            "UPDATE registry.tokens SET used_at = now(), used_by = %s, used_key_id = %s "
+            "WHERE token_hash = %s",
+            (device_id, kid, token_hash),
+        )
+        return dict(labels)
+
+    async def _update(self, device_id: str, assignments: str, params: tuple[object, ...]) -> DeviceRow:
+        cur = await self.conn.execute(
+            f"UPDATE registry.devices SET {assignments}, updated_at = now(), revision = revision + 1 "
+            f"WHERE device_id = %s RETURNING {_COLUMNS}",
+            (*params, device_id),
+        )
+        updated = await cur.fetchone()
+        assert updated is not None
+        return _row(updated)
+
+    async def set_status(self, device_id: str, status: str) -> DeviceRow | None:
+        """Revoke or deregister; None if the device is unknown. Idempotent."""
+        async with self.conn.transaction():
+            row = await self.device(device_id)
+            if row is None:
+                return None
+            if row.status == status:
+                return row
+            return await self._update(device_id, "status = %s", (status,))
+
+    async def add_tokens(self, hashes: list[bytes], expires_ms: int, labels: dict[str, str]) -> int:
+        expires = datetime.fromtimestamp(expires_ms / 1000, UTC)
+        async with self.conn.transaction(), self.conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO registry.tokens (token_hash, expires_at, labels) VALUES (%s, %s, %s) "
+                "ON CONFLICT (token_hash) DO NOTHING",
+                [(h, expires, json.dumps(labels)) for h in hashes],
+            )
+        return len(hashes)
+
+    async def authorise_rotation(self, device_id: str, expires_ms: int) -> None:
+        expires = datetime.fromtimestamp(expires_ms / 1000, UTC)
+        await self.conn.execute(
+            "INSERT INTO registry.rotations (device_id, expires_at) VALUES (%s, %s) "
+            "ON CONFLICT (device_id) DO UPDATE SET expires_at = EXCLUDED.expires_at, authorized_at = now()",
+            (device_id, expires),
+        )
+
+    async def first_application(self, sender: str, message_id: bytes) -> bool:
+        """Record an operator command as applied; False if it already was (a re-delivery)."""
+        cur = await self.conn.execute(
+            "INSERT INTO registry.applied_commands (sender, message_id) VALUES (%s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING sender",
+            (sender, message_id),
+        )
+        return await cur.fetchone() is not None
+
+    async def queue(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Add a record to the outbox; call inside the transaction of the change it reports."""
+        await self.conn.execute(
+            "INSERT INTO registry.outbox (topic, key, value) VALUES (%s, %s, %s)", (topic, key, value)
+        )
+
+    async def pending(self, limit: int = 500) -> list[tuple[int, str, bytes | None, bytes]]:
+        cur = await self.conn.execute(
+            "SELECT seq, topic, key, value FROM registry.outbox ORDER BY seq LIMIT %s", (limit,)
+        )
+        return [
+            (int(s), str(t), bytes(k) if k is not None else None, bytes(v))
+            for s, t, k, v in await cur.fetchall()
+        ]
+
+    async def sent(self, upto_seq: int) -> None:
+        await self.conn.execute("DELETE FROM registry.outbox WHERE seq <= %s", (upto_seq,))

@@ -1,0 +1,45 @@
+"""Fixtures: a registry process and a device fleet, each test with its own topics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from qflare.identity import Identity, load_identity
+from qflare.kafka import KafkaSettings
+from tests.integration.services.harness import Fleet, RegistryProcess
+
+
+@pytest.fixture
+def kafka(unique: str) -> KafkaSettings:
+    return KafkaSettings(topic_prefix=f"t{unique}.")
+
+
+@pytest.fixture
+def keys_dir(tmp_path: Path) -> Path:
+    return tmp_path / "keys"
+
+
+@pytest.fixture
+def operator_id(keys_dir: Path) -> Identity:
+    return load_identity("operator", keys_dir)
+
+
+@pytest.fixture
+def registry(
+    kafka: KafkaSettings, keys_dir: Path, tmp_path: Path, operator_id: Identity
+) -> Iterator[RegistryProcess]:
+    proc = RegistryProcess(kafka, keys_dir, tmp_path / "registry.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def fleet(kafka: KafkaSettings, tmp_path: Path) -> AsyncIterator[Fleet]:
+    made = Fleet(kafka, tmp_path / "fleet")
+    await made.link.start()
+    yield made
+    await made.close()

@@ -1,0 +1,171 @@
+"""Run the real registry as a process and drive devices against it, for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from edge.link import Link
+from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
+from edge.spool import Spool
+from qflare.crypto import KeyFile
+from qflare.errors import ProtocolError
+from qflare.identity import trusted_ring
+from qflare.kafka import KafkaSettings, make_consumer, make_producer
+from qflare.protocol import Decoder, topics
+from qflare.protocol.control import AuditEvent
+from qflare.protocol.topics import Topics
+
+
+@dataclass
+class RegistryProcess:
+    """``python -m services.registry`` with its own topics, group, Redis namespace and keys."""
+
+    kafka: KafkaSettings
+    keys_dir: Path
+    log_path: Path
+    stale_after_s: float = 1.5
+    offline_after_s: float = 3.0
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "QFLARE_REGISTRY_KEYS_DIR": str(self.keys_dir),
+            "QFLARE_REGISTRY_GROUP_ID": f"registry-{self.kafka.topic_prefix}",
+            "QFLARE_REGISTRY_METRICS_PORT": "0",
+            "QFLARE_REGISTRY_STALE_AFTER_S": str(self.stale_after_s),
+            "QFLARE_REGISTRY_OFFLINE_AFTER_S": str(self.offline_after_s),
+            "QFLARE_REGISTRY_SWEEP_INTERVAL_S": "0.25",
+        }
+
+    def start(self, *, wait_s: float = 60) -> None:
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.registry"], env=self.env(), stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + wait_s
+        while self.log_path.read_text(errors="replace").count('"registry started"') < self.starts:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"registry did not start: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@dataclass
+class Fleet:
+    """Devices sharing one link (as the simulator does), each with its own key."""
+
+    kafka: KafkaSettings
+    state_dir: Path
+    heartbeat_interval_s: float = 0.5
+    devices: dict[str, DeviceRuntime] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.topics: Topics = topics(self.kafka.topic_prefix)
+        self.spool = Spool(self.state_dir / "fleet.spool")
+        self.link = Link(self.spool, lambda: make_producer(self.kafka, request_timeout_ms=5000))
+
+    def add(self, device_id: str, token: str | None, *, key: KeyFile | None = None) -> DeviceRuntime:
+        key = key or load_or_create_key(self.state_dir / "keys" / f"{device_id}.key")
+        cfg = DeviceConfig(device_id, token, {"hardware": "test"}, self.heartbeat_interval_s)
+        device = DeviceRuntime(cfg, key, self.link, self.topics)
+        self.devices[device_id] = device
+        return device
+
+    def run(self, device_id: str) -> None:
+        self.tasks[device_id] = asyncio.create_task(self.devices[device_id].run())
+
+    def kill(self, device_id: str) -> None:
+        self.devices[device_id].alive = False
+        self.tasks.pop(device_id).cancel()
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await self.link.stop()
+        self.spool.close()
+
+
+async def read_topic(
+    kafka: KafkaSettings,
+    topic: str,
+    partitions: int,
+    keys: Any,
+    *,
+    until: Callable[[list[Any]], bool],
+    timeout_s: float = 60,
+    types: set[str] | None = None,
+) -> list[Any]:
+    """Decode (and verify) every record of ``topic`` from the start until ``until(bodies)`` holds."""
+    decoder = Decoder(keys, allowed_types=types, max_age_ms=None)
+    consumer = make_consumer(kafka, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    bodies: list[Any] = []
+    try:
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + timeout_s
+        while not until(bodies):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition on {topic} not met in {timeout_s} s; saw {len(bodies)}")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    if record.value is None:
+                        continue
+                    try:
+                        bodies.append(decoder.decode(record.value).body)
+                    except ProtocolError as exc:
+                        bodies.append(exc)
+    finally:
+        await consumer.stop()
+    return bodies
+
+
+async def audit_events(
+    kafka: KafkaSettings, keys_dir: Path, until: Callable[[list[AuditEvent]], bool], timeout_s: float = 60
+) -> list[AuditEvent]:
+    t = topics(kafka.topic_prefix)
+    bodies = await read_topic(
+        kafka,
+        t.audit.name,
+        t.audit.partitions,
+        trusted_ring(keys_dir),
+        until=lambda got: until([b for b in got if isinstance(b, AuditEvent)]),
+        timeout_s=timeout_s,
+    )
+    return [b for b in bodies if isinstance(b, AuditEvent)]

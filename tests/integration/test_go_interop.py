@@ -1,0 +1,176 @@
+"""Interoperability with an independent Go client written from docs/protocol.md alone.
+
+``interop/go`` re-encodes every golden vector byte for byte and verifies its signature
+(``go test``); its ``qflare-verify sign`` command signs fresh envelopes in Go with the vector
+keys, and here the Python decoder must accept every one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from qflare.errors import ProtocolError
+from qflare.protocol import Decoder, KeyRing, Message, Reassembler
+from qflare.protocol.control import AuditEvent
+from qflare.protocol.devices import Enrollment, Heartbeat
+from qflare.protocol.training import ModelUpdate
+
+ROOT = Path(__file__).resolve().parents[2]
+GO_DIR = ROOT / "interop" / "go"
+VECTORS = ROOT / "tests" / "vectors" / "envelopes.json"
+GO_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def go() -> str:
+    found = shutil.which("go") or next(
+        (p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        pytest.fail("the Go toolchain (`go`) is not installed or not on PATH; the Go interop test needs it")
+    return found
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Fetch modules through the proxy as go.mod/go.sum pin them; no VCS stamping of the build.
+    env["GOFLAGS"] = "-mod=mod -buildvcs=false"
+    return env
+
+
+def _run_go(go: str, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            [go, *args],
+            cwd=GO_DIR,
+            env=_go_env(),
+            capture_output=True,
+            text=True,
+            timeout=GO_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"`go {' '.join(args)}` ran past {GO_TIMEOUT_S} s:\n{exc.stdout!r}\n{exc.stderr!r}")
+
+
+def test_go_client_reproduces_the_golden_vectors(go: str) -> None:
+    result = _run_go(go, "test", "-count=1", "./...")
+    if result.returncode != 0:
+        pytest.fail(f"go test failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
+    assert "ok" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def go_signed(go: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("go-interop") / "signed.json"
+    result = _run_go(go, "run", "./cmd/qflare-verify", "sign", "-vectors", str(VECTORS), "-out", str(out))
+    if result.returncode != 0:
+        pytest.fail(f"the Go signer failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}")
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
+
+
+def _decoder(doc: dict[str, Any]) -> Decoder:
+    ring = KeyRing()
+    ring.add(doc["signer"]["owner"], bytes.fromhex(doc["signer"]["public_key"]))
+    return Decoder(ring, self_signed=("enrollment",))
+
+
+def _records(doc: dict[str, Any]) -> dict[str, bytes]:
+    return {e["name"]: bytes.fromhex(e["envelope"]) for e in doc["envelopes"]}
+
+
+def _check_update(update: ModelUpdate, owner: str) -> None:
+    assert (update.job_id, update.round, update.device_id) == ("job-go", 3, owner)
+    assert (update.base_version, update.num_examples) == (2, 70000)
+    assert update.metrics == {"loss": 0.0625, "acc": 0.875}
+    tensors = {t.name: t for t in update.tensors}
+    assert [(t.name, t.dtype) for t in update.tensors] == [
+        ("w", "<f4"),
+        ("b", "<f2"),
+        ("e", "bf16"),
+        ("q", "|i1"),
+        ("m", "|u1"),
+        ("s", "<f4"),
+    ]
+    np.testing.assert_array_equal(tensors["w"].array, np.array([[0.5, -1.25], [2.0, 0.0]], np.float32))
+    np.testing.assert_array_equal(tensors["b"].array, np.array([1.5], np.float16))
+    # bfloat16 is held as its <u2 bit patterns: 1.0, -2.0, 3.5.
+    np.testing.assert_array_equal(tensors["e"].array, np.array([0x3F80, 0xC000, 0x4060], np.uint16))
+    np.testing.assert_array_equal(tensors["q"].array, np.array([-128, 0, 127], np.int8))
+    np.testing.assert_array_equal(tensors["m"].array, np.array([[0, 255]], np.uint8))
+    assert tensors["s"].array.shape == ()
+    assert float(tensors["s"].array) == 1.0
+
+
+def test_python_accepts_envelopes_signed_in_go(go_signed: dict[str, Any]) -> None:
+    decoder = _decoder(go_signed)
+    records = _records(go_signed)
+    owner = go_signed["signer"]["owner"]
+    ids = {e["name"]: bytes.fromhex(e["id"]) for e in go_signed["envelopes"]}
+
+    hb = decoder.decode(records["heartbeat"])
+    assert (hb.header.type, hb.header.sender, hb.header.id) == ("heartbeat", owner, ids["heartbeat"])
+    assert hb.header.key_id == bytes.fromhex(go_signed["signer"]["key_id"])
+    assert isinstance(hb.body, Heartbeat)
+    assert (hb.body.device_id, hb.body.seq, hb.body.state) == (owner, 300, "uploading")
+    assert hb.body.metrics == {"cpu": 0.75, "mem": 1.0}
+
+    mu = decoder.decode(records["model_update"])
+    assert mu.header.round == 3
+    assert isinstance(mu.body, ModelUpdate)
+    _check_update(mu.body, owner)
+
+    en = decoder.decode(records["enrollment"])
+    device = go_signed["device"]
+    assert (en.header.sender, en.header.key_id) == (device["owner"], bytes.fromhex(device["key_id"]))
+    assert isinstance(en.body, Enrollment)
+    assert en.body.device_id == device["owner"]
+    assert en.body.public_key == bytes.fromhex(device["public_key"])
+    assert en.body.token == "go-token"
+    assert en.body.labels == {"site": "go"}
+
+    au = decoder.decode(records["audit_event"])
+    assert isinstance(au.body, AuditEvent)
+    assert au.body.ref_id == ids["heartbeat"]
+    assert au.body.detail == {"n": 3, "ok": True, "none": None, "ratio": 0.5, "lang": "go"}
+
+
+def test_python_reassembles_a_stream_chunked_in_go(go_signed: dict[str, Any]) -> None:
+    decoder = _decoder(go_signed)
+    reassembler = Reassembler(decoder)
+    records = _records(go_signed)
+    chunks = sorted(name for name in records if name.startswith("model_chunk_"))
+    assert len(chunks) == 2
+    done: list[Message] = []
+    for name in reversed(chunks):  # any order is accepted (§9)
+        message = reassembler.feed(decoder.decode(records[name]))
+        if message is not None:
+            done.append(message)
+    assert len(done) == 1
+    assert done[0].header.id == bytes.fromhex(go_signed["stream"])
+    assert isinstance(done[0].body, ModelUpdate)
+    _check_update(done[0].body, go_signed["signer"]["owner"])
+
+
+@pytest.mark.parametrize(
+    ("offset_from_end", "reason"),
+    [(1, "signature"), (3309 // 2, "signature")],
+)
+def test_python_rejects_a_go_envelope_with_a_flipped_signature_byte(
+    go_signed: dict[str, Any], offset_from_end: int, reason: str
+) -> None:
+    record = bytearray(_records(go_signed)["heartbeat"])
+    record[-offset_from_end] ^= 0x01  # the record ends with the 3309 signature bytes
+    with pytest.raises(ProtocolError) as caught:
+        _decoder(go_signed).decode(bytes(record))
+    assert caught.value.reason == reason
+    assert caught.value.field == "sig"
