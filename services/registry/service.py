@@ -26,17 +26,18 @@ from qflare import metrics
 from qflare.errors import ProtocolError, QflareError, UnknownKeyError
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
-from qflare.protocol import Decoder, KeyRing, Message, seal, topics
-from qflare.protocol.control import AuditEvent, RegistryCommand
-from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, Heartbeat
+from qflare.protocol import Decoder, KeyRing, Message, topics
+from qflare.protocol.control import RegistryCommand
+from qflare.protocol.decoder import KnownKey
+from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, Heartbeat
 from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
+from services.registry.publisher import SERVICE, Publisher
 from services.registry.store import DeviceRow, EnrollmentRejected, RegistryStore
 
 log = structlog.get_logger("qflare.registry")
 #: Infrastructure hiccups: retried, never fatal.
 TRANSIENT = (KafkaError, RedisError, psycopg.OperationalError, OSError)
-SERVICE = "registry"
 
 
 class Rejected(QflareError):
@@ -56,9 +57,9 @@ class RegistryService:
         self.device_keys = KeyRing()
         #: key_id -> device id of revoked/deregistered devices, to name the reason on rejection.
         self.retired_keys: dict[bytes, str] = {}
+        self._last_unknown = b""
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._in_flight: list[asyncio.Future[Any]] = []
         self.handled = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -85,13 +86,13 @@ class RegistryService:
         operators = TrustedKeys(self.cfg.keys_dir)
         self.decoders = {
             t.enrollments.name: Decoder(
-                self.device_keys,
+                self._device_key,
                 allowed_types=t.enrollments.types,
                 self_signed={"enrollment"},
                 max_age_ms=t.enrollments.max_age_ms,
             ),
             t.heartbeats.name: Decoder(
-                self.device_keys, allowed_types=t.heartbeats.types, max_age_ms=t.heartbeats.max_age_ms
+                self._device_key, allowed_types=t.heartbeats.types, max_age_ms=t.heartbeats.max_age_ms
             ),
             t.registry_control.name: Decoder(
                 operators, allowed_types=t.registry_control.types, max_age_ms=t.registry_control.max_age_ms
@@ -99,8 +100,9 @@ class RegistryService:
         }
         self.producer = make_producer(self.kafka)
         await self.producer.start()
+        self.out = Publisher(self.producer, self.store, self.identity, self.topics)
         # Records a crash left in the outbox go out before anything new.
-        await self.flush_outbox()
+        await self.out.flush_outbox()
         self.consumer = make_consumer(
             self.kafka,
             t.enrollments.name,
@@ -135,6 +137,12 @@ class RegistryService:
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def _device_key(self, kid: bytes) -> KnownKey | None:
+        found = self.device_keys(kid)
+        if found is None:
+            self._last_unknown = kid
+        return found
+
     # -- the loop ------------------------------------------------------------
     async def run(self) -> None:
         while not self._stopping.is_set():
@@ -145,8 +153,8 @@ class RegistryService:
                     await self._handle(record, seen)
             await self.live.beat(seen)
             if batches:
-                await self.flush_outbox()
-                await self.settle()
+                await self.out.flush_outbox()
+                await self.out.settle()
                 await self.consumer.commit()
 
     async def _handle(self, record: ConsumerRecord[Any, Any], seen: dict[str, int]) -> None:
@@ -165,7 +173,7 @@ class RegistryService:
                 await self._command(msg, body)
             metrics.ACCEPTED.labels(SERVICE, msg.header.type).inc()
         except (ProtocolError, EnrollmentRejected, Rejected) as exc:
-            await self._reject(record, exc)
+            await self.out.reject(record, exc)
 
     def _decode(self, record: ConsumerRecord[Any, Any]) -> Message:
         if record.value is None:
@@ -174,11 +182,11 @@ class RegistryService:
             return self.decoders[record.topic].decode(record.value)
         except UnknownKeyError as exc:
             # Name the reason precisely when the key belonged to a retired device.
-            for kid, device in self.retired_keys.items():
-                if kid.hex() in str(exc):
-                    raise Rejected(
-                        "revoked", f"device {device} is revoked or deregistered", field="key_id"
-                    ) from exc
+            device = self.retired_keys.get(self._last_unknown)
+            if device is not None:
+                raise Rejected(
+                    "revoked", f"device {device} is revoked or deregistered", field="key_id"
+                ) from exc
             raise
 
     # -- handlers ------------------------------------------------------------
@@ -194,8 +202,8 @@ class RegistryService:
                 body.device_id, body.public_key, msg.header.key_id, token_hash, body.labels
             )
             if outcome != "unchanged":
-                await self._queue_device(row)
-                await self._queue_audit(
+                await self.out.queue_device(row)
+                await self.out.queue_audit(
                     "device.enrolled", "info", reason=outcome, subject=row.device_id, ref=msg
                 )
         if outcome == "rotated" and before is not None:
@@ -226,14 +234,16 @@ class RegistryService:
                 return
             if body.command == "issue_tokens":
                 count = await self.store.add_tokens(list(body.token_hashes), body.expires_ms, body.labels)
-                await self._queue_audit(
+                await self.out.queue_audit(
                     "tokens.issued", "info", reason=f"{count} tokens", subject=msg.header.sender, ref=msg
                 )
             elif body.command == "revoke":
                 retired = await self._retire(str(body.device_id), "revoked", msg)
             elif body.command == "rotate_key":
                 await self.store.authorise_rotation(str(body.device_id), body.expires_ms)
-                await self._queue_audit("device.rotation_authorised", "info", subject=body.device_id, ref=msg)
+                await self.out.queue_audit(
+                    "device.rotation_authorised", "info", subject=body.device_id, ref=msg
+                )
         if retired is not None:
             await self._after_retire(retired)
 
@@ -241,15 +251,14 @@ class RegistryService:
         row = await self.store.set_status(device_id, status)
         if row is None:
             raise Rejected("unknown_device", f"no device {device_id}", field="device_id")
-        await self._queue_device(row)
-        await self._queue_audit(f"device.{status}", "warning", subject=device_id, ref=msg)
+        await self.out.queue_device(row)
+        await self.out.queue_audit(f"device.{status}", "warning", subject=device_id, ref=msg)
         return row
 
     async def _after_retire(self, row: DeviceRow) -> None:
         self._remember(row)
         await self.live.forget(row.device_id)
 
-    # -- outputs -------------------------------------------------------------
     def _remember(self, row: DeviceRow) -> None:
         if row.status == "active":
             self.device_keys.add(row.device_id, row.public_key)
@@ -257,88 +266,6 @@ class RegistryService:
         else:
             self.device_keys.remove(row.key_id)
             self.retired_keys[row.key_id] = row.device_id
-
-    def _seal(self, body: AuditEvent | Device | DeviceHealth) -> bytes:
-        return seal(body, self.identity.signer, sender=self.identity.name)
-
-    async def _queue_device(self, row: DeviceRow) -> None:
-        record = Device(
-            device_id=row.device_id,
-            status=row.status,
-            public_key=row.public_key,
-            enrolled_ms=row.enrolled_ms,
-            updated_ms=row.updated_ms,
-            labels=row.labels,
-        )
-        await self.store.queue(self.topics.devices.name, row.device_id.encode(), self._seal(record))
-
-    async def _queue_audit(
-        self,
-        event: str,
-        severity: str,
-        *,
-        reason: str = "",
-        subject: str | None = None,
-        ref: Message | None = None,
-    ) -> None:
-        body = AuditEvent(
-            event=event,
-            severity=severity,
-            source=SERVICE,
-            reason=reason,
-            subject=subject,
-            ref_id=ref.header.id if ref else None,
-        )
-        await self.store.queue(self.topics.audit.name, SERVICE.encode(), self._seal(body))
-
-    async def flush_outbox(self) -> None:
-        """Publish queued records in order, deleting each batch once Kafka acknowledged all of it.
-
-        Called once per consumed batch, before the batch's offsets are committed.
-        """
-        while pending := await self.store.pending():
-            futures = [await self.producer.send(topic, value, key=key) for _, topic, key, value in pending]
-            await asyncio.gather(*futures)
-            metrics.BYTES_OUT.labels(SERVICE).inc(sum(len(v) for *_, v in pending))
-            await self.store.sent(pending[-1][0])
-
-    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Send without waiting; ``settle`` awaits every acknowledgement before offsets move."""
-        self._in_flight.append(await self.producer.send(topic, value, key=key))
-        metrics.BYTES_OUT.labels(SERVICE).inc(len(value))
-
-    async def settle(self) -> None:
-        in_flight, self._in_flight = self._in_flight, []
-        await asyncio.gather(*in_flight)
-
-    async def _reject(self, record: ConsumerRecord[Any, Any], exc: QflareError) -> None:
-        """Count, log and audit a rejected record. Nothing changed, so no outbox is needed:
-        a replay after a crash rejects (and reports) it again."""
-        metrics.REJECTED.labels(SERVICE, record.topic, exc.reason).inc()
-        subject = record.key.decode(errors="replace")[:256] if record.key else None
-        log.warning(
-            "rejected",
-            topic=record.topic,
-            offset=record.offset,
-            reason=exc.reason,
-            error=str(exc),
-            subject=subject,
-        )
-        body = AuditEvent(
-            event="message.rejected",
-            severity="warning",
-            source=SERVICE,
-            reason=exc.reason,
-            subject=subject,
-            detail={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "field": exc.field,
-                "error": str(exc)[:500],
-            },
-        )
-        await self._send(self.topics.audit.name, SERVICE.encode(), self._seal(body))
 
     # -- health sweep ----------------------------------------------------------
     async def _sweep_forever(self) -> None:
@@ -354,10 +281,7 @@ class RegistryService:
         changes = await self.live.transitions(int(time.time() * 1000))
         for change in changes:
             event = DeviceHealth(change.device_id, change.state, change.last_seen_ms)
-            # Awaited here (not via settle) so this task never waits on the loop's sends.
-            await self.producer.send_and_wait(
-                self.topics.health.name, self._seal(event), key=change.device_id.encode()
-            )
+            await self.out.health(event)
         await self.live.commit(changes)
         for state, count in (await self.live.counts()).items():
             metrics.DEVICES_BY_HEALTH.labels(state).set(count)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
 from qflare.kafka import KafkaSettings, make_consumer, make_producer
-from qflare.protocol import Decoder, topics
+from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics
 
@@ -36,6 +37,7 @@ class RegistryProcess:
     log_path: Path
     stale_after_s: float = 1.5
     offline_after_s: float = 3.0
+    metrics_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -46,7 +48,7 @@ class RegistryProcess:
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_REGISTRY_KEYS_DIR": str(self.keys_dir),
             "QFLARE_REGISTRY_GROUP_ID": f"registry-{self.kafka.topic_prefix}",
-            "QFLARE_REGISTRY_METRICS_PORT": "0",
+            "QFLARE_REGISTRY_METRICS_PORT": str(self.metrics_port),
             "QFLARE_REGISTRY_STALE_AFTER_S": str(self.stale_after_s),
             "QFLARE_REGISTRY_OFFLINE_AFTER_S": str(self.offline_after_s),
             "QFLARE_REGISTRY_SWEEP_INTERVAL_S": "0.25",
@@ -79,6 +81,18 @@ class RegistryProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the registry's /metrics (0.0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            if not line.startswith(name + "{"):
+                continue
+            head, _, value = line.rpartition(" ")
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                return float(value)
+        return 0.0
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -105,6 +119,12 @@ class Fleet:
         device = DeviceRuntime(cfg, key, self.link, self.topics)
         self.devices[device_id] = device
         return device
+
+    def devices_keyring(self) -> KeyRing:
+        ring = KeyRing()
+        for device_id, device in self.devices.items():
+            ring.add(device_id, device.key.public_key)
+        return ring
 
     def run(self, device_id: str) -> None:
         self.tasks[device_id] = asyncio.create_task(self.devices[device_id].run())

@@ -1,0 +1,122 @@
+"""Everything the registry writes to Kafka: device records, audit events, health events.
+
+State-change reports go through the PostgreSQL outbox (queued in the caller's
+transaction, flushed once per batch); rejections are sent directly and
+acknowledged before the batch's offsets are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from qflare import metrics
+from qflare.errors import QflareError
+from qflare.identity import Identity
+from qflare.protocol import Message, seal
+from qflare.protocol.control import AuditEvent
+from qflare.protocol.devices import Device, DeviceHealth
+from qflare.protocol.topics import Topics
+from services.registry.store import DeviceRow, RegistryStore
+
+log = structlog.get_logger("qflare.registry")
+SERVICE = "registry"
+
+
+class Publisher:
+    def __init__(
+        self, producer: AIOKafkaProducer, store: RegistryStore, identity: Identity, topics: Topics
+    ) -> None:
+        self.producer = producer
+        self.store = store
+        self.identity = identity
+        self.topics = topics
+        self._in_flight: list[asyncio.Future[Any]] = []
+
+    def seal(self, body: AuditEvent | Device | DeviceHealth) -> bytes:
+        return seal(body, self.identity.signer, sender=self.identity.name)
+
+    async def queue_device(self, row: DeviceRow) -> None:
+        record = Device(
+            device_id=row.device_id,
+            status=row.status,
+            public_key=row.public_key,
+            enrolled_ms=row.enrolled_ms,
+            updated_ms=row.updated_ms,
+            labels=row.labels,
+        )
+        await self.store.queue(self.topics.devices.name, row.device_id.encode(), self.seal(record))
+
+    async def queue_audit(
+        self,
+        event: str,
+        severity: str,
+        *,
+        reason: str = "",
+        subject: str | None = None,
+        ref: Message | None = None,
+    ) -> None:
+        body = AuditEvent(
+            event=event,
+            severity=severity,
+            source=SERVICE,
+            reason=reason,
+            subject=subject,
+            ref_id=ref.header.id if ref else None,
+        )
+        await self.store.queue(self.topics.audit.name, SERVICE.encode(), self.seal(body))
+
+    async def flush_outbox(self) -> None:
+        """Publish queued records in order, deleting each batch once Kafka acknowledged all of it."""
+        while pending := await self.store.pending():
+            futures = [await self.producer.send(topic, value, key=key) for _, topic, key, value in pending]
+            await asyncio.gather(*futures)
+            metrics.BYTES_OUT.labels(SERVICE).inc(sum(len(v) for *_, v in pending))
+            await self.store.sent(pending[-1][0])
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Send without waiting; ``settle`` awaits every acknowledgement before offsets move."""
+        self._in_flight.append(await self.producer.send(topic, value, key=key))
+        metrics.BYTES_OUT.labels(SERVICE).inc(len(value))
+
+    async def settle(self) -> None:
+        in_flight, self._in_flight = self._in_flight, []
+        await asyncio.gather(*in_flight)
+
+    async def health(self, event: DeviceHealth) -> None:
+        # Awaited here (not via settle): the sweep task must not wait on the loop's sends.
+        await self.producer.send_and_wait(
+            self.topics.health.name, self.seal(event), key=event.device_id.encode()
+        )
+
+    async def reject(self, record: ConsumerRecord[Any, Any], exc: QflareError) -> None:
+        """Count, log and audit a rejected record. Nothing changed, so no outbox is needed:
+        a replay after a crash rejects (and reports) it again."""
+        metrics.REJECTED.labels(SERVICE, record.topic, exc.reason).inc()
+        subject = record.key.decode(errors="replace")[:256] if record.key else None
+        log.warning(
+            "rejected",
+            topic=record.topic,
+            offset=record.offset,
+            reason=exc.reason,
+            error=str(exc),
+            subject=subject,
+        )
+        body = AuditEvent(
+            event="message.rejected",
+            severity="warning",
+            source=SERVICE,
+            reason=exc.reason,
+            subject=subject,
+            detail={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "field": exc.field,
+                "error": str(exc)[:500],
+            },
+        )
+        await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body))
