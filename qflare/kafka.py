@@ -7,6 +7,7 @@ clients here so those settings cannot drift between services.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,7 +29,11 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="QFLARE_KAFKA_", extra="ignore")
 
-    bootstrap: str = Field(default="127.0.0.1:19092", description="host:port[,host:port...]")
+    #: Defaults to the local stack's broker, following ``QFLARE_KAFKA_PORT`` when that is set.
+    bootstrap: str = Field(
+        default_factory=lambda: f"127.0.0.1:{os.environ.get('QFLARE_KAFKA_PORT', '19092')}",
+        description="host:port[,host:port...]",
+    )
     client_id: str = "qflare"
     #: Largest single record (envelope); bigger bodies are chunked by the protocol.
     max_record_bytes: int = Field(default=Limits().max_record_bytes, ge=64 * 1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -11,8 +12,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class RegistrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QFLARE_REGISTRY_", extra="ignore")
 
-    postgres_dsn: str = "postgresql://qflare@127.0.0.1:15432/qflare"
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    # Default to the local stack's servers, following its QFLARE_*_PORT settings.
+    postgres_dsn: str = Field(
+        default_factory=lambda: (
+            f"postgresql://qflare@127.0.0.1:{os.environ.get('QFLARE_POSTGRES_PORT', '15432')}/qflare"
+        )
+    )
+    redis_url: str = Field(
+        default_factory=lambda: f"redis://127.0.0.1:{os.environ.get('QFLARE_REDIS_PORT', '16379')}/0"
+    )
     keys_dir: Path = Path(".qflare/keys")
     #: The registry's own signing identity (``<keys_dir>/<identity>.key``).
     identity: str = "registry"
