@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Collection
-from typing import Any, ClassVar, Self
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, ClassVar, Self, TypeVar
 
-from qflare.errors import SchemaError
+from qflare.errors import NonFiniteTensorError, SchemaError, TensorError
+from qflare.protocol import wire
 from qflare.protocol.tensors import MAX_NDIM, Tensor, decode_tensor
 
 #: Ids of devices, jobs and services: printable, no spaces, safe in logs and Kafka keys.
@@ -22,17 +23,19 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _INT64_MAX = (1 << 63) - 1
 
 Scalar = str | int | float | bool | None
+V = TypeVar("V")
 
 
 class Body(ABC):
-    """A typed payload. ``TYPE`` is the envelope's ``type`` string."""
+    """A typed payload. ``TYPE`` is the envelope's ``type`` string, ``KEYS`` its keys in wire order."""
 
     __slots__ = ()
     TYPE: ClassVar[str]
+    KEYS: ClassVar[tuple[str, ...]]
 
     @abstractmethod
     def to_body(self) -> dict[str, Any]:
-        """The msgpack map for this body (str keys; bins may be memoryviews)."""
+        """The msgpack map for this body: keys in ``KEYS`` order, free-form maps sorted."""
 
     @classmethod
     @abstractmethod
@@ -48,30 +51,35 @@ class Body(ABC):
         return None
 
 
-class Fields:
-    """Reads one map strictly. Call ``done()`` last to refuse unknown keys."""
+def sorted_map(entries: Mapping[str, V]) -> dict[str, V]:
+    """A free-form map in the order encoders write it: keys sorted by their UTF-8 bytes.
 
-    def __init__(self, data: object, where: str = "body") -> None:
+    Code point order and UTF-8 byte order agree, so sorting the ``str`` keys suffices.
+    """
+    return dict(sorted(entries.items()))
+
+
+class Fields:
+    """Reads one body map strictly, in the order of docs/protocol.md §6 ("Naming the field").
+
+    The key set is checked up front (the first unexpected key in wire order, then
+    the first missing key in ``keys`` order); the caller then reads the values in
+    ``keys`` order and runs cross-field checks last.
+    """
+
+    def __init__(self, data: object, keys: Sequence[str], where: str = "body") -> None:
         if not isinstance(data, dict):
             raise SchemaError(f"expected a map, got {type(data).__name__}", field=where)
         self._data: dict[str, object] = data
         self._where = where
-        self._seen: set[str] = set()
+        # Every key is required, optional ones included (as nil): one canonical form per body.
+        wire.check_keys(data, keys, where)
 
     def _name(self, key: str) -> str:
         return f"{self._where}.{key}"
 
     def _get(self, key: str) -> object:
-        # Every key is required, optional ones included (as nil): one canonical form per body.
-        self._seen.add(key)
-        if key not in self._data:
-            raise SchemaError("required field is missing", field=self._name(key))
         return self._data[key]
-
-    def done(self) -> None:
-        extra = sorted(set(self._data) - self._seen)
-        if extra:
-            raise SchemaError(f"unexpected field(s) {', '.join(extra)}", field=self._name(extra[0]))
 
     def integer(self, key: str, *, lo: int = 0, hi: int = _INT64_MAX) -> int:
         value = self._get(key)
@@ -85,15 +93,6 @@ class Fields:
         if self._get(key) is None:
             return None
         return self.integer(key, lo=lo, hi=hi)
-
-    def number(self, key: str, *, lo: float = -math.inf, hi: float = math.inf) -> float:
-        value = self._get(key)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SchemaError(f"expected a number, got {type(value).__name__}", field=self._name(key))
-        out = float(value)
-        if not math.isfinite(out) or not lo <= out <= hi:
-            raise SchemaError(f"{out} is not finite or outside [{lo}, {hi}]", field=self._name(key))
-        return out
 
     def flag(self, key: str) -> bool:
         value = self._get(key)
@@ -187,12 +186,13 @@ class Fields:
         return out  # type: ignore[return-value]
 
     def float_map(self, key: str) -> dict[str, float]:
+        """str -> finite number; an int or float32 on the wire is held as float64."""
         raw = self._map(key)
         out: dict[str, float] = {}
         for k, v in raw.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise SchemaError("expected a finite number", field=f"{self._name(key)}.{k}")
-            out[k] = float(v)
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise SchemaError("expected a number", field=f"{self._name(key)}.{k}")
+            out[k] = _finite(float(v), f"{self._name(key)}.{k}")
         return out
 
     def scalar_map(self, key: str) -> dict[str, Scalar]:
@@ -202,8 +202,8 @@ class Fields:
                 raise SchemaError(
                     f"expected a scalar, got {type(v).__name__}", field=f"{self._name(key)}.{k}"
                 )
-            if isinstance(v, float) and not math.isfinite(v):
-                raise SchemaError("expected a finite number", field=f"{self._name(key)}.{k}")
+            if isinstance(v, float):
+                _finite(v, f"{self._name(key)}.{k}")
         return out  # type: ignore[return-value]
 
     def tensors(self, key: str, *, max_ndim: int = MAX_NDIM) -> tuple[Tensor, ...]:
@@ -214,7 +214,19 @@ class Fields:
             decode_tensor(item, where=f"{self._name(key)}[{i}]", max_ndim=max_ndim)
             for i, item in enumerate(value)
         )
-        names = [t.name for t in out]
-        if len(set(names)) != len(names):
-            raise SchemaError("tensor names must be unique", field=self._name(key))
+        # Names are compared once every tensor passed its own checks; the second use is named.
+        seen: set[str] = set()
+        for i, tensor in enumerate(out):
+            if tensor.name in seen:
+                raise TensorError(
+                    f"duplicate tensor name {tensor.name!r}", field=f"{self._name(key)}[{i}].name"
+                )
+            seen.add(tensor.name)
         return out
+
+
+def _finite(value: float, field: str) -> float:
+    # NaN and infinities break JSON, SQL and every average they enter.
+    if not math.isfinite(value):
+        raise NonFiniteTensorError(f"{value} is not a finite number", field=field)
+    return value

@@ -84,13 +84,14 @@ def seal_chunked(
 
 @dataclass(slots=True)
 class _Stream:
+    #: The header of chunk 0 once it is in (until then the first chunk received).
     first: Header
     body: ModelChunk
     count: int
     buffer: bytearray
     last_ms: int
-    received: set[int] = field(default_factory=set)
-    filled: int = 0
+    #: index -> (offset, length) of each slice received.
+    slices: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 class Reassembler:
@@ -144,7 +145,7 @@ class Reassembler:
         cutoff = self.clock() - self.timeout_ms
         for key in [k for k, s in self._streams.items() if s.last_ms < cutoff]:
             stream = self._drop(key)
-            got = f"{len(stream.received)}/{stream.count}"
+            got = f"{len(stream.slices)}/{stream.count}"
             exc = ChunkTimeoutError(
                 f"stream {key[1].hex()} from {key[0]!r} timed out at {got} chunks", field="chunk.stream"
             )
@@ -199,17 +200,19 @@ class Reassembler:
             if mine != theirs:
                 self._drop(key)
                 raise ChunkError("differs from earlier chunks of the stream", field=name)
-        if chunk.index in stream.received:
-            return None
+        if chunk.index in stream.slices:
+            return None  # the same index again under another id: the first copy stands
         end = body.offset + len(body.data)
         if end > body.size:
             self._drop(key)
             raise ChunkError(f"slice ends at {end}, past the body size {body.size}", field="body.offset")
+        # Written in place as it arrives; that the slices tile the body is checked at the end.
         stream.buffer[body.offset : end] = body.data
-        stream.received.add(chunk.index)
-        stream.filled += len(body.data)
+        stream.slices[chunk.index] = (body.offset, len(body.data))
+        if chunk.index == 0:
+            stream.first = msg.header
         stream.last_ms = self.clock()
-        if len(stream.received) < chunk.count:
+        if len(stream.slices) < chunk.count:
             return None
         return self._finish(key, stream)
 
@@ -219,7 +222,15 @@ class Reassembler:
         while len(self._completed) > self._remember:
             self._completed.popitem(last=False)
         first, ref = stream.first, stream.body
-        if stream.filled != ref.size or not hmac.compare_digest(
+        expected = 0
+        for index in range(stream.count):
+            offset, length = stream.slices[index]
+            if offset != expected:
+                raise ChunkError(
+                    f"chunk {index} starts at {offset}, expected {expected}", field="body.offset"
+                )
+            expected += length
+        if expected != ref.size or not hmac.compare_digest(
             hashlib.sha256(stream.buffer).digest(), ref.digest
         ):
             raise ChunkError("reassembled body does not match its size and digest", field="body.digest")

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from qflare.errors import SchemaError
-from qflare.protocol.body import Body, Fields, Scalar
+from qflare.protocol.body import Body, Fields, Scalar, sorted_map
 
 SEVERITIES = frozenset({"info", "warning", "error", "critical"})
 JOB_COMMANDS = frozenset({"start", "pause", "resume", "stop"})
@@ -22,6 +22,15 @@ class AuditEvent(Body):
     """Something security- or operations-relevant happened (e.g. a message was rejected)."""
 
     TYPE: ClassVar[str] = "audit_event"
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "event",
+        "severity",
+        "source",
+        "reason",
+        "subject",
+        "ref_id",
+        "detail",
+    )
     event: str
     severity: str
     source: str
@@ -39,12 +48,12 @@ class AuditEvent(Body):
             "reason": self.reason,
             "subject": self.subject,
             "ref_id": self.ref_id,
-            "detail": self.detail,
+            "detail": sorted_map(self.detail),
         }
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         out = cls(
             event=f.text("event", pattern=_EVENT),
             severity=f.choice("severity", SEVERITIES),
@@ -54,7 +63,6 @@ class AuditEvent(Body):
             ref_id=f.opt_blob("ref_id", size=16),
             detail=f.scalar_map("detail"),
         )
-        f.done()
         return out
 
 
@@ -63,18 +71,18 @@ class JobCommand(Body):
     """Start, pause, resume or stop a training job."""
 
     TYPE: ClassVar[str] = "job_command"
+    KEYS: ClassVar[tuple[str, ...]] = ("job_id", "command", "config")
     job_id: str
     command: str
     config: dict[str, Scalar] = field(default_factory=dict)
 
     def to_body(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "command": self.command, "config": self.config}
+        return {"job_id": self.job_id, "command": self.command, "config": sorted_map(self.config)}
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         out = cls(f.id("job_id"), f.choice("command", JOB_COMMANDS), f.scalar_map("config"))
-        f.done()
         return out
 
 
@@ -88,6 +96,7 @@ class RegistryCommand(Body):
     """
 
     TYPE: ClassVar[str] = "registry_command"
+    KEYS: ClassVar[tuple[str, ...]] = ("command", "device_id", "token_hashes", "expires_ms", "labels")
     command: str
     device_id: str | None
     token_hashes: tuple[bytes, ...] = ()
@@ -100,12 +109,12 @@ class RegistryCommand(Body):
             "device_id": self.device_id,
             "token_hashes": list(self.token_hashes),
             "expires_ms": self.expires_ms,
-            "labels": self.labels,
+            "labels": sorted_map(self.labels),
         }
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         command = f.choice("command", REGISTRY_COMMANDS)
         out = cls(
             command,
@@ -114,7 +123,6 @@ class RegistryCommand(Body):
             f.integer("expires_ms"),
             f.str_map("labels"),
         )
-        f.done()
         if (command in _DEVICE_COMMANDS) != (out.device_id is not None):
             need = "needs" if command in _DEVICE_COMMANDS else "takes no"
             raise SchemaError(f"{command!r} {need} device_id", field="body.device_id")

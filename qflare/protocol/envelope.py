@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qflare.crypto.base import KEY_ID_BYTES, ML_DSA_65, Signer
+from qflare.crypto.base import KEY_ID_BYTES, ML_DSA_65, MLDSA65_SIGNATURE_BYTES, Signer
 from qflare.errors import LimitError, SchemaError, VersionError
 from qflare.protocol import wire
 from qflare.protocol.body import ID_PATTERN, Body
@@ -42,7 +42,9 @@ FIELDS = (
     "sig_alg",
     "sig",
 )
+CHUNK_FIELDS = ("stream", "index", "count")
 _UINT64_MAX = (1 << 64) - 1
+_INT64_MAX = (1 << 63) - 1
 _TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
@@ -206,42 +208,45 @@ def _limits(limits: Limits) -> wire.WireLimits:
     return wire.WireLimits(
         max_bytes=limits.max_record_bytes,
         max_depth=2,  # envelope map -> chunk map
-        max_array_len=0,
+        max_array_len=0,  # the envelope holds no arrays
         max_map_len=16,  # a few over 12, so an unexpected key is named rather than just counted
         max_str_len=256,
         max_bin_len=limits.max_record_bytes,
     )
 
 
-def _bin(raw: dict[str, object], key: str, size: int) -> bytes:
+def _bin(raw: dict[str, object], key: str, size: int, where: str = "") -> bytes:
     value = raw[key]
     if not isinstance(value, memoryview) or len(value) != size:
-        raise SchemaError(f"expected bin of {size} bytes", field=key)
+        raise SchemaError(f"expected bin of {size} bytes", field=f"{where}{key}")
     return bytes(value)
 
 
-def _uint(raw: dict[str, object], key: str, *, lo: int = 0, hi: int = _UINT64_MAX) -> int:
+def _uint(raw: dict[str, object], key: str, *, lo: int = 0, hi: int = _UINT64_MAX, where: str = "") -> int:
     value = raw[key]
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise SchemaError(f"expected an integer in [{lo}, {hi}]", field=key)
+        raise SchemaError(f"expected an integer in [{lo}, {hi}]", field=f"{where}{key}")
     return value
 
 
 def _chunk(value: object, limits: Limits) -> Chunk | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) != {"stream", "index", "count"}:
-        raise SchemaError("expected nil or a map of exactly stream, index, count", field="chunk")
-    stream = _bin(value, "stream", 16)
+    if not isinstance(value, dict):
+        raise SchemaError("expected nil or a map of stream, index, count", field="chunk")
+    wire.check_keys(value, CHUNK_FIELDS, "chunk")
+    stream = _bin(value, "stream", 16, "chunk.")
     if not is_uuid7(stream):
         raise SchemaError("stream must be a UUIDv7", field="chunk.stream")
-    count = _uint(value, "count", lo=1, hi=limits.max_chunks)
-    index = _uint(value, "index", hi=count - 1)
+    index = _uint(value, "index", where="chunk.")
+    count = _uint(value, "count", lo=1, hi=limits.max_chunks, where="chunk.")
+    if index >= count:
+        raise SchemaError(f"index {index} is not below count {count}", field="chunk.index")
     return Chunk(stream, index, count)
 
 
 def parse_envelope(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> Envelope:
-    """Parse and type-check every envelope field. No crypto, no clock, no body decoding."""
+    """Parse and type-check every envelope field (§6 steps 2-4). No crypto, clock or body."""
     raw = wire.unpack(data, _limits(limits), root="")
     if not isinstance(raw, dict):
         raise SchemaError(f"envelope must be a map, got {type(raw).__name__}", field="$")
@@ -253,38 +258,39 @@ def parse_envelope(data: bytes | bytearray | memoryview, limits: Limits = DEFAUL
         raise SchemaError("expected an integer", field="v")
     if v not in SUPPORTED_VERSIONS:
         raise VersionError(f"protocol version {v} is not supported", field="v")
-    for key in FIELDS:
-        if key not in raw:
-            raise SchemaError("required field is missing", field=key)
-    if len(raw) != len(FIELDS):
-        extra = sorted(set(raw) - set(FIELDS))
-        raise SchemaError("unexpected field", field=extra[0])
-    type_, sender, sig_alg = raw["type"], raw["sender"], raw["sig_alg"]
+    wire.check_keys(raw, FIELDS)
+    # Then every value, in the order of FIELDS.
+    type_ = raw["type"]
     if not isinstance(type_, str) or not _TYPE_PATTERN.fullmatch(type_):
         raise SchemaError("expected a lower_snake_case type name", field="type")
-    if not isinstance(sender, str) or not ID_PATTERN.fullmatch(sender):
-        raise SchemaError("expected an id string", field="sender")
-    if not isinstance(sig_alg, str) or sig_alg != ML_DSA_65:
-        raise SchemaError(f"signature algorithm must be {ML_DSA_65}", field="sig_alg")
     msg_id = _bin(raw, "id", 16)
     if not is_uuid7(msg_id):
         raise SchemaError("id must be a UUIDv7", field="id")
-    round_ = None if raw["round"] is None else _uint(raw, "round")
-    body, sig = raw["body"], raw["sig"]
+    sender = raw["sender"]
+    if not isinstance(sender, str) or not ID_PATTERN.fullmatch(sender):
+        raise SchemaError("expected an id string", field="sender")
+    kid = _bin(raw, "key_id", KEY_ID_BYTES)
+    ts_ms = _uint(raw, "ts_ms")
+    round_ = None if raw["round"] is None else _uint(raw, "round", hi=_INT64_MAX)
+    body_digest = _bin(raw, "body_digest", 32)
+    body = raw["body"]
     if not isinstance(body, memoryview):
         raise SchemaError("expected bin", field="body")
-    if not isinstance(sig, memoryview) or len(sig) > 8192:
-        raise SchemaError("expected bin of at most 8192 bytes", field="sig")
+    chunk = _chunk(raw["chunk"], limits)
+    sig_alg = raw["sig_alg"]
+    if not isinstance(sig_alg, str) or sig_alg != ML_DSA_65:
+        raise SchemaError(f"signature algorithm must be {ML_DSA_65}", field="sig_alg")
+    sig = _bin(raw, "sig", MLDSA65_SIGNATURE_BYTES)
     header = Header(
         v=v,
         type=type_,
         id=msg_id,
         sender=sender,
-        key_id=_bin(raw, "key_id", KEY_ID_BYTES),
-        ts_ms=_uint(raw, "ts_ms"),
+        key_id=kid,
+        ts_ms=ts_ms,
         round=round_,
-        body_digest=_bin(raw, "body_digest", 32),
-        chunk=_chunk(raw["chunk"], limits),
+        body_digest=body_digest,
+        chunk=chunk,
         sig_alg=sig_alg,
     )
-    return Envelope(header, body, bytes(sig))
+    return Envelope(header, body, sig)

@@ -20,6 +20,7 @@ class ModelChunk(Body):
     """
 
     TYPE: ClassVar[str] = "model_chunk"
+    KEYS: ClassVar[tuple[str, ...]] = ("inner_type", "size", "offset", "digest", "data")
     inner_type: str
     size: int
     offset: int
@@ -37,7 +38,7 @@ class ModelChunk(Body):
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         out = cls(
             inner_type=f.choice("inner_type", CHUNKABLE),
             size=f.integer("size", lo=1),
@@ -45,7 +46,6 @@ class ModelChunk(Body):
             digest=f.blob("digest", size=32),
             data=f.view("data"),
         )
-        f.done()
         return out
 
 

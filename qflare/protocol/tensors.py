@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qflare.errors import NonFiniteTensorError, SchemaError, TensorError
+from qflare.protocol import wire
 
 #: wire tag -> in-memory numpy dtype. Only these tags are accepted.
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -28,7 +29,8 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "|u1": np.dtype("|u1"),
 }
 _FLOAT_TAGS = frozenset({"<f4", "<f2"})
-_KEYS = frozenset({"name", "dtype", "shape", "data"})
+#: The tensor map's keys, in wire order.
+KEYS = ("name", "dtype", "shape", "data")
 _MAX_DIM = (1 << 31) - 1
 #: More dimensions than any layer needs; bounds the shape array a peer can send.
 MAX_NDIM = 8
@@ -101,23 +103,30 @@ class Tensor:
 
 
 def decode_tensor(obj: object, *, where: str, max_ndim: int = MAX_NDIM) -> Tensor:
-    """Build a tensor from its decoded map without copying ``data``."""
+    """Build a tensor from its decoded map without copying ``data``.
+
+    Wrong msgpack types are ``schema``; a dtype, shape or length that breaks §8 is ``tensor``.
+    """
     if not isinstance(obj, dict):
         raise SchemaError(f"expected a tensor map, got {type(obj).__name__}", field=where)
-    if set(obj) != _KEYS:
-        odd = sorted(set(obj) ^ _KEYS)
-        raise SchemaError(f"tensor keys must be exactly {sorted(_KEYS)}", field=f"{where}.{odd[0]}")
+    wire.check_keys(obj, KEYS, where)
     name, tag, shape, data = obj["name"], obj["dtype"], obj["shape"], obj["data"]
     if not isinstance(name, str) or not 0 < len(name) <= 256:
         raise SchemaError("expected a str of 1..256 characters", field=f"{where}.name")
-    if not isinstance(tag, str) or tag not in DTYPES:
+    if not isinstance(tag, str):
+        raise SchemaError(f"expected a str, got {type(tag).__name__}", field=f"{where}.dtype")
+    if tag not in DTYPES:
         raise TensorError(f"dtype must be one of {sorted(DTYPES)}", field=f"{where}.dtype")
-    if not isinstance(shape, list) or len(shape) > max_ndim:
-        raise TensorError(f"shape must be an array of at most {max_ndim} dims", field=f"{where}.shape")
+    if not isinstance(shape, list):
+        raise SchemaError(f"expected an array, got {type(shape).__name__}", field=f"{where}.shape")
+    if len(shape) > max_ndim:
+        raise TensorError(f"{len(shape)} dimensions exceed {max_ndim}", field=f"{where}.shape")
     count = 1
-    for dim in shape:
-        if not isinstance(dim, int) or isinstance(dim, bool) or not 0 <= dim <= _MAX_DIM:
-            raise TensorError(f"bad dimension {dim!r}", field=f"{where}.shape")
+    for i, dim in enumerate(shape):
+        if not isinstance(dim, int) or isinstance(dim, bool):
+            raise SchemaError(f"expected an int, got {type(dim).__name__}", field=f"{where}.shape[{i}]")
+        if not 0 <= dim <= _MAX_DIM:
+            raise TensorError(f"dimension {dim} is outside [0, {_MAX_DIM}]", field=f"{where}.shape[{i}]")
         count *= dim
     if not isinstance(data, memoryview | bytes):
         raise SchemaError(f"expected bin, got {type(data).__name__}", field=f"{where}.data")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from qflare.protocol.body import Body, Fields, Scalar
+from qflare.protocol.body import Body, Fields, Scalar, sorted_map
 from qflare.protocol.tensors import Tensor
 
 ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed"})
@@ -16,6 +16,16 @@ class RoundTask(Body):
     """The scheduler opens a round for the selected devices."""
 
     TYPE: ClassVar[str] = "round_task"
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "job_id",
+        "round",
+        "model_version",
+        "strategy",
+        "devices",
+        "deadline_ms",
+        "min_updates",
+        "config",
+    )
     job_id: str
     round: int
     model_version: int
@@ -34,12 +44,12 @@ class RoundTask(Body):
             "devices": list(self.devices),
             "deadline_ms": self.deadline_ms,
             "min_updates": self.min_updates,
-            "config": self.config,
+            "config": sorted_map(self.config),
         }
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         out = cls(
             job_id=f.id("job_id"),
             round=f.integer("round"),
@@ -50,7 +60,6 @@ class RoundTask(Body):
             min_updates=f.integer("min_updates", lo=1),
             config=f.scalar_map("config"),
         )
-        f.done()
         return out
 
 
@@ -59,6 +68,7 @@ class GlobalModel(Body):
     """A version of a job's global model (compacted topic; usually chunked)."""
 
     TYPE: ClassVar[str] = "model"
+    KEYS: ClassVar[tuple[str, ...]] = ("job_id", "version", "round", "tensors", "metadata")
     job_id: str
     version: int
     tensors: tuple[Tensor, ...]
@@ -71,12 +81,12 @@ class GlobalModel(Body):
             "version": self.version,
             "round": self.round,
             "tensors": [t.to_wire() for t in self.tensors],
-            "metadata": self.metadata,
+            "metadata": sorted_map(self.metadata),
         }
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         out = cls(
             job_id=f.id("job_id"),
             version=f.integer("version"),
@@ -84,7 +94,6 @@ class GlobalModel(Body):
             tensors=f.tensors("tensors"),
             metadata=f.scalar_map("metadata"),
         )
-        f.done()
         return out
 
     def all_tensors(self) -> tuple[Tensor, ...]:
@@ -96,6 +105,15 @@ class ModelUpdate(Body):
     """A device's locally trained weights for one round."""
 
     TYPE: ClassVar[str] = "model_update"
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "job_id",
+        "round",
+        "device_id",
+        "base_version",
+        "num_examples",
+        "tensors",
+        "metrics",
+    )
     job_id: str
     round: int
     device_id: str
@@ -112,12 +130,12 @@ class ModelUpdate(Body):
             "base_version": self.base_version,
             "num_examples": self.num_examples,
             "tensors": [t.to_wire() for t in self.tensors],
-            "metrics": self.metrics,
+            "metrics": sorted_map(self.metrics),
         }
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         out = cls(
             job_id=f.id("job_id"),
             round=f.integer("round"),
@@ -127,7 +145,6 @@ class ModelUpdate(Body):
             tensors=f.tensors("tensors"),
             metrics=f.float_map("metrics"),
         )
-        f.done()
         return out
 
     def all_tensors(self) -> tuple[Tensor, ...]:
@@ -139,6 +156,17 @@ class RoundComplete(Body):
     """The aggregator closes a round and names the resulting model version."""
 
     TYPE: ClassVar[str] = "round_complete"
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "job_id",
+        "round",
+        "status",
+        "model_version",
+        "num_updates",
+        "num_examples",
+        "included",
+        "model_digest",
+        "metrics",
+    )
     job_id: str
     round: int
     status: str
@@ -160,12 +188,12 @@ class RoundComplete(Body):
             "num_examples": self.num_examples,
             "included": list(self.included),
             "model_digest": self.model_digest,
-            "metrics": self.metrics,
+            "metrics": sorted_map(self.metrics),
         }
 
     @classmethod
     def from_body(cls, data: object) -> Self:
-        f = Fields(data)
+        f = Fields(data, cls.KEYS)
         out = cls(
             job_id=f.id("job_id"),
             round=f.integer("round"),
@@ -177,5 +205,4 @@ class RoundComplete(Body):
             model_digest=f.opt_blob("model_digest", size=32),
             metrics=f.float_map("metrics"),
         )
-        f.done()
         return out

@@ -133,14 +133,19 @@ class _Reader:
         return self.buf[self.pos - n : self.pos]
 
     def enter(self, depth: int) -> None:
+        # ``depth`` counts the containers around this one: the outermost is at 0,
+        # so ``max_depth`` containers may nest and one more is refused.
         if depth >= self.limits.max_depth:
             raise LimitError(f"nesting deeper than {self.limits.max_depth}", field=self.where())
 
+    # A container header is checked in a fixed order (docs/protocol.md §10): nesting
+    # depth, then the declared length against its limit (``limit``), then against the
+    # bytes left (``schema``), so every implementation names the same failure.
     def array(self, n: int, depth: int) -> list[object]:
+        self.enter(depth)
         if n > self.limits.max_array_len:
             raise LimitError(f"array of {n} items exceeds {self.limits.max_array_len}", field=self.where())
         self.need(n)  # every item takes at least one byte: bounds the list before it exists
-        self.enter(depth)
         out: list[object] = []
         for i in range(n):
             self.path.append(f"[{i}]")
@@ -149,21 +154,33 @@ class _Reader:
         return out
 
     def map(self, n: int, depth: int) -> dict[str, object]:
+        self.enter(depth)
         if n > self.limits.max_map_len:
             raise LimitError(f"map of {n} entries exceeds {self.limits.max_map_len}", field=self.where())
-        self.need(2 * n)
-        self.enter(depth)
+        self.need(2 * n)  # every entry takes at least two bytes
         out: dict[str, object] = {}
         for _ in range(n):
             key = self.value(depth + 1)
             if not isinstance(key, str):
                 raise SchemaError(f"map key must be a str, got {type(key).__name__}", field=self.where())
+            self.path.append(key)
             if key in out:
                 raise SchemaError(f"duplicate map key {key!r}", field=self.where())
-            self.path.append(key)
             out[key] = self.value(depth + 1)
             self.path.pop()
         return out
+
+
+def check_keys(raw: Mapping[str, object], keys: Sequence[str], where: str = "") -> None:
+    """The key rule of every fixed-key map (docs/protocol.md §6, "Naming the field"):
+    the first key in wire order that is not in ``keys``, else the first of ``keys`` missing."""
+    prefix = f"{where}." if where else ""
+    for key in raw:
+        if key not in keys:
+            raise SchemaError("unexpected field", field=prefix + key)
+    for key in keys:
+        if key not in raw:
+            raise SchemaError("required field is missing", field=prefix + key)
 
 
 def unpack(data: bytes | bytearray | memoryview, limits: WireLimits, *, root: str = "") -> object:

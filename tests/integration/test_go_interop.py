@@ -1,8 +1,9 @@
 """Interoperability with an independent Go client written from docs/protocol.md alone.
 
-``interop/go`` re-encodes every golden vector byte for byte and verifies its signature
-(``go test``); its ``qflare-verify sign`` command signs fresh envelopes in Go with the vector
-keys, and here the Python decoder must accept every one of them.
+``interop/go`` re-encodes every golden vector byte for byte, verifies its signature and
+rejects every rejection vector with the stated reason and field (``go test``); its
+``qflare-verify sign`` command signs fresh envelopes in Go with the vector keys, and here
+the Python decoder must accept every one of them and re-encode each body to the same bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from qflare.errors import ProtocolError
-from qflare.protocol import Decoder, KeyRing, Message, Reassembler
+from qflare.protocol import Decoder, KeyRing, Message, Reassembler, wire
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.devices import Enrollment, Heartbeat
 from qflare.protocol.training import ModelUpdate
@@ -142,6 +143,16 @@ def test_python_accepts_envelopes_signed_in_go(go_signed: dict[str, Any]) -> Non
     assert isinstance(au.body, AuditEvent)
     assert au.body.ref_id == ids["heartbeat"]
     assert au.body.detail == {"n": 3, "ok": True, "none": None, "ratio": 0.5, "lang": "go"}
+
+
+def test_go_writes_every_body_in_the_canonical_form(go_signed: dict[str, Any]) -> None:
+    """Keys in listed order, free-form maps sorted, floats as float64: Python re-encodes the same bytes."""
+    decoder = _decoder(go_signed)
+    for e in go_signed["envelopes"]:
+        if e["type"] == "model_chunk":
+            continue
+        message = decoder.decode(bytes.fromhex(e["envelope"]))
+        assert wire.pack(message.body.to_body()).hex() == e["body"], e["name"]
 
 
 def test_python_reassembles_a_stream_chunked_in_go(go_signed: dict[str, Any]) -> None:

@@ -26,23 +26,20 @@ if str(ROOT) not in sys.path:
 from qflare.crypto import generate_key, kem_backend  # noqa: E402
 from qflare.crypto.base import ML_KEM_768  # noqa: E402
 from qflare.protocol import Body, Tensor, wire  # noqa: E402
+from qflare.protocol.body import Scalar  # noqa: E402
+from qflare.protocol.control import AuditEvent  # noqa: E402
 from qflare.protocol.devices import Enrollment, Heartbeat  # noqa: E402
 from qflare.protocol.envelope import Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
 from qflare.protocol.training import ModelUpdate  # noqa: E402
+from tests.vectors.accepted import acceptances  # noqa: E402
+from tests.vectors.cases import RECEIVER, TS, Cases, build_rejections, fixed_id  # noqa: E402
 
 OUT = Path(__file__).with_name("envelopes.json")
 SEED = bytes(range(32))  # 00 01 02 ... 1f
 KEM_SEED = bytes(range(64))  # 00 01 ... 3f
 DEVICE_SEED = bytes(range(32, 64))
-TS = 1_750_000_000_000
-
-
-def fixed_id(ts_ms: int, n: int) -> bytes:
-    """A UUIDv7 with fixed 'random' bits, so ids are reproducible."""
-    rand = int.from_bytes(hashlib.sha256(b"qflare-vector-%d" % n).digest()[:10], "big")
-    value = ts_ms << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | rand & ((1 << 62) - 1)
-    return value.to_bytes(16, "big")
+STRANGER_SEED = bytes(range(64, 96))
 
 
 def view(obj: object) -> object:
@@ -111,6 +108,23 @@ def _update() -> ModelUpdate:
     return ModelUpdate("job-1", 7, "dev-1", 6, 600, tensors, {"loss": 0.125})
 
 
+def _audit(ref_id: bytes) -> AuditEvent:
+    """Every scalar kind, with keys given unsorted: the encoder sorts them by UTF-8 bytes."""
+    detail: dict[str, Scalar] = {
+        "topic": "qflare.updates",
+        "n": 3,
+        "ok": True,
+        "none": None,
+        "ratio": 0.5,
+        "two": 2.0,
+        "Zeta": "upper case sorts first",
+        "\u00e9": "two UTF-8 bytes sort last",
+        "min": -(1 << 63),
+        "max": (1 << 64) - 1,
+    }
+    return AuditEvent("message.rejected", "warning", "dev-1", "signature", "dev-9", ref_id, detail)
+
+
 def build() -> dict[str, Any]:
     key = generate_key(seed=SEED)
     device = generate_key(seed=DEVICE_SEED)
@@ -142,20 +156,15 @@ def build() -> dict[str, Any]:
         "dev-2", device.public_key, kem_public_key=kem_public, token=None, labels={"site": "lab"}
     )
     add("enrollment_self_signed", "enrollment", enrol, device, "dev-2")
+    add("audit_event", "audit_event", _audit(bytes.fromhex(envelopes[0]["header"]["id"])), key, "dev-1")
 
-    base = envelopes[0]
-    tampered_sig = bytearray.fromhex(base["envelope"])
-    tampered_sig[-1] ^= 0x01
-    v2 = bytearray.fromhex(base["envelope"])
-    v2[v2.index(b"\xa1v\x01") + 2] = 0x02
-    body_at = v2.index(bytes.fromhex(base["body"]))
-    tampered_body = bytearray.fromhex(base["envelope"])
-    tampered_body[body_at] ^= 0x01  # first body byte: a map header becomes another map size
+    stranger = generate_key(seed=STRANGER_SEED)
+    cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)
     return {
         "description": (
-            "QFLARE protocol v1 golden vectors. Hex strings are raw bytes. See docs/protocol.md. "
+            "QFLARE protocol v1 golden vectors. Hex strings are raw bytes. See docs/protocol.md §13. "
             "Signatures are hedged ML-DSA-65 and differ on every regeneration: verify 'sig' over "
-            "'signing_bytes' with 'signing_key.public_key'; every other byte must match exactly."
+            "'signing_bytes' with the key whose key_id the header names; every other byte must match."
         ),
         "protocol_version": 1,
         "signing_key": {
@@ -165,7 +174,12 @@ def build() -> dict[str, Any]:
             "key_id": key.key_id.hex(),
             "key_file": {k: v for k, v in key.to_json().items() if k != "created_ms"} | {"created_ms": 0},
         },
-        "device_key": {"alg": device.alg, "seed": DEVICE_SEED.hex(), "public_key": device.public_key.hex()},
+        "device_key": {
+            "alg": device.alg,
+            "seed": DEVICE_SEED.hex(),
+            "public_key": device.public_key.hex(),
+            "key_id": device.key_id.hex(),
+        },
         "kem_key": {
             "alg": ML_KEM_768,
             "seed": KEM_SEED.hex(),
@@ -174,16 +188,9 @@ def build() -> dict[str, Any]:
             "shared_secret": encap.shared_secret.hex(),
         },
         "envelopes": envelopes,
-        "rejections": [
-            {
-                "name": "signature bit flipped",
-                "envelope": tampered_sig.hex(),
-                "reason": "signature",
-                "field": "sig",
-            },
-            {"name": "version 2", "envelope": v2.hex(), "reason": "version", "field": "v"},
-            {"name": "body altered", "envelope": tampered_body.hex(), "reason": "digest", "field": "body"},
-        ],
+        "receiver": RECEIVER,
+        "rejections": build_rejections(cases),
+        "accepted": acceptances(cases),
     }
 
 

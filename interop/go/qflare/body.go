@@ -1,7 +1,6 @@
 package qflare
 
 import (
-	"encoding/binary"
 	"math"
 	"regexp"
 	"unicode/utf8"
@@ -21,6 +20,7 @@ const (
 	fScalars
 	fArray
 	fTensors
+	fInner // model_chunk inner_type: a body type of §7 other than model_chunk
 )
 
 // ft is the type of one body field (§7).
@@ -48,7 +48,6 @@ var (
 	tScalars  = &ft{kind: fScalars}
 	tIDs      = &ft{kind: fArray, elem: tID}
 	tTensors  = &ft{kind: fTensors}
-	tAnyStr   = &ft{kind: fStr, n: -1}
 	tEventStr = &ft{kind: fStr, n: 64, re: eventRe}
 )
 
@@ -91,7 +90,7 @@ var bodySchemas = map[string][]fd{
 		f("config", tScalars)},
 	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key")), f("device_id", opt(tID)),
 		f("token_hashes", arrayOf(tBin32)), f("expires_ms", tInt), f("labels", tLabels)},
-	"model_chunk": {f("inner_type", tAnyStr), f("size", tInt1), f("offset", tInt), f("digest", tBin32),
+	"model_chunk": {f("inner_type", &ft{kind: fInner}), f("size", tInt1), f("offset", tInt), f("digest", tBin32),
 		f("data", tBinAny)},
 }
 
@@ -113,7 +112,9 @@ func DecodeBody(typ string, raw []byte, allowNonFinite bool) (Value, error) {
 	return v, ValidateBody(typ, v, allowNonFinite)
 }
 
-// ValidateBody checks a parsed body against §7.
+// ValidateBody checks a parsed body against §7: the key set, then each value
+// in listed order, then the cross-field rules, then (unless allowNonFinite)
+// the finiteness of float tensors, in array order.
 func ValidateBody(typ string, v Value, allowNonFinite bool) error {
 	schema, ok := bodySchemas[typ]
 	if !ok {
@@ -122,22 +123,16 @@ func ValidateBody(typ string, v Value, allowNonFinite bool) error {
 	if v.Kind != KMap {
 		return errf("schema", "body", "body is %s, not map", v.Kind)
 	}
-	for _, e := range v.Map {
-		found := false
-		for _, d := range schema {
-			found = found || d.name == e.Key
-		}
-		if !found {
-			return errf("schema", "body."+e.Key, "unknown body key")
-		}
+	keys := make([]string, len(schema))
+	for i, d := range schema {
+		keys[i] = d.name
+	}
+	if err := checkKeys(v, keys, "body"); err != nil {
+		return err
 	}
 	for _, d := range schema {
-		x, ok := v.Get(d.name)
-		path := "body." + d.name
-		if !ok {
-			return errf("schema", path, "missing body key")
-		}
-		if err := check(d.t, x, path, allowNonFinite); err != nil {
+		x, _ := v.Get(d.name)
+		if err := check(d.t, x, "body."+d.name); err != nil {
 			return err
 		}
 	}
@@ -153,10 +148,14 @@ func ValidateBody(typ string, v Value, allowNonFinite bool) error {
 		if issue != (get("device_id").Kind == KNil) {
 			return errf("schema", "body.device_id", "device_id must be nil exactly for issue_tokens")
 		}
-	case "model_chunk":
-		it := get("inner_type").S
-		if it == "model_chunk" || bodySchemas[it] == nil {
-			return errf("schema", "body.inner_type", "not a carried body type")
+	}
+	if tv, ok := v.Get("tensors"); ok && !allowNonFinite {
+		for i, x := range tv.Arr {
+			dtype, _ := x.Get("dtype")
+			data, _ := x.Get("data")
+			if !tensorFinite(dtype.S, data.Raw) {
+				return errf("non_finite", joinIndex("body.tensors", i)+".data", "NaN or infinity in tensor")
+			}
 		}
 	}
 	return nil
@@ -164,7 +163,7 @@ func ValidateBody(typ string, v Value, allowNonFinite bool) error {
 
 func isNonNegInt(x Value) bool { return x.Kind == KInt && !x.Neg }
 
-func check(t *ft, x Value, path string, allowNonFinite bool) error {
+func check(t *ft, x Value, path string) error {
 	switch t.kind {
 	case fID:
 		if x.Kind != KStr || !idRe.MatchString(x.S) {
@@ -196,7 +195,7 @@ func check(t *ft, x Value, path string, allowNonFinite bool) error {
 		if x.Kind == KNil {
 			return nil
 		}
-		return check(t.elem, x, path, allowNonFinite)
+		return check(t.elem, x, path)
 	case fMapStrStr:
 		if x.Kind != KMap {
 			return errf("schema", path, "not a map")
@@ -214,7 +213,7 @@ func check(t *ft, x Value, path string, allowNonFinite bool) error {
 			p := joinKey(path, e.Key)
 			switch e.Val.Kind {
 			case KFloat:
-				if !allowNonFinite && (math.IsNaN(e.Val.F) || math.IsInf(e.Val.F, 0)) {
+				if math.IsNaN(e.Val.F) || math.IsInf(e.Val.F, 0) {
 					return errf("non_finite", p, "not finite")
 				}
 			case KInt:
@@ -231,7 +230,7 @@ func check(t *ft, x Value, path string, allowNonFinite bool) error {
 			switch e.Val.Kind {
 			case KNil, KBool, KInt, KStr:
 			case KFloat:
-				if !allowNonFinite && (math.IsNaN(e.Val.F) || math.IsInf(e.Val.F, 0)) {
+				if math.IsNaN(e.Val.F) || math.IsInf(e.Val.F, 0) {
 					return errf("non_finite", p, "not finite")
 				}
 			default:
@@ -243,7 +242,7 @@ func check(t *ft, x Value, path string, allowNonFinite bool) error {
 			return errf("schema", path, "not an array")
 		}
 		for i, e := range x.Arr {
-			if err := check(t.elem, e, joinIndex(path, i), allowNonFinite); err != nil {
+			if err := check(t.elem, e, joinIndex(path, i)); err != nil {
 				return err
 			}
 		}
@@ -251,157 +250,26 @@ func check(t *ft, x Value, path string, allowNonFinite bool) error {
 		if x.Kind != KArray {
 			return errf("schema", path, "not an array")
 		}
-		names := map[string]bool{}
+		names := make([]string, len(x.Arr))
 		for i, e := range x.Arr {
-			p := joinIndex(path, i)
-			tn, err := CheckTensor(e, p, allowNonFinite)
+			tn, err := CheckTensor(e, joinIndex(path, i))
 			if err != nil {
 				return err
 			}
-			if names[tn.Name] {
-				return errf("schema", p+".name", "duplicate tensor name")
+			names[i] = tn.Name
+		}
+		// Names are compared once every tensor passed its own checks.
+		seen := map[string]bool{}
+		for i, n := range names {
+			if seen[n] {
+				return errf("tensor", joinIndex(path, i)+".name", "duplicate tensor name %q", n)
 			}
-			names[tn.Name] = true
+			seen[n] = true
+		}
+	case fInner:
+		if x.Kind != KStr || x.S == "model_chunk" || bodySchemas[x.S] == nil {
+			return errf("schema", path, "not a body type that may be chunked")
 		}
 	}
 	return nil
-}
-
-// ---------------------------------------------------------------- tensors (§8)
-
-// DTypeSize maps the dtype strings of §8 to element sizes.
-var DTypeSize = map[string]int{"<f4": 4, "<f2": 2, "bf16": 2, "|i1": 1, "|u1": 1}
-
-// Tensor is a checked tensor; Data aliases the record.
-type Tensor struct {
-	Name  string
-	DType string
-	Shape []uint64
-	Data  []byte
-}
-
-// CheckTensor validates one tensor map at path.
-func CheckTensor(x Value, path string, allowNonFinite bool) (*Tensor, error) {
-	if x.Kind != KMap || len(x.Map) != 4 {
-		return nil, errf("schema", path, "tensor must be a map of exactly 4 keys")
-	}
-	name, ok1 := x.Get("name")
-	dtype, ok2 := x.Get("dtype")
-	shape, ok3 := x.Get("shape")
-	data, ok4 := x.Get("data")
-	if !ok1 || !ok2 || !ok3 || !ok4 {
-		return nil, errf("schema", path, "tensor keys must be name, dtype, shape, data")
-	}
-	if name.Kind != KStr {
-		return nil, errf("schema", path+".name", "not a str")
-	}
-	if n := utf8.RuneCountInString(name.S); n < 1 || n > 256 {
-		return nil, errf("schema", path+".name", "length %d not in 1..256", n)
-	}
-	if dtype.Kind != KStr {
-		return nil, errf("schema", path+".dtype", "not a str")
-	}
-	size, ok := DTypeSize[dtype.S]
-	if !ok {
-		return nil, errf("tensor", path+".dtype", "unsupported dtype %q", dtype.S)
-	}
-	if shape.Kind != KArray {
-		return nil, errf("schema", path+".shape", "not an array")
-	}
-	if len(shape.Arr) > 8 {
-		return nil, errf("tensor", path+".shape", "%d dimensions exceed 8", len(shape.Arr))
-	}
-	t := &Tensor{Name: name.S, DType: dtype.S}
-	want := uint64(size)
-	overflow := false
-	for i, d := range shape.Arr {
-		if d.Kind != KInt {
-			return nil, errf("schema", joinIndex(path+".shape", i), "not an int")
-		}
-		if d.Neg || d.U > math.MaxInt32 {
-			return nil, errf("tensor", joinIndex(path+".shape", i), "dimension not in 0..2^31-1")
-		}
-		t.Shape = append(t.Shape, d.U)
-		if d.U != 0 && want > math.MaxUint64/d.U {
-			overflow = true
-		}
-		want *= d.U
-	}
-	if data.Kind != KBin {
-		return nil, errf("schema", path+".data", "not bin")
-	}
-	t.Data = data.Raw
-	if overflow && want != 0 || want != uint64(len(data.Raw)) {
-		return nil, errf("tensor", path+".data", "data is %d bytes, shape needs %d", len(data.Raw), want)
-	}
-	if !allowNonFinite && !tensorFinite(t.DType, t.Data) {
-		return nil, errf("non_finite", path+".data", "NaN or infinity in tensor")
-	}
-	return t, nil
-}
-
-func tensorFinite(dtype string, data []byte) bool {
-	switch dtype {
-	case "<f4":
-		for i := 0; i+4 <= len(data); i += 4 {
-			if binary.LittleEndian.Uint32(data[i:])&0x7f800000 == 0x7f800000 {
-				return false
-			}
-		}
-	case "<f2":
-		for i := 0; i+2 <= len(data); i += 2 {
-			if binary.LittleEndian.Uint16(data[i:])&0x7c00 == 0x7c00 {
-				return false
-			}
-		}
-	case "bf16":
-		for i := 0; i+2 <= len(data); i += 2 {
-			if binary.LittleEndian.Uint16(data[i:])&0x7f80 == 0x7f80 {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// Float64s decodes the tensor elements as float64 values.
-func (t *Tensor) Float64s() []float64 {
-	size := DTypeSize[t.DType]
-	out := make([]float64, 0, len(t.Data)/size)
-	for i := 0; i+size <= len(t.Data); i += size {
-		var x float64
-		switch t.DType {
-		case "<f4":
-			x = float64(math.Float32frombits(binary.LittleEndian.Uint32(t.Data[i:])))
-		case "<f2":
-			x = float16(binary.LittleEndian.Uint16(t.Data[i:]))
-		case "bf16":
-			x = float64(math.Float32frombits(uint32(binary.LittleEndian.Uint16(t.Data[i:])) << 16))
-		case "|i1":
-			x = float64(int8(t.Data[i]))
-		case "|u1":
-			x = float64(t.Data[i])
-		}
-		out = append(out, x)
-	}
-	return out
-}
-
-func float16(h uint16) float64 {
-	sign := 1.0
-	if h&0x8000 != 0 {
-		sign = -1
-	}
-	exp := int(h>>10) & 0x1f
-	frac := float64(h & 0x3ff)
-	switch exp {
-	case 0:
-		return sign * math.Ldexp(frac, -24)
-	case 0x1f:
-		if frac != 0 {
-			return math.NaN()
-		}
-		return sign * math.Inf(1)
-	}
-	return sign * math.Ldexp(1+frac/1024, exp-15)
 }

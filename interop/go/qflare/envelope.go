@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
+	"math"
 	"regexp"
 )
 
@@ -16,15 +17,37 @@ const (
 	KEMPublicSize = 1184
 	Domain        = "qflare.envelope"
 	MaxRecord     = 8 * 1024 * 1024
+	MaxMessage    = 256 * 1024 * 1024
 	MaxChunks     = 4096
 )
 
 var (
-	typeRe   = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
-	idRe     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$`)
-	eventRe  = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
-	envOrder = []string{"v", "type", "id", "sender", "key_id", "ts_ms", "round", "body_digest", "body", "chunk", "sig_alg", "sig"}
+	typeRe     = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
+	idRe       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$`)
+	eventRe    = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
+	envOrder   = []string{"v", "type", "id", "sender", "key_id", "ts_ms", "round", "body_digest", "body", "chunk", "sig_alg", "sig"}
+	chunkOrder = []string{"stream", "index", "count"}
 )
+
+// checkKeys is the key rule of every fixed-key map (§6): the first key, in
+// wire order, that is not in keys; else the first of keys that is missing.
+func checkKeys(x Value, keys []string, path string) error {
+	for _, e := range x.Map {
+		found := false
+		for _, k := range keys {
+			found = found || k == e.Key
+		}
+		if !found {
+			return errf("schema", joinKey(path, e.Key), "unexpected key")
+		}
+	}
+	for _, k := range keys {
+		if _, ok := x.Get(k); !ok {
+			return errf("schema", joinKey(path, k), "missing key")
+		}
+	}
+	return nil
+}
 
 // Chunk is the chunk header of a model_chunk envelope (§2, §9).
 type Chunk struct {
@@ -153,8 +176,8 @@ func IsUUIDv7(b []byte) bool {
 	return len(b) == 16 && b[6]>>4 == 7 && b[8]>>6 == 2
 }
 
-// ParseEnvelope applies steps 1 to 5 of §6 (topic check only when
-// topicTypes is non-nil). Body and Sig alias rec.
+// ParseEnvelope applies steps 1 to 5 of §6 (topicTypes nil: every body type
+// is accepted). Body and Sig alias rec.
 func ParseEnvelope(rec []byte, maxRecord int, topicTypes []string) (*Envelope, error) {
 	if len(rec) > maxRecord { // step 1
 		return nil, errf("limit", "$", "record of %d bytes exceeds %d", len(rec), maxRecord)
@@ -174,26 +197,15 @@ func ParseEnvelope(rec []byte, maxRecord int, topicTypes []string) (*Envelope, e
 	if v.Neg || v.U != Version {
 		return nil, errf("version", "v", "unsupported protocol version")
 	}
-	// step 4: exactly the 12 keys, each typed and in range
-	known := make(map[string]bool, len(envOrder))
-	for _, k := range envOrder {
-		known[k] = true
-	}
-	for _, e := range root.Map {
-		if !known[e.Key] {
-			return nil, errf("schema", e.Key, "unknown envelope key")
-		}
+	// step 4: exactly the 12 keys, then each value in §2 order
+	if err := checkKeys(root, envOrder, ""); err != nil {
+		return nil, err
 	}
 	get := func(k string) Value { x, _ := root.Get(k); return x }
-	for _, k := range envOrder {
-		if _, ok := root.Get(k); !ok {
-			return nil, errf("schema", k, "missing envelope key")
-		}
-	}
 	env := &Envelope{}
 	env.V = v.U
-	if t := get("type"); t.Kind != KStr || !typeRe.MatchString(t.S) || bodySchemas[t.S] == nil {
-		return nil, errf("schema", "type", "not a known body type")
+	if t := get("type"); t.Kind != KStr || !typeRe.MatchString(t.S) {
+		return nil, errf("schema", "type", "not a type name")
 	} else {
 		env.Type = t.S
 	}
@@ -219,11 +231,11 @@ func ParseEnvelope(rec []byte, maxRecord int, topicTypes []string) (*Envelope, e
 	}
 	switch x := get("round"); {
 	case x.Kind == KNil:
-	case x.Kind == KInt && !x.Neg:
+	case x.Kind == KInt && !x.Neg && x.U <= math.MaxInt64:
 		r := x.U
 		env.Round = &r
 	default:
-		return nil, errf("schema", "round", "not nil or an int in 0..2^64-1")
+		return nil, errf("schema", "round", "not nil or an int in 0..2^63-1")
 	}
 	if x := get("body_digest"); x.Kind != KBin || len(x.Raw) != 32 {
 		return nil, errf("schema", "body_digest", "not bin 32")
@@ -253,14 +265,8 @@ func ParseEnvelope(rec []byte, maxRecord int, topicTypes []string) (*Envelope, e
 		env.Sig = x.Raw
 	}
 	// step 5
-	if topicTypes != nil {
-		ok := false
-		for _, t := range topicTypes {
-			ok = ok || t == env.Type
-		}
-		if !ok {
-			return nil, errf("schema", "type", "type %q not accepted on this topic", env.Type)
-		}
+	if !typeAccepted(env.Type, topicTypes) {
+		return nil, errf("schema", "type", "type %q not accepted on this topic", env.Type)
 	}
 	if (env.Chunk != nil) != (env.Type == "model_chunk") {
 		return nil, errf("schema", "chunk", "chunk must be non-nil exactly for model_chunk")
@@ -268,25 +274,43 @@ func ParseEnvelope(rec []byte, maxRecord int, topicTypes []string) (*Envelope, e
 	return env, nil
 }
 
+// typeAccepted: a body type of §7 that the topic carries (any, when topicTypes is nil).
+func typeAccepted(typ string, topicTypes []string) bool {
+	if bodySchemas[typ] == nil {
+		return false
+	}
+	if topicTypes == nil {
+		return true
+	}
+	for _, t := range topicTypes {
+		if t == typ {
+			return true
+		}
+	}
+	return false
+}
+
 func parseChunk(x Value) (*Chunk, error) {
-	bad := func(msg string) (*Chunk, error) { return nil, errf("schema", "chunk", "%s", msg) }
-	if x.Kind != KMap || len(x.Map) != 3 {
-		return bad("not a map of exactly 3 entries")
+	if x.Kind != KMap {
+		return nil, errf("schema", "chunk", "not nil or a map")
 	}
-	s, ok1 := x.Get("stream")
-	i, ok2 := x.Get("index")
-	n, ok3 := x.Get("count")
-	if !ok1 || !ok2 || !ok3 {
-		return bad("keys must be stream, index, count")
+	if err := checkKeys(x, chunkOrder, "chunk"); err != nil {
+		return nil, err
 	}
+	s, _ := x.Get("stream")
+	i, _ := x.Get("index")
+	n, _ := x.Get("count")
 	if s.Kind != KBin || !IsUUIDv7(s.Raw) {
-		return bad("stream is not a 16-byte UUIDv7")
+		return nil, errf("schema", "chunk.stream", "not a 16-byte UUIDv7")
+	}
+	if i.Kind != KInt || i.Neg {
+		return nil, errf("schema", "chunk.index", "not an int in 0..2^64-1")
 	}
 	if n.Kind != KInt || n.Neg || n.U < 1 || n.U > MaxChunks {
-		return bad("count not in 1..4096")
+		return nil, errf("schema", "chunk.count", "not in 1..%d", MaxChunks)
 	}
-	if i.Kind != KInt || i.Neg || i.U >= n.U {
-		return bad("index not in 0..count-1")
+	if i.U >= n.U {
+		return nil, errf("schema", "chunk.index", "index %d not below count %d", i.U, n.U)
 	}
 	c := &Chunk{Index: i.U, Count: n.U}
 	copy(c.Stream[:], s.Raw)

@@ -212,7 +212,7 @@ func viewArray(j any, each func(any) (Value, error)) (Value, error) {
 
 func fromView(t *ft, j any) (Value, error) {
 	switch t.kind {
-	case fID, fEnum, fStr:
+	case fID, fEnum, fStr, fInner:
 		return viewStr(j)
 	case fInt:
 		return viewInt(j)

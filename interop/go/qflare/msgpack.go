@@ -269,12 +269,13 @@ type Limits struct {
 	MaxArray int
 	MaxMap   int
 	MaxStr   int // bytes
+	MaxBin   int // bytes
 }
 
 // BodyLimits and EnvelopeLimits are the defaults of §10.
 var (
-	BodyLimits     = Limits{MaxDepth: 16, MaxArray: 100_000, MaxMap: 4096, MaxStr: 64 * 1024}
-	EnvelopeLimits = Limits{MaxDepth: 16, MaxArray: 100_000, MaxMap: 16, MaxStr: 256}
+	BodyLimits     = Limits{MaxDepth: 16, MaxArray: 100_000, MaxMap: 4096, MaxStr: 64 * 1024, MaxBin: MaxMessage}
+	EnvelopeLimits = Limits{MaxDepth: 2, MaxArray: 0, MaxMap: 16, MaxStr: 256, MaxBin: MaxRecord}
 )
 
 // Error is a refusal with the reason and field of §6.
@@ -312,6 +313,8 @@ type parser struct {
 
 // Unmarshal parses exactly one value filling buf. path names the root in
 // errors ("" for the envelope, "body" for a body). Bin values alias buf.
+// A container header is checked for depth, then its length against the
+// limit (limit), then against the bytes left (schema), as §10 orders them.
 func Unmarshal(buf []byte, lim Limits, path string) (Value, error) {
 	p := &parser{buf: buf, lim: lim}
 	v, err := p.value(path, 0)
@@ -399,6 +402,9 @@ func (p *parser) value(path string, depth int) (Value, error) {
 		n, err := p.uintN(1<<(t-0xc4), path)
 		if err != nil {
 			return Value{}, err
+		}
+		if n > uint64(p.lim.MaxBin) {
+			return Value{}, errf("limit", path, "bin of %d bytes exceeds %d", n, p.lim.MaxBin)
 		}
 		raw, err := p.take(clampLen(n), path)
 		if err != nil {

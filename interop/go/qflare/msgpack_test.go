@@ -61,7 +61,8 @@ func TestRefusals(t *testing.T) {
 		"int map key":    {"810101", "schema"},
 		"duplicate key":  {"82a16101a16102", "schema"},
 		"bad utf8":       {"a1ff", "schema"},
-		"bin past end":   {"c6ffffffff00", "schema"},
+		"bin past end":   {"c5ffff00", "schema"},
+		"bin over limit": {"c6ffffffff00", "limit"},
 		"array past end": {"ddffff000000", "limit"},
 		"map past end":   {"df00000100", "schema"},
 		"map over limit": {"df00010000", "limit"},
@@ -114,13 +115,17 @@ func TestTensorChecks(t *testing.T) {
 		{"big-endian dtype", mk(">f4", []uint64{1}, make([]byte, 4)), "tensor", "body.tensors[0].dtype"},
 		{"short data", mk("<f4", []uint64{2}, make([]byte, 4)), "tensor", "body.tensors[0].data"},
 		{"nine dims", mk("|u1", []uint64{1, 1, 1, 1, 1, 1, 1, 1, 1}, []byte{0}), "tensor", "body.tensors[0].shape"},
+		{"dim 2^31", mk("|u1", []uint64{1, 1 << 31}, []byte{0}), "tensor", "body.tensors[0].shape[1]"},
 		{"f4 NaN", mk("<f4", []uint64{1}, []byte{0, 0, 0xc0, 0x7f}), "non_finite", "body.tensors[0].data"},
 		{"f2 inf", mk("<f2", []uint64{1}, []byte{0, 0x7c}), "non_finite", "body.tensors[0].data"},
 		{"bf16 -inf", mk("bf16", []uint64{1}, []byte{0x80, 0xff}), "non_finite", "body.tensors[0].data"},
 		{"zero dim", mk("<f4", []uint64{0, 5}, nil), "", ""},
 	}
 	for _, c := range cases {
-		_, err := CheckTensor(c.v, "body.tensors[0]", false)
+		tn, err := CheckTensor(c.v, "body.tensors[0]")
+		if err == nil && !tn.Finite() {
+			err = errf("non_finite", "body.tensors[0].data", "not finite")
+		}
 		if c.reason == "" {
 			if err != nil {
 				t.Errorf("%s: %v", c.name, err)

@@ -47,7 +47,7 @@ type Receiver struct {
 	MaxRecord       int      // 0: 8 MiB
 	TopicTypes      []string // nil: any type
 	AllowSelfSigned bool
-	AllowNonFinite  bool
+	AllowNonFinite  bool // tensors only: NaN or infinity in a number map is always refused (§7)
 	// Now returns the current time in ms; nil disables the age check (§6 step 10).
 	Now       func() uint64
 	MaxAgeMs  uint64
@@ -59,16 +59,12 @@ type Receiver struct {
 }
 
 type stream struct {
-	first  *Envelope
+	first  *Envelope // chunk 0 once it is in, until then the first chunk received
 	inner  string
 	size   uint64
 	digest []byte
-	parts  map[uint64]chunkPart
-}
-
-type chunkPart struct {
-	offset uint64
-	data   []byte
+	parts  map[uint64][]byte // index -> slice
+	offset map[uint64]uint64 // index -> offset
 }
 
 func replayKey(sender string, id [16]byte) string { return sender + "\x00" + string(id[:]) }
@@ -165,7 +161,8 @@ func (r *Receiver) fresh(ts uint64) error {
 	return nil
 }
 
-// addChunk is §9's reassembly (bounds on open streams left out).
+// addChunk is §9's reassembly (the bounds on open streams and bytes in
+// flight left out, the size limit of a stream kept).
 func (r *Receiver) addChunk(env *Envelope, body Value) (*Message, error) {
 	if r.streams == nil {
 		r.streams = map[string]*stream{}
@@ -179,35 +176,61 @@ func (r *Receiver) addChunk(env *Envelope, body Value) (*Message, error) {
 	inner, size, offset, digest, data := get("inner_type").S, get("size").U, get("offset").U, get("digest").Raw, get("data").Raw
 	s := r.streams[key]
 	if s == nil {
-		s = &stream{first: env, inner: inner, size: size, digest: digest, parts: map[uint64]chunkPart{}}
+		if !typeAccepted(inner, r.TopicTypes) {
+			return nil, errf("schema", "body.inner_type", "type %q not accepted on this topic", inner)
+		}
+		if size > MaxMessage {
+			return nil, errf("limit", "body.size", "stream of %d bytes exceeds %d", size, MaxMessage)
+		}
+		s = &stream{first: env, inner: inner, size: size, digest: digest,
+			parts: map[uint64][]byte{}, offset: map[uint64]uint64{}}
 		r.streams[key] = s
 	}
 	f := s.first
 	sameRound := (f.Round == nil) == (env.Round == nil) && (f.Round == nil || *f.Round == *env.Round)
-	if env.Chunk.Count != f.Chunk.Count || env.KeyID != f.KeyID || !sameRound || inner != s.inner ||
-		size != s.size || !bytes.Equal(digest, s.digest) || offset+uint64(len(data)) > size {
-		delete(r.streams, key)
-		return nil, errf("chunk", "chunk", "chunk inconsistent with its stream; stream dropped")
+	for _, c := range []struct {
+		field string
+		same  bool
+	}{
+		{"chunk.count", env.Chunk.Count == f.Chunk.Count},
+		{"key_id", env.KeyID == f.KeyID},
+		{"round", sameRound},
+		{"body.inner_type", inner == s.inner},
+		{"body.size", size == s.size},
+		{"body.digest", bytes.Equal(digest, s.digest)},
+	} {
+		if !c.same {
+			delete(r.streams, key)
+			return nil, errf("chunk", c.field, "differs from earlier chunks of the stream; stream dropped")
+		}
 	}
-	if _, dup := s.parts[env.Chunk.Index]; !dup {
-		s.parts[env.Chunk.Index] = chunkPart{offset, data}
+	if _, dup := s.parts[env.Chunk.Index]; dup {
+		return nil, nil // the same index under another id: the first copy stands
+	}
+	if offset > size || uint64(len(data)) > size-offset {
+		delete(r.streams, key)
+		return nil, errf("chunk", "body.offset", "slice ends past the body size %d", size)
+	}
+	s.parts[env.Chunk.Index], s.offset[env.Chunk.Index] = data, offset
+	if env.Chunk.Index == 0 {
+		s.first = env
 	}
 	if uint64(len(s.parts)) < f.Chunk.Count {
 		return nil, nil
 	}
+	// Complete: closed and remembered whatever the checks below find.
 	delete(r.streams, key)
+	r.done[key] = true
 	whole := make([]byte, 0, size)
 	for i := uint64(0); i < f.Chunk.Count; i++ {
-		p := s.parts[i]
-		if p.offset != uint64(len(whole)) {
-			return nil, errf("chunk", "body.offset", "chunk %d starts at %d, expected %d", i, p.offset, len(whole))
+		if s.offset[i] != uint64(len(whole)) {
+			return nil, errf("chunk", "body.offset", "chunk %d starts at %d, expected %d", i, s.offset[i], len(whole))
 		}
-		whole = append(whole, p.data...)
+		whole = append(whole, s.parts[i]...)
 	}
 	if uint64(len(whole)) != size || !bytes.Equal(sha256Of(whole), digest) {
 		return nil, errf("chunk", "body.digest", "reassembled body does not match size and digest")
 	}
-	r.done[key] = true
 	rk := replayKey(env.Sender, env.Chunk.Stream)
 	if r.seen[rk] {
 		return nil, errf("replay", "id", "stream id already accepted")
@@ -217,7 +240,10 @@ func (r *Receiver) addChunk(env *Envelope, body Value) (*Message, error) {
 		return nil, err
 	}
 	r.remember(rk)
-	h := f.Header
+	// The reassembled message: chunk 0's header, with the inner type, the stream
+	// as id, the whole body's digest and no chunk.
+	h := s.first.Header
+	h.Type, h.ID, h.BodyDigest, h.Chunk = inner, env.Chunk.Stream, sha256.Sum256(whole), nil
 	return &Message{Header: h, ID: env.Chunk.Stream, Type: inner, BodyRaw: whole, Body: v}, nil
 }
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qflare.errors import SchemaError
+from qflare.errors import NonFiniteTensorError, SchemaError
 from qflare.protocol import Body, wire
-from qflare.protocol.devices import Device, Heartbeat
+from qflare.protocol.control import JobCommand
+from qflare.protocol.devices import Deregistration, Device, Heartbeat
 from qflare.protocol.messages import BODY_TYPES
 from tests.unit.protocol.helpers import sample_bodies
 
@@ -135,3 +137,84 @@ def test_registry_commands_name_a_device_exactly_when_needed() -> None:
     with pytest.raises(SchemaError) as info:
         RegistryCommand.from_body(data)
     assert info.value.field == "body.token_hashes[0]"
+
+
+@pytest.mark.parametrize("body", BODIES, ids=lambda b: b.TYPE)
+def test_keys_are_written_in_the_listed_order(body: Body) -> None:
+    assert tuple(body.to_body()) == type(body).KEYS
+    assert tuple(_decoded(body)) == type(body).KEYS
+
+
+@pytest.mark.parametrize("body", BODIES, ids=lambda b: b.TYPE)
+def test_the_first_bad_value_in_listed_order_is_named(body: Body) -> None:
+    # True is the wrong type for every body field; from each key on, all are wrong.
+    keys = type(body).KEYS
+    for i, key in enumerate(keys):
+        data = _decoded(body) | dict.fromkeys(keys[i:], True)
+        with pytest.raises(SchemaError) as info:
+            type(body).from_body(data)
+        assert info.value.field == f"body.{key}", (body.TYPE, key)
+
+
+def test_unexpected_keys_come_first_in_wire_order_then_missing_ones() -> None:
+    data = _decoded(Heartbeat("dev-1", 1))
+    del data["seq"]
+    data = {"zeta": 1, **data, "alpha": 2}
+    with pytest.raises(SchemaError) as info:
+        Heartbeat.from_body(data)
+    assert info.value.field == "body.zeta"
+    del data["zeta"], data["alpha"]
+    with pytest.raises(SchemaError) as info:
+        Heartbeat.from_body(data)
+    assert info.value.field == "body.seq"
+
+
+def test_free_form_maps_are_written_sorted_by_utf8_key_bytes() -> None:
+    hb = Heartbeat("dev-1", 1, "idle", {"\u00e9": 1.0, "b": 2.0, "Z": 3.0, "a": 4.0})
+    assert list(hb.to_body()["metrics"]) == ["Z", "a", "b", "\u00e9"]
+    assert sorted(k.encode() for k in hb.metrics) == [k.encode() for k in hb.to_body()["metrics"]]
+    # Receivers accept any order, and the typed body compares equal.
+    data = _decoded(hb)
+    data["metrics"] = dict(reversed(list(hb.metrics.items())))
+    assert Heartbeat.from_body(data) == hb
+    for body in BODIES:
+        for value in body.to_body().values():
+            if isinstance(value, dict) and not {"name", "dtype"} <= set(value):
+                assert list(value) == sorted(value), body.TYPE
+
+
+def test_float_maps_take_ints_and_both_float_widths_and_refuse_non_finite() -> None:
+    record = b"\x83\xa1a\x01\xa1b\xca" + struct.pack(">f", 0.25) + b"\xa1c\xcb" + struct.pack(">d", -1.5)
+    data = _decoded(Heartbeat("dev-1", 1)) | {"metrics": wire.unpack(record, LIMITS)}
+    assert Heartbeat.from_body(data).metrics == {"a": 1.0, "b": 0.25, "c": -1.5}
+    assert wire.pack(Heartbeat.from_body(data).to_body()["metrics"]) == wire.pack(
+        {"a": 1.0, "b": 0.25, "c": -1.5}
+    )
+    for bad in (math.inf, -math.inf, math.nan):
+        data["metrics"] = {"ok": 1.0, "cpu": bad}
+        with pytest.raises(NonFiniteTensorError) as info:
+            Heartbeat.from_body(data)
+        assert (info.value.reason, info.value.field) == ("non_finite", "body.metrics.cpu")
+    data["metrics"] = {"cpu": True}
+    with pytest.raises(SchemaError) as wrong:
+        Heartbeat.from_body(data)
+    assert (wrong.value.reason, wrong.value.field) == ("schema", "body.metrics.cpu")
+
+
+def test_scalars_take_the_full_msgpack_int_range_and_refuse_non_finite_floats() -> None:
+    job = JobCommand("job-1", "start", {"min": -(1 << 63), "max": (1 << 64) - 1, "x": None, "s": "t"})
+    assert JobCommand.from_body(_decoded(job)) == job
+    data = _decoded(job) | {"config": {"lr": math.nan}}
+    with pytest.raises(NonFiniteTensorError) as info:
+        JobCommand.from_body(data)
+    assert info.value.field == "body.config.lr"
+
+
+def test_text_limits_count_characters() -> None:
+    # Body field limits count Unicode code points; only the msgpack str limit (§10) counts bytes.
+    assert (
+        Deregistration.from_body(_decoded(Deregistration("dev-1", "\u00e9" * 256))).reason == "\u00e9" * 256
+    )
+    with pytest.raises(SchemaError) as info:
+        Deregistration.from_body(_decoded(Deregistration("dev-1", "e" * 257)))
+    assert info.value.field == "body.reason"

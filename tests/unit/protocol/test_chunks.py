@@ -201,3 +201,59 @@ def test_default_limits_send_the_fedavg_cnn_in_one_record() -> None:
     assert len(records) == 1
     assert len(records[0]) <= Limits().max_record_bytes
     assert decoder().decode(records[0]).body == update
+
+
+def _pieces(whole: bytes, cuts: list[int]) -> list[ModelChunk]:
+    digest = hashlib.sha256(whole).digest()
+    return [
+        ModelChunk("heartbeat", len(whole), cuts[i], digest, whole[cuts[i] : cuts[i + 1]])
+        for i in range(len(cuts) - 1)
+    ]
+
+
+def test_unequal_slices_that_tile_the_body_are_accepted() -> None:
+    whole = wire.pack(Heartbeat(SENDER, 9, "idle", {"cpu": 0.5}).to_body())
+    stream = new_message_id(NOW)
+    d = decoder()
+    r = Reassembler(d)
+    pieces = _pieces(whole, [0, 3, 4, 20, len(whole)])
+    records = [_chunk_record(p, stream, i, len(pieces)) for i, p in enumerate(pieces)]
+    out = [r.feed(d.decode(rec)) for rec in reversed(records)]
+    assert out[:-1] == [None] * (len(records) - 1)
+    assert out[-1] is not None and out[-1].body == Heartbeat(SENDER, 9, "idle", {"cpu": 0.5})
+
+
+def test_slices_must_start_where_the_previous_one_ended() -> None:
+    whole = wire.pack(Heartbeat(SENDER, 9).to_body())
+    digest = hashlib.sha256(whole).digest()
+    half = len(whole) // 2
+    # Overlapping slices that still fill the buffer with the right bytes: refused all the same.
+    overlapping = [
+        ModelChunk("heartbeat", len(whole), 0, digest, whole[: half + 2]),
+        ModelChunk("heartbeat", len(whole), half, digest, whole[half:]),
+    ]
+    stream = new_message_id(NOW)
+    d = decoder()
+    r = Reassembler(d)
+    assert r.feed(d.decode(_chunk_record(overlapping[0], stream, 0, 2))) is None
+    with pytest.raises(ChunkError) as info:
+        r.feed(d.decode(_chunk_record(overlapping[1], stream, 1, 2)))
+    assert info.value.field == "body.offset"
+    # The stream is closed and remembered: a late chunk of it is ignored.
+    assert r.feed(d.decode(_chunk_record(overlapping[1], stream, 1, 2))) is None
+
+
+def test_the_reassembled_message_carries_chunk_zeros_header() -> None:
+    whole = wire.pack(Heartbeat(SENDER, 9).to_body())
+    stream = new_message_id(NOW)
+    pieces = _pieces(whole, [0, 5, len(whole)])
+    later = raw_record(
+        wire.pack(pieces[1].to_body()), type_="model_chunk", chunk=Chunk(stream, 1, 2), ts_ms=NOW + 500
+    )
+    d = decoder()
+    r = Reassembler(d)
+    assert r.feed(d.decode(later)) is None
+    msg = r.feed(d.decode(_chunk_record(pieces[0], stream, 0, 2)))
+    assert msg is not None
+    assert (msg.header.id, msg.header.ts_ms, msg.header.type) == (stream, NOW, "heartbeat")
+    assert msg.header.body_digest == hashlib.sha256(whole).digest()

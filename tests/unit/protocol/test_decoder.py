@@ -226,3 +226,27 @@ def test_decoder_counts_rejections_by_reason() -> None:
     with pytest.raises(ReplayError):
         d.decode(record)
     assert d.rejected == {"schema": 2, "replay": 1}
+
+
+def test_non_finite_metrics_are_refused_even_when_tensors_may_be() -> None:
+    record = raw_record(wire.pack(Heartbeat(SENDER, 1, "idle", {"cpu": float("nan")}).to_body()))
+    for d in (decoder(), decoder(check_finite=False)):
+        with pytest.raises(NonFiniteTensorError) as info:
+            d.decode(record)
+        assert (info.value.reason, info.value.field) == ("non_finite", "body.metrics.cpu")
+
+
+def test_a_signature_of_the_wrong_length_is_a_schema_error() -> None:
+    raw = msgpack.unpackb(_hb())
+    raw["sig"] = raw["sig"][:-1]
+    with pytest.raises(SchemaError) as info:
+        decoder().decode(msgpack.packb(raw))
+    assert (info.value.reason, info.value.field) == ("schema", "sig")
+
+
+def test_structure_is_checked_before_finiteness() -> None:
+    nan = Tensor.of("w", np.array([np.nan], dtype=np.float32))
+    body = ModelUpdate("job-1", 1, SENDER, 0, 10, (nan, Tensor.of("w", np.zeros(1, np.float32)))).to_body()
+    with pytest.raises(TensorError) as info:
+        decoder().decode(raw_record(wire.pack(body), type_="model_update"))
+    assert (info.value.reason, info.value.field) == ("tensor", "body.tensors[1].name")

@@ -82,28 +82,46 @@ def _wired(**change: object) -> dict[str, object]:
 
 
 @pytest.mark.parametrize(
-    ("change", "field"),
+    ("change", "reason", "field"),
     [
-        ({"shape": [3]}, "t.data"),
-        ({"shape": [2, 2]}, "t.data"),
-        ({"dtype": ">f4"}, "t.dtype"),
-        ({"dtype": "<f8"}, "t.dtype"),
-        ({"dtype": 4}, "t.dtype"),
-        ({"shape": [-1]}, "t.shape"),
-        ({"shape": [True, 2]}, "t.shape"),
-        ({"shape": [1] * 9}, "t.shape"),
-        ({"shape": "2"}, "t.shape"),
-        ({"shape": [1 << 40]}, "t.shape"),
-        ({"name": ""}, "t.name"),
-        ({"name": 3}, "t.name"),
-        ({"data": "text"}, "t.data"),
-        ({"extra": 1}, "t.extra"),
+        ({"shape": [3]}, "tensor", "t.data"),
+        ({"shape": [2, 2]}, "tensor", "t.data"),
+        ({"dtype": ">f4"}, "tensor", "t.dtype"),
+        ({"dtype": "<f8"}, "tensor", "t.dtype"),
+        ({"dtype": 4}, "schema", "t.dtype"),
+        ({"shape": [-1]}, "tensor", "t.shape[0]"),
+        ({"shape": [True, 2]}, "schema", "t.shape[0]"),
+        ({"shape": [2, 1.0]}, "schema", "t.shape[1]"),
+        ({"shape": [1] * 9}, "tensor", "t.shape"),
+        ({"shape": "2"}, "schema", "t.shape"),
+        ({"shape": [2, 1 << 31]}, "tensor", "t.shape[1]"),
+        ({"name": ""}, "schema", "t.name"),
+        ({"name": "x" * 257}, "schema", "t.name"),
+        ({"name": 3}, "schema", "t.name"),
+        ({"data": "text"}, "schema", "t.data"),
+        ({"extra": 1}, "schema", "t.extra"),
     ],
 )
-def test_inconsistent_tensors_name_the_field(change: dict[str, object], field: str) -> None:
+def test_inconsistent_tensors_name_the_field(change: dict[str, object], reason: str, field: str) -> None:
     with pytest.raises(SchemaError) as info:
         decode_tensor(_wired(**change), where="t")
-    assert info.value.field == field
+    assert (info.value.reason, info.value.field) == (reason, field)
+
+
+def test_unexpected_keys_come_before_missing_ones_in_wire_order() -> None:
+    wired = {"zz": 1, "name": "t", "aa": 2, "dtype": "<f4", "data": memoryview(bytes(8))}
+    with pytest.raises(SchemaError) as info:
+        decode_tensor(wired, where="t")
+    assert info.value.field == "t.zz"
+    del wired["zz"], wired["aa"]
+    with pytest.raises(SchemaError) as info:
+        decode_tensor(wired, where="t")
+    assert info.value.field == "t.shape"
+
+
+def test_a_256_character_name_counts_characters_not_bytes() -> None:
+    name = "\u00e9" * 256  # 512 UTF-8 bytes
+    assert decode_tensor(_wired(name=name), where="t").name == name
 
 
 def test_missing_key_is_named() -> None:

@@ -42,9 +42,19 @@ def _header(fields: dict[str, Any]) -> Header:
 
 
 def _decoder() -> Decoder:
+    """The receiver every rejection and acceptance case assumes (the vectors' ``receiver``)."""
+    spec = DATA["receiver"]
     keys = KeyRing()
-    keys.add("dev-1", bytes.fromhex(DATA["signing_key"]["public_key"]))
-    return Decoder(keys, clock=lambda: TS, self_signed={"enrollment"})
+    for known in spec["known_keys"]:
+        keys.add(known["owner"], bytes.fromhex(DATA[known["key"]]["public_key"]))
+    return Decoder(
+        keys,
+        clock=lambda: spec["now_ms"],
+        max_age_ms=spec["max_age_ms"],
+        max_skew_ms=spec["max_skew_ms"],
+        self_signed=spec["self_signed"],
+        check_finite=spec["check_finite"],
+    )
 
 
 def test_keys_derive_from_their_seeds() -> None:
@@ -97,12 +107,50 @@ def test_vectors_decode_and_the_chunks_reassemble() -> None:
     assert whole.header.id == bytes.fromhex(DATA["envelopes"][2]["header"]["chunk"]["stream"])
 
 
+VECTORS_BY_NAME = {v["name"]: v for v in DATA["envelopes"]}
+
+
 @pytest.mark.parametrize("case", DATA["rejections"], ids=[c["name"] for c in DATA["rejections"]])
 def test_rejection_vectors(case: dict[str, Any]) -> None:
+    decoder = _decoder()
+    reassembler = Reassembler(decoder)
+    for name in case.get("preceded_by", []):  # accepted; a first chunk is held
+        reassembler.feed(decoder.decode(bytes.fromhex(VECTORS_BY_NAME[name]["envelope"])))
     with pytest.raises(ProtocolError) as info:
-        _decoder().decode(bytes.fromhex(case["envelope"]))
-    assert info.value.reason == case["reason"]
-    assert info.value.field == case["field"]
+        reassembler.feed(decoder.decode(bytes.fromhex(case["envelope"])))
+    assert (info.value.reason, info.value.field) == (case["reason"], case["field"]), info.value
+
+
+@pytest.mark.parametrize("case", DATA["accepted"], ids=[c["name"] for c in DATA["accepted"]])
+def test_acceptance_vectors(case: dict[str, Any]) -> None:
+    decoder = _decoder()
+    reassembler = Reassembler(decoder)
+    *held, last = [reassembler.feed(decoder.decode(bytes.fromhex(r))) for r in case["records"]]
+    assert held == [None] * len(held)
+    assert last is not None
+    expect = case["expect"]
+    assert (last.header.type, last.header.ts_ms) == (expect["type"], expect["ts_ms"])
+    if "id" in expect:
+        assert last.header.id.hex() == expect["id"]
+    assert wire.pack(last.body.to_body()).hex() == expect["canonical_body"]
+
+
+def test_rejections_cover_every_reason() -> None:
+    reasons = {case["reason"] for case in DATA["rejections"]}
+    assert reasons >= {
+        "schema",
+        "limit",
+        "version",
+        "unknown_key",
+        "key_mismatch",
+        "signature",
+        "digest",
+        "stale",
+        "replay",
+        "tensor",
+        "non_finite",
+        "chunk",
+    }
 
 
 def _strip_random(doc: dict[str, Any]) -> dict[str, Any]:
@@ -112,6 +160,8 @@ def _strip_random(doc: dict[str, Any]) -> dict[str, Any]:
         del vector["sig"], vector["envelope"]
     for case in doc["rejections"]:
         del case["envelope"]
+    for case in doc["accepted"]:
+        del case["records"]
     del doc["kem_key"]["ciphertext"], doc["kem_key"]["shared_secret"]
     return doc
 

@@ -117,6 +117,38 @@ def test_errors_name_the_path() -> None:
     assert info.value.field == "body.outer.inner[1]"
 
 
+def test_duplicate_keys_name_the_repeated_key() -> None:
+    with pytest.raises(SchemaError) as info:
+        wire.unpack(b"\x81\xa1m\x82\xa1a\x01\xa1a\x02", LIMITS, root="body")
+    assert info.value.field == "body.m.a"
+
+
+def test_depth_counts_the_outermost_container_as_one() -> None:
+    def nested(levels: int) -> bytes:
+        return b"\x91" * (levels - 1) + b"\x90"
+
+    assert wire.unpack(nested(8), LIMITS) is not None  # max_depth 8: eight containers pass
+    with pytest.raises(LimitError) as info:
+        wire.unpack(nested(9), LIMITS, root="body")
+    assert info.value.field == "body" + "[0]" * 8
+
+
+def test_a_container_header_checks_depth_then_limit_then_bytes_left() -> None:
+    tight = wire.WireLimits(1000, 1, 3, 3, 1000, 1000)
+    # Too deep wins over too long, and over too short.
+    with pytest.raises(LimitError, match="nesting"):
+        wire.unpack(b"\x91\xdc\x00\x09", tight)
+    # Over the limit wins over "not enough bytes left".
+    with pytest.raises(LimitError, match="exceeds"):
+        wire.unpack(b"\xdc\x00\x04", tight)
+    with pytest.raises(SchemaError, match="truncated"):
+        wire.unpack(b"\xdc\x00\x03\x01", tight)
+    with pytest.raises(LimitError, match="exceeds"):
+        wire.unpack(b"\xc5\x04\x00", tight)  # bin of 1024 > 1000, though only 0 bytes follow
+    with pytest.raises(SchemaError, match="truncated"):
+        wire.unpack(b"\xc5\x00\x10", tight)
+
+
 @given(st.binary(max_size=200))
 def test_random_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
     with contextlib.suppress(ProtocolError):

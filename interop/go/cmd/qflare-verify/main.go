@@ -156,15 +156,18 @@ func cmdSign(args []string) error {
 		return qflare.Header{Type: typ, ID: qflare.NewUUIDv7(now), Sender: sender, TsMs: now, Round: round}
 	}
 
-	heartbeat := qflare.Marshal(qflare.MapOf(
+	heartbeat, err := qflare.EncodeBody("heartbeat", qflare.MapOf(
 		qflare.E("device_id", qflare.Str(*owner)), qflare.E("seq", qflare.Uint(300)),
 		qflare.E("state", qflare.Str("uploading")),
 		qflare.E("metrics", qflare.MapOf(qflare.E("cpu", qflare.Float(0.75)), qflare.E("mem", qflare.Float(1))))))
+	if err != nil {
+		return err
+	}
 	if err := add("heartbeat", sk, hdr("heartbeat", *owner, nil), heartbeat); err != nil {
 		return err
 	}
 
-	update := qflare.Marshal(qflare.MapOf(
+	update, err := qflare.EncodeBody("model_update", qflare.MapOf(
 		qflare.E("job_id", qflare.Str("job-go")), qflare.E("round", qflare.Uint(3)),
 		qflare.E("device_id", qflare.Str(*owner)), qflare.E("base_version", qflare.Uint(2)),
 		qflare.E("num_examples", qflare.Uint(70000)),
@@ -177,29 +180,39 @@ func cmdSign(args []string) error {
 			tensor("s", "<f4", []uint64{}, []byte{0, 0, 0x80, 0x3f}),
 		)),
 		qflare.E("metrics", qflare.MapOf(qflare.E("loss", qflare.Float(0.0625)), qflare.E("acc", qflare.Float(0.875))))))
+	if err != nil {
+		return err
+	}
 	if err := add("model_update", sk, hdr("model_update", *owner, qflare.RoundPtr(3)), update); err != nil {
 		return err
 	}
 
-	enrol := qflare.Marshal(qflare.MapOf(
+	enrol, err := qflare.EncodeBody("enrollment", qflare.MapOf(
 		qflare.E("device_id", qflare.Str(*devOwner)), qflare.E("public_key", qflare.Bin(dk.PublicBytes())),
 		qflare.E("sig_alg", qflare.Str(qflare.SigAlg)), qflare.E("kem_public_key", qflare.Bin(kemPub)),
 		qflare.E("token", qflare.Str("go-token")), qflare.E("labels", qflare.MapOf(qflare.E("site", qflare.Str("go"))))))
+	if err != nil {
+		return err
+	}
 	if err := add("enrollment", dk, hdr("enrollment", *devOwner, nil), enrol); err != nil {
 		return err
 	}
 
-	audit := qflare.Marshal(qflare.MapOf(
+	audit, err := qflare.EncodeBody("audit_event", qflare.MapOf(
 		qflare.E("event", qflare.Str("interop.check")), qflare.E("severity", qflare.Str("info")),
 		qflare.E("source", qflare.Str(*owner)), qflare.E("reason", qflare.Str("written by the Go client")),
 		qflare.E("subject", qflare.Nil()), qflare.E("ref_id", qflare.Bin(res.envID(0))),
 		qflare.E("detail", qflare.MapOf(qflare.E("n", qflare.Uint(3)), qflare.E("ok", qflare.Bool(true)),
 			qflare.E("none", qflare.Nil()), qflare.E("ratio", qflare.Float(0.5)), qflare.E("lang", qflare.Str("go"))))))
+	if err != nil {
+		return err
+	}
 	if err := add("audit_event", sk, hdr("audit_event", *owner, nil), audit); err != nil {
 		return err
 	}
 
-	// The model update again, as a two-chunk stream.
+	// The model update again, as a two-chunk stream. Bodies are encoded by
+	// EncodeBody: body keys in listed order, free-form maps sorted (§7).
 	parts, err := qflare.SplitBody("model_update", update, (len(update)+1)/2)
 	if err != nil {
 		return err
