@@ -56,7 +56,11 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
         cfg = DeviceConfig(
             device_id,
             token,
-            {"hardware": rng.choice(["cpu-small", "cpu-large"]), "sim_worker": str(spec.index)},
+            {
+                "hardware": rng.choice(["cpu-small", "cpu-large"]),
+                "dataset_size": str(rng.choice([300, 600, 1200])),
+                "sim_worker": str(spec.index),
+            },
             spec.heartbeat_interval_s,
         )
         fleet[device_id] = DeviceRuntime(cfg, key, link, tset)

@@ -49,18 +49,25 @@ async def test_enrol_20_revoke_one_rotate_another(
     new_key = generate_key()
     rotated = fleet.add(ids[1], None, key=new_key)
     rotated.enrol()
+    # A device may leave by itself (signed deregistration).
+    fleet.devices[ids[3]].deregister()
     await audit_events(kafka, keys_dir, lambda ev: any(e.reason == "key_mismatch" for e in ev))
     await operator.send_command(kafka, operator_id, RegistryCommand("rotate_key", ids[1], (), 2**42, {}))
     await audit_events(kafka, keys_dir, lambda ev: any(e.event == "device.rotation_authorised" for e in ev))
     rotated.enrol()
 
     def settled(v: operator.FleetView) -> bool:
-        return v.devices[ids[0]].status == "revoked" and v.devices[ids[1]].key_id == new_key.key_id
+        return (
+            v.devices[ids[0]].status == "revoked"
+            and v.devices[ids[1]].key_id == new_key.key_id
+            and v.devices[ids[3]].status == "deregistered"
+        )
 
     view = await _fleet_state(kafka, keys_dir, 20, settled)
     assert view.devices[ids[0]].status == "revoked"
     assert view.devices[ids[1]].status == "active" and view.devices[ids[1]].key_id == new_key.key_id
-    for device_id in ids[2:]:
+    assert view.devices[ids[3]].status == "deregistered"
+    for device_id in [ids[2], *ids[4:]]:
         assert view.devices[device_id].status == "active"
         assert view.devices[device_id].key_id == fleet.devices[device_id].key.key_id
     # Re-enrolment with the same key is idempotent: still one record, still active.
