@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing as mp
 import os
 import random
 import sys
@@ -19,8 +18,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from edge.simulator.fleet import start_fleet
 from edge.simulator.observer import FleetObserver
-from edge.simulator.worker import WorkerSpec, worker_main
 from qflare import operator
 from qflare.identity import trusted_ring
 from qflare.kafka import KafkaSettings
@@ -69,24 +68,16 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
     tokens = await operator.issue_tokens(
         kafka, ident, len(ids), 3600, {"fleet": fleet}, keys_dir=keys_dir, confirm_s=120
     )
-    ctx = mp.get_context("spawn")
-    control = [ctx.Queue() for _ in range(o["processes"])]
-    stats: Any = ctx.Queue()
-    workers = []
-    for w in range(o["processes"]):
-        mine = [(d, t) for i, (d, t) in enumerate(zip(ids, tokens, strict=True)) if i % o["processes"] == w]
-        spec = WorkerSpec(
-            w,
-            mine,
-            str(o["state_dir"] / fleet),
-            kafka.bootstrap,
-            kafka.topic_prefix,
-            o["heartbeat_s"],
-            o["seed"] * 1000 + w,
-        )
-        proc = ctx.Process(target=worker_main, args=(spec, control[w], stats), daemon=True)
-        proc.start()
-        workers.append(proc)
+    fleet_procs = start_fleet(
+        ids,
+        tokens,
+        kafka=kafka,
+        processes=o["processes"],
+        heartbeat_s=o["heartbeat_s"],
+        state_dir=o["state_dir"] / fleet,
+        keys_dir=keys_dir,
+        seed=o["seed"],
+    )
     observer = FleetObserver(
         kafka, trusted_ring(keys_dir), device_prefix=fleet, registry_group=RegistrySettings().group_id
     )
@@ -108,9 +99,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
             while o["duration_s"] == 0 or time.monotonic() - began < o["duration_s"]:
                 await observer.poll()
                 await observer.measure_lag()
-                while not stats.empty():
-                    s = stats.get_nowait()
-                    worker_stats[s["worker"]] = s
+                worker_stats.update(fleet_procs.poll_stats())
                 if registry is not None:
                     cpu.append(registry.cpu_percent())
                 elapsed = time.monotonic() - began
@@ -120,23 +109,18 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
                 if not chaos_done and frac >= 1 / 3 and (o["kill"] or o["pause"]):
                     victims = rng.sample(ids, min(len(ids), o["kill"] + o["pause"]))
                     for i, device in enumerate(victims):
-                        _tell(control, ids, device, "kill" if i < o["kill"] else "pause")
+                        fleet_procs.tell(device, "kill" if i < o["kill"] else "pause")
                     chaos_done = True
                 if chaos_done and not revive_done and frac >= o["revive_at"]:
                     for device in victims:
-                        _tell(control, ids, device, "revive")
+                        fleet_procs.tell(device, "revive")
                     revive_done = True
                 live.update(_table(fleet, observer, worker_stats, elapsed))
                 await asyncio.sleep(0.8)
     except KeyboardInterrupt:
         pass
     finally:
-        for q in control:
-            q.put(("stop", ""))
-        for proc in workers:
-            proc.join(timeout=15)
-            if proc.is_alive():
-                proc.terminate()
+        fleet_procs.stop()
         await observer.stop()
         if registry is not None:
             registry.terminate()
@@ -157,10 +141,6 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         "registry_cpu_pct_mean": round(sum(cpu[2:]) / max(1, len(cpu[2:])), 1) if cpu else None,
         "registry_cpu_pct_max": round(max(cpu), 1) if cpu else None,
     }
-
-
-def _tell(control: list[Any], ids: list[str], device: str, command: str) -> None:
-    control[ids.index(device) % len(control)].put((command, device))
 
 
 def _spawn_registry(kafka: KafkaSettings) -> psutil.Popen:

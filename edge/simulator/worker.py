@@ -12,10 +12,11 @@ import contextlib
 import logging
 import queue
 import random
+import time
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
@@ -33,6 +34,20 @@ class WorkerSpec:
     topic_prefix: str
     heartbeat_interval_s: float
     seed: int
+    keys_dir: str = ".qflare/keys"
+    #: Training: each device trains on its own shard of the dataset (None: heartbeats only).
+    train: TrainSpec | None = None
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    dataset: str
+    partition: str
+    total_devices: int
+    #: Global index of each of this worker's devices, in ``devices`` order.
+    indices: list[int]
+    seed: int
+    alpha: float = 0.5
 
 
 def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
@@ -64,6 +79,8 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
             spec.heartbeat_interval_s,
         )
         fleet[device_id] = DeviceRuntime(cfg, key, link, tset)
+    if spec.train is not None:
+        trainer = asyncio.create_task(_train_forever(spec, fleet, kafka))
     tasks = {d: asyncio.create_task(r.run(rng=random.Random(rng.random()))) for d, r in fleet.items()}
     running = True
     while running:
@@ -90,6 +107,8 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
         )
     for task in tasks.values():
         task.cancel()
+    if spec.train is not None:
+        trainer.cancel()
     await link.stop()
     spool.close()
 
@@ -107,3 +126,51 @@ def _apply(command: str, device: DeviceRuntime, tasks: dict[str, asyncio.Task[No
             tasks[device.device_id] = asyncio.create_task(device.run())
     elif command == "deregister":
         device.deregister("simulated leave")
+
+
+async def _train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka: KafkaSettings) -> None:
+    """Give each device its data shard and train whenever a round task names it."""
+    import torch
+
+    from edge.training import RoundFollower, mnist_app, train_and_send
+    from qflare.identity import TrustedKeys
+    from qflare.ml import dirichlet, iid, load_dataset, pathological, tensor_names
+    from qflare.ml.data import DatasetName
+
+    assert spec.train is not None
+    # Two cores are shared by every worker and the services: one thread each.
+    torch.set_num_threads(1)
+    t = spec.train
+    data = load_dataset(cast(DatasetName, t.dataset))
+    if t.partition == "iid":
+        shards = iid(len(data.train_labels), t.total_devices, t.seed)
+    elif t.partition == "pathological":
+        shards = pathological(data.train_labels, t.total_devices, t.seed)
+    else:
+        shards = dirichlet(data.train_labels, t.total_devices, t.alpha, t.seed)
+    for (device_id, _), index in zip(spec.devices, t.indices, strict=True):
+        shard = shards[index]
+        fleet[device_id].app = mnist_app(
+            data.train_images[shard], data.train_labels[shard], seed=t.seed + index
+        )
+    follower = RoundFollower(kafka, topics(kafka.topic_prefix), TrustedKeys(Path(spec.keys_dir)))
+    reader = asyncio.create_task(follower.run())
+    done: set[tuple[str, int]] = set()
+    try:
+        while True:
+            task = await follower.tasks.get()
+            mine = [d for d in task.devices if d in fleet and fleet[d].alive and not fleet[d].paused]
+            if (task.job_id, task.round) in done or not mine:
+                continue
+            done.add((task.job_id, task.round))
+            left_s = task.deadline_ms / 1000 - time.time()
+            weights = await follower.weights(task.job_id, task.model_version, max(0.0, left_s))
+            if weights is None:
+                continue  # the model never arrived before the deadline
+            names = tensor_names(str(task.config.get("model", "2nn")))
+            for device_id in mine:
+                if time.time() * 1000 > task.deadline_ms:
+                    break  # too late: the aggregator would drop it anyway
+                await train_and_send(fleet[device_id], task, weights, names)
+    finally:
+        reader.cancel()

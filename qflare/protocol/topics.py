@@ -166,7 +166,9 @@ def topics(prefix: str = "") -> Topics:
         rounds_complete=_spec(
             "qflare.rounds.complete",
             key="job_id",
-            partitions=3,
+            # One partition: the scheduler's round-progress table is co-partitioned
+            # with it and with the (single-partition) job control topic.
+            partitions=1,
             retention_ms=30 * _DAY,
             types={"round_complete"},
             max_age_ms=None,

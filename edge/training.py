@@ -1,0 +1,138 @@
+"""Devices that train: follow round tasks and global models, train locally, send updates.
+
+One :class:`RoundFollower` per process reads the round and model topics
+(verified: round tasks must come from the scheduler, models from the
+aggregator) and hands each task to the local devices it names. A device trains
+through its :class:`~edge.app.DeviceApp` handler in a worker thread and sends
+its signed update (chunked when large) through its link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from aiokafka import TopicPartition
+
+from edge.app import DeviceApp, Failure, TrainResult, TrainTask
+from edge.runtime import DeviceRuntime
+from qflare.errors import ProtocolError
+from qflare.kafka import KafkaSettings, make_consumer
+from qflare.protocol import Decoder, Reassembler, Tensor, seal_chunked
+from qflare.protocol.decoder import KeyLookup
+from qflare.protocol.topics import Topics
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundTask
+
+log = structlog.get_logger("qflare.edge.training")
+
+
+@dataclass
+class RoundFollower:
+    kafka: KafkaSettings
+    topics: Topics
+    trusted: KeyLookup
+    #: job id -> version -> weights (only the newest few versions are kept)
+    models: dict[str, dict[int, list[npt.NDArray[Any]]]] = field(default_factory=dict)
+    tasks: asyncio.Queue[RoundTask] = field(default_factory=asyncio.Queue)
+
+    async def run(self) -> None:
+        decoder = Decoder(self.trusted, allowed_types={"round_task", "model", "model_chunk"}, max_age_ms=None)
+        reassembler = Reassembler(decoder)
+        consumer = make_consumer(self.kafka, group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            t = self.topics
+            parts = [TopicPartition(s.name, p) for s in (t.rounds, t.models) for p in range(s.partitions)]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            while True:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        self._accept(decoder, reassembler, record.value)
+        finally:
+            await consumer.stop()
+
+    def _accept(self, decoder: Decoder, reassembler: Reassembler, value: bytes | None) -> None:
+        if value is None:
+            return
+        try:
+            msg = reassembler.feed(decoder.decode(value))
+        except ProtocolError as exc:
+            log.warning("ignored record", reason=exc.reason, error=str(exc))
+            return
+        if msg is None:
+            return
+        body, sender = msg.body, msg.header.sender
+        if isinstance(body, GlobalModel) and sender == "aggregator":
+            versions = self.models.setdefault(body.job_id, {})
+            versions[body.version] = [np.array(t.array, dtype=np.float32) for t in body.tensors]
+            for old in sorted(versions)[:-3]:
+                del versions[old]
+        elif isinstance(body, RoundTask) and sender == "scheduler":
+            self.tasks.put_nowait(body)
+
+    async def weights(self, job_id: str, version: int, timeout_s: float) -> list[npt.NDArray[Any]] | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            found = self.models.get(job_id, {}).get(version)
+            if found is not None:
+                return found
+            await asyncio.sleep(0.1)
+        return None
+
+
+async def train_and_send(
+    device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], names: list[str]
+) -> TrainResult | Failure:
+    """Run the device's train handler and send its signed update."""
+    config = dict(task.config)
+    result = await device.app.run_train(TrainTask(task.round, task.model_version, weights, config))
+    if isinstance(result, Failure):
+        log.warning("training failed", device=device.device_id, reason=result.reason, error=result.message)
+        return result
+    update = ModelUpdate(
+        job_id=task.job_id,
+        round=task.round,
+        device_id=device.device_id,
+        base_version=task.model_version,
+        num_examples=result.num_examples,
+        tensors=tuple(
+            Tensor.of(n, np.ascontiguousarray(w, dtype=np.float32))
+            for n, w in zip(names, result.weights, strict=True)
+        ),
+        metrics={k: float(v) for k, v in result.metrics.items()},
+    )
+    for record in seal_chunked(update, device.signer, sender=device.device_id, round=task.round):
+        device.link.send(device.topics.updates.name, device.device_id.encode(), record)
+    return result
+
+
+def mnist_app(images: npt.NDArray[Any], labels: npt.NDArray[Any], *, seed: int) -> DeviceApp:
+    """A device app that trains the task's model on this device's own examples (torch, CPU)."""
+    from qflare.ml.arch import check_model_name
+    from qflare.ml.train import train_local  # torch is imported only by training devices
+
+    app = DeviceApp()
+
+    @app.train
+    def train(task: TrainTask) -> TrainResult:
+        cfg = task.config
+        result = train_local(
+            check_model_name(str(cfg["model"])),
+            task.weights,
+            images,
+            labels,
+            epochs=int(cfg.get("epochs", 1)),
+            batch_size=int(cfg.get("batch_size", 10)),
+            lr=float(cfg.get("lr", 0.05)),
+            seed=seed * 100_003 + task.round,
+            prox_mu=float(cfg.get("prox_mu", 0.0)),
+        )
+        return TrainResult(result.weights, result.num_examples, {"loss": float(result.loss)})
+
+    return app

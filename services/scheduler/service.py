@@ -1,0 +1,216 @@
+"""The scheduler: a faust app whose tables are changelog-backed, so a restart resumes.
+
+Tables:
+- ``device-health`` and ``device-status`` (co-partitioned with the health and
+  device topics) say which devices are selectable: active and online.
+- ``round-progress`` (one partition) holds each job's state machine
+  (:class:`services.scheduler.logic.Progress`).
+
+One agent, concurrency 1 (higher concurrency can lose messages, faust-streaming
+issue #606), reads job commands and round-complete events in order and opens
+rounds. A timer nudges jobs that wait for devices or whose round is overdue by
+sending the scheduler's own signed ``resume`` command through the same topic,
+so every state change happens inside the agent and reaches the changelog.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+import structlog
+
+from qflare import metrics
+from qflare.errors import ConfigError, ProtocolError
+from qflare.identity import Identity, TrustedKeys
+from qflare.kafka import KafkaSettings
+from qflare.protocol import Decoder, seal, topics
+from qflare.protocol.control import JobCommand
+from qflare.protocol.devices import Device, DeviceHealth
+from qflare.protocol.training import RoundComplete, RoundTask
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.logic import JobConfig, Progress, after_complete, overdue, quorum, select
+
+log = structlog.get_logger("qflare.scheduler")
+SERVICE = "scheduler"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Scheduler:
+    def __init__(self, cfg: SchedulerSettings, kafka: KafkaSettings, identity: Identity, fence: int) -> None:
+        self.cfg = cfg
+        self.t = topics(kafka.topic_prefix)
+        self.identity = identity
+        self.fence = fence
+        trusted = TrustedKeys(cfg.keys_dir)
+        t = self.t
+        self.decoder = Decoder(
+            trusted,
+            allowed_types={"device", "device_health", "job_command", "round_complete"},
+            max_age_ms=None,
+        )
+        self.app = faust.App(
+            f"{cfg.app_id}{kafka.topic_prefix}".rstrip("."),
+            broker=f"kafka://{kafka.bootstrap}",
+            store="memory://",
+            datadir=str(cfg.data_dir),
+            topic_partitions=1,
+            web_enabled=False,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_every=1,
+            # A killed scheduler's group membership must lapse quickly so its
+            # successor gets the partitions (and the open rounds) within seconds.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=2.0,
+        )
+        self.health_topic = self._raw(t.health.name, partitions=t.health.partitions)
+        self.devices_topic = self._raw(t.devices.name, partitions=t.devices.partitions)
+        self.control = self._raw(t.jobs.name, t.rounds_complete.name, partitions=1)
+        self.jobs_topic = self._raw(t.jobs.name, partitions=1)
+        self.rounds_topic = self._raw(t.rounds.name, partitions=t.rounds.partitions)
+        self.health = self.app.Table("device-health", default=str, partitions=t.health.partitions)
+        self.status = self.app.Table("device-status", default=str, partitions=t.devices.partitions)
+        self.progress = self.app.Table("round-progress", default=dict, partitions=1)
+        self.app.agent(self.health_topic, name="health", concurrency=1)(self._health_agent)
+        self.app.agent(self.devices_topic, name="devices", concurrency=1)(self._devices_agent)
+        self.app.agent(self.control, name="progress", concurrency=1)(self._progress_agent)
+        self.app.timer(cfg.tick_s)(self._tick)
+
+    def _raw(self, *names: str, partitions: int) -> faust.TopicT:
+        # Records are our signed envelopes: faust passes the bytes through untouched.
+        return self.app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")
+
+    # -- inputs ----------------------------------------------------------------
+    def _decode(self, value: bytes | None, topic: str) -> Any:
+        if value is None:
+            return None
+        try:
+            return self.decoder.decode(value)
+        except ProtocolError as exc:
+            metrics.REJECTED.labels(SERVICE, topic, exc.reason).inc()
+            log.warning("rejected", topic=topic, reason=exc.reason, error=str(exc))
+            return None
+
+    async def _health_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            msg = self._decode(value, self.t.health.name)
+            if msg is not None and isinstance(msg.body, DeviceHealth) and msg.header.sender == "registry":
+                self.health[msg.body.device_id] = msg.body.state
+
+    async def _devices_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            msg = self._decode(value, self.t.devices.name)
+            if msg is not None and isinstance(msg.body, Device) and msg.header.sender == "registry":
+                self.status[msg.body.device_id] = msg.body.status
+
+    async def _progress_agent(self, stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            msg = self._decode(value, "control")
+            if msg is None:
+                continue
+            body = msg.body
+            if isinstance(body, JobCommand) and msg.header.sender in ("operator", self.identity.name):
+                await self._command(body)
+            elif isinstance(body, RoundComplete) and msg.header.sender == "aggregator":
+                await self._completed(body)
+
+    # -- the state machine -------------------------------------------------------
+    async def _command(self, cmd: JobCommand) -> None:
+        current = self.progress.get(cmd.job_id)
+        if cmd.command == "start":
+            if current:
+                return  # a job starts once; a re-delivered start is a no-op
+            try:
+                JobConfig.parse(dict(cmd.config))
+            except ConfigError as exc:
+                log.warning("job refused", job_id=cmd.job_id, error=str(exc))
+                return
+            p = Progress(cmd.job_id, dict(cmd.config))
+            log.info("job started", job_id=cmd.job_id, config=dict(cmd.config))
+            await self._open(p)
+            return
+        if not current:
+            return
+        p = Progress.from_dict(current)
+        if cmd.command == "stop":
+            p.status, p.open = "stopped", False
+        elif cmd.command == "pause" and p.status == "running":
+            p.status = "paused"
+        elif cmd.command == "resume":
+            await self._resume(p)
+            return
+        self.progress[p.job_id] = p.to_dict()
+
+    async def _resume(self, p: Progress) -> None:
+        if p.status in ("paused", "waiting_devices"):
+            p.status = "running"
+            if not p.open:
+                await self._open(p)
+                return
+        if overdue(p, now_ms(), int(self.cfg.grace_s * 1000)):
+            log.warning("round overdue, retrying", job_id=p.job_id, round=p.round)
+            p.open = False
+            p.attempts += 1
+            await self._open(p)
+            return
+        self.progress[p.job_id] = p.to_dict()
+
+    async def _completed(self, rc: RoundComplete) -> None:
+        current = self.progress.get(rc.job_id)
+        if not current:
+            return
+        p = Progress.from_dict(current)
+        log.info(
+            "round complete", job_id=rc.job_id, round=rc.round, status=rc.status, version=rc.model_version
+        )
+        if after_complete(p, rc.round, rc.status, rc.model_version, dict(rc.metrics)):
+            await self._open(p)
+        else:
+            self.progress[p.job_id] = p.to_dict()
+            if p.status == "done":
+                log.info("job done", job_id=p.job_id, rounds=p.completed_rounds, version=p.model_version)
+
+    async def _open(self, p: Progress) -> None:
+        cfg = JobConfig.parse(p.config)
+        available = [d for d, s in self.status.items() if s == "active" and self.health.get(d) == "online"]
+        chosen = select(available, cfg, p.round + 1)
+        if chosen is None:
+            p.status = "waiting_devices"
+            self.progress[p.job_id] = p.to_dict()
+            log.info("waiting for devices", job_id=p.job_id, available=len(available), need=cfg.min_clients)
+            return
+        p.status, p.open, p.round, p.selected = "running", True, p.round + 1, chosen
+        p.deadline_ms = now_ms() + int(cfg.deadline_s * 1000)
+        task = RoundTask(
+            job_id=p.job_id,
+            round=p.round,
+            model_version=p.model_version,
+            strategy=cfg.strategy,
+            devices=tuple(chosen),
+            deadline_ms=p.deadline_ms,
+            min_updates=quorum(cfg, len(chosen)),
+            config={**cfg.train_config(), "epoch": self.fence},
+        )
+        # The table is written first: a crash after it replays the command, and a
+        # job already running ignores a second start, while the aggregator and
+        # devices treat a repeated (job, round) task as the same round.
+        self.progress[p.job_id] = p.to_dict()
+        record = seal(task, self.identity.signer, sender=self.identity.name, round=p.round)
+        await self.rounds_topic.send(key=f"{p.job_id}:{p.round}".encode(), value=record)
+        metrics.ACCEPTED.labels(SERVICE, "round_opened").inc()
+        log.info("round opened", job_id=p.job_id, round=p.round, devices=len(chosen), version=p.model_version)
+
+    async def _tick(self) -> None:
+        """Nudge jobs that wait for devices, or whose round is overdue."""
+        grace = int(self.cfg.grace_s * 1000)
+        for job_id, state in list(self.progress.items()):
+            p = Progress.from_dict(state)
+            if p.status == "waiting_devices" or overdue(p, now_ms(), grace):
+                cmd = JobCommand(job_id, "resume")
+                await self.jobs_topic.send(
+                    key=job_id.encode(), value=seal(cmd, self.identity.signer, sender=self.identity.name)
+                )

@@ -1,0 +1,171 @@
+"""The scheduler against real Kafka and Redis: selection, round lifecycle, restart resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qflare.crypto import generate_key
+from qflare.identity import Identity, TrustedKeys, load_identity
+from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
+from qflare.protocol import seal, topics
+from qflare.protocol.control import JobCommand
+from qflare.protocol.devices import Device, DeviceHealth
+from qflare.protocol.training import RoundComplete, RoundTask
+from tests.integration.services.harness import read_topic
+
+
+class SchedulerProcess:
+    def __init__(self, kafka: KafkaSettings, keys_dir: Path, tmp: Path) -> None:
+        self.env = {
+            **os.environ,
+            "QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+            "QFLARE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "QFLARE_SCHEDULER_KEYS_DIR": str(keys_dir),
+            "QFLARE_SCHEDULER_DATA_DIR": str(tmp / "faust"),
+            "QFLARE_SCHEDULER_METRICS_PORT": "0",
+            "QFLARE_SCHEDULER_LEASE_S": "3",
+            "QFLARE_SCHEDULER_GRACE_S": "2",
+        }
+        self.log = tmp / "scheduler.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.scheduler"], env=self.env, stdout=log, stderr=log
+            )
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def ids(keys_dir: Path) -> dict[str, Identity]:
+    return {name: load_identity(name, keys_dir) for name in ("registry", "operator", "aggregator")}
+
+
+@pytest.fixture
+def scheduler(
+    kafka: KafkaSettings, keys_dir: Path, tmp_path: Path, ids: dict[str, Identity]
+) -> Iterator[SchedulerProcess]:
+    proc = SchedulerProcess(kafka, keys_dir, tmp_path)
+    yield proc
+    proc.stop()
+
+
+async def _publish(kafka: KafkaSettings, records: list[tuple[str, str, bytes]]) -> None:
+    admin = make_admin(kafka)
+    await admin.start()
+    try:  # as the services do at start, so partition counts match qflare.protocol.topics
+        await ensure_topics(admin, list(topics(kafka.topic_prefix)), kafka)
+    finally:
+        await admin.close()
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for topic, key, value in records:
+            await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()
+
+
+async def _tasks(kafka: KafkaSettings, keys_dir: Path, count: int, timeout_s: float = 90) -> list[RoundTask]:
+    t = topics(kafka.topic_prefix)
+    got = await read_topic(
+        kafka,
+        t.rounds.name,
+        t.rounds.partitions,
+        TrustedKeys(keys_dir),
+        timeout_s=timeout_s,
+        until=lambda b: sum(isinstance(x, RoundTask) for x in b) >= count,
+    )
+    return sorted((b for b in got if isinstance(b, RoundTask)), key=lambda r: r.round)
+
+
+async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
+    kafka: KafkaSettings, keys_dir: Path, ids: dict[str, Identity], scheduler: SchedulerProcess, unique: str
+) -> None:
+    t = topics(kafka.topic_prefix)
+    reg, op, agg = ids["registry"], ids["operator"], ids["aggregator"]
+    now = int(time.time() * 1000)
+    names = [f"s{unique}-{i}" for i in range(5)]
+    records = []
+    for i, name in enumerate(names):
+        dev = Device(name, "active", generate_key().public_key, now, now)
+        records.append((t.devices.name, name, seal(dev, reg.signer, sender=reg.name)))
+        # The last device is offline: it must never be selected.
+        state = "offline" if i == 4 else "online"
+        records.append(
+            (t.health.name, name, seal(DeviceHealth(name, state, now), reg.signer, sender=reg.name))
+        )
+    job = JobCommand(
+        f"job-{unique}",
+        "start",
+        {"rounds": 2, "fraction": 0.5, "min_clients": 2, "deadline_s": 600.0, "model": "2nn"},
+    )
+    await _publish(kafka, records)
+    scheduler.start()
+    await asyncio.sleep(3)
+    await _publish(kafka, [(t.jobs.name, job.job_id, seal(job, op.signer, sender=op.name))])
+
+    (first,) = await _tasks(kafka, keys_dir, 1)
+    assert first.round == 1 and first.model_version == 0 and first.job_id == job.job_id
+    assert len(first.devices) == 2 and names[4] not in first.devices
+    assert first.config["model"] == "2nn" and int(str(first.config["epoch"])) >= 1
+
+    # Crash the scheduler with round 1 open; the restarted one must know it is waiting on round 1.
+    scheduler.kill9()
+    scheduler.start()
+    done = RoundComplete(job.job_id, 1, "completed", 1, 2, 1200, included=first.devices)
+    await asyncio.sleep(8)
+    await _publish(kafka, [(t.rounds_complete.name, job.job_id, seal(done, agg.signer, sender=agg.name))])
+    tasks = await _tasks(kafka, keys_dir, 2, timeout_s=120)
+    second = tasks[-1]
+    assert second.round == 2 and second.model_version == 1
+    assert names[4] not in second.devices
+
+
+async def test_quorum_not_met_retries_with_a_fresh_round(
+    kafka: KafkaSettings, keys_dir: Path, ids: dict[str, Identity], scheduler: SchedulerProcess, unique: str
+) -> None:
+    t = topics(kafka.topic_prefix)
+    reg, op, agg = ids["registry"], ids["operator"], ids["aggregator"]
+    now = int(time.time() * 1000)
+    records = []
+    for i in range(3):
+        name = f"q{unique}-{i}"
+        dev = Device(name, "active", generate_key().public_key, now, now)
+        records.append((t.devices.name, name, seal(dev, reg.signer, sender=reg.name)))
+        records.append(
+            (t.health.name, name, seal(DeviceHealth(name, "online", now), reg.signer, sender=reg.name))
+        )
+    job = JobCommand(
+        f"job-{unique}", "start", {"rounds": 1, "fraction": 1.0, "min_clients": 2, "deadline_s": 600.0}
+    )
+    await _publish(kafka, [*records, (t.jobs.name, job.job_id, seal(job, op.signer, sender=op.name))])
+    scheduler.start()
+    (first,) = await _tasks(kafka, keys_dir, 1)
+    failed = RoundComplete(job.job_id, first.round, "quorum_not_met", 0, 1, 600)
+    await _publish(kafka, [(t.rounds_complete.name, job.job_id, seal(failed, agg.signer, sender=agg.name))])
+    retry = (await _tasks(kafka, keys_dir, 2))[-1]
+    assert retry.round == 2 and retry.model_version == 0
