@@ -46,6 +46,9 @@ CHUNK_FIELDS = ("stream", "index", "count")
 _UINT64_MAX = (1 << 64) - 1
 _INT64_MAX = (1 << 63) - 1
 _TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: Fixed bytes of every record: the map header and the ``body`` key.
+_RECORD_HEAD = wire.map_header(len(FIELDS))
+_BODY_KEY = wire.pack("body")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +151,7 @@ def encode_envelope(header: Header, body: Sequence[wire.Buffer], sig: bytes) -> 
         ]
     )
     size = sum(len(p) for p in body)
-    return b"".join(
-        [wire.map_header(len(FIELDS)), head, wire.pack("body"), wire.bin_header(size), *body, tail]
-    )
+    return b"".join([_RECORD_HEAD, head, _BODY_KEY, wire.bin_header(size), *body, tail])
 
 
 def seal_parts(

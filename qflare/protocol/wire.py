@@ -7,9 +7,10 @@ back as ``memoryview`` slices of the input (so tensors decode with no copy), and
 the accepted subset is exactly what the protocol uses: nil, bool, int, float,
 str (UTF-8), bin, array, and maps with unique str keys. Ext types are refused.
 
-The writer emits the shortest encoding of every value (what ``msgpack.packb``
-does too) and returns large bins as separate buffer parts, so a body can be
-hashed and framed into a record with a single copy of its tensor data.
+The writer (``qflare.protocol.packer``, re-exported here) emits the shortest
+encoding of every value (what ``msgpack.packb`` does too) and returns large bins
+as separate buffer parts, so a body can be hashed and framed into a record with
+a single copy of its tensor data.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from qflare.errors import LimitError, SchemaError
+from qflare.protocol.packer import Buffer, bin_header, map_header, pack, pack_entries, pack_parts
 
-#: Bins at least this large are passed through as their own part, not copied.
-_ZERO_COPY_MIN = 4096
+__all__ = [
+    "Buffer",
+    "WireLimits",
+    "bin_header",
+    "check_keys",
+    "map_header",
+    "pack",
+    "pack_entries",
+    "pack_parts",
+    "unpack",
+]
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -50,22 +61,29 @@ class WireLimits:
 
 
 class _Reader:
-    __slots__ = ("buf", "limits", "path", "pos")
+    __slots__ = ("buf", "end", "limits", "path", "pos")
 
     def __init__(self, buf: memoryview, limits: WireLimits, root: str) -> None:
         self.buf = buf
+        self.end = len(buf)
         self.pos = 0
         self.limits = limits
-        self.path = [root] if root else []
+        # Map keys, and array indexes as ints (formatted only when an error names the path).
+        self.path: list[str | int] = [root] if root else []
 
     def where(self) -> str:
         # "body.tensors[0].data": keys joined by dots, array indexes appended.
-        out = "".join(p if p.startswith("[") else f".{p}" for p in self.path).lstrip(".")
+        out = "".join(
+            f"[{p}]" if isinstance(p, int) else p if p.startswith("[") else f".{p}" for p in self.path
+        ).lstrip(".")
         return out or "$"
 
+    def truncated(self, n: int) -> SchemaError:
+        return SchemaError(f"truncated: needs {n} more bytes at offset {self.pos}", field=self.where())
+
     def need(self, n: int) -> None:
-        if n > len(self.buf) - self.pos:
-            raise SchemaError(f"truncated: needs {n} more bytes at offset {self.pos}", field=self.where())
+        if n > self.end - self.pos:
+            raise self.truncated(n)
 
     def length(self, size: int) -> int:
         self.need(size)
@@ -74,9 +92,11 @@ class _Reader:
         return int(n)
 
     def value(self, depth: int) -> object:
-        self.need(1)
-        b = self.buf[self.pos]
-        self.pos += 1
+        pos = self.pos
+        if pos >= self.end:
+            raise self.truncated(1)
+        b = self.buf[pos]
+        self.pos = pos + 1
         if b <= 0x7F:
             return b
         if b >= 0xE0:
@@ -96,8 +116,8 @@ class _Reader:
         fixed = _FIXED.get(b)
         if fixed is not None:
             self.need(fixed.size)
-            out = fixed.unpack_from(self.buf, self.pos)[0]
-            self.pos += fixed.size
+            out = fixed.unpack_from(self.buf, pos + 1)[0]
+            self.pos = pos + 1 + fixed.size
             return out
         if b in (0xD9, 0xDA, 0xDB):
             return self.text(self.byte() if b == 0xD9 else self.length(2 if b == 0xDA else 4))
@@ -117,20 +137,24 @@ class _Reader:
     def text(self, n: int) -> str:
         if n > self.limits.max_str_len:
             raise LimitError(f"string of {n} bytes exceeds {self.limits.max_str_len}", field=self.where())
-        self.need(n)
+        start = self.pos
+        if n > self.end - start:
+            raise self.truncated(n)
         try:
-            out = str(self.buf[self.pos : self.pos + n], "utf-8")
+            out = str(self.buf[start : start + n], "utf-8")
         except UnicodeDecodeError as exc:
             raise SchemaError("string is not valid UTF-8", field=self.where()) from exc
-        self.pos += n
+        self.pos = start + n
         return out
 
     def binary(self, n: int) -> memoryview:
         if n > self.limits.max_bin_len:
             raise LimitError(f"bin of {n} bytes exceeds {self.limits.max_bin_len}", field=self.where())
-        self.need(n)
-        self.pos += n
-        return self.buf[self.pos - n : self.pos]
+        start = self.pos
+        if n > self.end - start:
+            raise self.truncated(n)
+        self.pos = start + n
+        return self.buf[start : start + n]
 
     def enter(self, depth: int) -> None:
         # ``depth`` counts the containers around this one: the outermost is at 0,
@@ -147,10 +171,11 @@ class _Reader:
             raise LimitError(f"array of {n} items exceeds {self.limits.max_array_len}", field=self.where())
         self.need(n)  # every item takes at least one byte: bounds the list before it exists
         out: list[object] = []
+        path = self.path
         for i in range(n):
-            self.path.append(f"[{i}]")
+            path.append(i)
             out.append(self.value(depth + 1))
-            self.path.pop()
+            path.pop()
         return out
 
     def map(self, n: int, depth: int) -> dict[str, object]:
@@ -159,15 +184,22 @@ class _Reader:
             raise LimitError(f"map of {n} entries exceeds {self.limits.max_map_len}", field=self.where())
         self.need(2 * n)  # every entry takes at least two bytes
         out: dict[str, object] = {}
+        buf, path = self.buf, self.path
         for _ in range(n):
-            key = self.value(depth + 1)
-            if not isinstance(key, str):
+            pos = self.pos
+            # Keys are almost always fixstr: read them without the generic dispatch.
+            if pos < self.end and 0xA0 <= (b := buf[pos]) <= 0xBF:
+                self.pos = pos + 1
+                key: object = self.text(b & 0x1F)
+            else:
+                key = self.value(depth + 1)
+            if type(key) is not str:
                 raise SchemaError(f"map key must be a str, got {type(key).__name__}", field=self.where())
-            self.path.append(key)
+            path.append(key)
             if key in out:
                 raise SchemaError(f"duplicate map key {key!r}", field=self.where())
             out[key] = self.value(depth + 1)
-            self.path.pop()
+            path.pop()
         return out
 
 
@@ -195,116 +227,3 @@ def unpack(data: bytes | bytearray | memoryview, limits: WireLimits, *, root: st
     if reader.pos != len(view):
         raise SchemaError(f"{len(view) - reader.pos} trailing bytes after the value", field=root or "$")
     return value
-
-
-# --- writer ---------------------------------------------------------------
-
-Buffer = bytes | bytearray | memoryview
-
-
-def _head(out: bytearray, n: int, fix: int | None, fix_max: int, c8: int | None, c16: int, c32: int) -> None:
-    if fix is not None and n <= fix_max:
-        out.append(fix | n)
-    elif c8 is not None and n <= 0xFF:
-        out += bytes((c8, n))
-    elif n <= 0xFFFF:
-        out.append(c16)
-        out += _U16.pack(n)
-    elif n <= 0xFFFFFFFF:
-        out.append(c32)
-        out += _U32.pack(n)
-    else:
-        raise LimitError(f"length {n} does not fit msgpack")
-
-
-def _int(out: bytearray, v: int) -> None:
-    if 0 <= v <= 0x7F or -32 <= v < 0:
-        out.append(v & 0xFF)
-    elif v >= 0:
-        for code in (0xCC, 0xCD, 0xCE, 0xCF):
-            if v < 1 << (8 * _FIXED[code].size):
-                out.append(code)
-                out += _FIXED[code].pack(v)
-                return
-        raise LimitError(f"integer {v} does not fit msgpack")
-    else:
-        for code in (0xD0, 0xD1, 0xD2, 0xD3):
-            if v >= -(1 << (8 * _FIXED[code].size - 1)):
-                out.append(code)
-                out += _FIXED[code].pack(v)
-                return
-        raise LimitError(f"integer {v} does not fit msgpack")
-
-
-def _write(obj: object, out: bytearray, parts: list[Buffer]) -> None:
-    if obj is None:
-        out.append(0xC0)
-    elif obj is True or obj is False:
-        out.append(0xC3 if obj else 0xC2)
-    elif isinstance(obj, int):
-        _int(out, obj)
-    elif isinstance(obj, float):
-        out.append(0xCB)
-        out += _FIXED[0xCB].pack(obj)
-    elif isinstance(obj, str):
-        raw = obj.encode("utf-8")
-        _head(out, len(raw), 0xA0, 31, 0xD9, 0xDA, 0xDB)
-        out += raw
-    elif isinstance(obj, bytes | bytearray | memoryview):
-        view = memoryview(obj).cast("B") if isinstance(obj, memoryview) else obj
-        _head(out, len(view), None, 0, 0xC4, 0xC5, 0xC6)
-        if len(view) >= _ZERO_COPY_MIN:
-            parts.append(bytes(out))
-            out.clear()
-            parts.append(view)
-        else:
-            out += view
-    elif isinstance(obj, Mapping):
-        _head(out, len(obj), 0x80, 15, None, 0xDE, 0xDF)
-        for key, value in obj.items():
-            _write(key, out, parts)
-            _write(value, out, parts)
-    elif isinstance(obj, Sequence):
-        _head(out, len(obj), 0x90, 15, None, 0xDC, 0xDD)
-        for item in obj:
-            _write(item, out, parts)
-    else:
-        raise SchemaError(f"cannot encode {type(obj).__name__}")
-
-
-def map_header(n: int) -> bytes:
-    out = bytearray()
-    _head(out, n, 0x80, 15, None, 0xDE, 0xDF)
-    return bytes(out)
-
-
-def bin_header(n: int) -> bytes:
-    out = bytearray()
-    _head(out, n, None, 0, 0xC4, 0xC5, 0xC6)
-    return bytes(out)
-
-
-def pack_entries(entries: Sequence[tuple[str, object]]) -> bytes:
-    """Map entries (key, value, key, value, ...) without the map header, for splicing."""
-    out = bytearray()
-    parts: list[Buffer] = []
-    for key, value in entries:
-        _write(key, out, parts)
-        _write(value, out, parts)
-    parts.append(bytes(out))
-    return b"".join(parts)
-
-
-def pack_parts(obj: object) -> list[Buffer]:
-    """Encode ``obj`` as a list of buffers whose concatenation is its msgpack form."""
-    out = bytearray()
-    parts: list[Buffer] = []
-    _write(obj, out, parts)
-    if out:
-        parts.append(bytes(out))
-    return parts
-
-
-def pack(obj: object) -> bytes:
-    """Encode ``obj`` to shortest-form msgpack (byte-identical to ``msgpack.packb``)."""
-    return b"".join(pack_parts(obj))
