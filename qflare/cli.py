@@ -23,7 +23,7 @@ app.add_typer(devices_app, name="devices")
 app.command(name="demo")(demo)
 app.command(name="simulate")(simulate)
 
-SERVICES = ("registry", "scheduler")
+SERVICES = ("registry", "scheduler", "aggregator")
 
 
 @app.command()

@@ -1,46 +1,270 @@
-"""`qflare demo`: the main job.
+"""`qflare demo`: the main job, end to end on this machine.
 
-Federated training does not exist yet, so for now the demo brings up the real
-infrastructure the training job will use, shows its state, and says what the
-full demo will do. A stack that was already running before the demo stays up.
+Starts the stack (if it is not up) and the four services, enrols a simulated
+fleet that trains on its own shards of MNIST, runs a federated job through the
+scheduler and aggregator, prints each round, and stops everything it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
 
 import typer
+from aiokafka import TopicPartition
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
-from qflare.errors import StackError
+from edge.simulator.fleet import FleetProcesses, start_fleet
+from edge.simulator.observer import FleetObserver, wait_until
+from qflare import operator
+from qflare.errors import ProtocolError, QflareError, StackError
+from qflare.identity import TrustedKeys, trusted_ring
+from qflare.kafka import KafkaSettings, make_consumer, make_producer
+from qflare.protocol import Decoder, seal, topics
+from qflare.protocol.control import JobCommand
+from qflare.protocol.training import RoundComplete
+from qflare.services_proc import ServiceProcesses
 from qflare.stack import launcher
-from qflare.stack.cli import quiet_clients, status_table
+from qflare.stack.cli import quiet_clients
 from qflare.stack.settings import StackSettings
 
-console = Console()
-
-PLAN = (
-    "Once federated training lands, this command will also start the registry, scheduler, "
-    "aggregator and audit services, enrol 10 simulated devices, and train the 2NN on MNIST "
-    "with FedAvg for 10 rounds, printing accuracy and loss per round."
-)
+# Wide enough for a round line and the summary when output is piped (rich assumes 80 then).
+console = Console(stderr=True, width=max(120, shutil.get_terminal_size().columns))
+KEYS_DIR = Path(".qflare/keys")
 
 
 def demo(
+    devices: int = typer.Option(
+        10, min=1, max=1000, help="Simulated devices (each its own key and data shard)."
+    ),
+    fraction: float = typer.Option(1.0, min=0.001, max=1.0, help="Client fraction C selected per round."),
+    model: str = typer.Option("2nn", help="cnn (FedAvg-paper CNN, 1,663,370 params) or 2nn (199,210)."),
+    epochs: int = typer.Option(1, min=1, help="Local epochs E."),
+    batch: int = typer.Option(10, min=0, help="Local batch size B (0: full batch)."),
+    lr: float = typer.Option(0.05, min=0.0, help="Local SGD learning rate."),
+    partition: str = typer.Option("iid", help="iid, pathological (2 shards per device) or dirichlet."),
+    rounds: int = typer.Option(10, min=1, help="Rounds to complete."),
+    deadline_s: float = typer.Option(
+        300.0, min=5, help="Per-round deadline; a quorum then closes the round."
+    ),
+    strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
+    dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
+    processes: int = typer.Option(2, min=1, max=16, help="Worker processes for the simulated fleet."),
+    seed: int = typer.Option(0, help="Seed for model init, data partition and selection."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per round on stdout."),
     keep_stack: bool = typer.Option(False, help="Leave the stack running when the demo ends."),
 ) -> None:
-    """Run the main job: start the local stack, show it, and stop what the demo started."""
+    """Run the main job: federated training of a model on MNIST across simulated devices."""
     quiet_clients()
+    job = {
+        "model": model,
+        "strategy": strategy,
+        "rounds": rounds,
+        "fraction": fraction,
+        "min_clients": min(2, devices),
+        "deadline_s": deadline_s,
+        "epochs": epochs,
+        "batch_size": batch,
+        "lr": lr,
+        "seed": seed,
+        "dataset": dataset,
+        "partition": partition,
+    }
     cfg = StackSettings()
     already_up = all(row.up for row in asyncio.run(launcher.status(cfg)))
     try:
-        rows = asyncio.run(launcher.up(cfg, say=console.print))
-    except StackError as exc:
-        console.print(f"[red]demo could not start the stack[/red] {exc}")
+        if not already_up:
+            console.print("starting the local stack …")
+            asyncio.run(launcher.up(cfg, say=console.print))
+        run = Run(devices=devices, processes=processes, seed=seed, job=job, as_json=as_json)
+        run.execute()
+    except (QflareError, KeyboardInterrupt) as exc:
+        console.print(f"[red]demo stopped:[/red] {exc}")
         raise typer.Exit(1) from None
-    console.print(status_table(rows))
-    console.print(PLAN)
-    if already_up or keep_stack:
-        console.print("the stack stays up (`qflare stack down` stops it)")
-    else:
-        console.print("stopped: " + ", ".join(launcher.down(cfg)))
+    finally:
+        if not (already_up or keep_stack):
+            console.print("stopped: " + ", ".join(launcher.down(cfg)))
+
+
+class Run:
+    def __init__(
+        self, *, devices: int, processes: int, seed: int, job: dict[str, Any], as_json: bool
+    ) -> None:
+        self.run_id = uuid.uuid4().hex[:6]
+        # Each demo run uses its own topics, so a rerun never mixes with an earlier job.
+        self.kafka = KafkaSettings(topic_prefix=f"demo-{self.run_id}.")
+        self.topics = topics(self.kafka.topic_prefix)
+        self.devices, self.processes, self.seed, self.job, self.as_json = (
+            devices,
+            processes,
+            seed,
+            job,
+            as_json,
+        )
+        self.services = ServiceProcesses(
+            Path(".qflare/logs"), {"QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix}
+        )
+        self.fleet: FleetProcesses | None = None
+        self.job_id = f"job-{self.run_id}"
+
+    def execute(self) -> None:
+        began = time.monotonic()
+        try:
+            for name in ("registry", "aggregator", "scheduler"):
+                console.print(f"starting {name} …")
+                self.services.start(name)
+            asyncio.run(self._main(began))
+        finally:
+            if self.fleet is not None:
+                self.fleet.stop()
+            self.services.stop()
+
+    async def _main(self, began: float) -> None:
+        ident = operator.operator_identity(KEYS_DIR)
+        ids = [f"dev-{self.run_id}-{i:03d}" for i in range(self.devices)]
+        tokens = await operator.issue_tokens(
+            self.kafka, ident, len(ids), 3600, {"demo": self.run_id}, keys_dir=KEYS_DIR
+        )
+        self.fleet = start_fleet(
+            ids,
+            tokens,
+            kafka=self.kafka,
+            processes=self.processes,
+            heartbeat_s=2.0,
+            state_dir=Path(".qflare/sim") / self.run_id,
+            keys_dir=KEYS_DIR,
+            seed=self.seed,
+            train={"dataset": self.job["dataset"], "partition": self.job["partition"], "seed": self.seed},
+        )
+        observer = FleetObserver(
+            self.kafka,
+            trusted_ring(KEYS_DIR),
+            device_prefix=f"dev-{self.run_id}",
+            registry_group="qflare-registry",
+        )
+        await observer.start()
+        try:
+            console.print(f"enrolling {len(ids)} devices …")
+            if not await wait_until(lambda c: c["online"] >= len(ids), observer, 180):
+                raise StackError(
+                    "fleet", f"only {observer.counts()['online']} of {len(ids)} devices came online"
+                )
+        finally:
+            await observer.stop()
+        await self._start_job(ident)
+        results = await self._follow(began)
+        self._summary(results, time.monotonic() - began)
+
+    async def _start_job(self, ident: Any) -> None:
+        command = JobCommand(f"job-{self.run_id}", "start", self.job)
+        producer = make_producer(self.kafka)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                self.topics.jobs.name,
+                seal(command, ident.signer, sender=ident.name),
+                key=command.job_id.encode(),
+            )
+        finally:
+            await producer.stop()
+        console.print(f"job job-{self.run_id} started: {json.dumps(self.job)}")
+
+    async def _follow(self, began: float) -> list[RoundComplete]:
+        decoder = Decoder(TrustedKeys(KEYS_DIR), allowed_types={"round_complete"}, max_age_ms=None)
+        consumer = make_consumer(self.kafka, group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        parts = [
+            TopicPartition(self.topics.rounds_complete.name, p)
+            for p in range(self.topics.rounds_complete.partitions)
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        done: list[RoundComplete] = []
+        total = int(self.job["rounds"])
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+        )
+        try:
+            with Progress(*columns, console=console, transient=True) as bar:
+                overall = bar.add_task("rounds", total=total)
+                current = bar.add_task("round 1: training on devices", total=None)
+                while sum(r.status == "completed" for r in done) < total:
+                    for records in (await consumer.getmany(timeout_ms=500)).values():
+                        for record in records:
+                            rc = self._round(decoder, record.value)
+                            if rc is None:
+                                continue
+                            done.append(rc)
+                            self._print_round(rc)
+                            bar.update(overall, completed=sum(r.status == "completed" for r in done))
+                            bar.update(current, description=f"round {rc.round + 1}: training on devices")
+        finally:
+            await consumer.stop()
+        return done
+
+    def _round(self, decoder: Decoder, value: bytes | None) -> RoundComplete | None:
+        if value is None:
+            return None
+        try:
+            msg = decoder.decode(value)
+        except ProtocolError:
+            return None
+        body = msg.body
+        if (
+            isinstance(body, RoundComplete)
+            and msg.header.sender == "aggregator"
+            and body.job_id == self.job_id
+        ):
+            return body
+        return None
+
+    def _print_round(self, rc: RoundComplete) -> None:
+        m = rc.metrics
+        row: dict[str, Any] = {
+            "round": rc.round,
+            "status": rc.status,
+            "participants": rc.num_updates,
+            "accuracy": round(m.get("test_accuracy", float("nan")), 4),
+            "loss": round(m.get("train_loss", float("nan")), 4),
+            "seconds": round(m.get("duration_s", float("nan")), 2),
+            "bytes_in": int(m.get("bytes_in", 0)),
+            "model_version": rc.model_version,
+        }
+        if self.as_json:
+            typer.echo(json.dumps(row))
+        else:
+            console.print(
+                f"round {rc.round:>3}  {rc.status:<14} participants {rc.num_updates:>3}  "
+                f"accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  {row['seconds']:>7.2f} s  "
+                f"{row['bytes_in'] / 1e6:8.2f} MB in"
+            )
+
+    def _summary(self, results: list[RoundComplete], seconds: float) -> None:
+        completed = [r for r in results if r.status == "completed"]
+        best = max((r.metrics.get("test_accuracy", 0.0) for r in completed), default=0.0)
+        table = Table(title="QFLARE demo", show_header=False)
+        table.add_row(
+            "job", f"job-{self.run_id} ({self.job['model']}, {self.job['strategy']}, {self.devices} devices)"
+        )
+        table.add_row("rounds", f"{len(completed)} completed, {len(results) - len(completed)} retried")
+        table.add_row(
+            "final accuracy", f"{completed[-1].metrics.get('test_accuracy', 0.0):.4f}" if completed else "-"
+        )
+        table.add_row("best accuracy", f"{best:.4f}")
+        table.add_row("wall time", f"{seconds:.1f} s")
+        table.add_row("topics", f"prefix {self.kafka.topic_prefix}")
+        table.add_row("service logs", ".qflare/logs/{registry,aggregator,scheduler}.log (structured JSON)")
+        table.add_row(
+            "metrics", "http://127.0.0.1:9101/metrics (registry), :9102 (aggregator), :9103 (scheduler)"
+        )
+        console.print(table)

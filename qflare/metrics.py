@@ -6,6 +6,7 @@ names from every service; the ``service`` label tells them apart.
 
 from __future__ import annotations
 
+import structlog
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 REJECTED = Counter(
@@ -24,7 +25,19 @@ ENROLLED = Counter("qflare_enrollments_total", "Enrolments accepted, by outcome"
 HANDLE_SECONDS = Histogram("qflare_handle_seconds", "Time to handle one record", ["service", "type"])
 
 
-def serve_metrics(port: int) -> None:
-    """Expose /metrics on 127.0.0.1:``port``; 0 disables it (tests, simulated fleets)."""
-    if port:
+def serve_metrics(port: int) -> bool:
+    """Expose /metrics on 127.0.0.1:``port``; 0 disables it (tests, simulated fleets).
+
+    A taken port leaves the service running without /metrics, with a warning that
+    names the port: losing the scrape endpoint must not take the service down.
+    """
+    if not port:
+        return False
+    try:
         start_http_server(port, addr="127.0.0.1")
+    except OSError as exc:
+        structlog.get_logger("qflare.metrics").warning(
+            "metrics endpoint not started", port=port, error=str(exc)
+        )
+        return False
+    return True

@@ -1,0 +1,143 @@
+"""Closing a round: the new model version, its evaluation, and the ``RoundComplete`` report.
+
+The round's status flip, the new row in the model store, the strategy state
+carried to the next round and the outgoing records (model, result) are one
+PostgreSQL transaction. The flip is conditional on the round still being
+open, so a close that is retried after a crash (the in-memory round is
+rebuilt from the checkpoint and closed again) either does all of it once or
+nothing; the outbox then delivers exactly the bytes that were committed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import structlog
+from prometheus_client import Counter
+
+from qflare.errors import AggregationError
+from qflare.fl import StrategyState
+from qflare.protocol.training import RoundComplete
+from services.aggregator.evaluation import Evaluator
+from services.aggregator.jobs import Job
+from services.aggregator.models import EncodedModel, decode, encode, weights_of
+from services.aggregator.publisher import Publisher
+from services.aggregator.rounds import COMPLETED, OpenRound, round_metrics
+from services.aggregator.store import AggregatorStore
+
+log = structlog.get_logger("qflare.aggregator")
+ROUNDS_CLOSED = Counter(
+    "qflare_aggregator_rounds_total", "Rounds closed by the aggregator, by status", ["status"]
+)
+
+
+class Closer:
+    def __init__(
+        self,
+        store: AggregatorStore,
+        out: Publisher,
+        evaluator: Evaluator,
+        jobs: dict[str, Job],
+        rounds: dict[tuple[str, int], OpenRound],
+    ) -> None:
+        self.store, self.out, self.evaluator = store, out, evaluator
+        self.jobs, self.rounds = jobs, rounds
+
+    async def close_ready(self, now_ms: int | None) -> int:
+        """Close every round whose outcome is decided (``now_ms=None``: ignore deadlines); return how many."""
+        closed = 0
+        for rnd in list(self.rounds.values()):
+            outcome = rnd.decide(now_ms)
+            if outcome is not None:
+                await self.close(rnd, outcome)
+                closed += 1
+        return closed
+
+    async def close(self, rnd: OpenRound, outcome: str) -> None:
+        job = self.jobs[rnd.job_id]
+        closed_ms = time.time_ns() // 1_000_000
+        model: EncodedModel | None = None
+        carried: StrategyState | None = None
+        if outcome == COMPLETED:
+            model, carried, metrics = await self._aggregate(job, rnd, closed_ms)
+            done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics)
+        else:
+            done = self._report(rnd, outcome, rnd.model_version, None, round_metrics(rnd, closed_ms))
+        result = {k: v for k, v in asdict(done).items() if k != "model_digest"}
+        result["model_digest"] = None if done.model_digest is None else done.model_digest.hex()
+        async with self.store.conn.transaction():
+            closed = await self.store.close_round(rnd, done.status, result)
+            if closed:
+                await self.out.queue_round_complete(done)
+                if model is not None and carried is not None:
+                    await self._store_version(rnd, model, carried, done.metrics)
+        if closed:
+            if carried is not None:
+                job.strategy_state = carried.to_bytes()
+            ROUNDS_CLOSED.labels(done.status).inc()
+            log.info(
+                "round closed",
+                job_id=rnd.job_id,
+                round=rnd.round,
+                status=done.status,
+                model_version=done.model_version,
+                updates=done.num_updates,
+            )
+        else:
+            log.warning("round was already closed", job_id=rnd.job_id, round=rnd.round)
+        del self.rounds[rnd.key]
+        await self.out.flush_outbox()
+
+    async def _aggregate(
+        self, job: Job, rnd: OpenRound, closed_ms: int
+    ) -> tuple[EncodedModel, StrategyState, dict[str, float]]:
+        """The new version (parent: the round's version), the state to carry, and the round's metrics."""
+        layout = job.layout
+        base = await self.store.model(rnd.job_id, rnd.model_version)
+        if base is None:  # the round was opened on this version; only a damaged store lacks it
+            raise AggregationError(f"model {rnd.model_version} of {rnd.job_id!r} is missing", field="model")
+        strategy = job.config.strategy_for(rnd.strategy)
+        weights, carried = strategy.aggregate(rnd.state, weights_of(decode(base.weights), layout))
+        model = encode(
+            rnd.job_id,
+            rnd.model_version + 1,
+            weights,
+            layout.names,
+            round=rnd.round,
+            model=job.config.model,
+            parent=rnd.model_version,
+        )
+        evaluation = await self.evaluator.evaluate_async(job.config.model, job.config.dataset, weights)
+        return model, carried, round_metrics(rnd, closed_ms, evaluation)
+
+    async def _store_version(
+        self, rnd: OpenRound, model: EncodedModel, carried: StrategyState, metrics: dict[str, float]
+    ) -> None:
+        await self.store.insert_model(
+            rnd.job_id,
+            model.body.version,
+            parent=rnd.model_version,
+            round=rnd.round,
+            metrics=metrics,
+            digest=model.digest,
+            weights=model.data,
+        )
+        await self.store.set_job(rnd.job_id, strategy_state=carried.to_bytes())
+        await self.out.queue_model(model)
+
+    def _report(
+        self, rnd: OpenRound, status: str, version: int, digest: bytes | None, metrics: dict[str, float]
+    ) -> RoundComplete:
+        included = sorted(rnd.included)
+        return RoundComplete(
+            job_id=rnd.job_id,
+            round=rnd.round,
+            status=status,
+            model_version=version,
+            num_updates=len(included),
+            num_examples=rnd.num_examples,
+            included=tuple(included),
+            model_digest=digest,
+            metrics=metrics,
+        )

@@ -1,0 +1,277 @@
+"""The control topics: device records (keys), job commands and round tasks.
+
+``sync`` reads every control partition up to the end offsets it sees when
+called. The service calls it after fetching a batch of updates and before
+handling it: a device answers a round only after the round task (and its own
+device record) were in Kafka, so every update is judged against rounds and
+keys at least as new as itself, whichever topic the consumer happened to read
+first. Job commands and round tasks are each handled in one transaction with
+the position of their partition, so none is applied twice or lost.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from qflare.errors import ProtocolError, QflareError, ReplayError
+from qflare.fl import StrategyState
+from qflare.identity import TrustedKeys
+from qflare.kafka import KafkaSettings
+from qflare.ml import init_weights
+from qflare.protocol import Decoder, Message
+from qflare.protocol.control import JobCommand
+from qflare.protocol.devices import Device
+from qflare.protocol.topics import Topics
+from qflare.protocol.training import RoundTask
+from services.aggregator.checks import Rejected
+from services.aggregator.closing import Closer
+from services.aggregator.config import AggregatorSettings
+from services.aggregator.cursor import Cursor
+from services.aggregator.jobs import Job, JobConfig
+from services.aggregator.keys import DeviceKeys
+from services.aggregator.models import decode, encode, weights_of
+from services.aggregator.publisher import Publisher
+from services.aggregator.rounds import OpenRound
+from services.aggregator.store import AggregatorStore
+
+log = structlog.get_logger("qflare.aggregator")
+_MAX_FETCH = 1000
+
+
+class Control:
+    def __init__(
+        self,
+        cfg: AggregatorSettings,
+        kafka: KafkaSettings,
+        topics: Topics,
+        store: AggregatorStore,
+        out: Publisher,
+        keys: DeviceKeys,
+        closer: Closer,
+    ) -> None:
+        self.cfg, self.kafka, self.topics = cfg, kafka, topics
+        self.store, self.out, self.keys = store, out, keys
+        self.closer = closer
+        self.jobs, self.rounds = closer.jobs, closer.rounds
+        trusted = TrustedKeys(cfg.keys_dir)
+        self.decoders = {
+            spec.name: Decoder(
+                trusted, allowed_types=spec.types, max_age_ms=spec.max_age_ms, limits=kafka.limits
+            )
+            for spec in (topics.devices, topics.jobs, topics.rounds)
+        }
+        self.cursors: dict[TopicPartition, Cursor] = {}
+
+    async def start(self, consumer: AIOKafkaConsumer) -> None:
+        """Assign every control partition: devices from the start, the others from the checkpoint."""
+        t = self.topics
+        self.consumer = consumer
+        devices = [TopicPartition(t.devices.name, p) for p in range(t.devices.partitions)]
+        logged = [TopicPartition(s.name, p) for s in (t.jobs, t.rounds) for p in range(s.partitions)]
+        consumer.assign([*devices, *logged])
+        await consumer.seek_to_beginning(*devices)
+        now = _now_ms()
+        for spec in (t.jobs, t.rounds):
+            stored = await self.store.cursors(spec.name, now)
+            for p in range(spec.partitions):
+                tp = TopicPartition(spec.name, p)
+                self.cursors[tp] = stored.get(p) or Cursor(spec.name, p)
+                consumer.seek(tp, self.cursors[tp].next_offset)
+        self.parts = [*devices, *logged]
+
+    async def sync(self) -> None:
+        """Handle every control record up to the current end of each partition."""
+        end = await self.consumer.end_offsets(self.parts)
+        held: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
+        while True:
+            behind = [tp for tp in self.parts if await self.consumer.position(tp) < end[tp]]
+            if not behind:
+                break
+            batches = await self.consumer.getmany(*behind, timeout_ms=200, max_records=_MAX_FETCH)
+            for records in batches.values():
+                for record in records:
+                    if record.topic == self.topics.devices.name:
+                        await self._device(record)
+                    else:
+                        held.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+        # Records of different topics come in fetch order, not in the order they were produced
+        # (a job's start must come before its first round, a pause before the round it refuses),
+        # so partitions are merged by producer timestamp (a job command first on a tie), each
+        # partition staying in its own order.
+        jobs = self.topics.jobs.name
+        for record in heapq.merge(*held.values(), key=lambda r: (r.timestamp, r.topic != jobs)):
+            await self._logged(record)
+
+    # --- device records (key cache only; re-read from the start on every start-up) ---------
+
+    async def _device(self, record: ConsumerRecord[Any, Any]) -> None:
+        if record.value is None:
+            if record.key:
+                self.keys.forget(record.key.decode(errors="replace"))
+            return
+        try:
+            msg = self.decoders[record.topic].decode(record.value)
+            self._authorised(msg, self.cfg.device_senders)
+            assert isinstance(msg.body, Device)
+            self.keys.apply(msg.body)
+        except ReplayError:
+            return  # the registry re-sent a record (its outbox after a crash): harmless, already applied
+        except (ProtocolError, Rejected) as exc:
+            # Not checkpointed: the topic is replayed at each start, so the report repeats then.
+            async with self.store.conn.transaction():
+                await self._reject(record, exc)
+            await self.out.flush_outbox()
+
+    # --- job commands and round tasks ----------------------------------------------------
+
+    async def _logged(self, record: ConsumerRecord[Any, Any]) -> None:
+        cursor = self.cursors[TopicPartition(record.topic, record.partition)]
+        cursor.advance(record.offset)
+        msg: Message | ProtocolError | Rejected
+        try:
+            if record.value is None:
+                raise Rejected("schema", "record has no value", field="$")
+            msg = self.decoders[record.topic].decode(record.value)
+        except (ProtocolError, Rejected) as exc:
+            msg = exc
+        if isinstance(msg, Message) and isinstance(msg.body, RoundTask):
+            await self._close_overdue(msg.body.job_id)
+        async with self.store.conn.transaction():
+            try:
+                if not isinstance(msg, Message):
+                    raise msg
+                # A savepoint: a command refused half-way leaves no row behind, only its report.
+                async with self.store.conn.transaction():
+                    if isinstance(msg.body, JobCommand):
+                        await self._job(msg, msg.body)
+                    elif isinstance(msg.body, RoundTask):
+                        await self._round(msg, msg.body)
+            except (ProtocolError, Rejected) as exc:
+                await self._reject(record, exc)
+            await self.store.save_cursor(cursor)
+        await self.out.flush_outbox()
+
+    async def _close_overdue(self, job_id: str) -> None:
+        """Before a new round of ``job_id``: close its open round if that one's deadline has passed.
+
+        The scheduler gives up on a round it heard nothing about well after the
+        deadline (e.g. while the aggregator was down) and opens the next one; the
+        old round is over either way, so its result is settled first.
+        """
+        now = _now_ms()
+        for rnd in [r for r in self.rounds.values() if r.job_id == job_id and r.deadline_ms <= now]:
+            outcome = rnd.decide(now)
+            if outcome is not None:
+                await self.closer.close(rnd, outcome)
+
+    def _authorised(self, msg: Message, allowed: frozenset[str]) -> None:
+        if msg.header.sender not in allowed:
+            raise Rejected(
+                "unauthorised", f"{msg.header.sender!r} may not send {msg.header.type}", field="sender"
+            )
+
+    async def _job(self, msg: Message, cmd: JobCommand) -> None:
+        self._authorised(msg, self.cfg.job_senders)
+        job = self.jobs.get(cmd.job_id)
+        if cmd.command != "start":
+            if job is None:
+                raise Rejected("unknown_job", f"no job {cmd.job_id!r}", field="body.job_id")
+            if job.status == "stopped":
+                raise Rejected("job_stopped", f"job {cmd.job_id!r} is stopped", field="body.command")
+            job.status = {"pause": "paused", "resume": "running", "stop": "stopped"}[cmd.command]
+            await self.store.set_job(job.job_id, status=job.status)
+            return
+        config = JobConfig.parse(cmd.config)
+        if job is not None:
+            if job.config != config:
+                raise Rejected(
+                    "job_conflict", f"job {cmd.job_id!r} exists with another config", field="body.config"
+                )
+            return  # a repeated start changes nothing
+        strategy = config.strategy_for(config.strategy)
+        job = Job(cmd.job_id, config, "running", strategy.initial_state().to_bytes())
+        if not await self.store.insert_job(job.job_id, dict(cmd.config), job.strategy_state):
+            raise Rejected("job_conflict", f"job id {cmd.job_id!r} is taken", field="body.job_id")
+        if await self.store.latest_version(job.job_id) is None:
+            layout = job.layout
+            model = encode(
+                job.job_id,
+                0,
+                init_weights(config.model, config.seed),
+                layout.names,
+                round=None,
+                model=config.model,
+                parent=None,
+            )
+            await self.store.insert_model(
+                job.job_id, 0, parent=None, round=None, metrics={}, digest=model.digest, weights=model.data
+            )
+            await self.out.queue_model(model)
+        self.jobs[job.job_id] = job
+        log.info("job started", job_id=job.job_id, model=config.model, strategy=config.strategy)
+
+    async def _round(self, msg: Message, task: RoundTask) -> None:
+        self._authorised(msg, self.cfg.round_senders)
+        job = self.jobs.get(task.job_id)
+        if job is None:
+            raise Rejected("unknown_job", f"no job {task.job_id!r}", field="body.job_id")
+        if job.status != "running":
+            raise Rejected("job_not_running", f"job {task.job_id!r} is {job.status}", field="body.job_id")
+        if task.strategy != job.config.strategy:
+            raise Rejected(
+                "strategy_mismatch", f"the job uses {job.config.strategy!r}", field="body.strategy"
+            )
+        known = await self.store.round_task_id(task.job_id, task.round)
+        if known == msg.header.id:
+            raise Rejected("replay", f"round {task.round} was already opened by this task", field="id")
+        same = self.rounds.get((task.job_id, task.round))
+        if same is not None and _same_task(same, task):
+            return  # a restarted scheduler re-announcing its open round: nothing changes
+        last = await self.store.last_round(task.job_id)
+        if last is not None and task.round <= last:
+            raise Rejected("wrong_round", f"round numbers must increase; last was {last}", field="body.round")
+        busy = [r.round for r in self.rounds.values() if r.job_id == task.job_id]
+        if busy:
+            raise Rejected("round_open", f"round {busy[0]} of the job is still open", field="body.round")
+        latest = await self.store.latest_version(task.job_id)
+        if task.model_version != latest:
+            raise Rejected("wrong_version", f"the job's latest model is {latest}", field="body.model_version")
+        base = await self.store.model(task.job_id, task.model_version)
+        if base is None:
+            raise Rejected("wrong_version", "no such model version", field="body.model_version")
+        layout = job.layout
+        strategy = job.config.strategy_for(task.strategy)
+        state = strategy.begin_round(
+            StrategyState.from_bytes(job.strategy_state),
+            task.round,
+            weights_of(decode(base.weights), layout),
+            layout.names,
+        )
+        rnd = OpenRound.from_task(task, msg.header.id, _now_ms(), state)
+        await self.store.insert_round(rnd, dict(task.config))
+        self.rounds[rnd.key] = rnd
+        log.info("round opened", job_id=task.job_id, round=task.round, devices=len(task.devices))
+
+    async def _reject(self, record: ConsumerRecord[Any, Any], exc: QflareError) -> None:
+        subject = record.key.decode(errors="replace") if record.key else None
+        await self.out.queue_rejection(
+            exc, topic=record.topic, partition=record.partition, offset=record.offset, subject=subject
+        )
+
+
+def _same_task(rnd: OpenRound, task: RoundTask) -> bool:
+    return (rnd.model_version, rnd.devices, rnd.deadline_ms, rnd.min_updates) == (
+        task.model_version,
+        tuple(task.devices),
+        task.deadline_ms,
+        task.min_updates,
+    )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

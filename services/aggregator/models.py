@@ -1,0 +1,98 @@
+"""Global model versions: build, encode, digest and decode them.
+
+A stored version is the ``GlobalModel`` body exactly as it goes on the wire
+(msgpack), so the SHA-256 kept with it is the digest a receiver computes over
+the (reassembled) body it fetched, and the store never needs a second format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from qflare.errors import AggregationError, ProtocolError
+from qflare.fl import NDArrays
+from qflare.ml import ModelName, layout
+from qflare.protocol import Tensor, wire
+from qflare.protocol.limits import DEFAULT_LIMITS, Limits
+from qflare.protocol.training import GlobalModel
+
+#: The dtype of every tensor of a global model and of every accepted update.
+MODEL_DTYPE = "<f4"
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What an update's tensors must look like: names, shapes and dtype, in wire order."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: str = MODEL_DTYPE
+
+    @classmethod
+    def of(cls, model: ModelName) -> Layout:
+        entries = layout(model)
+        return cls(tuple(n for n, _ in entries), tuple(tuple(s) for _, s in entries))
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedModel:
+    body: GlobalModel
+    data: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.data).digest()
+
+
+def encode(
+    job_id: str,
+    version: int,
+    weights: Sequence[NDArray[Any]],
+    names: Sequence[str],
+    *,
+    round: int | None,
+    model: str,
+    parent: int | None,
+) -> EncodedModel:
+    """The ``GlobalModel`` for ``weights`` (float32) and its exact body bytes.
+
+    Metadata holds only values derived from the inputs (no clock), so encoding
+    the same version twice, e.g. after a crash, gives the same bytes.
+    """
+    tensors = tuple(
+        Tensor.of(name, np.ascontiguousarray(w, dtype=np.float32))
+        for name, w in zip(names, weights, strict=True)
+    )
+    metadata: dict[str, str | int | float | bool | None] = {"model": model, "parent": parent}
+    body = GlobalModel(job_id=job_id, version=version, tensors=tensors, round=round, metadata=metadata)
+    return EncodedModel(body, b"".join(bytes(p) for p in wire.pack_parts(body.to_body())))
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> GlobalModel:
+    """Parse a stored model body (ours, but checked like any input: a corrupt row must not load)."""
+    bounds = wire.WireLimits(
+        max_bytes=limits.max_message_bytes,
+        max_depth=limits.max_depth,
+        max_array_len=limits.max_array_len,
+        max_map_len=limits.max_map_len,
+        max_str_len=limits.max_str_len,
+        max_bin_len=limits.max_message_bytes,
+    )
+    try:
+        return GlobalModel.from_body(wire.unpack(data, bounds, root="body"))
+    except ProtocolError as exc:
+        raise AggregationError(f"stored model does not decode: {exc}", field="weights") from exc
+
+
+def weights_of(model: GlobalModel, expected: Layout) -> NDArrays:
+    """The model's arrays in layout order, checked against the layout."""
+    got = tuple(t.name for t in model.tensors)
+    if got != expected.names:
+        raise AggregationError(f"stored model has tensors {got}, expected {expected.names}", field="tensors")
+    return [t.array for t in model.tensors]

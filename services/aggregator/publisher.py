@@ -1,0 +1,124 @@
+"""Everything the aggregator writes to Kafka: model versions, round results, audit events.
+
+All of it goes through the PostgreSQL outbox, queued in the transaction of the
+change it reports (a new version, a closed round, a batch that rejected an
+update) and flushed after the commit. A crash between the two re-sends the same
+signed bytes, which receivers de-duplicate by message id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from qflare import metrics
+from qflare.errors import QflareError
+from qflare.identity import Identity
+from qflare.protocol import seal, seal_chunked
+from qflare.protocol.body import Scalar
+from qflare.protocol.control import AuditEvent
+from qflare.protocol.limits import Limits
+from qflare.protocol.topics import Topics
+from qflare.protocol.training import RoundComplete
+from services.aggregator.models import EncodedModel
+from services.aggregator.store import AggregatorStore
+
+log = structlog.get_logger("qflare.aggregator")
+SERVICE = "aggregator"
+
+
+class Publisher:
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        store: AggregatorStore,
+        identity: Identity,
+        topics: Topics,
+        limits: Limits,
+    ) -> None:
+        self.producer = producer
+        self.store = store
+        self.identity = identity
+        self.topics = topics
+        self.limits = limits
+
+    async def queue_model(self, model: EncodedModel) -> None:
+        """The model as one record or a chunk stream; chunk ``i`` has key ``<job_id>:<i>``.
+
+        One key per chunk position is what lets the compacted topic keep a whole
+        version: each new version overwrites the previous one slice by slice.
+        """
+        body = model.body
+        records = seal_chunked(
+            body, self.identity.signer, sender=self.identity.name, round=body.round, limits=self.limits
+        )
+        for index, record in enumerate(records):
+            await self.store.queue(self.topics.models.name, f"{body.job_id}:{index}".encode(), record)
+
+    async def queue_round_complete(self, done: RoundComplete) -> None:
+        record = seal(done, self.identity.signer, sender=self.identity.name, round=done.round)
+        await self.store.queue(self.topics.rounds_complete.name, done.job_id.encode(), record)
+
+    async def queue_audit(
+        self,
+        event: str,
+        severity: str,
+        *,
+        reason: str = "",
+        subject: str | None = None,
+        ref_id: bytes | None = None,
+        detail: dict[str, Scalar] | None = None,
+    ) -> None:
+        body = AuditEvent(
+            event=event,
+            severity=severity,
+            source=SERVICE,
+            reason=reason[:1024],
+            subject=None if subject is None else subject[:256],
+            ref_id=ref_id,
+            detail=detail or {},
+        )
+        record = seal(body, self.identity.signer, sender=self.identity.name)
+        await self.store.queue(self.topics.audit.name, SERVICE.encode(), record)
+
+    async def queue_rejection(
+        self,
+        exc: QflareError,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        subject: str | None,
+        ref_id: bytes | None = None,
+        context: dict[str, Scalar] | None = None,
+    ) -> None:
+        """Count, log and audit one refused record (``update.rejected`` on the updates topic)."""
+        metrics.REJECTED.labels(SERVICE, topic, exc.reason).inc()
+        log.warning(
+            "rejected", topic=topic, offset=offset, reason=exc.reason, error=str(exc), subject=subject
+        )
+        event = "update.rejected" if topic == self.topics.updates.name else "message.rejected"
+        detail: dict[str, Scalar] = {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "field": exc.field,
+            "error": str(exc)[:500],
+            **(context or {}),
+        }
+        await self.queue_audit(
+            event, "warning", reason=exc.reason, subject=subject, ref_id=ref_id, detail=detail
+        )
+
+    async def flush_outbox(self) -> None:
+        """Publish queued records in order, deleting each batch once Kafka acknowledged all of it."""
+        while pending := await self.store.pending():
+            futures: list[Any] = [
+                await self.producer.send(topic, value, key=key) for _, topic, key, value in pending
+            ]
+            for future in futures:
+                await future
+            metrics.BYTES_OUT.labels(SERVICE).inc(sum(len(v) for *_, v in pending))
+            await self.store.sent(pending[-1][0])

@@ -1,0 +1,141 @@
+"""A round in progress, when it closes, and what its completion reports.
+
+Everything here is pure: the service loads ``OpenRound`` from PostgreSQL,
+mutates it while handling a batch, and writes it back in the batch's
+transaction; ``decide`` and ``round_metrics`` only read it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from qflare.fl import StrategyState
+from qflare.protocol.training import RoundTask
+
+COMPLETED = "completed"
+QUORUM_NOT_MET = "quorum_not_met"
+
+
+@dataclass(frozen=True, slots=True)
+class Included:
+    """One device's accepted update: enough to report and de-duplicate it, never its weights."""
+
+    device_id: str
+    message_id: bytes
+    num_examples: int
+    loss: float | None
+
+
+@dataclass(slots=True)
+class OpenRound:
+    job_id: str
+    round: int
+    task_id: bytes
+    model_version: int
+    strategy: str
+    devices: tuple[str, ...]
+    deadline_ms: int
+    min_updates: int
+    opened_ms: int
+    #: The strategy's state with the running sum of this round's accepted updates.
+    state: StrategyState
+    included: dict[str, Included] = field(default_factory=dict)
+    #: ``bytes_in`` and ``rejected_<reason>`` counts, checkpointed with the sum.
+    stats: Counter[str] = field(default_factory=Counter)
+    #: Updates accepted since the last checkpoint (written as ``included`` rows).
+    pending: list[Included] = field(default_factory=list)
+    dirty: bool = False
+
+    @classmethod
+    def from_task(cls, task: RoundTask, task_id: bytes, opened_ms: int, state: StrategyState) -> OpenRound:
+        return cls(
+            job_id=task.job_id,
+            round=task.round,
+            task_id=task_id,
+            model_version=task.model_version,
+            strategy=task.strategy,
+            devices=tuple(task.devices),
+            deadline_ms=task.deadline_ms,
+            min_updates=task.min_updates,
+            opened_ms=opened_ms,
+            state=state,
+        )
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.job_id, self.round
+
+    @property
+    def num_examples(self) -> int:
+        return sum(i.num_examples for i in self.included.values())
+
+    def include(self, entry: Included) -> None:
+        self.included[entry.device_id] = entry
+        self.pending.append(entry)
+        self.dirty = True
+
+    def count(self, stat: str, amount: int = 1) -> None:
+        self.stats[stat] += amount
+        self.dirty = True
+
+    def decide(self, now_ms: int | None) -> str | None:
+        return decide(self.devices, self.included, self.min_updates, self.deadline_ms, now_ms)
+
+
+def decide(
+    selected: Collection[str],
+    included: Collection[str],
+    min_updates: int,
+    deadline_ms: int,
+    now_ms: int | None,
+) -> str | None:
+    """The round's outcome if it should close now, else None.
+
+    It completes as soon as every selected device is in (nothing more can
+    come); otherwise it waits for the deadline, then completes with at least
+    ``min_updates`` updates or fails for want of a quorum. ``now_ms=None``
+    means "no clock": only the first rule applies.
+    """
+    if included and set(selected) <= set(included):
+        return COMPLETED
+    if now_ms is None or now_ms < deadline_ms:
+        return None
+    return COMPLETED if len(included) >= min_updates else QUORUM_NOT_MET
+
+
+def train_loss(included: Collection[Included]) -> float | None:
+    """Example-weighted mean of the devices' reported losses (devices that reported none are left out).
+
+    Summed in device-id order, so a replay after a crash reports the same float.
+    """
+    weighted = [
+        (i.loss, i.num_examples) for i in sorted(included, key=lambda i: i.device_id) if i.loss is not None
+    ]
+    total = sum(n for _, n in weighted)
+    if not total:
+        return None
+    return sum(loss * n for loss, n in weighted) / total
+
+
+def round_metrics(
+    rnd: OpenRound, closed_ms: int, evaluation: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """``RoundComplete.metrics``: participation, rejections by reason, traffic, time, losses."""
+    out: dict[str, float] = {
+        "participants": float(len(rnd.included)),
+        "selected": float(len(rnd.devices)),
+        "bytes_in": float(rnd.stats.get("bytes_in", 0)),
+        "duration_s": max(0.0, (closed_ms - rnd.opened_ms) / 1000),
+    }
+    for stat, count in sorted(rnd.stats.items()):
+        if stat.startswith("rejected_"):
+            out[stat] = float(count)
+    loss = train_loss(list(rnd.included.values()))
+    if loss is not None:
+        out["train_loss"] = loss
+    out.update(evaluation or {})
+    # The wire refuses NaN and infinities in metrics (a diverged model can have an infinite test loss).
+    return {k: v for k, v in out.items() if math.isfinite(v)}

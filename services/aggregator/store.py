@@ -1,0 +1,279 @@
+"""The aggregator's PostgreSQL state: jobs, model versions, rounds with their checkpoint, offsets, outbox.
+
+Methods do not open transactions of their own (except where noted): the
+service groups them, so that a batch's running sums, included updates,
+offsets and outgoing records commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from qflare.fl import StrategyState
+from qflare.migrations import migrate
+from services.aggregator.cursor import Cursor
+from services.aggregator.rounds import Included, OpenRound
+
+SCHEMA_DIR = Path(__file__).with_name("schema")
+Conn = psycopg.AsyncConnection[TupleRow]
+
+
+@dataclass(frozen=True, slots=True)
+class JobRow:
+    job_id: str
+    config: dict[str, Any]
+    status: str
+    strategy_state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    version: int
+    parent: int | None
+    round: int | None
+    digest: bytes
+    weights: bytes
+
+
+class AggregatorStore:
+    def __init__(self, conn: Conn, scope: str) -> None:
+        self.conn = conn
+        #: The topic prefix: which outbox rows are this deployment's.
+        self.scope = scope
+
+    @classmethod
+    async def connect(cls, dsn: str, scope: str = "") -> AggregatorStore:
+        conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        await migrate(conn, "aggregator", SCHEMA_DIR)
+        return cls(conn, scope)
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+    # --- jobs and models ---------------------------------------------------------------
+
+    async def jobs(self) -> list[JobRow]:
+        cur = await self.conn.execute(
+            "SELECT job_id, config, status, strategy_state FROM aggregator.jobs WHERE scope = %s",
+            (self.scope,),
+        )
+        return [JobRow(str(j), dict(c), str(s), bytes(st)) for j, c, s, st in await cur.fetchall()]
+
+    async def insert_job(self, job_id: str, config: dict[str, Any], strategy_state: bytes) -> bool:
+        """Create the job; False when the id is taken already (by this deployment or another)."""
+        cur = await self.conn.execute(
+            "INSERT INTO aggregator.jobs (job_id, scope, config, status, strategy_state) "
+            "VALUES (%s, %s, %s, 'running', %s) ON CONFLICT (job_id) DO NOTHING RETURNING job_id",
+            (job_id, self.scope, json.dumps(config), strategy_state),
+        )
+        return await cur.fetchone() is not None
+
+    async def set_job(
+        self, job_id: str, *, status: str | None = None, strategy_state: bytes | None = None
+    ) -> None:
+        await self.conn.execute(
+            "UPDATE aggregator.jobs SET status = coalesce(%s, status), "
+            "strategy_state = coalesce(%s, strategy_state), updated_at = now() WHERE job_id = %s",
+            (status, strategy_state, job_id),
+        )
+
+    async def latest_version(self, job_id: str) -> int | None:
+        cur = await self.conn.execute(
+            "SELECT max(version) FROM aggregator.models WHERE job_id = %s", (job_id,)
+        )
+        row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def model(self, job_id: str, version: int) -> ModelRow | None:
+        cur = await self.conn.execute(
+            "SELECT version, parent, round, digest, weights FROM aggregator.models "
+            "WHERE job_id = %s AND version = %s",
+            (job_id, version),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        v, parent, rnd, digest, weights = row
+        return ModelRow(int(v), parent, rnd, bytes(digest), bytes(weights))
+
+    async def insert_model(
+        self,
+        job_id: str,
+        version: int,
+        *,
+        parent: int | None,
+        round: int | None,
+        metrics: dict[str, float],
+        digest: bytes,
+        weights: bytes,
+    ) -> None:
+        await self.conn.execute(
+            "INSERT INTO aggregator.models (job_id, version, parent, round, metrics, digest, weights) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (job_id, version, parent, round, json.dumps(metrics), digest, weights),
+        )
+
+    # --- rounds ----------------------------------------------------------------------
+
+    async def round_task_id(self, job_id: str, round: int) -> bytes | None:
+        cur = await self.conn.execute(
+            "SELECT task_id FROM aggregator.rounds WHERE job_id = %s AND round = %s", (job_id, round)
+        )
+        row = await cur.fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def last_round(self, job_id: str) -> int | None:
+        cur = await self.conn.execute("SELECT max(round) FROM aggregator.rounds WHERE job_id = %s", (job_id,))
+        row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def insert_round(self, rnd: OpenRound, config: dict[str, Any]) -> None:
+        await self.conn.execute(
+            "INSERT INTO aggregator.rounds (job_id, round, task_id, model_version, strategy, devices, "
+            "deadline_ms, min_updates, config, status, state, opened_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'open', %s, to_timestamp(%s / 1000.0))",
+            (
+                rnd.job_id,
+                rnd.round,
+                rnd.task_id,
+                rnd.model_version,
+                rnd.strategy,
+                list(rnd.devices),
+                rnd.deadline_ms,
+                rnd.min_updates,
+                json.dumps(config),
+                rnd.state.to_bytes(),
+                rnd.opened_ms,
+            ),
+        )
+
+    async def open_rounds(self) -> list[OpenRound]:
+        cur = await self.conn.execute(
+            "SELECT job_id, round, task_id, model_version, strategy, devices, deadline_ms, min_updates, "
+            "(extract(epoch FROM opened_at) * 1000)::bigint, state, stats "
+            "FROM aggregator.rounds JOIN aggregator.jobs USING (job_id) "
+            "WHERE rounds.status = 'open' AND jobs.scope = %s ORDER BY job_id, round",
+            (self.scope,),
+        )
+        rounds = []
+        for (
+            job,
+            rnd,
+            task,
+            version,
+            strategy,
+            devices,
+            deadline,
+            quorum,
+            opened,
+            state,
+            stats,
+        ) in await cur.fetchall():
+            rounds.append(
+                OpenRound(
+                    job_id=str(job),
+                    round=int(rnd),
+                    task_id=bytes(task),
+                    model_version=int(version),
+                    strategy=str(strategy),
+                    devices=tuple(devices),
+                    deadline_ms=int(deadline),
+                    min_updates=int(quorum),
+                    opened_ms=int(opened),
+                    state=StrategyState.from_bytes(bytes(state)),
+                    stats=Counter({str(k): int(v) for k, v in dict(stats).items()}),
+                )
+            )
+        for r in rounds:
+            cur = await self.conn.execute(
+                "SELECT device_id, message_id, num_examples, loss FROM aggregator.included "
+                "WHERE job_id = %s AND round = %s",
+                (r.job_id, r.round),
+            )
+            for device, msg_id, n, loss in await cur.fetchall():
+                r.included[str(device)] = Included(str(device), bytes(msg_id), int(n), loss)
+        return rounds
+
+    async def checkpoint_round(self, rnd: OpenRound) -> None:
+        """Write the round's running sum, counters and newly included updates (caller's transaction)."""
+        await self.conn.execute(
+            "UPDATE aggregator.rounds SET state = %s, stats = %s WHERE job_id = %s AND round = %s",
+            (rnd.state.to_bytes(), json.dumps(dict(rnd.stats)), rnd.job_id, rnd.round),
+        )
+        if rnd.pending:
+            async with self.conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO aggregator.included "
+                    "(job_id, round, device_id, message_id, num_examples, loss) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    [
+                        (rnd.job_id, rnd.round, i.device_id, i.message_id, i.num_examples, i.loss)
+                        for i in rnd.pending
+                    ],
+                )
+
+    async def close_round(self, rnd: OpenRound, status: str, result: dict[str, Any]) -> bool:
+        """Mark the round closed; False if it already was (the close is then not repeated)."""
+        cur = await self.conn.execute(
+            "UPDATE aggregator.rounds SET status = %s, result = %s, state = NULL, stats = %s, "
+            "closed_at = now() WHERE job_id = %s AND round = %s AND status = 'open' RETURNING round",
+            (status, json.dumps(result), json.dumps(dict(rnd.stats)), rnd.job_id, rnd.round),
+        )
+        return await cur.fetchone() is not None
+
+    # --- consumer positions --------------------------------------------------------------
+
+    async def cursors(self, topic: str, now_ms: int) -> dict[int, Cursor]:
+        cur = await self.conn.execute(
+            "SELECT partition, next_offset, open_streams FROM aggregator.offsets WHERE topic = %s", (topic,)
+        )
+        return {
+            int(p): Cursor.restore(topic, int(p), int(n), list(s), now_ms) for p, n, s in await cur.fetchall()
+        }
+
+    async def save_cursor(self, c: Cursor) -> None:
+        await self.conn.execute(
+            "INSERT INTO aggregator.offsets (topic, partition, next_offset, resume_offset, open_streams) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (topic, partition) DO UPDATE SET "
+            "next_offset = EXCLUDED.next_offset, resume_offset = EXCLUDED.resume_offset, "
+            "open_streams = EXCLUDED.open_streams",
+            (c.topic, c.partition, c.next_offset, c.resume_offset, json.dumps(c.streams_json())),
+        )
+        c.dirty = False
+
+    # --- outbox ----------------------------------------------------------------------
+
+    async def queue(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Add a record to the outbox; call inside the transaction of the change it reports."""
+        await self.conn.execute(
+            "INSERT INTO aggregator.outbox (scope, topic, key, value) VALUES (%s, %s, %s, %s)",
+            (self.scope, topic, key, value),
+        )
+
+    async def pending(
+        self, limit: int = 500, max_bytes: int = 64 << 20
+    ) -> list[tuple[int, str, bytes | None, bytes]]:
+        """The oldest queued records: at most ``limit``, and ``max_bytes`` in all (but at least one),
+        so a backlog of model versions is sent in slices rather than loaded at once."""
+        cur = await self.conn.execute(
+            "SELECT seq, topic, key, value FROM (SELECT seq, topic, key, value, "
+            "sum(octet_length(value)) OVER (ORDER BY seq) - octet_length(value) AS before "
+            "FROM aggregator.outbox WHERE scope = %s ORDER BY seq LIMIT %s) AS q "
+            "WHERE before = 0 OR before + octet_length(value) <= %s ORDER BY seq",
+            (self.scope, limit, max_bytes),
+        )
+        return [
+            (int(s), str(t), None if k is None else bytes(k), bytes(v)) for s, t, k, v in await cur.fetchall()
+        ]
+
+    async def sent(self, upto_seq: int) -> None:
+        await self.conn.execute(
+            "DELETE FROM aggregator.outbox WHERE scope = %s AND seq <= %s", (self.scope, upto_seq)
+        )

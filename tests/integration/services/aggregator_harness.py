@@ -1,0 +1,276 @@
+"""Run the real aggregator as a process and play the registry, scheduler, operator and devices around it.
+
+Every stand-in signs with a key of its own in the test's keys directory, so the
+aggregator trusts the registry, scheduler and operator exactly as it would in
+production (``<keys_dir>/trusted/*.pub``) and knows device keys only from the
+device records published here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaProducer, TopicPartition
+from numpy.typing import NDArray
+
+from qflare.crypto import KeyFile, Signer, generate_key
+from qflare.errors import ProtocolError
+from qflare.identity import Identity, TrustedKeys, load_identity
+from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.ml import init_weights, tensor_names
+from qflare.protocol import Decoder, Reassembler, Tensor, seal, seal_chunked, topics
+from qflare.protocol.control import AuditEvent, JobCommand
+from qflare.protocol.devices import Device
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+from tests.integration.services.harness import audit_events, read_topic
+
+JOB_CONFIG: dict[str, Any] = {
+    "model": "2nn",
+    "strategy": "fedavg",
+    "rounds": 5,
+    "fraction": 1.0,
+    "min_clients": 2,
+    "deadline_s": 30.0,
+    "epochs": 1,
+    "batch_size": 10,
+    "lr": 0.05,
+    "seed": 7,
+    "dataset": "mnist",
+}
+
+
+@dataclass
+class AggregatorProcess:
+    """``python -m services.aggregator`` with its own topics and keys (PostgreSQL is shared)."""
+
+    kafka: KafkaSettings
+    keys_dir: Path
+    log_path: Path
+    eval_examples: int = 500
+    metrics_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "QFLARE_AGGREGATOR_KEYS_DIR": str(self.keys_dir),
+            "QFLARE_AGGREGATOR_METRICS_PORT": str(self.metrics_port),
+            "QFLARE_AGGREGATOR_EVAL_EXAMPLES": str(self.eval_examples),
+            "QFLARE_AGGREGATOR_DEADLINE_TICK_S": "0.2",
+        }
+
+    def start(self, *, wait_s: float = 90) -> None:
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.aggregator"], env=self.env(), stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + wait_s
+        while self.log_path.read_text(errors="replace").count('"aggregator started"') < self.starts:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"aggregator did not start: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the aggregator's /metrics (0.0 when absent)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for line in text.splitlines():
+            head, _, value = line.rpartition(" ")
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in head for k, v in labels.items()):
+                return float(value)
+        return 0.0
+
+
+@dataclass
+class SimDevice:
+    device_id: str
+    key: KeyFile
+    signer: Signer
+
+    def update(
+        self,
+        job_id: str,
+        round: int,
+        base_version: int,
+        weights: Sequence[NDArray[Any]],
+        num_examples: int,
+        *,
+        loss: float = 0.5,
+        names: Sequence[str] | None = None,
+        chunk_bytes: int | None = None,
+    ) -> list[bytes]:
+        """The signed record(s) of one update (several when ``chunk_bytes`` splits it)."""
+        names = names or tensor_names("2nn")
+        tensors = tuple(Tensor.of(n, w) for n, w in zip(names, weights, strict=True))
+        body = ModelUpdate(job_id, round, self.device_id, base_version, num_examples, tensors, {"loss": loss})
+        return seal_chunked(body, self.signer, sender=self.device_id, round=round, chunk_bytes=chunk_bytes)
+
+
+@dataclass
+class ControlPlane:
+    """The registry, scheduler and operator as far as the aggregator sees them: signed records."""
+
+    kafka: KafkaSettings
+    keys_dir: Path
+    identities: dict[str, Identity] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.topics = topics(self.kafka.topic_prefix)
+        for name in ("registry", "scheduler", "operator"):
+            self.identities[name] = load_identity(name, self.keys_dir)
+
+    async def start(self) -> None:
+        admin = make_admin(self.kafka)
+        await admin.start()
+        try:
+            await ensure_topics(admin, list(self.topics), self.kafka)
+        finally:
+            await admin.close()
+        self.producer: AIOKafkaProducer = make_producer(self.kafka)
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    def _seal(self, who: str, body: Any, round: int | None = None) -> bytes:
+        identity = self.identities[who]
+        return seal(body, identity.signer, sender=identity.name, round=round)
+
+    async def send(self, topic: str, key: str, *records: bytes) -> None:
+        for record in records:
+            await self.producer.send_and_wait(topic, record, key=key.encode())
+
+    async def device(
+        self, device_id: str, status: str = "active", key: KeyFile | None = None, *, sender: str = "registry"
+    ) -> SimDevice:
+        """Publish the registry's record of a device (with a fresh key unless given)."""
+        key = key or generate_key()
+        now = int(time.time() * 1000)
+        record = Device(device_id, status, key.public_key, now, now)
+        await self.send(self.topics.devices.name, device_id, self._seal(sender, record))
+        return SimDevice(device_id, key, key.signer())
+
+    async def start_job(self, job_id: str, *, sender: str = "operator", **overrides: Any) -> None:
+        command = JobCommand(job_id, "start", {**JOB_CONFIG, **overrides})
+        await self.send(self.topics.jobs.name, job_id, self._seal(sender, command))
+
+    async def command(self, job_id: str, command: str) -> None:
+        """``pause``, ``resume`` or ``stop`` a job, as the operator."""
+        await self.send(
+            self.topics.jobs.name, job_id, self._seal("operator", JobCommand(job_id, command, {}))
+        )
+
+    async def open_round(
+        self,
+        job_id: str,
+        round: int,
+        model_version: int,
+        devices: Sequence[str],
+        *,
+        deadline_s: float = 60.0,
+        min_updates: int = 1,
+        sender: str = "scheduler",
+    ) -> RoundTask:
+        deadline_ms = int((time.time() + deadline_s) * 1000)
+        task = RoundTask(job_id, round, model_version, "fedavg", tuple(devices), deadline_ms, min_updates, {})
+        await self.send(self.topics.rounds.name, f"{job_id}:{round}", self._seal(sender, task, round))
+        return task
+
+
+def perturbed(seed: int, scale: float = 0.01, model: str = "2nn") -> list[NDArray[np.float32]]:
+    """Version 0 of a job with ``seed=JOB_CONFIG['seed']``, plus noise: a plausible trained update."""
+    rng = np.random.default_rng(seed)
+    base = init_weights(model, JOB_CONFIG["seed"])
+    return [(w + rng.normal(0, scale, w.shape)).astype(np.float32) for w in base]
+
+
+async def round_results(
+    kafka: KafkaSettings, keys_dir: Path, until: Callable[[list[RoundComplete]], bool], timeout_s: float = 90
+) -> list[RoundComplete]:
+    t = topics(kafka.topic_prefix)
+    bodies = await read_topic(
+        kafka,
+        t.rounds_complete.name,
+        t.rounds_complete.partitions,
+        TrustedKeys(keys_dir),
+        until=lambda got: until([b for b in got if isinstance(b, RoundComplete)]),
+        timeout_s=timeout_s,
+    )
+    return [b for b in bodies if isinstance(b, RoundComplete)]
+
+
+async def global_model(
+    kafka: KafkaSettings, keys_dir: Path, job_id: str, version: int, timeout_s: float = 60
+) -> GlobalModel:
+    """Read (and verify, and reassemble) one version of a job's model from the models topic."""
+    t = topics(kafka.topic_prefix)
+    decoder = Decoder(TrustedKeys(keys_dir), allowed_types=t.models.types, max_age_ms=None)
+    reassembler = Reassembler(decoder)
+    consumer = make_consumer(kafka, group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(t.models.name, p) for p in range(t.models.partitions)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    try:
+                        whole = reassembler.feed(decoder.decode(record.value))
+                    except ProtocolError:
+                        continue
+                    body = None if whole is None else whole.body
+                    if isinstance(body, GlobalModel) and body.job_id == job_id and body.version == version:
+                        return body
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"model {job_id} v{version} not published within {timeout_s} s")
+
+
+async def rejections(
+    kafka: KafkaSettings, keys_dir: Path, until: Callable[[dict[str, list[AuditEvent]]], bool]
+) -> dict[str, list[AuditEvent]]:
+    """The aggregator's ``update.rejected`` events, by reason, once ``until`` holds."""
+
+    def by_reason(events: list[AuditEvent]) -> dict[str, list[AuditEvent]]:
+        out: dict[str, list[AuditEvent]] = {}
+        for e in events:
+            if e.source == "aggregator" and e.event == "update.rejected":
+                out.setdefault(e.reason, []).append(e)
+        return out
+
+    return by_reason(await audit_events(kafka, keys_dir, lambda ev: until(by_reason(ev))))

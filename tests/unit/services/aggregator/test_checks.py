@@ -1,0 +1,91 @@
+"""Each way an update can be wrong for its round has its own reason, checked cheapest first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qflare.fl import FedAvg, FixedPoint
+from qflare.ml import init_weights, tensor_names
+from qflare.protocol import Tensor
+from qflare.protocol.training import ModelUpdate, RoundTask
+from services.aggregator.checks import Rejected, check_update, find_round
+from services.aggregator.models import Layout
+from services.aggregator.rounds import Included, OpenRound
+
+LAYOUT = Layout.of("2nn")
+FMT = FixedPoint()
+MSG_ID = b"\x01" * 16
+
+
+def _round() -> OpenRound:
+    task = RoundTask("job", 3, 2, "fedavg", ("a", "b"), 10_000, 1, {})
+    weights = init_weights("2nn", 0)
+    state = FedAvg().begin_round(FedAvg().initial_state(), 3, weights, tensor_names("2nn"))
+    return OpenRound.from_task(task, b"\x00" * 16, 0, state)
+
+
+def _update(
+    device: str = "a",
+    *,
+    round: int = 3,
+    base: int = 2,
+    n: int = 10,
+    weights: list[np.ndarray] | None = None,
+    names: list[str] | None = None,
+) -> ModelUpdate:
+    arrays = weights if weights is not None else init_weights("2nn", 1)
+    tensors = tuple(Tensor.of(name, w) for name, w in zip(names or tensor_names("2nn"), arrays, strict=True))
+    return ModelUpdate("job", round, device, base, n, tensors, {"loss": 0.5})
+
+
+def _reason(
+    update: ModelUpdate,
+    rnd: OpenRound | None = None,
+    *,
+    sender: str = "a",
+    header_round: int | None = 3,
+    message_id: bytes = MSG_ID,
+) -> str:
+    rnd = rnd or _round()
+    with pytest.raises(Rejected) as caught:
+        found = find_round(update, sender=sender, header_round=header_round, rounds={rnd.key: rnd})
+        check_update(update, message_id=message_id, rnd=found, layout=LAYOUT, fmt=FMT)
+    return caught.value.reason
+
+
+def test_a_good_update_passes() -> None:
+    rnd = _round()
+    found = find_round(_update(), sender="a", header_round=3, rounds={rnd.key: rnd})
+    check_update(_update(), message_id=MSG_ID, rnd=found, layout=LAYOUT, fmt=FMT)
+
+
+def test_identity_and_round_reasons() -> None:
+    assert _reason(_update("b"), sender="a") == "sender_mismatch"
+    assert _reason(_update(), header_round=4) == "wrong_round"
+    assert _reason(_update(round=4), header_round=4) == "wrong_round"
+    assert _reason(_update("c"), sender="c") == "unselected"
+    assert _reason(_update(base=1)) == "wrong_version"
+
+
+def test_second_update_is_a_duplicate_and_the_same_one_a_replay() -> None:
+    rnd = _round()
+    rnd.include(Included("a", MSG_ID, 10, 0.5))
+    assert _reason(_update(), rnd) == "replay"
+    assert _reason(_update(), rnd, message_id=b"\x02" * 16) == "duplicate"
+
+
+def test_content_reasons() -> None:
+    weights = init_weights("2nn", 1)
+    assert _reason(_update(n=0)) == "num_examples"
+    assert _reason(_update(weights=weights[:-1], names=tensor_names("2nn")[:-1])) == "shape"
+    renamed = [*tensor_names("2nn")[:-1], "fc9.bias"]
+    assert _reason(_update(names=renamed)) == "shape"
+    assert _reason(_update(weights=[*weights[:-1], np.zeros(11, np.float32)])) == "shape"
+    assert _reason(_update(weights=[w.astype(np.float16) for w in weights])) == "shape"
+    nan = [w.copy() for w in weights]
+    nan[2][0, 0] = np.nan
+    assert _reason(_update(weights=nan)) == "non_finite"
+    big = [w.copy() for w in weights]
+    big[4][0, 0] = 1e4
+    assert _reason(_update(weights=big)) == "out_of_range"

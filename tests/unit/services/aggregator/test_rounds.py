@@ -1,0 +1,55 @@
+"""When a round closes, and what its completion reports."""
+
+from __future__ import annotations
+
+import math
+
+from qflare.fl import FedAvg
+from qflare.ml import init_weights, tensor_names
+from qflare.protocol.training import RoundTask
+from services.aggregator.rounds import (
+    COMPLETED,
+    QUORUM_NOT_MET,
+    Included,
+    OpenRound,
+    decide,
+    round_metrics,
+    train_loss,
+)
+
+
+def test_decide_all_in_closes_at_once_else_the_deadline_decides() -> None:
+    selected = ["a", "b", "c"]
+    assert decide(selected, ["a", "b", "c"], 2, 1000, 0) == COMPLETED
+    assert decide(selected, ["a", "b", "c"], 2, 1000, None) == COMPLETED
+    assert decide(selected, ["a", "b"], 2, 1000, 999) is None
+    assert decide(selected, ["a", "b"], 2, 1000, None) is None  # no clock: only "all in" decides
+    assert decide(selected, ["a", "b"], 2, 1000, 1000) == COMPLETED
+    assert decide(selected, ["a"], 2, 1000, 1000) == QUORUM_NOT_MET
+    assert decide(selected, [], 1, 1000, 5000) == QUORUM_NOT_MET
+    # Everyone answered but fewer than the quorum exist: nothing more can come, so it completes.
+    assert decide(["a"], ["a"], 3, 1000, 0) == COMPLETED
+    assert decide([], [], 1, 1000, 0) is None
+
+
+def test_train_loss_is_example_weighted_and_skips_devices_without_one() -> None:
+    rows = [Included("b", b"", 300, 0.6), Included("a", b"", 600, 0.9), Included("c", b"", 100, None)]
+    assert math.isclose(train_loss(rows) or 0, (0.9 * 600 + 0.6 * 300) / 900)
+    assert train_loss([Included("c", b"", 100, None)]) is None
+
+
+def test_round_metrics() -> None:
+    task = RoundTask("job", 1, 0, "fedavg", ("a", "b", "c"), 10_000, 2, {})
+    state = FedAvg().begin_round(FedAvg().initial_state(), 1, init_weights("2nn", 0), tensor_names("2nn"))
+    rnd = OpenRound.from_task(task, b"\x00" * 16, 1_000, state)
+    rnd.include(Included("a", b"1", 10, 1.0))
+    rnd.include(Included("b", b"2", 30, 2.0))
+    rnd.count("bytes_in", 1234)
+    rnd.count("rejected_shape")
+    rnd.count("rejected_shape")
+    m = round_metrics(rnd, 3_500, {"test_accuracy": 0.5, "test_loss": float("inf")})
+    assert m["participants"] == 2 and m["selected"] == 3 and m["bytes_in"] == 1234
+    assert m["duration_s"] == 2.5 and m["rejected_shape"] == 2
+    assert m["train_loss"] == (10 * 1.0 + 30 * 2.0) / 40
+    assert m["test_accuracy"] == 0.5 and "test_loss" not in m  # non-finite values cannot travel
+    assert rnd.num_examples == 40 and [i.device_id for i in rnd.pending] == ["a", "b"]
