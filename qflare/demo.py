@@ -12,6 +12,7 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,16 @@ def demo(
 
 class Run:
     def __init__(
-        self, *, devices: int, processes: int, seed: int, job: dict[str, Any], as_json: bool
+        self,
+        *,
+        devices: int,
+        processes: int,
+        seed: int,
+        job: dict[str, Any],
+        as_json: bool,
+        on_round: Callable[[RoundComplete], None] | None = None,
     ) -> None:
+        self.on_round = on_round
         self.run_id = uuid.uuid4().hex[:6]
         # Each demo run uses its own topics, so a rerun never mixes with an earlier job.
         self.kafka = KafkaSettings(topic_prefix=f"demo-{self.run_id}.")
@@ -206,6 +215,8 @@ class Run:
                                 continue
                             done.append(rc)
                             self._print_round(rc)
+                            if self.on_round is not None:
+                                self.on_round(rc)
                             bar.update(overall, completed=sum(r.status == "completed" for r in done))
                             bar.update(current, description=f"round {rc.round + 1}: training on devices")
         finally:
