@@ -54,6 +54,7 @@ if str(ROOT) not in sys.path:
 
 from qflare.crypto import signature_backend, signature_backends  # noqa: E402
 from qflare.crypto.base import Signer  # noqa: E402
+from qflare.ml.arch import layout  # noqa: E402
 from qflare.protocol import KeyRing, Tensor, seal, wire  # noqa: E402
 from qflare.protocol.decoder import Decoder, ReplayCache  # noqa: E402
 from qflare.protocol.envelope import encode_envelope, parse_envelope  # noqa: E402
@@ -61,16 +62,7 @@ from qflare.protocol.limits import DEFAULT_LIMITS  # noqa: E402
 from qflare.protocol.training import ModelUpdate  # noqa: E402
 
 #: FedAvg-paper MNIST CNN: conv5x5(32), conv5x5(64), fc 3136->512, fc 512->10, with biases.
-CNN_SHAPES: list[tuple[str, tuple[int, ...]]] = [
-    ("conv1.weight", (32, 1, 5, 5)),
-    ("conv1.bias", (32,)),
-    ("conv2.weight", (64, 32, 5, 5)),
-    ("conv2.bias", (64,)),
-    ("fc1.weight", (512, 3136)),
-    ("fc1.bias", (512,)),
-    ("fc2.weight", (10, 512)),
-    ("fc2.bias", (10,)),
-]
+CNN_SHAPES: list[tuple[str, tuple[int, ...]]] = [(name, tuple(shape)) for name, shape in layout("cnn")]
 PARAMS = 1_663_370
 SENDER = "dev-bench"
 CODEC_TARGET = 0.5

@@ -18,7 +18,7 @@ import numpy.typing as npt
 import structlog
 from aiokafka import TopicPartition
 
-from edge.app import DeviceApp, Failure, TrainResult, TrainTask
+from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
 from edge.runtime import DeviceRuntime
 from qflare.errors import ProtocolError
 from qflare.kafka import KafkaSettings, make_consumer
@@ -95,6 +95,14 @@ async def train_and_send(
     if isinstance(result, Failure):
         log.warning("training failed", device=device.device_id, reason=result.reason, error=result.message)
         return result
+    metrics = {k: float(v) for k, v in result.metrics.items()}
+    if config.get("evaluate") is True and device.app.handles("evaluate"):
+        checked = await device.app.run_evaluate(
+            EvaluateTask(task.round, task.model_version, result.weights, config)
+        )
+        if isinstance(checked, EvaluateResult):
+            metrics["val_loss"] = checked.loss
+            metrics.update({f"val_{k}": float(v) for k, v in checked.metrics.items()})
     update = ModelUpdate(
         job_id=task.job_id,
         round=task.round,
@@ -105,17 +113,25 @@ async def train_and_send(
             Tensor.of(n, np.ascontiguousarray(w, dtype=np.float32))
             for n, w in zip(names, result.weights, strict=True)
         ),
-        metrics={k: float(v) for k, v in result.metrics.items()},
+        metrics=metrics,
     )
     for record in seal_chunked(update, device.signer, sender=device.device_id, round=task.round):
         device.link.send(device.topics.updates.name, device.device_id.encode(), record)
     return result
 
 
-def mnist_app(images: npt.NDArray[Any], labels: npt.NDArray[Any], *, seed: int) -> DeviceApp:
-    """A device app that trains the task's model on this device's own examples (torch, CPU)."""
+def mnist_app(
+    images: npt.NDArray[Any],
+    labels: npt.NDArray[Any],
+    *,
+    seed: int,
+    val_images: npt.NDArray[Any] | None = None,
+    val_labels: npt.NDArray[Any] | None = None,
+) -> DeviceApp:
+    """A device app that trains the task's model on this device's own examples (torch, CPU),
+    and evaluates on its held-out local validation split when it has one."""
     from qflare.ml.arch import check_model_name
-    from qflare.ml.train import train_local  # torch is imported only by training devices
+    from qflare.ml.train import evaluate, train_local  # torch is imported only by training devices
 
     app = DeviceApp()
 
@@ -134,5 +150,13 @@ def mnist_app(images: npt.NDArray[Any], labels: npt.NDArray[Any], *, seed: int) 
             prox_mu=float(cfg.get("prox_mu", 0.0)),
         )
         return TrainResult(result.weights, result.num_examples, {"loss": float(result.loss)})
+
+    if val_images is not None and val_labels is not None and len(val_labels):
+
+        @app.evaluate
+        def validate(task: EvaluateTask) -> EvaluateResult:
+            model = check_model_name(str(task.config["model"]))
+            loss, accuracy = evaluate(model, task.weights, val_images, val_labels)
+            return EvaluateResult(len(val_labels), float(loss), {"accuracy": float(accuracy)})
 
     return app

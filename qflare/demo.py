@@ -106,6 +106,8 @@ class Run:
         on_round: Callable[[RoundComplete], None] | None = None,
     ) -> None:
         self.on_round = on_round
+        #: Share of each device's shard held out for local validation (0: train on all of it).
+        self.val_fraction = 0.1
         self.run_id = uuid.uuid4().hex[:6]
         # Each demo run uses its own topics, so a rerun never mixes with an earlier job.
         self.kafka = KafkaSettings(topic_prefix=f"demo-{self.run_id}.")
@@ -150,7 +152,12 @@ class Run:
             state_dir=Path(".qflare/sim") / self.run_id,
             keys_dir=KEYS_DIR,
             seed=self.seed,
-            train={"dataset": self.job["dataset"], "partition": self.job["partition"], "seed": self.seed},
+            train={
+                "dataset": self.job["dataset"],
+                "partition": self.job["partition"],
+                "seed": self.seed,
+                "val_fraction": self.val_fraction,
+            },
         )
         observer = FleetObserver(
             self.kafka,

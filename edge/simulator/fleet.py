@@ -67,6 +67,7 @@ def start_fleet(
                 indices=[i for i, _, _ in mine],
                 seed=train["seed"],
                 alpha=train.get("alpha", 0.5),
+                val_fraction=train.get("val_fraction", 0.1),
             )
         spec = WorkerSpec(
             w,

@@ -48,6 +48,8 @@ class TrainSpec:
     indices: list[int]
     seed: int
     alpha: float = 0.5
+    #: Share of each device's shard held out as its local validation split.
+    val_fraction: float = 0.1
 
 
 def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
@@ -150,8 +152,14 @@ async def _train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafk
         shards = dirichlet(data.train_labels, t.total_devices, t.alpha, t.seed)
     for (device_id, _), index in zip(spec.devices, t.indices, strict=True):
         shard = shards[index]
+        held = int(len(shard) * t.val_fraction)
+        train, val = shard[held:], shard[:held]
         fleet[device_id].app = mnist_app(
-            data.train_images[shard], data.train_labels[shard], seed=t.seed + index
+            data.train_images[train],
+            data.train_labels[train],
+            seed=t.seed + index,
+            val_images=data.train_images[val],
+            val_labels=data.train_labels[val],
         )
     follower = RoundFollower(kafka, topics(kafka.topic_prefix), TrustedKeys(Path(spec.keys_dir)))
     reader = asyncio.create_task(follower.run())

@@ -35,6 +35,8 @@ class JobConfig:
     dataset: str = "mnist"
     partition: str = "iid"
     prox_mu: float = 0.0
+    #: Ask devices to evaluate the trained model on their local validation split.
+    evaluate_local: bool = True
 
     @classmethod
     def parse(cls, raw: dict[str, Scalar]) -> JobConfig:
@@ -85,6 +87,7 @@ class JobConfig:
             "lr": self.lr,
             "dataset": self.dataset,
             "seed": self.seed,
+            "evaluate": self.evaluate_local,
         }
         if self.strategy == "fedprox":
             out["prox_mu"] = self.prox_mu

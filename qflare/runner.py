@@ -1,0 +1,57 @@
+"""Running a service until SIGINT/SIGTERM, restarting it when a server goes away.
+
+A lost connection to Kafka, PostgreSQL or Redis restarts the service after a
+backoff instead of exiting: every service rebuilds its state from its own
+storage and re-reads uncommitted records, so a restart is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import structlog
+
+from qflare import metrics
+from qflare.backoff import Backoff
+
+
+class Service(Protocol):
+    async def run(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+
+async def serve_forever(
+    name: str,
+    factory: Callable[[], AbstractAsyncContextManager[Service]],
+    *,
+    transient: tuple[type[BaseException], ...],
+    metrics_port: int,
+) -> None:
+    log = structlog.get_logger(f"qflare.{name}")
+    metrics.serve_metrics(metrics_port)
+    backoff = Backoff(initial_s=0.5, max_s=15)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    while not stop.is_set():
+        try:
+            async with factory() as service:
+                backoff.reset()
+                runner = asyncio.create_task(service.run())
+                waiter = asyncio.create_task(stop.wait())
+                await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                service.request_stop()
+                waiter.cancel()
+                await runner
+        except transient as exc:
+            delay = backoff.next_delay_s()
+            log.warning(
+                f"{name} lost a server, restarting", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
+            )
+            await asyncio.sleep(delay)
