@@ -10,6 +10,7 @@ from edge.simulator.cli import simulate
 from qflare.crypto.cli import keys_app
 from qflare.demo import demo
 from qflare.devices_cli import app as devices_app
+from qflare.jobs_cli import app as jobs_app
 from qflare.stack.cli import app as stack_app
 
 app = typer.Typer(
@@ -20,6 +21,7 @@ app = typer.Typer(
 app.add_typer(stack_app, name="stack")
 app.add_typer(keys_app, name="keys")
 app.add_typer(devices_app, name="devices")
+app.add_typer(jobs_app, name="jobs")
 app.command(name="demo")(demo)
 app.command(name="simulate")(simulate)
 

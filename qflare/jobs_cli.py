@@ -1,0 +1,166 @@
+"""`qflare jobs …`: start, inspect and stop federated training jobs.
+
+Commands are signed with the operator key and published on the job control
+topic; the scheduler and the aggregator act on them. `status` reads the round
+tasks and round-complete events the services published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import typer
+from aiokafka import TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from qflare import operator
+from qflare.errors import ProtocolError
+from qflare.identity import TrustedKeys
+from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.protocol import Decoder, seal, topics
+from qflare.protocol.control import JobCommand
+from qflare.protocol.training import RoundComplete, RoundTask
+
+app = typer.Typer(
+    help="Federated training jobs, driven through the scheduler over Kafka.", no_args_is_help=True
+)
+console = Console()
+KEYS = typer.Option(Path(".qflare/keys"), "--keys-dir", envvar="QFLARE_KEYS_DIR", help="Key directory.")
+
+
+async def _send(kafka: KafkaSettings, keys_dir: Path, command: JobCommand) -> None:
+    ident = operator.operator_identity(keys_dir)
+    t = topics(kafka.topic_prefix)
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        await ensure_topics(admin, list(t), kafka)
+    finally:
+        await admin.close()
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            t.jobs.name, seal(command, ident.signer, sender=ident.name), key=command.job_id.encode()
+        )
+    finally:
+        await producer.stop()
+
+
+@app.command()
+def start(
+    job_id: str = typer.Option("", help="Job id (default: a fresh one)."),
+    model: str = typer.Option("2nn", help="cnn or 2nn."),
+    strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
+    rounds: int = typer.Option(10, min=1),
+    fraction: float = typer.Option(0.1, min=0.001, max=1.0, help="Client fraction C."),
+    min_clients: int = typer.Option(2, min=1),
+    deadline_s: float = typer.Option(300.0, min=1),
+    epochs: int = typer.Option(1, min=1),
+    batch: int = typer.Option(10, min=0),
+    lr: float = typer.Option(0.05, min=0.0),
+    seed: int = typer.Option(0),
+    dataset: str = typer.Option("mnist"),
+    prox_mu: float = typer.Option(0.0, min=0.0, help="FedProx proximal coefficient."),
+    keys_dir: Path = KEYS,
+) -> None:
+    """Start a job: the scheduler opens rounds on healthy devices until ROUNDS complete."""
+    job = job_id or f"job-{uuid.uuid4().hex[:8]}"
+    config: dict[str, Any] = {
+        "model": model,
+        "strategy": strategy,
+        "rounds": rounds,
+        "fraction": fraction,
+        "min_clients": min_clients,
+        "deadline_s": deadline_s,
+        "epochs": epochs,
+        "batch_size": batch,
+        "lr": lr,
+        "seed": seed,
+        "dataset": dataset,
+        "prox_mu": prox_mu,
+    }
+    asyncio.run(_send(KafkaSettings(), keys_dir, JobCommand(job, "start", config)))
+    console.print(f"started {job}: {json.dumps(config)}")
+
+
+@app.command()
+def stop(job_id: str, keys_dir: Path = KEYS) -> None:
+    """Stop a job: no new rounds open; an open round still closes."""
+    asyncio.run(_send(KafkaSettings(), keys_dir, JobCommand(job_id, "stop")))
+    console.print(f"stop sent for {job_id}")
+
+
+@app.command()
+def status(job_id: str, keys_dir: Path = KEYS, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Rounds opened and completed for a job, from the services' published events."""
+    opened, completed = asyncio.run(_history(KafkaSettings(), keys_dir, job_id))
+    if not opened and not completed:
+        console.print(f"[yellow]no rounds for {job_id} yet[/yellow]")
+        raise typer.Exit(1)
+    rows = []
+    for rnd in sorted(set(opened) | set(completed)):
+        task, done = opened.get(rnd), completed.get(rnd)
+        rows.append(
+            {
+                "round": rnd,
+                "selected": len(task.devices) if task else None,
+                "status": done.status if done else "open",
+                "model_version": done.model_version if done else None,
+                "participants": done.num_updates if done else None,
+                "accuracy": done.metrics.get("test_accuracy") if done else None,
+                "loss": done.metrics.get("train_loss") if done else None,
+            }
+        )
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    table = Table(
+        "round", "status", "selected", "participants", "model version", "accuracy", "train loss", title=job_id
+    )
+    for r in rows:
+        table.add_row(
+            *(
+                ("-" if r[k] is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])))
+                for k in ("round", "status", "selected", "participants", "model_version", "accuracy", "loss")
+            )
+        )
+    console.print(table)
+
+
+async def _history(
+    kafka: KafkaSettings, keys_dir: Path, job_id: str
+) -> tuple[dict[int, RoundTask], dict[int, RoundComplete]]:
+    t = topics(kafka.topic_prefix)
+    decoder = Decoder(TrustedKeys(keys_dir), allowed_types={"round_task", "round_complete"}, max_age_ms=None)
+    consumer = make_consumer(kafka, group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    opened: dict[int, RoundTask] = {}
+    completed: dict[int, RoundComplete] = {}
+    try:
+        parts = [
+            TopicPartition(s.name, p) for s in (t.rounds, t.rounds_complete) for p in range(s.partitions)
+        ]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                for record in records:
+                    try:
+                        body = decoder.decode(record.value).body if record.value else None
+                    except ProtocolError:
+                        continue
+                    if isinstance(body, RoundTask) and body.job_id == job_id:
+                        opened[body.round] = body
+                    elif isinstance(body, RoundComplete) and body.job_id == job_id:
+                        completed[body.round] = body
+    finally:
+        await consumer.stop()
+    return opened, completed
