@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 
 from edge.spool import Spool
 from qflare.backoff import Backoff
+from qflare.tracing import Headers
 
 log = structlog.get_logger("qflare.edge.link")
 
@@ -45,6 +46,9 @@ class Link:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._producer: Any = None
+        #: Trace headers of records still in the spool, by hash of the value. Kept in memory
+        #: only: a record re-sent after a restart just starts its own trace.
+        self._headers: dict[int, Headers] = {}
         self.connected = False
         self.sent = 0
         self.reconnects = 0
@@ -75,9 +79,19 @@ class Link:
         while len(self.spool) and self.connected:
             await asyncio.sleep(0.05)
 
-    def send(self, topic: str, key: bytes | None, value: bytes, *, droppable: bool = False) -> None:
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        *,
+        droppable: bool = False,
+        headers: Headers | None = None,
+    ) -> None:
         """Queue a record durably; it is delivered when (and as soon as) Kafka is reachable."""
         self.spool.append(topic, key, value, droppable=droppable)
+        if headers:
+            self._headers[hash(value)] = headers
         self._wake.set()
 
     async def _run(self) -> None:
@@ -120,10 +134,16 @@ class Link:
 
     async def _drain(self) -> None:
         while batch := self.spool.peek(self._batch):
-            futures = [await self._producer.send(r.topic, r.value, key=r.key) for r in batch]
+            futures = [
+                await self._producer.send(r.topic, r.value, key=r.key, headers=self._headers_of(r.value))
+                for r in batch
+            ]
             await asyncio.gather(*futures)
             self.spool.ack(batch[-1].seq)
             self.sent += len(batch)
+
+    def _headers_of(self, value: bytes) -> Headers | None:
+        return self._headers.pop(hash(value), None) if self._headers else None
 
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 from aiokafka import TopicPartition
+from opentelemetry.context import Context
 
 from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
 from edge.runtime import DeviceRuntime
@@ -26,8 +27,13 @@ from qflare.protocol import Decoder, Reassembler, Tensor, seal_chunked
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.topics import Topics
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundTask
+from qflare.tracing import configure_tracing, extract_context, round_headers, send_span, tracer
 
 log = structlog.get_logger("qflare.edge.training")
+
+#: The round trace each task arrived with, by (job, round): a device continues it.
+_task_contexts: dict[tuple[str, int], Context] = {}
+_MAX_CONTEXTS = 64
 
 
 @dataclass
@@ -40,6 +46,7 @@ class RoundFollower:
     tasks: asyncio.Queue[RoundTask] = field(default_factory=asyncio.Queue)
 
     async def run(self) -> None:
+        configure_tracing("edge")
         decoder = Decoder(self.trusted, allowed_types={"round_task", "model", "model_chunk"}, max_age_ms=None)
         reassembler = Reassembler(decoder)
         consumer = make_consumer(self.kafka, group_id=None, auto_offset_reset="earliest")
@@ -52,11 +59,13 @@ class RoundFollower:
             while True:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
-                        self._accept(decoder, reassembler, record.value)
+                        self._accept(decoder, reassembler, record.value, record.headers)
         finally:
             await consumer.stop()
 
-    def _accept(self, decoder: Decoder, reassembler: Reassembler, value: bytes | None) -> None:
+    def _accept(
+        self, decoder: Decoder, reassembler: Reassembler, value: bytes | None, headers: Any = None
+    ) -> None:
         if value is None:
             return
         try:
@@ -73,6 +82,9 @@ class RoundFollower:
             for old in sorted(versions)[:-3]:
                 del versions[old]
         elif isinstance(body, RoundTask) and sender == "scheduler":
+            _task_contexts[(body.job_id, body.round)] = extract_context(headers)
+            while len(_task_contexts) > _MAX_CONTEXTS:
+                del _task_contexts[next(iter(_task_contexts))]
             self.tasks.put_nowait(body)
 
     async def weights(self, job_id: str, version: int, timeout_s: float) -> list[npt.NDArray[Any]] | None:
@@ -89,7 +101,20 @@ class RoundFollower:
 async def train_and_send(
     device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], names: list[str]
 ) -> TrainResult | Failure:
-    """Run the device's train handler and send its signed update."""
+    """Run the device's train handler and send its signed update, in the round's trace."""
+    attrs = {"qflare.job_id": task.job_id, "qflare.round": str(task.round), "qflare.device": device.device_id}
+    parent = _task_contexts.get((task.job_id, task.round))
+    with tracer().start_as_current_span(f"train {task.round}", context=parent, attributes=attrs):
+        return await _train_and_send(device, task, weights, names, parent)
+
+
+async def _train_and_send(
+    device: DeviceRuntime,
+    task: RoundTask,
+    weights: list[npt.NDArray[Any]],
+    names: list[str],
+    parent: Context | None,
+) -> TrainResult | Failure:
     config = dict(task.config)
     result = await device.app.run_train(TrainTask(task.round, task.model_version, weights, config))
     if isinstance(result, Failure):
@@ -115,8 +140,10 @@ async def train_and_send(
         ),
         metrics=metrics,
     )
+    topic, key = device.topics.updates.name, device.device_id.encode()
     for record in seal_chunked(update, device.signer, sender=device.device_id, round=task.round):
-        device.link.send(device.topics.updates.name, device.device_id.encode(), record)
+        with send_span(topic, key=key) as headers:
+            device.link.send(topic, key, record, headers=headers + round_headers(parent))
     return result
 
 

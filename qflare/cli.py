@@ -7,6 +7,7 @@ import importlib
 import typer
 
 from edge.simulator.cli import simulate
+from qflare.audit_cli import app as audit_app
 from qflare.crypto.cli import keys_app
 from qflare.demo import demo
 from qflare.devices_cli import app as devices_app
@@ -22,10 +23,11 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(keys_app, name="keys")
 app.add_typer(devices_app, name="devices")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(audit_app, name="audit")
 app.command(name="demo")(demo)
 app.command(name="simulate")(simulate)
 
-SERVICES = ("registry", "scheduler", "aggregator")
+SERVICES = ("registry", "scheduler", "aggregator", "audit")
 
 
 @app.command()

@@ -128,7 +128,7 @@ class Run:
     def execute(self) -> None:
         began = time.monotonic()
         try:
-            for name in ("registry", "aggregator", "scheduler"):
+            for name in ("registry", "aggregator", "scheduler", "audit"):
                 console.print(f"starting {name} …")
                 self.services.start(name)
             asyncio.run(self._main(began))
@@ -281,8 +281,14 @@ class Run:
         table.add_row("best accuracy", f"{best:.4f}")
         table.add_row("wall time", f"{seconds:.1f} s")
         table.add_row("topics", f"prefix {self.kafka.topic_prefix}")
-        table.add_row("service logs", ".qflare/logs/{registry,aggregator,scheduler}.log (structured JSON)")
         table.add_row(
-            "metrics", "http://127.0.0.1:9101/metrics (registry), :9102 (aggregator), :9103 (scheduler)"
+            "service logs", ".qflare/logs/{registry,aggregator,scheduler,audit}.log (structured JSON)"
         )
+        table.add_row(
+            "metrics",
+            "http://127.0.0.1:9101/metrics (registry), :9102 (aggregator), :9103 (scheduler), :9104 (audit)",
+        )
+        table.add_row("audit", f"qflare audit verify --stream {self.kafka.topic_prefix}")
+        table.add_row("traces", "Jaeger UI http://127.0.0.1:16686 (service: scheduler, tag qflare.job_id)")
+        table.add_row("logs in Elasticsearch", "http://127.0.0.1:19200/qflare-logs-*/_search")
         console.print(table)

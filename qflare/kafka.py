@@ -3,6 +3,11 @@
 Kafka's defaults (1 MB records, acks=1, no idempotence) would silently reject
 a 6.6 MB model or duplicate an update on retry. Every process builds its
 clients here so those settings cannot drift between services.
+
+Trace context travels in record headers: ``qflare.tracing.send_span(topic)``
+yields the headers to pass as ``producer.send(..., headers=headers)``, and
+``qflare.tracing.process_span(record)`` (or ``extract_context(record.headers)``)
+continues the trace on the consumer side.
 """
 
 from __future__ import annotations

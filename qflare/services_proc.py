@@ -16,6 +16,7 @@ READY = {
     "registry": '"registry started"',
     "aggregator": '"aggregator started"',
     "scheduler": '"leadership acquired"',
+    "audit": '"audit started"',
 }
 
 

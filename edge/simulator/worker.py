@@ -23,6 +23,7 @@ from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import topics
+from qflare.telemetry import configure_logging
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,10 @@ class TrainSpec:
 
 def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
     """Process entry point (spawned): run until told to stop."""
-    logging.basicConfig(level=logging.ERROR)
+    # Device logs are JSON on stderr (stdout carries the CLI's own output, e.g. --json),
+    # and each worker process exports its devices' spans.
+    configure_logging("edge", level="warning")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_run(spec, control, stats))
 

@@ -41,6 +41,15 @@ class StackSettings(BaseSettings):
     elasticsearch_transport_port: int = 19300
     elasticsearch_heap_mb: int = 512
 
+    #: Jaeger v2, built from its Go module (infra/local/jaeger pins the matching v1.x tag).
+    jaeger_version: str = "2.13.0"
+    #: The query UI and HTTP API (`/api/traces`); its gRPC API listens on `jaeger_grpc_port`.
+    jaeger_port: int = 16686
+    jaeger_grpc_port: int = 16685
+    jaeger_otlp_grpc_port: int = 4317
+    jaeger_otlp_http_port: int = 4318
+    jaeger_max_traces: int = 100_000
+
     #: How long `stack up` waits for every server to pass its health check.
     start_timeout_s: float = 180.0
     stop_timeout_s: float = 30.0
@@ -60,6 +69,14 @@ class StackSettings(BaseSettings):
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def jaeger_url(self) -> str:
+        return f"http://127.0.0.1:{self.jaeger_port}"
+
+    @property
+    def otlp_endpoint(self) -> str:
+        return f"127.0.0.1:{self.jaeger_otlp_grpc_port}"
 
     @property
     def elasticsearch_url(self) -> str:

@@ -14,11 +14,12 @@ import time
 from dataclasses import asdict
 
 import structlog
-from prometheus_client import Counter
 
 from qflare.errors import AggregationError
 from qflare.fl import StrategyState
+from qflare.metrics import record_round_closed
 from qflare.protocol.training import RoundComplete
+from qflare.tracing import FanIn, tracer
 from services.aggregator.evaluation import Evaluator
 from services.aggregator.jobs import Job
 from services.aggregator.models import EncodedModel, decode, encode, weights_of
@@ -27,9 +28,6 @@ from services.aggregator.rounds import COMPLETED, OpenRound, round_metrics
 from services.aggregator.store import AggregatorStore
 
 log = structlog.get_logger("qflare.aggregator")
-ROUNDS_CLOSED = Counter(
-    "qflare_aggregator_rounds_total", "Rounds closed by the aggregator, by status", ["status"]
-)
 
 
 class Closer:
@@ -43,6 +41,8 @@ class Closer:
     ) -> None:
         self.store, self.out, self.evaluator = store, out, evaluator
         self.jobs, self.rounds = jobs, rounds
+        #: Trace contexts of each open round's included updates (in memory: tracing is best effort).
+        self.fanin: dict[tuple[str, int], FanIn] = {}
 
     async def close_ready(self, now_ms: int | None) -> int:
         """Close every round whose outcome is decided (``now_ms=None``: ignore deadlines); return how many."""
@@ -55,6 +55,15 @@ class Closer:
         return closed
 
     async def close(self, rnd: OpenRound, outcome: str) -> None:
+        """Close ``rnd`` inside the round's trace; the span links to every included update."""
+        fan = self.fanin.pop(rnd.key, None) or FanIn()
+        attrs = {"qflare.job_id": rnd.job_id, "qflare.round": str(rnd.round), "qflare.outcome": outcome}
+        with tracer().start_as_current_span(
+            f"aggregate {rnd.round}", context=fan.context(), links=fan.span_links(), attributes=attrs
+        ):
+            await self._close(rnd, outcome)
+
+    async def _close(self, rnd: OpenRound, outcome: str) -> None:
         job = self.jobs[rnd.job_id]
         closed_ms = time.time_ns() // 1_000_000
         model: EncodedModel | None = None
@@ -75,7 +84,7 @@ class Closer:
         if closed:
             if carried is not None:
                 job.strategy_state = carried.to_bytes()
-            ROUNDS_CLOSED.labels(done.status).inc()
+            record_round_closed(rnd.job_id, rnd.round, done.status, done.metrics)
             log.info(
                 "round closed",
                 job_id=rnd.job_id,

@@ -22,6 +22,7 @@ from qflare.protocol.control import AuditEvent
 from qflare.protocol.limits import Limits
 from qflare.protocol.topics import Topics
 from qflare.protocol.training import RoundComplete
+from qflare.tracing import send_span
 from services.aggregator.models import EncodedModel
 from services.aggregator.store import AggregatorStore
 
@@ -115,9 +116,10 @@ class Publisher:
     async def flush_outbox(self) -> None:
         """Publish queued records in order, deleting each batch once Kafka acknowledged all of it."""
         while pending := await self.store.pending():
-            futures: list[Any] = [
-                await self.producer.send(topic, value, key=key) for _, topic, key, value in pending
-            ]
+            futures: list[Any] = []
+            for _, topic, key, value in pending:
+                with send_span(topic, key=key) as headers:
+                    futures.append(await self.producer.send(topic, value, key=key, headers=headers))
             for future in futures:
                 await future
             metrics.BYTES_OUT.labels(SERVICE).inc(sum(len(v) for *_, v in pending))

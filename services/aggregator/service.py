@@ -32,6 +32,7 @@ from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
 from qflare.protocol import Message, topics
 from qflare.protocol.training import ModelUpdate
+from qflare.tracing import FanIn, process_span
 from services.aggregator.checks import Rejected, check_update, find_round
 from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
@@ -211,14 +212,17 @@ class AggregatorService:
             cursor = self.cursors[tp.partition]
             for record in records:
                 msg = None
-                try:
-                    got = self.intake.read(record, cursor)
-                    if got is not None:
-                        msg, size = got
-                        assert isinstance(msg.body, ModelUpdate)
-                        self._include(msg, msg.body, size, batch)
-                except (ProtocolError, Rejected) as exc:
-                    batch.rejected.append((exc, record, msg))
+                with process_span(record):
+                    try:
+                        got = self.intake.read(record, cursor)
+                        if got is not None:
+                            msg, size = got
+                            assert isinstance(msg.body, ModelUpdate)
+                            self._include(msg, msg.body, size, batch)
+                            key = (msg.body.job_id, msg.body.round)
+                            self.closer.fanin.setdefault(key, FanIn()).add(record.headers)
+                    except (ProtocolError, Rejected) as exc:
+                        batch.rejected.append((exc, record, msg))
                 cursor.advance(record.offset)
         timeouts = self.intake.expire(list(self.cursors.values()))
         if not (batch.touched or batch.rejected or timeouts or any(c.dirty for c in self.cursors.values())):

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import psycopg
@@ -30,6 +31,7 @@ from qflare.protocol import Decoder, KeyRing, Message, topics
 from qflare.protocol.control import RegistryCommand
 from qflare.protocol.decoder import KnownKey
 from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, Heartbeat
+from qflare.tracing import process_span
 from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
@@ -150,7 +152,10 @@ class RegistryService:
             seen: dict[str, int] = {}
             for records in batches.values():
                 for record in records:
-                    await self._handle(record, seen)
+                    # Heartbeats are too many to trace one by one; everything else gets a span.
+                    traced = record.topic != self.topics.heartbeats.name
+                    with process_span(record, group=self.cfg.group_id) if traced else nullcontext():
+                        await self._handle(record, seen)
             await self.live.beat(seen)
             if batches:
                 await self.out.flush_outbox()

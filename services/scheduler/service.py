@@ -16,6 +16,7 @@ so every state change happens inside the agent and reaches the changelog.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import faust
@@ -29,6 +30,7 @@ from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
+from qflare.tracing import process_span, round_span, send_span
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.logic import JobConfig, Progress, after_complete, overdue, quorum, select
 
@@ -38,6 +40,24 @@ SERVICE = "scheduler"
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class _Record:
+    """Where the event a faust stream is at came from: what a ``process`` span records."""
+
+    topic: str
+    partition: int
+    offset: int
+    headers: Any
+
+
+def _record_of(stream: faust.StreamT[bytes]) -> _Record:
+    event = stream.current_event
+    if event is None:
+        return _Record("unknown", -1, -1, None)
+    m = event.message
+    return _Record(m.topic, m.partition, m.offset, m.headers)
 
 
 class Scheduler:
@@ -116,7 +136,8 @@ class Scheduler:
             if isinstance(body, JobCommand) and msg.header.sender in ("operator", self.identity.name):
                 await self._command(body)
             elif isinstance(body, RoundComplete) and msg.header.sender == "aggregator":
-                await self._completed(body)
+                with process_span(_record_of(stream), group=self.app.conf.id):
+                    await self._completed(body)
 
     # -- the state machine -------------------------------------------------------
     async def _command(self, cmd: JobCommand) -> None:
@@ -200,9 +221,17 @@ class Scheduler:
         # devices treat a repeated (job, round) task as the same round.
         self.progress[p.job_id] = p.to_dict()
         record = seal(task, self.identity.signer, sender=self.identity.name, round=p.round)
-        await self.rounds_topic.send(key=f"{p.job_id}:{p.round}".encode(), value=record)
-        metrics.ACCEPTED.labels(SERVICE, "round_opened").inc()
-        log.info("round opened", job_id=p.job_id, round=p.round, devices=len(chosen), version=p.model_version)
+        key = f"{p.job_id}:{p.round}".encode()
+        # The round's trace starts here; devices and the aggregator continue it from the headers.
+        with round_span(p.job_id, p.round) as span:
+            span.set_attribute("qflare.devices", len(chosen))
+            with send_span(self.rounds_topic.get_topic_name(), key=key) as headers:
+                await self.rounds_topic.send(key=key, value=record, headers=headers)
+            metrics.ACCEPTED.labels(SERVICE, "round_opened").inc()
+            metrics.record_round_opened(SERVICE, p.job_id)
+            log.info(
+                "round opened", job_id=p.job_id, round=p.round, devices=len(chosen), version=p.model_version
+            )
 
     async def _tick(self) -> None:
         """Nudge jobs that wait for devices, or whose round is overdue."""

@@ -38,6 +38,10 @@ def private(tmp_path: Path) -> StackSettings:
         redis_port=_free_port(),
         elasticsearch_port=_free_port(),
         elasticsearch_transport_port=_free_port(),
+        jaeger_port=_free_port(),
+        jaeger_grpc_port=_free_port(),
+        jaeger_otlp_grpc_port=_free_port(),
+        jaeger_otlp_http_port=_free_port(),
         start_timeout_s=60,
     )
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 REQUIRED = {"kafka", "postgres", "redis", "elasticsearch", "kibana", "jaeger"}
+QFLARE = {"registry": 9101, "aggregator": 9102, "scheduler": 9103, "audit": 9104}
+OBSERVABILITY = {"prometheus", "grafana"}
 
 
 def _compose() -> dict[str, Any]:
@@ -18,10 +22,10 @@ def _compose() -> dict[str, Any]:
     return loaded
 
 
-def test_every_infrastructure_service_is_present_with_a_healthcheck() -> None:
+def test_every_long_running_service_is_present_with_a_healthcheck() -> None:
     services = _compose()["services"]
-    assert set(services) >= REQUIRED
-    for name in REQUIRED:
+    assert set(services) >= REQUIRED | set(QFLARE) | OBSERVABILITY | {"fleet", "kibana-import", "filebeat"}
+    for name in REQUIRED | set(QFLARE) | OBSERVABILITY:
         check = services[name].get("healthcheck", {})
         assert check.get("test"), f"{name} has no health check"
 
@@ -43,3 +47,110 @@ def test_docker_compose_config_parses() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _config() -> dict[str, Any]:
+    """The compose file as docker compose resolves it (anchors, merges and ${VAR} defaults applied)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("the docker CLI is missing")
+    result = subprocess.run(
+        [
+            docker,
+            "compose",
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--profile",
+            "filebeat",
+            "config",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: dict[str, Any] = json.loads(result.stdout)
+    return loaded
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in (service.get("environment") or {}).items()}
+
+
+def test_qflare_services_run_from_the_image_against_compose_hostnames() -> None:
+    services = _config()["services"]
+    for name, port in QFLARE.items():
+        svc = services[name]
+        assert svc["build"]["dockerfile"] == "infra/docker/Dockerfile"
+        assert svc["command"] == ["python", "-m", f"services.{name}"]
+        env = _env(svc)
+        assert env["QFLARE_KAFKA_BOOTSTRAP"] == "kafka:9092"
+        assert env["QFLARE_METRICS_ADDR"] == "0.0.0.0"
+        assert env[f"QFLARE_{name.upper()}_METRICS_PORT"] == str(port)
+        assert any(v["target"] == "/app/.qflare/keys" and v["source"] == "keys" for v in svc["volumes"])
+        assert str(port) in " ".join(svc["healthcheck"]["test"])
+        assert svc["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+    assert _env(services["registry"])["QFLARE_REGISTRY_POSTGRES_DSN"].endswith("@postgres:5432/qflare")
+    assert _env(services["registry"])["QFLARE_REGISTRY_REDIS_URL"] == "redis://redis:6379/0"
+    assert _env(services["aggregator"])["QFLARE_AGGREGATOR_POSTGRES_DSN"].endswith("@postgres:5432/qflare")
+    assert _env(services["scheduler"])["QFLARE_SCHEDULER_REDIS_URL"] == "redis://redis:6379/0"
+    assert _env(services["audit"])["QFLARE_AUDIT_ELASTICSEARCH_URL"] == "http://elasticsearch:9200"
+
+
+def test_environment_names_match_the_settings_classes() -> None:
+    from services.aggregator.config import AggregatorSettings
+    from services.registry.config import RegistrySettings
+    from services.scheduler.config import SchedulerSettings
+
+    classes: dict[str, Any] = {
+        "registry": RegistrySettings,
+        "aggregator": AggregatorSettings,
+        "scheduler": SchedulerSettings,
+    }
+    audit = pytest.importorskip("services.audit.config")
+    classes["audit"] = audit.AuditSettings
+    services = _config()["services"]
+    for name, settings in classes.items():
+        prefix = f"QFLARE_{name.upper()}_"
+        for key in _env(services[name]):
+            if key.startswith(prefix):
+                assert key[len(prefix) :].lower() in settings.model_fields, key
+
+
+def test_the_fleet_simulates_devices_against_the_registry() -> None:
+    fleet = _config()["services"]["fleet"]
+    assert fleet["command"][:2] == ["qflare", "simulate"]
+    assert int(fleet["command"][fleet["command"].index("--devices") + 1]) >= 1
+    assert fleet["depends_on"]["registry"]["condition"] == "service_healthy"
+
+
+def test_observability_mounts_its_configuration() -> None:
+    services = _config()["services"]
+    prom = {v["target"]: v["source"] for v in services["prometheus"]["volumes"]}
+    assert prom["/etc/prometheus/prometheus.yml"].endswith("infra/prometheus/prometheus.yml")
+    assert prom["/etc/prometheus/alerts.yml"].endswith("infra/prometheus/alerts.yml")
+    grafana = {v["target"]: v["source"] for v in services["grafana"]["volumes"]}
+    assert grafana["/etc/grafana/provisioning/datasources"].endswith("infra/grafana/provisioning/datasources")
+    assert grafana["/etc/grafana/provisioning/dashboards"].endswith("infra/grafana/provisioning/dashboards")
+    assert grafana["/var/lib/grafana/dashboards"].endswith("infra/grafana/dashboards")
+    for source in [*prom.values(), *grafana.values()]:
+        assert source == "promdata" or Path(source).exists(), source
+
+
+def test_kibana_import_posts_the_saved_objects_once_kibana_is_healthy() -> None:
+    job = _config()["services"]["kibana-import"]
+    assert job["depends_on"]["kibana"]["condition"] == "service_healthy"
+    command = " ".join(job["command"])
+    assert "http://kibana:5601/api/saved_objects/_import" in command
+    assert "kbn-xsrf: true" in command
+    assert "file=@/kibana/qflare.ndjson" in command
+    mount = next(v for v in job["volumes"] if v["target"] == "/kibana")
+    assert (Path(mount["source"]) / "qflare.ndjson").exists()
+
+
+def test_filebeat_is_an_opt_in_profile() -> None:
+    assert _compose()["services"]["filebeat"]["profiles"] == ["filebeat"]
+    config = yaml.safe_load((ROOT / "infra" / "filebeat" / "filebeat.yml").read_text())
+    assert config["output.elasticsearch"]["index"].startswith("qflare-logs-")
+    assert config["setup.template.pattern"] == "qflare-logs-*"

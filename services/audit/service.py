@@ -1,0 +1,306 @@
+"""The audit service's consumer loop, top to bottom.
+
+Per fetch: bring the device keys up to date (the compacted device topic, read from the
+start on every start-up; its records past the stored position are audited too), then
+turn each record into at most one chain entry (``services.audit.events``), link them
+after the chain's head, add a signed checkpoint every ``checkpoint_every`` entries, and
+commit the entries together with the position of every partition read in ONE PostgreSQL
+transaction. Positions live in PostgreSQL, not in a Kafka group: on start the partitions
+are sought to them, so a kill -9 anywhere re-reads exactly the records whose entries were
+not committed, and no entry is lost or doubled. Elasticsearch is fed by a separate task
+(``services.audit.indexer``) that never holds up intake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, TypeAlias
+
+import psycopg
+import structlog
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
+
+from qflare import metrics as shared
+from qflare.errors import ProtocolError, ReplayError, SchemaError
+from qflare.identity import TrustedKeys, load_identity
+from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer
+from qflare.protocol import Decoder, topics
+from qflare.protocol.decoder import KeyLookup
+from qflare.protocol.devices import Device
+from qflare.protocol.topics import TopicSpec
+from services.audit import events, metrics
+from services.audit.chain import CHECKPOINT, Entry, Event, make_entry
+from services.audit.config import AuditSettings
+from services.audit.indexer import Indexer
+from services.audit.keys import AnyKey, DeviceKeys
+from services.audit.store import AuditStore
+from services.audit.verifier import verify_forever
+
+log = structlog.get_logger("qflare.audit")
+SERVICE = "audit"
+#: Infrastructure hiccups: the service restarts from its stored positions, never exits.
+TRANSIENT = (KafkaError, psycopg.OperationalError, OSError)
+Record: TypeAlias = ConsumerRecord[Any, Any]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class AuditService:
+    def __init__(self, cfg: AuditSettings | None = None, kafka: KafkaSettings | None = None) -> None:
+        self.cfg = cfg or AuditSettings()
+        self.kafka = kafka or KafkaSettings()
+        self.stream = self.kafka.topic_prefix
+        self.topics = topics(self.stream)
+        self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
+        self.devices = DeviceKeys()
+        trusted = TrustedKeys(self.cfg.keys_dir)
+        t = self.topics
+        # Heartbeats and raw updates are not audited (see the package docstring).
+        self.audited: list[TopicSpec] = [
+            t.enrollments,
+            t.health,
+            t.rounds,
+            t.rounds_complete,
+            t.models,
+            t.audit,
+            t.jobs,
+            t.registry_control,
+        ]
+        self.decoders: dict[str, Decoder] = {}
+        for spec in [t.devices, *self.audited]:
+            lookup: KeyLookup = AnyKey(trusted, self.devices) if spec is t.enrollments else trusted
+            self.decoders[spec.name] = Decoder(
+                lookup,
+                allowed_types=spec.types,
+                max_age_ms=None,  # a restart re-reads a backlog: its age must not change the verdict
+                limits=self.kafka.limits,
+                self_signed=("enrollment",) if spec is t.enrollments else (),
+            )
+        self.positions: dict[tuple[str, int], int] = {}
+        self._last_device: Device | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self.store = await AuditStore.connect(self.cfg.postgres_dsn, self.stream)
+        admin = make_admin(self.kafka)
+        await admin.start()
+        try:
+            await ensure_topics(admin, list(self.topics), self.kafka)
+        finally:
+            await admin.close()
+        self.head = await self.store.head()
+        metrics.CHAIN_LENGTH.labels(self.stream).set(self.head[0])
+        self.positions = await self.store.offsets()
+        self.device_consumer = make_consumer(self.kafka, group_id=None)
+        await self.device_consumer.start()
+        spec = self.topics.devices
+        self.device_parts = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
+        self.device_consumer.assign(self.device_parts)
+        await self.device_consumer.seek_to_beginning(*self.device_parts)
+        self.consumer = make_consumer(self.kafka, group_id=None)
+        await self.consumer.start()
+        parts = [TopicPartition(s.name, p) for s in self.audited for p in range(s.partitions)]
+        self.consumer.assign(parts)
+        for tp in parts:
+            self.consumer.seek(tp, self.positions.get((tp.topic, tp.partition), 0))
+        await self._sync_devices()
+        if self.cfg.index_prefix:
+            self.index_store = await AuditStore.connect(self.cfg.postgres_dsn, self.stream)
+            self.indexer = Indexer(
+                self.index_store,
+                self.cfg.elasticsearch_url,
+                self.cfg.index_prefix,
+                batch=self.cfg.index_batch,
+                interval_s=self.cfg.index_interval_s,
+            )
+            self._tasks.append(asyncio.create_task(self.indexer.run(), name="audit-indexer"))
+        if self.cfg.verify_interval_s:
+            checker = verify_forever(
+                self.cfg.postgres_dsn,
+                self.stream,
+                self.cfg.keys_dir,
+                self.cfg.identity,
+                self.cfg.verify_interval_s,
+            )
+            self._tasks.append(asyncio.create_task(checker, name="audit-verifier"))
+        log.info("audit started", chain_length=self.head[0], devices=len(self.devices), stream=self.stream)
+
+    async def stop(self) -> None:
+        """Release whatever ``start`` got to (it may have failed half-way)."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for name in ("consumer", "device_consumer"):
+            client = getattr(self, name, None)
+            if client is not None:
+                await client.stop()
+        if hasattr(self, "indexer"):
+            await self.indexer.close()
+        for name in ("store", "index_store"):
+            store = getattr(self, name, None)
+            if store is not None:
+                await store.close()
+
+    async def __aenter__(self) -> AuditService:
+        started = False
+        try:
+            await self.start()
+            started = True
+        finally:
+            if not started:
+                await self.stop()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    # -- the loop ------------------------------------------------------------
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            await self._step()
+            for task in self._tasks:
+                if task.done():  # the indexer never ends on its own: surface why it did
+                    task.result()
+
+    async def _step(self) -> None:
+        batches = await self.consumer.getmany(timeout_ms=200, max_records=self.cfg.batch_max_records)
+        await self._sync_devices()
+        found: list[Event] = []
+        moved: dict[tuple[str, int], int] = {}
+        for tp, records in batches.items():
+            for record in records:
+                event = self._read(record)
+                if event is not None:
+                    found.append(event)
+                moved[(tp.topic, tp.partition)] = record.offset + 1
+        await self._commit(found, moved)
+        for tp in batches:
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                lag = highwater - await self.consumer.position(tp)
+                shared.CONSUMER_LAG.labels(SERVICE, tp.topic).set(max(0, lag))
+
+    async def _sync_devices(self) -> None:
+        """Apply every device record up to the current end; audit those past the stored position."""
+        end = await self.device_consumer.end_offsets(self.device_parts)
+        found: list[Event] = []
+        moved: dict[tuple[str, int], int] = {}
+        while behind := [tp for tp in self.device_parts if await self.device_consumer.position(tp) < end[tp]]:
+            batches = await self.device_consumer.getmany(*behind, timeout_ms=200, max_records=1000)
+            for tp, records in batches.items():
+                key = (tp.topic, tp.partition)
+                for record in records:
+                    event = self._device(record)
+                    if record.offset >= self.positions.get(key, 0):
+                        if event is not None:
+                            found.append(event)
+                        moved[key] = record.offset + 1
+        await self._commit(found, moved)
+
+    def _device(self, record: Record) -> Event | None:
+        subject = record.key.decode(errors="replace") if record.key else None
+        if record.value is None:
+            if subject is not None:
+                self.devices.forget(subject)
+            return Event(
+                time_ms=record.timestamp,
+                actor="unknown",
+                type="device.tombstone",
+                outcome="info",
+                subject=subject,
+                source_topic=record.topic,
+                source_partition=record.partition,
+                source_offset=record.offset,
+            )
+        event = self._read(record)
+        if event is not None and event.outcome != "rejected":
+            if event.actor not in self.cfg.device_senders:
+                return events.rejection(
+                    SchemaError(f"{event.actor!r} may not publish device records", field="sender"),
+                    record.value,
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    subject,
+                    _now_ms(),
+                )
+            if self._last_device is not None:
+                self.devices.apply(self._last_device)
+        return event
+
+    def _read(self, record: Record) -> Event | None:
+        """The entry for one record: its meaning, a rejection, or None (not audited, or a re-send)."""
+        key = record.key.decode(errors="replace") if record.key else None
+        try:
+            if record.value is None:
+                raise SchemaError("record has no value", field="$")
+            msg = self.decoders[record.topic].decode(record.value)
+        except ReplayError:
+            metrics.REPLAYS.labels(record.topic).inc()
+            return None
+        except ProtocolError as exc:
+            shared.REJECTED.labels(SERVICE, record.topic, exc.reason).inc()
+            log.warning(
+                "rejected", topic=record.topic, offset=record.offset, reason=exc.reason, error=str(exc)
+            )
+            return events.rejection(
+                exc, record.value, record.topic, record.partition, record.offset, key, _now_ms()
+            )
+        self._last_device = msg.body if isinstance(msg.body, Device) else None
+        shared.ACCEPTED.labels(SERVICE, msg.header.type).inc()
+        return events.from_message(msg, record.topic, record.partition, record.offset, key)
+
+    async def _commit(self, found: list[Event], moved: dict[tuple[str, int], int]) -> None:
+        """Link ``found`` after the head and store them with the positions ``moved``, in one transaction."""
+        if not moved:
+            return
+        entries: list[Entry] = []
+        head = self.head
+        for event in found:
+            entry = make_entry(head, event)
+            entries.append(entry)
+            head = (entry.seq, entry.hash)
+            if entry.seq % self.cfg.checkpoint_every == 0:
+                mark = make_entry(
+                    head, self._checkpoint(entry), sign=self.identity.signer.sign, stream=self.stream
+                )
+                entries.append(mark)
+                head = (mark.seq, mark.hash)
+        async with self.store.conn.transaction():
+            await self.store.append(entries)
+            await self.store.save_offsets(moved)
+        self.head = head
+        self.positions.update(moved)
+        for entry in entries:
+            metrics.EVENTS.labels(entry.event.type, entry.event.outcome).inc()
+            if entry.event.type == CHECKPOINT:
+                metrics.CHECKPOINTS.inc()
+        metrics.CHAIN_LENGTH.labels(self.stream).set(head[0])
+
+    def _checkpoint(self, last: Entry) -> Event:
+        return Event(
+            time_ms=_now_ms(),
+            actor=self.identity.name,
+            type=CHECKPOINT,
+            outcome="info",
+            source_topic="",
+            source_partition=-1,
+            source_offset=-1,
+            detail={
+                "upto_seq": last.seq,
+                "upto_hash": last.hash.hex(),
+                "key_id": self.identity.signer.key_id.hex(),
+            },
+        )

@@ -1,0 +1,165 @@
+"""Run the real audit service as a process, feed it signed records, read its chain and index back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+
+from qflare.identity import Identity, load_identity
+from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
+from qflare.protocol import Body, seal, topics
+from services.audit.chain import Entry
+from services.audit.config import AuditSettings
+from services.audit.indexer import index_base
+from services.audit.store import AuditStore
+
+ES_URL = AuditSettings().elasticsearch_url
+DSN = AuditSettings().postgres_dsn
+
+
+@dataclass
+class AuditProcess:
+    """``python -m services.audit`` with its own topics, chain (stream) and keys."""
+
+    kafka: KafkaSettings
+    keys_dir: Path
+    log_path: Path
+    checkpoint_every: int = 5
+    es_url: str = ES_URL
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "QFLARE_AUDIT_KEYS_DIR": str(self.keys_dir),
+            "QFLARE_AUDIT_METRICS_PORT": "0",
+            "QFLARE_AUDIT_CHECKPOINT_EVERY": str(self.checkpoint_every),
+            "QFLARE_AUDIT_ELASTICSEARCH_URL": self.es_url,
+            "QFLARE_AUDIT_INDEX_INTERVAL_S": "0.2",
+        }
+
+    def start(self, *, wait_s: float = 60) -> None:
+        self.starts += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.audit"], env=self.env(), stdout=log, stderr=log
+        )
+        log.close()
+        deadline = time.monotonic() + wait_s
+        while self.log_path.read_text(errors="replace").count('"audit started"') < self.starts:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"audit did not start: {self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class Publisher:
+    """Stand-ins for the other services, each signing with its own trusted key."""
+
+    kafka: KafkaSettings
+    keys_dir: Path
+
+    def __post_init__(self) -> None:
+        self.topics = topics(self.kafka.topic_prefix)
+        self.ids: dict[str, Identity] = {}
+
+    def identity(self, name: str) -> Identity:
+        if name not in self.ids:
+            self.ids[name] = load_identity(name, self.keys_dir)
+        return self.ids[name]
+
+    async def start(self) -> None:
+        admin = make_admin(self.kafka)
+        await admin.start()
+        try:
+            await ensure_topics(admin, list(self.topics), self.kafka)
+        finally:
+            await admin.close()
+        self.producer = make_producer(self.kafka)
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    def seal(self, who: str, body: Body, round: int | None = None) -> bytes:
+        ident = self.identity(who)
+        return seal(body, ident.signer, sender=ident.name, round=round)
+
+    async def send(self, topic: str, key: str, *records: bytes) -> None:
+        for record in records:
+            await self.producer.send_and_wait(topic, record, key=key.encode())
+
+
+async def chain(stream: str) -> list[Entry]:
+    store = await AuditStore.connect(DSN, stream)
+    try:
+        return [e async for e in store.walk()]
+    finally:
+        await store.close()
+
+
+async def wait_chain(stream: str, until: Callable[[list[Entry]], bool], timeout_s: float = 60) -> list[Entry]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = await chain(stream)
+        if until(got):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"chain condition not met in {timeout_s} s: {[e.event.type for e in got]}")
+        await asyncio.sleep(0.3)
+
+
+async def search(
+    stream: str, query: dict[str, Any], timeout_s: float = 60, want: int = 1
+) -> list[dict[str, Any]]:
+    """Documents of the stream's indices matching ``query``, once at least ``want`` exist."""
+    es = AsyncElasticsearch(ES_URL)
+    pattern = f"{index_base(stream, AuditSettings().index_prefix)}-*"
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            await es.indices.refresh(index=pattern, allow_no_indices=True)
+            found = await es.search(index=pattern, query=query, size=1000, allow_no_indices=True)
+            hits = [h["_source"] for h in found["hits"]["hits"]]
+            if len(hits) >= want or time.monotonic() > deadline:
+                return sorted(hits, key=lambda h: h["event"]["sequence"])
+            await asyncio.sleep(0.3)
+    finally:
+        await es.close()
+
+
+async def drop_indices(stream: str) -> None:
+    es = AsyncElasticsearch(ES_URL)
+    base = index_base(stream, AuditSettings().index_prefix)
+    try:
+        await es.indices.delete(index=f"{base}-*", allow_no_indices=True, ignore_unavailable=True)
+        await es.options(ignore_status=404).indices.delete_index_template(name=f"{base}-template")
+    finally:
+        await es.close()
