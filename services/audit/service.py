@@ -31,6 +31,7 @@ from qflare.protocol import Decoder, topics
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
 from qflare.protocol.topics import TopicSpec
+from qflare.tracing import process_span
 from services.audit import events, metrics
 from services.audit.chain import CHECKPOINT, Entry, Event, make_entry
 from services.audit.config import AuditSettings
@@ -181,7 +182,10 @@ class AuditService:
         moved: dict[tuple[str, int], int] = {}
         for tp, records in batches.items():
             for record in records:
-                event = self._read(record)
+                # Continues the trace the record carries (e.g. a round's), so the audit of a
+                # round shows up in that round's trace.
+                with process_span(record, group=SERVICE):
+                    event = self._read(record)
                 if event is not None:
                     found.append(event)
                 moved[(tp.topic, tp.partition)] = record.offset + 1

@@ -1,4 +1,4 @@
-"""The issue's acceptance test: one demo round is one trace, with scheduler, aggregator and device spans."""
+"""Acceptance: one demo round is one trace, with scheduler, aggregator, audit and device spans."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _round_trace(stack: StackSettings, job_id: str, timeout_s: float = 60) -> di
             data = json.load(resp).get("data") or []
         if data:
             services = {p["serviceName"] for p in data[0]["processes"].values()}
-            if {"scheduler", "aggregator", "edge"} <= services or time.monotonic() > deadline:
+            if {"scheduler", "aggregator", "edge", "audit"} <= services or time.monotonic() > deadline:
                 assert len(data) == 1, f"round 1 of {job_id} is in {len(data)} traces"
                 found: dict[str, Any] = data[0]
                 return found
@@ -61,7 +61,7 @@ def test_a_demo_round_is_one_trace_across_scheduler_devices_and_aggregator(
 
     found = _round_trace(stack, run.job_id)
     services = {p["serviceName"] for p in found["processes"].values()}
-    assert {"scheduler", "aggregator", "edge"} <= services
+    assert {"scheduler", "aggregator", "edge", "audit"} <= services
     by_name: dict[str, list[dict[str, Any]]] = {}
     for span in found["spans"]:
         by_name.setdefault(span["operationName"], []).append(span)
@@ -76,3 +76,32 @@ def test_a_demo_round_is_one_trace_across_scheduler_devices_and_aggregator(
     sends = [s for s in found["spans"] if s["operationName"].endswith(".rounds.complete")]
     sends = [s for s in sends if s["operationName"].startswith("send ")]
     assert any(r["spanID"] == aggregate["spanID"] for s in sends for r in s["references"])
+
+    # Kibana-style checks in Elasticsearch: the round's audit events (indexed from the
+    # hash chain) and a service log line carrying this round's trace id.
+    trace_id = found["traceID"]
+    audit_hits = _es_search(
+        stack,
+        f"{run.kafka.topic_prefix}qflare-audit-*",
+        {"bool": {"filter": [{"term": {"qflare.job_id": run.job_id}}, {"term": {"qflare.round": 1}}]}},
+    )
+    actions = {h["_source"]["event"]["action"] for h in audit_hits}
+    assert {"round_task", "round_complete"} & actions or any("round" in a for a in actions), actions
+    log_hits = _es_search(stack, "qflare-logs-*", {"term": {"trace.id": trace_id}})
+    assert log_hits, f"no log line with trace.id {trace_id}"
+
+
+def _es_search(stack: StackSettings, index: str, query: dict[str, Any], timeout_s: float = 60) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    body = json.dumps({"query": query, "size": 50}).encode()
+    while True:
+        request = urllib.request.Request(
+            f"{stack.elasticsearch_url}/{index}/_search?ignore_unavailable=true",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            hits: list[Any] = json.load(resp)["hits"]["hits"]
+        if hits or time.monotonic() > deadline:
+            return hits
+        time.sleep(1)
