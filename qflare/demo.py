@@ -288,7 +288,11 @@ class Run:
             "metrics",
             "http://127.0.0.1:9101/metrics (registry), :9102 (aggregator), :9103 (scheduler), :9104 (audit)",
         )
+        # These need the stack: run the demo with --keep-stack (or start it first) to look.
         table.add_row("audit", f"qflare audit verify --stream {self.kafka.topic_prefix}")
-        table.add_row("traces", "Jaeger UI http://127.0.0.1:16686 (service: scheduler, tag qflare.job_id)")
+        table.add_row(
+            "traces",
+            "Jaeger UI http://127.0.0.1:16686 (service scheduler, tag qflare.job_id); needs --keep-stack",
+        )
         table.add_row("logs in Elasticsearch", "http://127.0.0.1:19200/qflare-logs-*/_search")
         console.print(table)
