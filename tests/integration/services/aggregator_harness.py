@@ -9,11 +9,8 @@ device records published here.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
 from tests.integration.services.harness import audit_events, read_topic
+from tests.integration.services.processes import ManagedService, scrape
 
 JOB_CONFIG: dict[str, Any] = {
     "model": "2nn",
@@ -50,8 +48,11 @@ JOB_CONFIG: dict[str, Any] = {
 
 
 @dataclass
-class AggregatorProcess:
+class AggregatorProcess(ManagedService):
     """``python -m services.aggregator`` with its own topics and keys (PostgreSQL is shared)."""
+
+    service = "aggregator"
+    ready = '"aggregator started"'
 
     kafka: KafkaSettings
     keys_dir: Path
@@ -72,46 +73,8 @@ class AggregatorProcess:
             "QFLARE_AGGREGATOR_DEADLINE_TICK_S": "0.2",
         }
 
-    def start(self, *, wait_s: float = 90) -> None:
-        self.starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.aggregator"], env=self.env(), stdout=log, stderr=log
-        )
-        log.close()
-        deadline = time.monotonic() + wait_s
-        while self.log_path.read_text(errors="replace").count('"aggregator started"') < self.starts:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"aggregator did not start: {self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def metric(self, name: str, **labels: str) -> float:
-        """One sample from the aggregator's /metrics (0.0 when absent)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        for line in text.splitlines():
-            head, _, value = line.rpartition(" ")
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in head for k, v in labels.items()):
-                return float(value)
-        return 0.0
+        return scrape(self.metrics_port, name, **labels)
 
 
 @dataclass

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,14 +20,18 @@ from services.audit.chain import Entry
 from services.audit.config import AuditSettings
 from services.audit.indexer import index_base
 from services.audit.store import AuditStore
+from tests.integration.services.processes import ManagedService
 
 ES_URL = AuditSettings().elasticsearch_url
 DSN = AuditSettings().postgres_dsn
 
 
 @dataclass
-class AuditProcess:
+class AuditProcess(ManagedService):
     """``python -m services.audit`` with its own topics, chain (stream) and keys."""
+
+    service = "audit"
+    ready = '"audit started"'
 
     kafka: KafkaSettings
     keys_dir: Path
@@ -50,33 +52,6 @@ class AuditProcess:
             "QFLARE_AUDIT_ELASTICSEARCH_URL": self.es_url,
             "QFLARE_AUDIT_INDEX_INTERVAL_S": "0.2",
         }
-
-    def start(self, *, wait_s: float = 60) -> None:
-        self.starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.audit"], env=self.env(), stdout=log, stderr=log
-        )
-        log.close()
-        deadline = time.monotonic() + wait_s
-        while self.log_path.read_text(errors="replace").count('"audit started"') < self.starts:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"audit did not start: {self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @dataclass

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +23,15 @@ from qflare.kafka import KafkaSettings, make_consumer, make_producer
 from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics
+from tests.integration.services.processes import ManagedService, scrape
 
 
 @dataclass
-class RegistryProcess:
+class RegistryProcess(ManagedService):
     """``python -m services.registry`` with its own topics, group, Redis namespace and keys."""
+
+    service = "registry"
+    ready = '"registry started"'
 
     kafka: KafkaSettings
     keys_dir: Path
@@ -54,48 +55,8 @@ class RegistryProcess:
             "QFLARE_REGISTRY_SWEEP_INTERVAL_S": "0.25",
         }
 
-    def start(self, *, wait_s: float = 60) -> None:
-        self.starts += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.registry"], env=self.env(), stdout=log, stderr=log
-        )
-        log.close()
-        deadline = time.monotonic() + wait_s
-        while self.log_path.read_text(errors="replace").count('"registry started"') < self.starts:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"registry did not start: {self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
     def metric(self, name: str, **labels: str) -> float:
-        """One sample from the registry's /metrics (0.0 when absent)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        for line in text.splitlines():
-            if not line.startswith(name + "{"):
-                continue
-            head, _, value = line.rpartition(" ")
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                return float(value)
-        return 0.0
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return scrape(self.metrics_port, name, **labels)
 
 
 @dataclass

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +19,15 @@ from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
 from tests.integration.services.harness import read_topic
+from tests.integration.services.processes import ManagedService
 
 
-class SchedulerProcess:
+class SchedulerProcess(ManagedService):
+    service = "scheduler"
+    ready = '"leadership acquired"'
+
     def __init__(self, kafka: KafkaSettings, keys_dir: Path, tmp: Path) -> None:
-        self.env = {
+        self._env = {
             **os.environ,
             "QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
             "QFLARE_KAFKA_BOOTSTRAP": kafka.bootstrap,
@@ -35,28 +37,12 @@ class SchedulerProcess:
             "QFLARE_SCHEDULER_LEASE_S": "3",
             "QFLARE_SCHEDULER_GRACE_S": "2",
         }
-        self.log = tmp / "scheduler.log"
+        self.log_path = tmp / "scheduler.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.scheduler"], env=self.env, stdout=log, stderr=log
-            )
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def env(self) -> dict[str, str]:
+        return self._env
 
 
 @pytest.fixture
