@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from qflare.crypto import signature_backend
+from qflare.errors import TopicSetupError
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
 from qflare.protocol import Decoder, KeyRing, Message, Reassembler, Tensor, seal, seal_chunked, topics
+from qflare.protocol.limits import Limits
 from qflare.protocol.training import ModelUpdate
 from qflare.stack.settings import StackSettings
 
@@ -44,8 +48,26 @@ async def test_ensure_topics_creates_each_topic_once(stack: StackSettings, uniqu
         assert await ensure_topics(admin, specs, settings) == []
         listed = set(await admin.list_topics())
         assert {s.name for s in specs} <= listed
+        # The broker applied each spec's configuration (compaction, record size).
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, specs[2].name)])
+        entries = {e[0]: e[1] for e in described[0].resources[0][4]}
+        assert entries["cleanup.policy"] == "compact"
+        assert int(entries["max.message.bytes"]) == Limits().kafka_max_bytes
     finally:
         await admin.close()
+
+
+async def test_ensure_topics_names_the_topic_the_broker_refused(stack: StackSettings, unique: str) -> None:
+    settings = KafkaSettings(bootstrap=stack.kafka_bootstrap)
+    bad = replace(topics(f"it-{unique}.").rounds, partitions=0)
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        with pytest.raises(TopicSetupError) as info:
+            await ensure_topics(admin, [bad], settings)
+    finally:
+        await admin.close()
+    assert info.value.field == bad.name
 
 
 async def test_full_model_update_and_chunks_round_trip(stack: StackSettings, unique: str) -> None:

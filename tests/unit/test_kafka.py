@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from qflare import kafka
-from qflare.errors import TopicSetupError
-from qflare.protocol import Limits, topics
+from qflare.protocol import Limits
 
 
 class Recorder:
@@ -46,34 +44,3 @@ def test_consumer_fetches_a_full_record_and_never_autocommits(monkeypatch: pytes
     assert consumer.kwargs["enable_auto_commit"] is False
     assert consumer.kwargs["max_partition_fetch_bytes"] == Limits().kafka_max_bytes
     assert consumer.kwargs["fetch_max_bytes"] >= consumer.kwargs["max_partition_fetch_bytes"]
-
-
-class FakeAdmin:
-    def __init__(self, errors: list[tuple[str, int, str | None]]) -> None:
-        self.errors = errors
-        self.requests: list[Any] = []
-
-    async def create_topics(self, new_topics: list[Any]) -> Any:
-        self.requests.extend(new_topics)
-        return SimpleNamespace(topic_errors=self.errors)
-
-
-async def test_ensure_topics_sends_the_specs_and_reports_creations() -> None:
-    specs = list(topics("t."))
-    admin = FakeAdmin([(specs[0].name, 0, None), (specs[1].name, 36, "exists")])
-    created = await kafka.ensure_topics(admin, specs, kafka.KafkaSettings())
-    assert created == [specs[0].name]
-    sent = {t.name: t for t in admin.requests}
-    devices = sent["t.qflare.devices"]
-    assert devices.topic_configs["cleanup.policy"] == "compact"
-    assert devices.num_partitions == topics().devices.partitions
-    assert sent["t.qflare.updates"].topic_configs["max.message.bytes"] == str(Limits().kafka_max_bytes)
-    assert await kafka.ensure_topics(admin, []) == []
-
-
-async def test_ensure_topics_raises_on_other_errors() -> None:
-    admin = FakeAdmin([("t.qflare.rounds", 40, "bad config")])
-    with pytest.raises(TopicSetupError) as info:
-        await kafka.ensure_topics(admin, [topics("t.").rounds])
-    assert info.value.field == "t.qflare.rounds"
-    assert "bad config" in str(info.value)

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from services.audit import indexer
+
 ROOT = Path(__file__).resolve().parents[3]
 NDJSON = ROOT / "infra" / "kibana" / "qflare.ndjson"
 
@@ -83,7 +85,6 @@ def test_rejections_are_split_by_a_keyword_reason() -> None:
 
 
 def test_audit_fields_exist_in_the_audit_index_mapping() -> None:
-    indexer = pytest.importorskip("services.audit.indexer")
     mappings: dict[str, Any] = indexer.MAPPINGS
 
     def has(path: str) -> bool:

