@@ -49,8 +49,15 @@ async def test_ensure_topics_creates_each_topic_once(stack: StackSettings, uniqu
         listed = set(await admin.list_topics())
         assert {s.name for s in specs} <= listed
         # The broker applied each spec's configuration (compaction, record size).
-        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, specs[2].name)])
-        entries = {e[0]: e[1] for e in described[0].resources[0][4]}
+        entries: dict[str, str] = {}
+        for _ in range(40):  # a just-created topic can take a moment to be describable
+            described = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, specs[2].name)]
+            )
+            entries = {e[0]: e[1] for e in described[0].resources[0][4]}
+            if "cleanup.policy" in entries:
+                break
+            await asyncio.sleep(0.25)
         assert entries["cleanup.policy"] == "compact"
         assert int(entries["max.message.bytes"]) == Limits().kafka_max_bytes
     finally:
