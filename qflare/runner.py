@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Protocol, Self
 
 import structlog
 
@@ -55,3 +56,47 @@ async def serve_forever(
                 f"{name} lost a server, restarting", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
             )
             await asyncio.sleep(delay)
+
+
+class BatchLoop(ABC):
+    """The lifecycle shared by services that consume in batches with helper tasks.
+
+    ``async with`` starts the service (and releases what a half-finished start
+    acquired), ``run`` repeats ``step`` until ``request_stop``, and a helper task
+    (deadline timer, indexer…) that ends is surfaced, since none ends on its own.
+    """
+
+    _stopping: asyncio.Event
+    _tasks: list[asyncio.Task[None]]
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    @abstractmethod
+    async def _step(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        started = False
+        try:
+            await self.start()
+            started = True
+        finally:
+            if not started:
+                await self.stop()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            await self._step()
+            for task in self._tasks:
+                if task.done():
+                    task.result()

@@ -32,6 +32,7 @@ from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
 from qflare.protocol import Message, topics
 from qflare.protocol.training import ModelUpdate
+from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
 from services.aggregator.checks import Rejected, check_update, find_round
 from services.aggregator.closing import Closer
@@ -55,7 +56,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class AggregatorService:
+class AggregatorService(BatchLoop):
     def __init__(self, cfg: AggregatorSettings | None = None, kafka: KafkaSettings | None = None) -> None:
         self.cfg = cfg or AggregatorSettings()
         self.kafka = kafka or KafkaSettings()
@@ -154,30 +155,6 @@ class AggregatorService:
                 await client.stop()
         if hasattr(self, "store"):
             await self.store.close()
-
-    async def __aenter__(self) -> AggregatorService:
-        started = False
-        try:
-            await self.start()
-            started = True
-        finally:
-            if not started:  # release what a half-finished start acquired, then let the error through
-                await self.stop()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    # -- the loop ------------------------------------------------------------
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            await self._step()
-            for task in self._tasks:
-                if task.done():  # the deadline timer never ends on its own: surface why it did
-                    task.result()
 
     async def _step(self) -> None:
         """One fetch: control topics first, then the batch, then close the rounds everyone answered."""

@@ -31,6 +31,7 @@ from qflare.protocol import Decoder, topics
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
 from qflare.protocol.topics import TopicSpec
+from qflare.runner import BatchLoop
 from qflare.tracing import process_span
 from services.audit import events, metrics
 from services.audit.chain import CHECKPOINT, Entry, Event, make_entry
@@ -51,7 +52,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class AuditService:
+class AuditService(BatchLoop):
     def __init__(self, cfg: AuditSettings | None = None, kafka: KafkaSettings | None = None) -> None:
         self.cfg = cfg or AuditSettings()
         self.kafka = kafka or KafkaSettings()
@@ -150,30 +151,6 @@ class AuditService:
             store = getattr(self, name, None)
             if store is not None:
                 await store.close()
-
-    async def __aenter__(self) -> AuditService:
-        started = False
-        try:
-            await self.start()
-            started = True
-        finally:
-            if not started:
-                await self.stop()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    # -- the loop ------------------------------------------------------------
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            await self._step()
-            for task in self._tasks:
-                if task.done():  # the indexer never ends on its own: surface why it did
-                    task.result()
 
     async def _step(self) -> None:
         batches = await self.consumer.getmany(timeout_ms=200, max_records=self.cfg.batch_max_records)
