@@ -2,7 +2,7 @@
 VENV ?= $(or $(QFLARE_VENV),/var/cache/qflare/venv)
 BIN := $(VENV)/bin
 
-.PHONY: setup test demo lint stack-up stack-down
+.PHONY: setup test demo lint upgrade-lock stack-up stack-down
 
 setup:
 	bash infra/local/setup.sh
@@ -14,9 +14,13 @@ demo: setup
 	$(BIN)/qflare demo
 
 lint: setup
-	$(BIN)/ruff check qflare services edge tests bench
-	$(BIN)/ruff format --check qflare services edge tests bench
-	$(BIN)/mypy qflare services edge tests bench
+	bash infra/local/lint.sh
+
+# Move every role's lock (requirements/*.lock) to the newest versions pyproject.toml allows,
+# install them and run the whole suite on the result; commit the locks only if it passed.
+upgrade-lock: setup
+	bash infra/local/lock.sh --upgrade
+	$(MAKE) test
 
 stack-up: setup
 	$(BIN)/qflare stack up

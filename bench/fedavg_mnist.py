@@ -24,11 +24,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qflare.demo import Run
+from devstack import launcher
+from devstack.settings import StackSettings
 from qflare.protocol.training import RoundComplete
-from qflare.stack import launcher
-from qflare.stack.cli import quiet_clients
-from qflare.stack.settings import StackSettings
+from qflare_cli.demo import Run
+from qflare_cli.stack import quiet_clients
 
 
 class PeakRss:

@@ -124,7 +124,7 @@ def random_bytes(rng: random.Random) -> bytes:
 def random_envelope(rng: random.Random) -> bytes:
     doc = {f: random_value(rng) for f in FIELDS if rng.random() < 0.9}
     doc["v"] = 1
-    return msgpack.packb(doc)
+    return bytes(msgpack.packb(doc))
 
 
 def flip(rng: random.Random) -> bytes:

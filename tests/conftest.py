@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from qflare.stack.settings import StackSettings
+from devstack.settings import StackSettings
 
 
 @pytest.fixture(scope="session")

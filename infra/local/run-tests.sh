@@ -10,11 +10,7 @@ BIN="$VENV/bin"
 LIBOQS=${QFLARE_LIBOQS_PREFIX:-${QFLARE_CACHE_DIR:-/var/cache/qflare}/liboqs}
 if [ -f "$LIBOQS/lib/liboqs.so" ]; then export OQS_INSTALL_PATH="$LIBOQS"; fi
 
-paths=()
-for p in qflare services edge tests bench; do [ -e "$p" ] && paths+=("$p"); done
-"$BIN/ruff" check "${paths[@]}" || exit 1
-"$BIN/ruff" format --check "${paths[@]}" || exit 1
-"$BIN/mypy" "${paths[@]}" || exit 1
+bash infra/local/lint.sh || exit 1
 
 started=0
 if ! "$BIN/qflare" stack status >/dev/null 2>&1; then

@@ -52,30 +52,33 @@ mkdir -p "$CACHE_DIR"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv $VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
 fi
 
-# Reinstall dependencies only when pyproject.toml changed. pip leaves satisfied
-# requirements alone, so a large wheel already in the venv is never fetched again.
-stamp="$VENV/.qflare-deps"
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# Exactly the versions CI tested: requirements/dev.lock, every file checked against its hash.
+# uv (itself pinned by hash in bootstrap.lock) makes the venv match the lock, removing anything
+# else, and links wheels from its cache, so a second venv (the edge check) costs seconds.
+# Nothing is reinstalled unless a lock file changed.
+stamp="$VENV/.qflare-lock"
+want=$(cat requirements/bootstrap.lock requirements/dev.lock | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  log "installing Python dependencies into $VENV"
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  log "installing the locked dependencies (requirements/dev.lock) into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes --no-deps \
+    -r requirements/bootstrap.lock
+  "$VENV/bin/uv" pip sync -q --python "$VENV/bin/python" --require-hashes requirements/dev.lock
+  rm -f "$VENV/.qflare-linked"
   echo "$want" > "$stamp"
 fi
-# The venv is shared between clones: point the editable install at this one.
-here=$(pwd -P)
-if [ "$("$VENV/bin/python" -c 'import qflare,os;print(os.path.dirname(os.path.dirname(os.path.realpath(qflare.__file__))))' 2>/dev/null)" != "$here" ]; then
-  log "linking $here into the venv"
-  "$VENV/bin/pip" install -q --no-deps -e .
+# The venv is shared between clones: point the editable install at this one (again when
+# pyproject.toml changes, since it declares the entry points of `qflare run` and its sub-commands).
+linked="$(pwd -P) $(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.qflare-linked" 2>/dev/null)" != "$linked" ]; then
+  log "linking $(pwd -P) into the venv"
+  "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps -e .
+  echo "$linked" > "$VENV/.qflare-linked"
 fi
 # Optional second signature backend: liboqs built from source (see build-liboqs.sh).
 # A failed build only leaves the cross-backend tests skipped; it never fails set-up.
 if [ "${QFLARE_SKIP_LIBOQS:-0}" != 1 ]; then
-  if ! "$VENV/bin/python" -c 'import importlib.util,sys; sys.exit(importlib.util.find_spec("oqs") is None)'; then
-    "$VENV/bin/pip" install -q "liboqs-python==0.16.0.1" || log "liboqs-python not installed; liboqs backend off"
-  fi
   command -v cmake >/dev/null && command -v ninja >/dev/null || apt-get install -y -qq cmake ninja-build >/dev/null || true
   bash infra/local/build-liboqs.sh >/dev/null || log "liboqs build failed; the liboqs backend stays off"
 fi

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from qflare.demo import Run
 from qflare.protocol.training import RoundComplete
+from qflare_cli.demo import Run
 
 
 def test_two_rounds_of_fedavg_on_mnist_improve_the_global_model() -> None:

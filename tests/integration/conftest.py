@@ -10,8 +10,8 @@ import asyncio
 
 import pytest
 
-from qflare.stack import launcher
-from qflare.stack.settings import StackSettings
+from devstack import launcher
+from devstack.settings import StackSettings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

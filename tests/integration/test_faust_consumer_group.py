@@ -11,7 +11,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from qflare.stack.settings import StackSettings
+from devstack.settings import StackSettings
 
 WORKER = Path(__file__).with_name("faust_echo.py")
 

@@ -10,13 +10,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from devstack.settings import StackSettings
 from qflare.crypto import signature_backend
 from qflare.errors import TopicSetupError
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
 from qflare.protocol import Decoder, KeyRing, Message, Reassembler, Tensor, seal, seal_chunked, topics
 from qflare.protocol.limits import Limits
 from qflare.protocol.training import ModelUpdate
-from qflare.stack.settings import StackSettings
 
 pytestmark = pytest.mark.integration
 SENDER = "dev-it"

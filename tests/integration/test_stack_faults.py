@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from devstack import launcher, proc
+from devstack.servers import Kafka, Postgres, Redis
+from devstack.settings import StackSettings
 from qflare.errors import StackError
-from qflare.stack import launcher, proc
-from qflare.stack.servers import Kafka, Postgres, Redis
-from qflare.stack.settings import StackSettings
 
 
 def _free_port() -> int:

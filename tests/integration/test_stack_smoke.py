@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
-from qflare.stack.settings import StackSettings
+from devstack.settings import StackSettings
 
 TEN_MB = 10 * 1024 * 1024
 

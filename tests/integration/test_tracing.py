@@ -20,9 +20,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+from devstack.settings import StackSettings
 from qflare import telemetry, tracing
 from qflare.kafka import KafkaSettings, make_consumer, make_producer
-from qflare.stack.settings import StackSettings
 
 pytestmark = pytest.mark.integration
 

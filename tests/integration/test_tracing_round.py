@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from qflare.demo import Run
+from devstack.settings import StackSettings
 from qflare.protocol.training import RoundComplete
-from qflare.stack.settings import StackSettings
+from qflare_cli.demo import Run
 
 pytestmark = pytest.mark.integration
 

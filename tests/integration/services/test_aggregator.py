@@ -10,11 +10,11 @@ import numpy as np
 import psycopg
 import pytest
 
+from devstack.settings import StackSettings
 from qflare.fl import FixedPoint
 from qflare.kafka import KafkaSettings
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import wire
-from qflare.stack.settings import StackSettings
 from tests.integration.services.aggregator_harness import (
     JOB_CONFIG,
     AggregatorProcess,

@@ -9,9 +9,9 @@ from typing import Any
 
 import psycopg
 
+from devstack.settings import StackSettings
 from qflare.fl import weighted_average
 from qflare.kafka import KafkaSettings
-from qflare.stack.settings import StackSettings
 from tests.integration.services.aggregator_harness import (
     AggregatorProcess,
     ControlPlane,

@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devstack.settings import StackSettings
 from qflare.kafka import KafkaSettings
-from qflare.stack.settings import StackSettings
 from tests.integration.services.aggregator_harness import (
     AggregatorProcess,
     ControlPlane,

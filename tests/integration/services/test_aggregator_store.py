@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from devstack.settings import StackSettings
 from qflare.fl import FedAvg, StrategyState, Update
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol.training import RoundTask
-from qflare.stack.settings import StackSettings
 from services.aggregator.cursor import Cursor
 from services.aggregator.models import decode, encode
 from services.aggregator.rounds import Included, OpenRound

@@ -64,7 +64,7 @@ async def publish_round(plane: Publisher, rnd: int) -> None:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from qflare.audit_cli import app; app()", *args],
+        [sys.executable, "-c", "from services.audit.cli import app; app()", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -11,6 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from devstack import launcher
+from devstack.servers import Kafka
+from devstack.settings import StackSettings
 from qflare import operator
 from qflare.crypto import generate_key
 from qflare.identity import Identity
@@ -18,9 +21,6 @@ from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import seal
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import Enrollment, Heartbeat
-from qflare.stack import launcher
-from qflare.stack.servers import Kafka
-from qflare.stack.settings import StackSettings
 from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, read_topic
 
 

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from qflare.crypto import ML_DSA_65, ML_KEM_768, generate_key, read_key, signature_backend, write_key
-from qflare.crypto.cli import app
 from qflare.errors import KeyFileError, KeyFileExistsError, KeyFormatError
+from qflare_cli.keys import app
 
 
 def _mode(path: Path) -> int:

@@ -87,7 +87,7 @@ def test_every_body_type_survives_a_record(body: object) -> None:
 def _mutate(**change: object) -> bytes:
     raw = msgpack.unpackb(_record())
     raw.update(change)
-    return msgpack.packb(raw)
+    return bytes(msgpack.packb(raw))
 
 
 def test_unknown_version_is_rejected_before_anything_else() -> None:

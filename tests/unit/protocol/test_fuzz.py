@@ -170,13 +170,13 @@ def test_correctly_signed_garbage_bodies(type_: str, body: object) -> None:
 def _with_version(v: int) -> bytes:
     raw = msgpack.unpackb(HEARTBEAT)
     raw["v"] = v
-    return msgpack.packb(raw)
+    return bytes(msgpack.packb(raw))
 
 
 def _other_body() -> bytes:
     raw = msgpack.unpackb(HEARTBEAT)
     raw["body"] = wire.pack(Heartbeat(SENDER, 2).to_body())
-    return msgpack.packb(raw)
+    return bytes(msgpack.packb(raw))
 
 
 def _tensor_body(array: np.ndarray, shape: list[int] | None = None) -> bytes:

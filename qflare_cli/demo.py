@@ -22,6 +22,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from devstack import launcher
+from devstack.settings import StackSettings
 from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
 from qflare import operator
@@ -32,9 +34,7 @@ from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
 from qflare.services_proc import ServiceProcesses
-from qflare.stack import launcher
-from qflare.stack.cli import quiet_clients
-from qflare.stack.settings import StackSettings
+from qflare_cli.stack import quiet_clients
 
 # Wide enough for a round line and the summary when output is piped (rich assumes 80 then).
 console = Console(stderr=True, width=max(120, shutil.get_terminal_size().columns))

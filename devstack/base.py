@@ -9,9 +9,9 @@ from typing import ClassVar
 
 import psutil
 
+from devstack import proc
+from devstack.settings import StackSettings
 from qflare.errors import StackError
-from qflare.stack import proc
-from qflare.stack.settings import StackSettings
 
 
 class Server(ABC):

@@ -8,8 +8,8 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from qflare.stack import install, proc
-from qflare.stack.base import Server
+from devstack import install, proc
+from devstack.base import Server
 
 
 class Elasticsearch(Server):

@@ -15,11 +15,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-from qflare.stack import install
-from qflare.stack.base import Server
+from devstack import install
+from devstack.base import Server
 
 #: The Go module that pins the Jaeger release (its go.mod holds the matching v1.x tag).
-MODULE_DIR = Path(__file__).resolve().parents[3] / "infra" / "local" / "jaeger"
+MODULE_DIR = Path(__file__).resolve().parents[2] / "infra" / "local" / "jaeger"
 #: A cold build (module download and compile) takes minutes; never let it hang `stack up`.
 BUILD_TIMEOUT_S = 1200
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaClient
 
-from qflare.stack import install
-from qflare.stack.base import Server
+from devstack import install
+from devstack.base import Server
 
 
 class Kafka(Server):

@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from devstack import launcher
+from devstack.settings import StackSettings
 from qflare.errors import StackError
-from qflare.stack import launcher
-from qflare.stack.settings import StackSettings
 
 app = typer.Typer(
     help="Run the development infrastructure (Kafka, PostgreSQL, Redis, Elasticsearch) on 127.0.0.1 "

@@ -11,7 +11,7 @@ from pathlib import Path
 from qflare.errors import StackError
 
 #: The repository root: infra/local/ holds the poms and config templates.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 INFRA_LOCAL = REPO_ROOT / "infra" / "local"
 
 _apt_updated = False

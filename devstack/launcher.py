@@ -16,10 +16,10 @@ import psycopg
 import redis.exceptions
 from aiokafka.errors import KafkaError
 
+from devstack.base import Server
+from devstack.servers import all_servers
+from devstack.settings import StackSettings
 from qflare.errors import StackError
-from qflare.stack.base import Server
-from qflare.stack.servers import all_servers
-from qflare.stack.settings import StackSettings
 
 #: The error roots of each health-check client; anything else is a bug and propagates.
 _NOT_READY = (OSError, TimeoutError, KafkaError, psycopg.Error, redis.exceptions.RedisError)

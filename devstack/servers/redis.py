@@ -8,8 +8,8 @@ import subprocess
 
 import redis.asyncio as aioredis
 
-from qflare.stack import install
-from qflare.stack.base import Server
+from devstack import install
+from devstack.base import Server
 
 
 class Redis(Server):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import psycopg
 
-from qflare.stack import install, proc
-from qflare.stack.base import Server
+from devstack import install, proc
+from devstack.base import Server
 
 
 class Postgres(Server):
