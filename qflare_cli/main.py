@@ -7,9 +7,15 @@ so neither the library nor this module has to know them by name.
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import entry_points
 
-import typer
+try:
+    import typer
+except ModuleNotFoundError as exc:  # an edge-only install has the script but not the operator's tools
+    sys.exit(
+        f"the qflare command needs the services role ({exc.name} is missing): pip install 'qflare[services]'"
+    )
 
 from qflare_cli.demo import demo
 from qflare_cli.devices import app as devices_app

@@ -86,7 +86,7 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
         )
         fleet[device_id] = DeviceRuntime(cfg, key, link, tset)
     if spec.train is not None:
-        trainer = asyncio.create_task(_train_forever(spec, fleet, kafka))
+        trainer = asyncio.create_task(train_forever(spec, fleet, kafka))
     tasks = {d: asyncio.create_task(r.run(rng=random.Random(rng.random()))) for d, r in fleet.items()}
     running = True
     while running:
@@ -134,7 +134,7 @@ def _apply(command: str, device: DeviceRuntime, tasks: dict[str, asyncio.Task[No
         device.deregister("simulated leave")
 
 
-async def _train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka: KafkaSettings) -> None:
+async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka: KafkaSettings) -> None:
     """Give each device its data shard and train whenever a round task names it."""
     import torch
 

@@ -1,0 +1,142 @@
+"""`qflare-edge`: run one device, the way a real edge host does.
+
+It needs only the ``qflare[edge]`` install (no server-side packages): the device
+keeps its key and its durable spool under ``--state-dir``, enrols with a
+single-use token, heartbeats, and (with ``--dataset``) trains on its partition
+of a built-in dataset whenever a round task names it. A device is a fleet of
+one, so training reuses the simulator's round follower.
+
+The command line uses argparse on purpose: a device image should not need a
+CLI framework.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from edge.link import Link
+from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
+from edge.simulator.worker import TrainSpec, WorkerSpec, train_forever
+from edge.spool import Spool
+from qflare.kafka import KafkaSettings, make_producer
+from qflare.protocol import topics
+from qflare.telemetry import configure_logging
+
+EPILOG = """
+environment:
+  QFLARE_KAFKA_BOOTSTRAP      broker list, host:port[,host:port] (default 127.0.0.1:19092)
+  QFLARE_KAFKA_TOPIC_PREFIX   the deployment's topic prefix (ask your operator)
+  QFLARE_DEVICE_TOKEN         the enrolment token, instead of --token
+
+example:
+  qflare-edge run --device-id lab-7 --token T0K3N --state-dir /var/lib/qflare-edge \\
+      --trusted-keys /etc/qflare/trusted --dataset mnist --partition-index 7 --num-partitions 10
+"""
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"labels are key=value, got {text!r}")
+    return key, value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qflare-edge",
+        description="Run one QFLARE edge device: enrol, heartbeat, and train when a round selects it.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run one device until stopped (Ctrl-C) or --duration-s",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("--device-id", required=True, help="this device's id (letters, digits, . _ -)")
+    run.add_argument("--token", default=os.environ.get("QFLARE_DEVICE_TOKEN"), help="enrolment token")
+    run.add_argument(
+        "--state-dir", type=Path, default=Path(".qflare-edge"), help="key file (0600) and durable spool"
+    )
+    run.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
+    run.add_argument("--heartbeat-s", type=float, default=5.0, help="heartbeat interval in seconds")
+    run.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: run forever)")
+    train = run.add_argument_group("training (optional)")
+    train.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="train on this built-in dataset")
+    train.add_argument("--partition", choices=("iid", "pathological", "dirichlet"), default="iid")
+    train.add_argument("--partition-index", type=int, default=0, help="this device's partition")
+    train.add_argument("--num-partitions", type=int, default=1, help="how many partitions the data is cut in")
+    train.add_argument("--seed", type=int, default=0, help="partitioning seed, the same on every device")
+    train.add_argument(
+        "--trusted-keys", type=Path, default=Path(".qflare/keys"), help="the service keys this device pins"
+    )
+    return p
+
+
+async def run_device(args: argparse.Namespace) -> int:
+    kafka = KafkaSettings()
+    state: Path = args.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    key = load_or_create_key(state / "device.key")
+    spool = Spool(state / "device.spool")
+    link = Link(spool, lambda: make_producer(kafka, request_timeout_ms=10_000, linger_ms=20))
+    await link.start()
+    device = DeviceRuntime(
+        DeviceConfig(args.device_id, args.token, dict(args.label), args.heartbeat_s),
+        key,
+        link,
+        topics(kafka.topic_prefix),
+    )
+    tasks = [asyncio.create_task(device.run())]
+    if args.dataset is not None:
+        spec = WorkerSpec(
+            index=0,
+            devices=[(args.device_id, args.token or "")],
+            state_dir=str(state),
+            bootstrap=kafka.bootstrap,
+            topic_prefix=kafka.topic_prefix,
+            heartbeat_interval_s=args.heartbeat_s,
+            seed=args.seed,
+            keys_dir=str(args.trusted_keys),
+            train=TrainSpec(
+                args.dataset, args.partition, args.num_partitions, [args.partition_index], args.seed
+            ),
+        )
+        tasks.append(asyncio.create_task(train_forever(spec, {args.device_id: device}, kafka)))
+    print(f"device {args.device_id} ({key.key_id.hex()}) running; prefix {kafka.topic_prefix!r}", flush=True)
+    try:
+        if args.duration_s > 0:
+            deadline = time.monotonic() + args.duration_s
+            while time.monotonic() < deadline and not any(t.done() for t in tasks):
+                await asyncio.sleep(0.2)
+        else:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await link.stop()
+        left = len(spool)
+        spool.close()
+    print(f"device {args.device_id} stopped; {link.sent} records sent, {left} still spooled", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    configure_logging("edge", level="warning")
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(run_device(args)))
+
+
+if __name__ == "__main__":
+    main()
