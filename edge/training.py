@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from aiokafka import TopicPartition
 from opentelemetry.context import Context
 
 from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
 from edge.runtime import DeviceRuntime
 from qflare.errors import ProtocolError
-from qflare.kafka import KafkaSettings, make_consumer
+from qflare.kafka import KafkaSettings, replay
 from qflare.protocol import Decoder, Reassembler, Tensor, seal_chunked
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.topics import Topics
@@ -49,19 +48,11 @@ class RoundFollower:
         configure_tracing("edge")
         decoder = Decoder(self.trusted, allowed_types={"round_task", "model", "model_chunk"}, max_age_ms=None)
         reassembler = Reassembler(decoder)
-        consumer = make_consumer(self.kafka, group_id=None, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            t = self.topics
-            parts = [TopicPartition(s.name, p) for s in (t.rounds, t.models) for p in range(s.partitions)]
-            consumer.assign(parts)
-            await consumer.seek_to_beginning(*parts)
+        async with replay(self.kafka, self.topics.rounds, self.topics.models) as consumer:
             while True:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
                         self._accept(decoder, reassembler, record.value, record.headers)
-        finally:
-            await consumer.stop()
 
     def _accept(
         self, decoder: Decoder, reassembler: Reassembler, value: bytes | None, headers: Any = None

@@ -4,6 +4,10 @@ Kafka's defaults (1 MB records, acks=1, no idempotence) would silently reject
 a 6.6 MB model or duplicate an update on retry. Every process builds its
 clients here so those settings cannot drift between services.
 
+Topic creation (``prepare_topics``) and replaying topics from their first
+record (``replay``, ``assign_from_start``, ``read_to_end``) live here too, so
+every service, tool and test does them the same way.
+
 Trace context travels in record headers: ``qflare.tracing.send_span(topic)``
 yields the headers to pass as ``producer.send(..., headers=headers)``, and
 ``qflare.tracing.process_span(record)`` (or ``extract_context(record.headers)``)
@@ -12,11 +16,13 @@ continues the trace on the consumer side.
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 from pydantic import Field
@@ -24,9 +30,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qflare.errors import TopicSetupError
 from qflare.protocol.limits import Limits
-from qflare.protocol.topics import TopicSpec
+from qflare.protocol.topics import TopicSpec, topics
 
 _TOPIC_ALREADY_EXISTS = 36
+#: A record as a consumer returns it: key and value are bytes (or None, a tombstone).
+Record: TypeAlias = ConsumerRecord[Any, Any]
 
 
 class KafkaSettings(BaseSettings):
@@ -148,3 +156,77 @@ async def ensure_topics(
             error = for_code(code)
             raise TopicSetupError(f"{error.__name__}: {message or 'no detail'}", field=name)
     return created
+
+
+async def prepare_topics(
+    settings: KafkaSettings | None = None, specs: Iterable[TopicSpec] | None = None
+) -> list[str]:
+    """``ensure_topics`` with an admin client of its own; by default every topic of the deployment.
+
+    Every process that writes first creates the topics itself, with the partition
+    counts and configs of ``qflare.protocol.topics``: a broker that auto-creates a
+    topic on first use would give it the broker's defaults instead.
+    """
+    cfg = _settings(settings)
+    admin = make_admin(cfg)
+    await admin.start()
+    try:
+        return await ensure_topics(admin, topics(cfg.topic_prefix) if specs is None else specs, cfg)
+    finally:
+        await admin.close()
+
+
+def partitions(*specs: TopicSpec) -> list[TopicPartition]:
+    """Every partition of ``specs``, from the protocol's partition counts."""
+    return [TopicPartition(spec.name, p) for spec in specs for p in range(spec.partitions)]
+
+
+async def assign_from_start(consumer: AIOKafkaConsumer, *specs: TopicSpec) -> list[TopicPartition]:
+    """Assign every partition of ``specs`` to a started consumer, at its first offset; returns them.
+
+    For state rebuilt by replaying a topic (compacted device records, round
+    history): no consumer group, so no committed position can skip a record.
+    """
+    parts = partitions(*specs)
+    consumer.assign(parts)
+    await consumer.seek_to_beginning(*parts)
+    return parts
+
+
+@asynccontextmanager
+async def replay(settings: KafkaSettings | None, *specs: TopicSpec) -> AsyncIterator[AIOKafkaConsumer]:
+    """A started consumer of every partition of ``specs`` from the beginning, stopped on exit."""
+    consumer = make_consumer(settings, group_id=None)
+    try:
+        await consumer.start()
+        await assign_from_start(consumer, *specs)
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    parts: Iterable[TopicPartition] | None = None,
+    *,
+    max_records: int = 1000,
+    timeout_ms: int = 200,
+    timeout_s: float | None = None,
+) -> AsyncIterator[Record]:
+    """The records of ``parts`` (default: all assigned) up to the end offsets seen when called.
+
+    The read ends once every partition reached those offsets, however fast the
+    topic grows (the last fetch may carry a few records past them), or, quietly,
+    once ``timeout_s`` passed: a view that is as complete as it could get in time.
+    """
+    wanted = list(consumer.assignment()) if parts is None else list(parts)
+    end = await consumer.end_offsets(wanted)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    while behind := [tp for tp in wanted if await consumer.position(tp) < end[tp]]:
+        if deadline is not None and loop.time() > deadline:
+            return
+        batches = await consumer.getmany(*behind, timeout_ms=timeout_ms, max_records=max_records)
+        for records in batches.values():
+            for record in records:
+                yield record

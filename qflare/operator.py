@@ -12,19 +12,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import TopicPartition
-
+from qflare.clock import now_ms
 from qflare.errors import ProtocolError, QflareError
 from qflare.identity import DEFAULT_KEYS_DIR, Identity, TrustedKeys, load_identity, trusted_ring
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.kafka import (
+    KafkaSettings,
+    make_consumer,
+    make_producer,
+    partitions,
+    prepare_topics,
+    read_to_end,
+    replay,
+)
 from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.envelope import new_message_id
+from qflare.protocol.topics import TopicSpec
 
 
 def new_token() -> str:
@@ -50,14 +57,9 @@ async def send_command(
     applied when the registry runs.
     """
     t = topics(kafka.topic_prefix)
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        await ensure_topics(admin, list(t), kafka)
-    finally:
-        await admin.close()
-    msg_id = new_message_id(int(time.time() * 1000))
-    watcher = _AuditWatcher(kafka, t.audit.name, t.audit.partitions, keys_dir) if confirm_s > 0 else None
+    await prepare_topics(kafka, t)
+    msg_id = new_message_id(now_ms())
+    watcher = _AuditWatcher(kafka, t.audit, keys_dir) if confirm_s > 0 else None
     if watcher is not None:
         await watcher.start()
     producer = make_producer(kafka)
@@ -78,9 +80,9 @@ async def send_command(
 class _AuditWatcher:
     """Follows the audit topic from its current end, looking for events about one message."""
 
-    def __init__(self, kafka: KafkaSettings, topic: str, partitions: int, keys_dir: Path) -> None:
+    def __init__(self, kafka: KafkaSettings, topic: TopicSpec, keys_dir: Path) -> None:
         self.kafka = kafka
-        self.parts = [TopicPartition(topic, p) for p in range(partitions)]
+        self.parts = partitions(topic)
         self.decoder = Decoder(TrustedKeys(keys_dir), allowed_types={"audit_event"}, max_age_ms=None)
 
     async def start(self) -> None:
@@ -122,7 +124,7 @@ async def issue_tokens(
     confirm_s: float = 30.0,
 ) -> list[str]:
     tokens = [new_token() for _ in range(count)]
-    expires_ms = int((time.time() + ttl_s) * 1000)
+    expires_ms = now_ms() + int(ttl_s * 1000)
     command = RegistryCommand("issue_tokens", None, tuple(token_hash(t) for t in tokens), expires_ms, labels)
     if not await send_command(kafka, operator, command, keys_dir=keys_dir, confirm_s=confirm_s):
         raise RegistryUnconfirmedError(
@@ -148,33 +150,20 @@ async def read_fleet(kafka: KafkaSettings, keys_dir: Path, *, timeout_s: float =
     """The registry's published state: every device record and its latest health."""
     t = topics(kafka.topic_prefix)
     decoder = Decoder(trusted_ring(keys_dir), allowed_types={"device", "device_health"}, max_age_ms=None)
-    consumer = make_consumer(kafka, group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
     view = FleetView({}, {}, 0)
-    try:
-        parts = [TopicPartition(s.name, p) for s in (t.devices, t.health) for p in range(s.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
-                for record in records:
-                    if record.value is None:
-                        continue
-                    try:
-                        body = decoder.decode(record.value).body
-                    except ProtocolError:
-                        view.rejected += 1
-                        continue
-                    if isinstance(body, Device):
-                        view.devices[body.device_id] = body
-                    elif isinstance(body, DeviceHealth):
-                        view.health[body.device_id] = body.state
-    finally:
-        await consumer.stop()
+    async with replay(kafka, t.devices, t.health) as consumer:
+        async for record in read_to_end(consumer, max_records=5000, timeout_s=timeout_s):
+            if record.value is None:
+                continue
+            try:
+                body = decoder.decode(record.value).body
+            except ProtocolError:
+                view.rejected += 1
+                continue
+            if isinstance(body, Device):
+                view.devices[body.device_id] = body
+            elif isinstance(body, DeviceHealth):
+                view.health[body.device_id] = body.state
     return view
 
 

@@ -8,11 +8,12 @@ storage and re-reads uncommitted records, so a restart is always safe.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 import structlog
 
@@ -58,25 +59,44 @@ async def serve_forever(
             await asyncio.sleep(delay)
 
 
+class _Client(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ClientT = TypeVar("ClientT", bound=_Client)
+
+
 class BatchLoop(ABC):
     """The lifecycle shared by services that consume in batches with helper tasks.
 
-    ``async with`` starts the service (and releases what a half-finished start
-    acquired), ``run`` repeats ``step`` until ``request_stop``, and a helper task
-    (deadline timer, indexer…) that ends is surfaced, since none ends on its own.
+    ``async with`` starts the service and stops it; ``stop`` releases what
+    ``start`` acquired, newest first, even when ``start`` failed half-way.
+    ``run`` repeats ``_step`` until ``request_stop``, and a helper task (deadline
+    timer, health sweep, indexer…) that ends is surfaced, since none ends on its own.
     """
 
-    _stopping: asyncio.Event
-    _tasks: list[asyncio.Task[None]]
+    def __init__(self) -> None:
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._held = contextlib.AsyncExitStack()
 
     @abstractmethod
-    async def start(self) -> None: ...
-
-    @abstractmethod
-    async def stop(self) -> None: ...
+    async def start(self) -> None:
+        """Acquire through ``_hold``/``_started`` and launch helpers through ``_spawn``."""
 
     @abstractmethod
     async def _step(self) -> None: ...
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        # A helper's own error was raised by ``run`` already; it must not keep the clients open.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._held.aclose()
 
     async def __aenter__(self) -> Self:
         started = False
@@ -100,3 +120,17 @@ class BatchLoop(ABC):
             for task in self._tasks:
                 if task.done():
                     task.result()
+
+    def _spawn(self, helper: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a helper task for the service's lifetime; ``run`` raises what ends it."""
+        self._tasks.append(asyncio.create_task(helper, name=name))
+
+    def _hold(self, release: Callable[[], Awaitable[object]]) -> None:
+        """Have ``stop`` call ``release``: right after ``start`` acquired what it frees."""
+        self._held.push_async_callback(release)
+
+    async def _started(self, client: ClientT) -> ClientT:
+        """Start a Kafka client that ``stop`` stops (also when its own start fails)."""
+        self._hold(client.stop)
+        await client.start()
+        return client

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from aiokafka import TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -28,8 +27,8 @@ from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
 from qflare import operator
 from qflare.errors import ProtocolError, QflareError, StackError
-from qflare.identity import TrustedKeys, trusted_ring
-from qflare.kafka import KafkaSettings, make_consumer, make_producer
+from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, trusted_ring
+from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
 from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
@@ -38,7 +37,7 @@ from qflare_cli.stack import quiet_clients
 
 # Wide enough for a round line and the summary when output is piped (rich assumes 80 then).
 console = Console(stderr=True, width=max(120, shutil.get_terminal_size().columns))
-KEYS_DIR = Path(".qflare/keys")
+KEYS_DIR = DEFAULT_KEYS_DIR
 
 
 def demo(
@@ -196,12 +195,7 @@ class Run:
         decoder = Decoder(TrustedKeys(KEYS_DIR), allowed_types={"round_complete"}, max_age_ms=None)
         consumer = make_consumer(self.kafka, group_id=None, auto_offset_reset="earliest")
         await consumer.start()
-        parts = [
-            TopicPartition(self.topics.rounds_complete.name, p)
-            for p in range(self.topics.rounds_complete.partitions)
-        ]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+        await assign_from_start(consumer, self.topics.rounds_complete)
         done: list[RoundComplete] = []
         total = int(self.job["rounds"])
         columns = (

@@ -14,6 +14,7 @@ from rich.table import Table
 from qflare import operator
 from qflare.kafka import KafkaSettings
 from qflare.protocol.control import RegistryCommand
+from qflare_cli.keys import KEYS_DIR
 
 app = typer.Typer(
     help="Manage devices through the registry. Commands are signed with the operator key "
@@ -22,7 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
-KEYS = typer.Option(Path(".qflare/keys"), "--keys-dir", envvar="QFLARE_KEYS_DIR", help="Key directory.")
 
 
 def _labels(pairs: list[str]) -> dict[str, str]:
@@ -40,7 +40,7 @@ def token(
     count: int = typer.Option(1, min=1, max=100_000, help="How many single-use tokens to issue."),
     ttl_s: float = typer.Option(3600.0, min=1, help="Seconds until the tokens expire."),
     label: list[str] = typer.Option([], help="KEY=VALUE label given to devices enrolling with it."),
-    keys_dir: Path = KEYS,
+    keys_dir: Path = KEYS_DIR,
 ) -> None:
     """Issue single-use, expiring enrolment tokens and print them, one per line."""
     ident = operator.operator_identity(keys_dir)
@@ -56,7 +56,7 @@ def token(
 
 
 @app.command()
-def revoke(device_id: str, keys_dir: Path = KEYS) -> None:
+def revoke(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
     """Revoke a device: every service rejects its later messages."""
     cmd = RegistryCommand("revoke", device_id, (), 0, {})
     _confirm(
@@ -73,7 +73,7 @@ def revoke(device_id: str, keys_dir: Path = KEYS) -> None:
 def rotate_key(
     device_id: str,
     within_s: float = typer.Option(3600.0, min=1, help="How long the device has to enrol its new key."),
-    keys_dir: Path = KEYS,
+    keys_dir: Path = KEYS_DIR,
 ) -> None:
     """Allow a device to re-enrol once with a different key."""
     cmd = RegistryCommand("rotate_key", device_id, (), int((time.time() + within_s) * 1000), {})
@@ -97,7 +97,8 @@ def _confirm(confirmed: bool, what: str) -> None:
 
 @app.command("list")
 def list_devices(
-    keys_dir: Path = KEYS, as_json: bool = typer.Option(False, "--json", help="One JSON object per device.")
+    keys_dir: Path = KEYS_DIR,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per device."),
 ) -> None:
     """List devices as the registry published them (compacted device topic)."""
     view = asyncio.run(operator.read_fleet(KafkaSettings(), keys_dir))
@@ -129,7 +130,7 @@ def list_devices(
 
 
 @app.command()
-def show(device_id: str, keys_dir: Path = KEYS) -> None:
+def show(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
     """Show one device's published record."""
     view = asyncio.run(operator.read_fleet(KafkaSettings(), keys_dir))
     found = view.devices.get(device_id)

@@ -14,34 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from aiokafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from qflare import operator
 from qflare.errors import ProtocolError
 from qflare.identity import TrustedKeys
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.kafka import KafkaSettings, make_producer, prepare_topics, read_to_end, replay
 from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete, RoundTask
+from qflare_cli.keys import KEYS_DIR as KEYS
 
 app = typer.Typer(
     help="Federated training jobs, driven through the scheduler over Kafka.", no_args_is_help=True
 )
 console = Console()
-KEYS = typer.Option(Path(".qflare/keys"), "--keys-dir", envvar="QFLARE_KEYS_DIR", help="Key directory.")
 
 
 async def _send(kafka: KafkaSettings, keys_dir: Path, command: JobCommand) -> None:
     ident = operator.operator_identity(keys_dir)
     t = topics(kafka.topic_prefix)
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        await ensure_topics(admin, list(t), kafka)
-    finally:
-        await admin.close()
+    await prepare_topics(kafka, t)
     producer = make_producer(kafka)
     await producer.start()
     try:
@@ -139,28 +133,16 @@ async def _history(
 ) -> tuple[dict[int, RoundTask], dict[int, RoundComplete]]:
     t = topics(kafka.topic_prefix)
     decoder = Decoder(TrustedKeys(keys_dir), allowed_types={"round_task", "round_complete"}, max_age_ms=None)
-    consumer = make_consumer(kafka, group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
     opened: dict[int, RoundTask] = {}
     completed: dict[int, RoundComplete] = {}
-    try:
-        parts = [
-            TopicPartition(s.name, p) for s in (t.rounds, t.rounds_complete) for p in range(s.partitions)
-        ]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for records in (await consumer.getmany(timeout_ms=300)).values():
-                for record in records:
-                    try:
-                        body = decoder.decode(record.value).body if record.value else None
-                    except ProtocolError:
-                        continue
-                    if isinstance(body, RoundTask) and body.job_id == job_id:
-                        opened[body.round] = body
-                    elif isinstance(body, RoundComplete) and body.job_id == job_id:
-                        completed[body.round] = body
-    finally:
-        await consumer.stop()
+    async with replay(kafka, t.rounds, t.rounds_complete) as consumer:
+        async for record in read_to_end(consumer):
+            try:
+                body = decoder.decode(record.value).body if record.value else None
+            except ProtocolError:
+                continue
+            if isinstance(body, RoundTask) and body.job_id == job_id:
+                opened[body.round] = body
+            elif isinstance(body, RoundComplete) and body.job_id == job_id:
+                completed[body.round] = body
     return opened, completed

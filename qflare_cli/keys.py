@@ -12,10 +12,14 @@ from rich.table import Table
 from qflare.crypto.base import ML_DSA_65, ML_KEM_768
 from qflare.crypto.keys import KeyFile, generate_key, read_key, write_key
 from qflare.errors import QflareError
+from qflare.identity import DEFAULT_KEYS_DIR
 
 app = typer.Typer(help="Post-quantum key management.", no_args_is_help=True)
 keys_app = typer.Typer(help="Generate and inspect key files.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+
+#: ``--keys-dir`` of every command that signs as the operator or reads the trusted keys.
+KEYS_DIR = typer.Option(DEFAULT_KEYS_DIR, "--keys-dir", envvar="QFLARE_KEYS_DIR", help="Key directory.")
 
 _out = Console()
 _err = Console(stderr=True)

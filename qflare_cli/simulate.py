@@ -21,7 +21,7 @@ from rich.table import Table
 from edge.simulator.fleet import start_fleet
 from edge.simulator.observer import FleetObserver
 from qflare import operator
-from qflare.identity import trusted_ring
+from qflare.identity import DEFAULT_KEYS_DIR, trusted_ring
 from qflare.kafka import KafkaSettings
 from services.registry.config import RegistrySettings
 
@@ -44,7 +44,7 @@ def simulate(
         False, help="Start a registry process for the run and measure its CPU."
     ),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout; no live table."),
-    keys_dir: Path = typer.Option(Path(".qflare/keys"), envvar="QFLARE_KEYS_DIR"),
+    keys_dir: Path = typer.Option(DEFAULT_KEYS_DIR, envvar="QFLARE_KEYS_DIR"),
     state_dir: Path = typer.Option(Path(".qflare/sim"), help="Device keys and spools live here."),
 ) -> None:
     """Run N simulated devices: enrol, heartbeat, and optionally kill, pause and revive some.

@@ -11,10 +11,10 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from qflare.errors import ProtocolError
-from qflare.kafka import KafkaSettings, make_admin, make_consumer
+from qflare.kafka import KafkaSettings, assign_from_start, make_admin, make_consumer, partitions
 from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.devices import Device, DeviceHealth
 
@@ -35,18 +35,10 @@ class FleetObserver:
         self.lag_now = 0
 
     async def start(self) -> None:
-        self.consumer: AIOKafkaConsumer = make_consumer(
-            self.kafka, group_id=None, auto_offset_reset="earliest"
-        )
+        self.consumer: AIOKafkaConsumer = make_consumer(self.kafka, group_id=None)
         await self.consumer.start()
         # Topics are created by the services with these partition counts (qflare.protocol.topics).
-        parts = [
-            TopicPartition(spec.name, p)
-            for spec in (self.topics.devices, self.topics.health)
-            for p in range(spec.partitions)
-        ]
-        self.consumer.assign(parts)
-        await self.consumer.seek_to_beginning(*parts)
+        await assign_from_start(self.consumer, self.topics.devices, self.topics.health)
         self.admin = make_admin(self.kafka)
         await self.admin.start()
         self.lag_consumer = make_consumer(self.kafka, group_id=None)
@@ -79,12 +71,9 @@ class FleetObserver:
     async def measure_lag(self) -> int:
         """Records the registry group has not yet committed, over its input topics."""
         offsets: dict[Any, Any] = await self.admin.list_consumer_group_offsets(self.group)
-        parts = [
-            TopicPartition(spec.name, p)
-            for spec in (self.topics.enrollments, self.topics.heartbeats)
-            for p in range(spec.partitions)
-        ]
-        ends = await self.lag_consumer.end_offsets(parts)
+        ends = await self.lag_consumer.end_offsets(
+            partitions(self.topics.enrollments, self.topics.heartbeats)
+        )
         lag = int(sum(end - (offsets[tp].offset if tp in offsets else 0) for tp, end in ends.items()))
         self.lag_now = lag
         self.lag_max = max(self.lag_max, lag)

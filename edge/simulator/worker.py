@@ -21,6 +21,7 @@ from typing import Any, cast
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
+from qflare.identity import DEFAULT_KEYS_DIR
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import topics
 from qflare.telemetry import configure_logging
@@ -35,7 +36,7 @@ class WorkerSpec:
     topic_prefix: str
     heartbeat_interval_s: float
     seed: int
-    keys_dir: str = ".qflare/keys"
+    keys_dir: str = str(DEFAULT_KEYS_DIR)
     #: Training: each device trains on its own shard of the dataset (None: heartbeats only).
     train: TrainSpec | None = None
 

@@ -17,8 +17,6 @@ from qflare.errors import InvalidUpdateError
 
 #: One model's parameters, in a fixed order.
 NDArrays = list[NDArray[Any]]
-#: A config value that fits the protocol's scalar maps.
-Scalar = str | int | float | bool | None
 Shape = tuple[int, ...]
 
 

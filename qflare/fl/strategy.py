@@ -26,7 +26,8 @@ from numpy.typing import NDArray
 
 from qflare.errors import AggregationError, ConfigError, SchemaError
 from qflare.fl.accumulate import FixedPoint, FixedPointAccumulator
-from qflare.fl.arrays import NDArrays, Scalar
+from qflare.fl.arrays import NDArrays
+from qflare.types import Scalar
 
 _STATE_VERSION = 1
 # Server-side arrays (e.g. optimiser moments) may use only these dtypes in a checkpoint.

@@ -17,12 +17,12 @@ from typing import Any, ClassVar, Self, TypeVar
 from qflare.errors import NonFiniteTensorError, SchemaError, TensorError
 from qflare.protocol import wire
 from qflare.protocol.tensors import MAX_NDIM, Tensor, decode_tensor
+from qflare.types import Scalar
 
 #: Ids of devices, jobs and services: printable, no spaces, safe in logs and Kafka keys.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _INT64_MAX = (1 << 63) - 1
 
-Scalar = str | int | float | bool | None
 V = TypeVar("V")
 
 

@@ -18,12 +18,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qflare.clock import now_ms
 from qflare.crypto.base import Signer
 from qflare.errors import ChunkError, ChunkTimeoutError, LimitError, ProtocolError, SchemaError
 from qflare.protocol import wire
 from qflare.protocol.body import Body
 from qflare.protocol.decoder import Decoder, Message
-from qflare.protocol.envelope import Chunk, Header, new_message_id, now_ms, seal_parts
+from qflare.protocol.envelope import Chunk, Header, new_message_id, seal_parts
 from qflare.protocol.limits import DEFAULT_LIMITS, MIB, Limits
 from qflare.protocol.messages import ModelChunk
 

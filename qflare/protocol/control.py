@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from qflare.errors import SchemaError
-from qflare.protocol.body import Body, Fields, Scalar, sorted_map
+from qflare.protocol.body import Body, Fields, sorted_map
+from qflare.types import Scalar
 
 SEVERITIES = frozenset({"info", "warning", "error", "critical"})
 JOB_COMMANDS = frozenset({"start", "pause", "resume", "stop"})

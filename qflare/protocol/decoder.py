@@ -14,6 +14,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from qflare.clock import now_ms
 from qflare.crypto.backends import signature_backend
 from qflare.crypto.base import ML_DSA_65, SignatureBackend, key_id
 from qflare.errors import (
@@ -30,7 +31,7 @@ from qflare.errors import (
 )
 from qflare.protocol import wire
 from qflare.protocol.body import Body
-from qflare.protocol.envelope import Header, now_ms, parse_envelope
+from qflare.protocol.envelope import Header, parse_envelope
 from qflare.protocol.limits import DEFAULT_LIMITS, Limits
 from qflare.protocol.messages import BODY_TYPES
 

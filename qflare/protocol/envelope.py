@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from qflare.clock import now_ms
 from qflare.crypto.base import KEY_ID_BYTES, ML_DSA_65, MLDSA65_SIGNATURE_BYTES, Signer
 from qflare.errors import LimitError, SchemaError, VersionError
 from qflare.protocol import wire
@@ -99,10 +99,6 @@ class Envelope:
     header: Header
     body: memoryview
     sig: bytes
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def new_message_id(ts_ms: int | None = None) -> bytes:

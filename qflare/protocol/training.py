@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
-from qflare.protocol.body import Body, Fields, Scalar, sorted_map
+from qflare.protocol.body import Body, Fields, sorted_map
 from qflare.protocol.tensors import Tensor
+from qflare.types import Scalar
 
 ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed"})
 

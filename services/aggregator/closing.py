@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 import structlog
 
+from qflare.clock import now_ms
 from qflare.errors import AggregationError
 from qflare.fl import StrategyState
 from qflare.metrics import record_round_closed
@@ -65,7 +66,7 @@ class Closer:
 
     async def _close(self, rnd: OpenRound, outcome: str) -> None:
         job = self.jobs[rnd.job_id]
-        closed_ms = time.time_ns() // 1_000_000
+        closed_ms = now_ms()
         model: EncodedModel | None = None
         carried: StrategyState | None = None
         if outcome == COMPLETED:

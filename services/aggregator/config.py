@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from qflare.config import BatchServiceSettings, Port
 
 
-class AggregatorSettings(BaseSettings):
+class AggregatorSettings(BatchServiceSettings):
     model_config = SettingsConfigDict(env_prefix="QFLARE_AGGREGATOR_", extra="ignore")
 
-    postgres_dsn: str = "postgresql://qflare@127.0.0.1:15432/qflare"
-    keys_dir: Path = Path(".qflare/keys")
-    #: The aggregator's own signing identity (``<keys_dir>/<identity>.key``).
     identity: str = "aggregator"
+    metrics_port: Port = 9102
     #: Principals (trusted keys in ``<keys_dir>/trusted``) whose messages are obeyed, per kind.
     #: Devices never appear here: their keys come only from the device topic. The scheduler is a
     #: job sender because it publishes its own ``resume`` nudges on the jobs topic; refusing them
@@ -24,12 +22,9 @@ class AggregatorSettings(BaseSettings):
     device_senders: frozenset[str] = frozenset({"registry"})
     #: Test examples the new global model is evaluated on (the first N of the test split); 0 disables.
     eval_examples: int = Field(default=10_000, ge=0)
-    #: Records per consumer fetch; each fetch is committed as one PostgreSQL transaction.
-    batch_max_records: int = Field(default=500, ge=1)
     #: Longest sleep of the deadline timer; it otherwise wakes at the nearest round deadline.
     deadline_tick_s: float = Field(default=1.0, gt=0)
     #: A chunked update whose next chunk does not arrive within this time is dropped.
     chunk_timeout_s: float = Field(default=120.0, gt=0)
     #: Chunked updates reassembled at once (each holds its body in memory until complete).
     max_open_streams: int = Field(default=256, ge=1)
-    metrics_port: int = Field(default=9102, ge=0, le=65535)

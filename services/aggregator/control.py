@@ -12,16 +12,17 @@ the position of their partition, so none is applied twice or lost.
 from __future__ import annotations
 
 import heapq
-import time
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from qflare.clock import now_ms
 from qflare.errors import ProtocolError, QflareError, ReplayError
 from qflare.fl import StrategyState
 from qflare.identity import TrustedKeys
-from qflare.kafka import KafkaSettings
+from qflare.kafka import KafkaSettings, partitions, read_to_end
+from qflare.keys import DeviceKeys
 from qflare.ml import init_weights
 from qflare.protocol import Decoder, Message
 from qflare.protocol.control import JobCommand
@@ -33,14 +34,12 @@ from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.cursor import Cursor
 from services.aggregator.jobs import Job, JobConfig
-from services.aggregator.keys import DeviceKeys
 from services.aggregator.models import decode, encode, weights_of
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import OpenRound
 from services.aggregator.store import AggregatorStore
 
 log = structlog.get_logger("qflare.aggregator")
-_MAX_FETCH = 1000
 
 
 class Control:
@@ -71,34 +70,25 @@ class Control:
         """Assign every control partition: devices from the start, the others from the checkpoint."""
         t = self.topics
         self.consumer = consumer
-        devices = [TopicPartition(t.devices.name, p) for p in range(t.devices.partitions)]
-        logged = [TopicPartition(s.name, p) for s in (t.jobs, t.rounds) for p in range(s.partitions)]
+        devices, logged = partitions(t.devices), partitions(t.jobs, t.rounds)
         consumer.assign([*devices, *logged])
         await consumer.seek_to_beginning(*devices)
-        now = _now_ms()
+        now = now_ms()
         for spec in (t.jobs, t.rounds):
             stored = await self.store.cursors(spec.name, now)
-            for p in range(spec.partitions):
-                tp = TopicPartition(spec.name, p)
-                self.cursors[tp] = stored.get(p) or Cursor(spec.name, p)
+            for tp in partitions(spec):
+                self.cursors[tp] = stored.get(tp.partition) or Cursor(spec.name, tp.partition)
                 consumer.seek(tp, self.cursors[tp].next_offset)
         self.parts = [*devices, *logged]
 
     async def sync(self) -> None:
         """Handle every control record up to the current end of each partition."""
-        end = await self.consumer.end_offsets(self.parts)
         held: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
-        while True:
-            behind = [tp for tp in self.parts if await self.consumer.position(tp) < end[tp]]
-            if not behind:
-                break
-            batches = await self.consumer.getmany(*behind, timeout_ms=200, max_records=_MAX_FETCH)
-            for records in batches.values():
-                for record in records:
-                    if record.topic == self.topics.devices.name:
-                        await self._device(record)
-                    else:
-                        held.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+        async for record in read_to_end(self.consumer, self.parts):
+            if record.topic == self.topics.devices.name:
+                await self._device(record)
+            else:
+                held.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
         # Records of different topics come in fetch order, not in the order they were produced
         # (a job's start must come before its first round, a pause before the round it refuses),
         # so partitions are merged by producer timestamp (a job command first on a tie), each
@@ -163,7 +153,7 @@ class Control:
         deadline (e.g. while the aggregator was down) and opens the next one; the
         old round is over either way, so its result is settled first.
         """
-        now = _now_ms()
+        now = now_ms()
         for rnd in [r for r in self.rounds.values() if r.job_id == job_id and r.deadline_ms <= now]:
             outcome = rnd.decide(now)
             if outcome is not None:
@@ -252,7 +242,7 @@ class Control:
             weights_of(decode(base.weights), layout),
             layout.names,
         )
-        rnd = OpenRound.from_task(task, msg.header.id, _now_ms(), state)
+        rnd = OpenRound.from_task(task, msg.header.id, now_ms(), state)
         await self.store.insert_round(rnd, dict(task.config))
         self.rounds[rnd.key] = rnd
         log.info("round opened", job_id=task.job_id, round=task.round, devices=len(task.devices))
@@ -271,7 +261,3 @@ def _same_task(rnd: OpenRound, task: RoundTask) -> bool:
         task.deadline_ms,
         task.min_updates,
     )
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

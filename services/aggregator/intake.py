@@ -9,14 +9,15 @@ restart records below the checkpoint are skipped unless they belong to one.
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from typing import Any
 
 from aiokafka import ConsumerRecord
 
 from qflare import metrics
+from qflare.clock import now_ms
 from qflare.errors import ChunkTimeoutError, ProtocolError, UnknownKeyError
+from qflare.keys import DeviceKeys
 from qflare.protocol import Decoder, Message, Reassembler
 from qflare.protocol.decoder import ReplayCache
 from qflare.protocol.envelope import parse_envelope
@@ -25,15 +26,10 @@ from qflare.protocol.topics import TopicSpec
 from qflare.protocol.training import ModelUpdate
 from services.aggregator.checks import Rejected
 from services.aggregator.cursor import Cursor, StreamKey
-from services.aggregator.keys import DeviceKeys
 from services.aggregator.publisher import SERVICE
 
 #: Completed streams remembered, so a late duplicate chunk is not taken for a new stream.
 _REMEMBER_STREAMS = 4096
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Intake:
@@ -74,7 +70,7 @@ class Intake:
             key = (msg.header.sender, chunk.stream)
             if key in self._finished:
                 return None  # a late copy of a chunk of an update already handled
-            cursor.chunk_seen(key, record.offset, _now_ms())
+            cursor.chunk_seen(key, record.offset, now_ms())
             self._stream_bytes[key] = self._stream_bytes.get(key, 0) + size
             try:
                 whole = self.reassembler.feed(msg)
@@ -91,7 +87,7 @@ class Intake:
 
     def expire(self, cursors: list[Cursor]) -> list[ChunkTimeoutError]:
         """Drop chunk streams idle past the timeout; returns the reassembler's reports of them."""
-        cutoff = _now_ms() - self.reassembler.timeout_ms
+        cutoff = now_ms() - self.reassembler.timeout_ms
         for cursor in cursors:
             for key in cursor.expire(cutoff):
                 self._stream_bytes.pop(key, None)

@@ -15,7 +15,7 @@ from typing import Any, cast
 from qflare.errors import SchemaError
 from qflare.fl import STRATEGIES, Strategy, build_strategy
 from qflare.ml import DATASET_NAMES, MODEL_NAMES, DatasetName, ModelName
-from qflare.protocol.body import Scalar
+from qflare.types import Scalar
 from services.aggregator.models import Layout
 
 

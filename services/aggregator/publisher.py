@@ -8,8 +8,6 @@ signed bytes, which receivers de-duplicate by message id.
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 from aiokafka import AIOKafkaProducer
 
@@ -17,12 +15,11 @@ from qflare import metrics
 from qflare.errors import QflareError
 from qflare.identity import Identity
 from qflare.protocol import seal, seal_chunked
-from qflare.protocol.body import Scalar
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.limits import Limits
 from qflare.protocol.topics import Topics
 from qflare.protocol.training import RoundComplete
-from qflare.tracing import send_span
+from qflare.types import Scalar
 from services.aggregator.models import EncodedModel
 from services.aggregator.store import AggregatorStore
 
@@ -56,11 +53,11 @@ class Publisher:
             body, self.identity.signer, sender=self.identity.name, round=body.round, limits=self.limits
         )
         for index, record in enumerate(records):
-            await self.store.queue(self.topics.models.name, f"{body.job_id}:{index}".encode(), record)
+            await self.store.outbox.queue(self.topics.models.name, f"{body.job_id}:{index}".encode(), record)
 
     async def queue_round_complete(self, done: RoundComplete) -> None:
         record = seal(done, self.identity.signer, sender=self.identity.name, round=done.round)
-        await self.store.queue(self.topics.rounds_complete.name, done.job_id.encode(), record)
+        await self.store.outbox.queue(self.topics.rounds_complete.name, done.job_id.encode(), record)
 
     async def queue_audit(
         self,
@@ -82,7 +79,7 @@ class Publisher:
             detail=detail or {},
         )
         record = seal(body, self.identity.signer, sender=self.identity.name)
-        await self.store.queue(self.topics.audit.name, SERVICE.encode(), record)
+        await self.store.outbox.queue(self.topics.audit.name, SERVICE.encode(), record)
 
     async def queue_rejection(
         self,
@@ -114,13 +111,4 @@ class Publisher:
         )
 
     async def flush_outbox(self) -> None:
-        """Publish queued records in order, deleting each batch once Kafka acknowledged all of it."""
-        while pending := await self.store.pending():
-            futures: list[Any] = []
-            for _, topic, key, value in pending:
-                with send_span(topic, key=key) as headers:
-                    futures.append(await self.producer.send(topic, value, key=key, headers=headers))
-            for future in futures:
-                await future
-            metrics.BYTES_OUT.labels(SERVICE).inc(sum(len(v) for *_, v in pending))
-            await self.store.sent(pending[-1][0])
+        await self.store.outbox.flush(self.producer, service=SERVICE)

@@ -15,8 +15,6 @@ close when everyone answered (checked after each batch) or at their deadline
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +24,12 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from qflare import metrics
+from qflare.clock import now_ms
 from qflare.errors import InvalidUpdateError, ProtocolError, QflareError
 from qflare.fl import FixedPoint, Update
 from qflare.identity import load_identity
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
+from qflare.keys import DeviceKeys
 from qflare.protocol import Message, topics
 from qflare.protocol.training import ModelUpdate
 from qflare.runner import BatchLoop
@@ -42,7 +42,6 @@ from services.aggregator.cursor import Cursor
 from services.aggregator.evaluation import Evaluator
 from services.aggregator.intake import Intake
 from services.aggregator.jobs import Job, JobConfig
-from services.aggregator.keys import DeviceKeys
 from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import Included, OpenRound
 from services.aggregator.store import AggregatorStore
@@ -52,12 +51,9 @@ log = structlog.get_logger("qflare.aggregator")
 TRANSIENT = (KafkaError, psycopg.OperationalError, OSError)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class AggregatorService(BatchLoop):
     def __init__(self, cfg: AggregatorSettings | None = None, kafka: KafkaSettings | None = None) -> None:
+        super().__init__()
         self.cfg = cfg or AggregatorSettings()
         self.kafka = kafka or KafkaSettings()
         self.topics = topics(self.kafka.topic_prefix)
@@ -75,18 +71,12 @@ class AggregatorService(BatchLoop):
         )
         self.cursors: dict[int, Cursor] = {}
         self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         self.store = await AggregatorStore.connect(self.cfg.postgres_dsn, self.kafka.topic_prefix)
-        admin = make_admin(self.kafka)
-        await admin.start()
-        try:
-            await ensure_topics(admin, list(self.topics), self.kafka)
-        finally:
-            await admin.close()
+        self._hold(self.store.close)
+        await prepare_topics(self.kafka)
         # The truth is rebuilt from PostgreSQL, never carried over in memory.
         for row in await self.store.jobs():
             self.jobs[row.job_id] = Job(
@@ -94,12 +84,10 @@ class AggregatorService(BatchLoop):
             )
         for rnd in await self.store.open_rounds():
             self.rounds[rnd.key] = rnd
-        self.producer = make_producer(self.kafka)
-        await self.producer.start()
+        self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(self.producer, self.store, self.identity, self.topics, self.kafka.limits)
         await self.out.flush_outbox()  # what a crash left unsent goes out before anything new
-        self.control_consumer = make_consumer(self.kafka, group_id=None)
-        await self.control_consumer.start()
+        self.control_consumer = await self._started(make_consumer(self.kafka, group_id=None))
         self.closer = Closer(self.store, self.out, Evaluator(self.cfg.eval_examples), self.jobs, self.rounds)
         self.control = Control(
             self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer
@@ -108,7 +96,7 @@ class AggregatorService(BatchLoop):
         await self.control.sync()
         await self._assign_updates()
         await self._catch_up()
-        self._tasks.append(asyncio.create_task(self._deadlines_forever(), name="aggregator-deadlines"))
+        self._spawn(self._deadlines_forever(), name="aggregator-deadlines")
         log.info(
             "aggregator started",
             jobs=len(self.jobs),
@@ -119,11 +107,10 @@ class AggregatorService(BatchLoop):
 
     async def _assign_updates(self) -> None:
         spec = self.topics.updates
-        self.updates = make_consumer(self.kafka, group_id=None)
-        await self.updates.start()
-        parts = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
+        self.updates = await self._started(make_consumer(self.kafka, group_id=None))
+        parts = partitions(spec)
         self.updates.assign(parts)
-        stored = await self.store.cursors(spec.name, _now_ms())
+        stored = await self.store.cursors(spec.name, now_ms())
         for tp in parts:
             cursor = stored.get(tp.partition) or Cursor(spec.name, tp.partition)
             self.cursors[tp.partition] = cursor
@@ -142,20 +129,6 @@ class AggregatorService(BatchLoop):
             if all(positions[tp] >= offset for tp, offset in end.items()):
                 break
 
-    async def stop(self) -> None:
-        """Release whatever ``start`` got to (it may have failed half-way)."""
-        self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for name in ("updates", "control_consumer", "producer"):
-            client = getattr(self, name, None)
-            if client is not None:
-                await client.stop()
-        if hasattr(self, "store"):
-            await self.store.close()
-
     async def _step(self) -> None:
         """One fetch: control topics first, then the batch, then close the rounds everyone answered."""
         batches = await self.updates.getmany(timeout_ms=200, max_records=self.cfg.batch_max_records)
@@ -172,12 +145,12 @@ class AggregatorService(BatchLoop):
     async def _deadlines_forever(self) -> None:
         """The deadline timer: closes rounds on time even when no update arrives to wake the loop."""
         while True:
-            now = _now_ms()
+            now = now_ms()
             nearest = min((r.deadline_ms for r in self.rounds.values()), default=now + 60_000)
             await asyncio.sleep(min(self.cfg.deadline_tick_s, max(0.0, (nearest - now) / 1000)))
             try:
                 async with self._lock:
-                    await self.closer.close_ready(_now_ms())
+                    await self.closer.close_ready(now_ms())
             except TRANSIENT as exc:
                 # Nothing changed in memory before the failed commit: the next tick tries again.
                 log.warning("closing at deadline failed, will retry", error=f"{type(exc).__name__}: {exc}")

@@ -18,6 +18,7 @@ from psycopg.rows import TupleRow
 
 from qflare.fl import StrategyState
 from qflare.migrations import migrate
+from qflare.outbox import Outbox
 from services.aggregator.cursor import Cursor
 from services.aggregator.rounds import Included, OpenRound
 
@@ -45,8 +46,9 @@ class ModelRow:
 class AggregatorStore:
     def __init__(self, conn: Conn, scope: str) -> None:
         self.conn = conn
-        #: The topic prefix: which outbox rows are this deployment's.
+        #: The topic prefix: which jobs, rounds and outbox rows are this deployment's.
         self.scope = scope
+        self.outbox = Outbox(conn, "aggregator", scope)
 
     @classmethod
     async def connect(cls, dsn: str, scope: str = "") -> AggregatorStore:
@@ -247,33 +249,3 @@ class AggregatorStore:
             (c.topic, c.partition, c.next_offset, c.resume_offset, json.dumps(c.streams_json())),
         )
         c.dirty = False
-
-    # --- outbox ----------------------------------------------------------------------
-
-    async def queue(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Add a record to the outbox; call inside the transaction of the change it reports."""
-        await self.conn.execute(
-            "INSERT INTO aggregator.outbox (scope, topic, key, value) VALUES (%s, %s, %s, %s)",
-            (self.scope, topic, key, value),
-        )
-
-    async def pending(
-        self, limit: int = 500, max_bytes: int = 64 << 20
-    ) -> list[tuple[int, str, bytes | None, bytes]]:
-        """The oldest queued records: at most ``limit``, and ``max_bytes`` in all (but at least one),
-        so a backlog of model versions is sent in slices rather than loaded at once."""
-        cur = await self.conn.execute(
-            "SELECT seq, topic, key, value FROM (SELECT seq, topic, key, value, "
-            "sum(octet_length(value)) OVER (ORDER BY seq) - octet_length(value) AS before "
-            "FROM aggregator.outbox WHERE scope = %s ORDER BY seq LIMIT %s) AS q "
-            "WHERE before = 0 OR before + octet_length(value) <= %s ORDER BY seq",
-            (self.scope, limit, max_bytes),
-        )
-        return [
-            (int(s), str(t), None if k is None else bytes(k), bytes(v)) for s, t, k, v in await cur.fetchall()
-        ]
-
-    async def sent(self, upto_seq: int) -> None:
-        await self.conn.execute(
-            "DELETE FROM aggregator.outbox WHERE scope = %s AND seq <= %s", (self.scope, upto_seq)
-        )

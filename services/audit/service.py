@@ -13,20 +13,24 @@ not committed, and no entry is lost or doubled. Elasticsearch is fed by a separa
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from typing import Any, TypeAlias
-
 import psycopg
 import structlog
-from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from qflare import metrics as shared
+from qflare.clock import now_ms
 from qflare.errors import ProtocolError, ReplayError, SchemaError
 from qflare.identity import TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer
+from qflare.kafka import (
+    KafkaSettings,
+    Record,
+    assign_from_start,
+    make_consumer,
+    partitions,
+    prepare_topics,
+    read_to_end,
+)
+from qflare.keys import AnyKey, DeviceKeys
 from qflare.protocol import Decoder, topics
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
@@ -37,7 +41,6 @@ from services.audit import events, metrics
 from services.audit.chain import CHECKPOINT, Entry, Event, make_entry
 from services.audit.config import AuditSettings
 from services.audit.indexer import Indexer
-from services.audit.keys import AnyKey, DeviceKeys
 from services.audit.store import AuditStore
 from services.audit.verifier import verify_forever
 
@@ -45,15 +48,11 @@ log = structlog.get_logger("qflare.audit")
 SERVICE = "audit"
 #: Infrastructure hiccups: the service restarts from its stored positions, never exits.
 TRANSIENT = (KafkaError, psycopg.OperationalError, OSError)
-Record: TypeAlias = ConsumerRecord[Any, Any]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class AuditService(BatchLoop):
     def __init__(self, cfg: AuditSettings | None = None, kafka: KafkaSettings | None = None) -> None:
+        super().__init__()
         self.cfg = cfg or AuditSettings()
         self.kafka = kafka or KafkaSettings()
         self.stream = self.kafka.topic_prefix
@@ -85,36 +84,26 @@ class AuditService(BatchLoop):
             )
         self.positions: dict[tuple[str, int], int] = {}
         self._last_device: Device | None = None
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         self.store = await AuditStore.connect(self.cfg.postgres_dsn, self.stream)
-        admin = make_admin(self.kafka)
-        await admin.start()
-        try:
-            await ensure_topics(admin, list(self.topics), self.kafka)
-        finally:
-            await admin.close()
+        self._hold(self.store.close)
+        await prepare_topics(self.kafka)
         self.head = await self.store.head()
         metrics.CHAIN_LENGTH.labels(self.stream).set(self.head[0])
         self.positions = await self.store.offsets()
-        self.device_consumer = make_consumer(self.kafka, group_id=None)
-        await self.device_consumer.start()
-        spec = self.topics.devices
-        self.device_parts = [TopicPartition(spec.name, p) for p in range(spec.partitions)]
-        self.device_consumer.assign(self.device_parts)
-        await self.device_consumer.seek_to_beginning(*self.device_parts)
-        self.consumer = make_consumer(self.kafka, group_id=None)
-        await self.consumer.start()
-        parts = [TopicPartition(s.name, p) for s in self.audited for p in range(s.partitions)]
+        self.device_consumer = await self._started(make_consumer(self.kafka, group_id=None))
+        await assign_from_start(self.device_consumer, self.topics.devices)
+        self.consumer = await self._started(make_consumer(self.kafka, group_id=None))
+        parts = partitions(*self.audited)
         self.consumer.assign(parts)
         for tp in parts:
             self.consumer.seek(tp, self.positions.get((tp.topic, tp.partition), 0))
         await self._sync_devices()
         if self.cfg.index_prefix:
             self.index_store = await AuditStore.connect(self.cfg.postgres_dsn, self.stream)
+            self._hold(self.index_store.close)
             self.indexer = Indexer(
                 self.index_store,
                 self.cfg.elasticsearch_url,
@@ -122,7 +111,8 @@ class AuditService(BatchLoop):
                 batch=self.cfg.index_batch,
                 interval_s=self.cfg.index_interval_s,
             )
-            self._tasks.append(asyncio.create_task(self.indexer.run(), name="audit-indexer"))
+            self._hold(self.indexer.close)
+            self._spawn(self.indexer.run(), name="audit-indexer")
         if self.cfg.verify_interval_s:
             checker = verify_forever(
                 self.cfg.postgres_dsn,
@@ -131,26 +121,8 @@ class AuditService(BatchLoop):
                 self.cfg.identity,
                 self.cfg.verify_interval_s,
             )
-            self._tasks.append(asyncio.create_task(checker, name="audit-verifier"))
+            self._spawn(checker, name="audit-verifier")
         log.info("audit started", chain_length=self.head[0], devices=len(self.devices), stream=self.stream)
-
-    async def stop(self) -> None:
-        """Release whatever ``start`` got to (it may have failed half-way)."""
-        self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for name in ("consumer", "device_consumer"):
-            client = getattr(self, name, None)
-            if client is not None:
-                await client.stop()
-        if hasattr(self, "indexer"):
-            await self.indexer.close()
-        for name in ("store", "index_store"):
-            store = getattr(self, name, None)
-            if store is not None:
-                await store.close()
 
     async def _step(self) -> None:
         batches = await self.consumer.getmany(timeout_ms=200, max_records=self.cfg.batch_max_records)
@@ -175,19 +147,15 @@ class AuditService(BatchLoop):
 
     async def _sync_devices(self) -> None:
         """Apply every device record up to the current end; audit those past the stored position."""
-        end = await self.device_consumer.end_offsets(self.device_parts)
         found: list[Event] = []
         moved: dict[tuple[str, int], int] = {}
-        while behind := [tp for tp in self.device_parts if await self.device_consumer.position(tp) < end[tp]]:
-            batches = await self.device_consumer.getmany(*behind, timeout_ms=200, max_records=1000)
-            for tp, records in batches.items():
-                key = (tp.topic, tp.partition)
-                for record in records:
-                    event = self._device(record)
-                    if record.offset >= self.positions.get(key, 0):
-                        if event is not None:
-                            found.append(event)
-                        moved[key] = record.offset + 1
+        async for record in read_to_end(self.device_consumer):
+            key = (record.topic, record.partition)
+            event = self._device(record)
+            if record.offset >= self.positions.get(key, 0):
+                if event is not None:
+                    found.append(event)
+                moved[key] = record.offset + 1
         await self._commit(found, moved)
 
     def _device(self, record: Record) -> Event | None:
@@ -215,7 +183,7 @@ class AuditService(BatchLoop):
                     record.partition,
                     record.offset,
                     subject,
-                    _now_ms(),
+                    now_ms(),
                 )
             if self._last_device is not None:
                 self.devices.apply(self._last_device)
@@ -237,7 +205,7 @@ class AuditService(BatchLoop):
                 "rejected", topic=record.topic, offset=record.offset, reason=exc.reason, error=str(exc)
             )
             return events.rejection(
-                exc, record.value, record.topic, record.partition, record.offset, key, _now_ms()
+                exc, record.value, record.topic, record.partition, record.offset, key, now_ms()
             )
         self._last_device = msg.body if isinstance(msg.body, Device) else None
         shared.ACCEPTED.labels(SERVICE, msg.header.type).inc()
@@ -272,7 +240,7 @@ class AuditService(BatchLoop):
 
     def _checkpoint(self, last: Entry) -> Event:
         return Event(
-            time_ms=_now_ms(),
+            time_ms=now_ms(),
             actor=self.identity.name,
             type=CHECKPOINT,
             outcome="info",

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from qflare.config import BatchServiceSettings, Port, local_redis_url
 
 
-class RegistrySettings(BaseSettings):
+class RegistrySettings(BatchServiceSettings):
     model_config = SettingsConfigDict(env_prefix="QFLARE_REGISTRY_", extra="ignore")
 
-    # Default to the local stack's servers, following its QFLARE_*_PORT settings.
-    postgres_dsn: str = Field(
-        default_factory=lambda: (
-            f"postgresql://qflare@127.0.0.1:{os.environ.get('QFLARE_POSTGRES_PORT', '15432')}/qflare"
-        )
-    )
-    redis_url: str = Field(
-        default_factory=lambda: f"redis://127.0.0.1:{os.environ.get('QFLARE_REDIS_PORT', '16379')}/0"
-    )
-    keys_dir: Path = Path(".qflare/keys")
-    #: The registry's own signing identity (``<keys_dir>/<identity>.key``).
     identity: str = "registry"
+    metrics_port: Port = 9101
+    redis_url: str = Field(default_factory=local_redis_url)
     group_id: str = "qflare-registry"
     #: A device that has not sent a heartbeat for this long is ``stale``...
     stale_after_s: float = Field(default=15.0, gt=0)
@@ -31,4 +21,3 @@ class RegistrySettings(BaseSettings):
     offline_after_s: float = Field(default=30.0, gt=0)
     sweep_interval_s: float = Field(default=1.0, gt=0)
     batch_max_records: int = Field(default=1000, ge=1)
-    metrics_port: int = Field(default=9101, ge=0, le=65535)

@@ -48,7 +48,7 @@ class Publisher:
             updated_ms=row.updated_ms,
             labels=row.labels,
         )
-        await self.store.queue(self.topics.devices.name, row.device_id.encode(), self.seal(record))
+        await self.store.outbox.queue(self.topics.devices.name, row.device_id.encode(), self.seal(record))
 
     async def queue_audit(
         self,
@@ -67,15 +67,11 @@ class Publisher:
             subject=subject,
             ref_id=ref.header.id if ref else None,
         )
-        await self.store.queue(self.topics.audit.name, SERVICE.encode(), self.seal(body))
+        await self.store.outbox.queue(self.topics.audit.name, SERVICE.encode(), self.seal(body))
 
     async def flush_outbox(self) -> None:
-        """Publish queued records in order, deleting each batch once Kafka acknowledged all of it."""
-        while pending := await self.store.pending():
-            futures = [await self.producer.send(topic, value, key=key) for _, topic, key, value in pending]
-            await asyncio.gather(*futures)
-            metrics.BYTES_OUT.labels(SERVICE).inc(sum(len(v) for *_, v in pending))
-            await self.store.sent(pending[-1][0])
+        # Untraced, as heartbeats are: one trace per device record would swamp the traces of rounds.
+        await self.store.outbox.flush(self.producer, service=SERVICE, trace=False)
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send without waiting; ``settle`` awaits every acknowledgement before offsets move."""

@@ -10,9 +10,7 @@ few records harmlessly: no accepted enrolment is lost and none is duplicated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -24,13 +22,15 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from qflare import metrics
+from qflare.clock import now_ms
 from qflare.errors import ProtocolError, QflareError, UnknownKeyError
 from qflare.identity import TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
-from qflare.protocol import Decoder, KeyRing, Message, topics
+from qflare.kafka import KafkaSettings, make_consumer, make_producer, prepare_topics
+from qflare.keys import DeviceKeys
+from qflare.protocol import Decoder, Message, topics
 from qflare.protocol.control import RegistryCommand
-from qflare.protocol.decoder import KnownKey
 from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, Heartbeat
+from qflare.runner import BatchLoop
 from qflare.tracing import process_span
 from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
@@ -50,24 +50,22 @@ class Rejected(QflareError):
         super().__init__(message, field=field)
 
 
-class RegistryService:
+class RegistryService(BatchLoop):
     def __init__(self, cfg: RegistrySettings | None = None, kafka: KafkaSettings | None = None) -> None:
+        super().__init__()
         self.cfg = cfg or RegistrySettings()
         self.kafka = kafka or KafkaSettings()
         self.topics = topics(self.kafka.topic_prefix)
         self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
-        self.device_keys = KeyRing()
-        #: key_id -> device id of revoked/deregistered devices, to name the reason on rejection.
-        self.retired_keys: dict[bytes, str] = {}
-        self._last_unknown = b""
-        self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.device_keys = DeviceKeys()
         self.handled = 0
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
         self.store = await RegistryStore.connect(self.cfg.postgres_dsn)
+        self._hold(self.store.close)
         self.redis = aioredis.Redis.from_url(self.cfg.redis_url)
+        self._hold(self.redis.aclose)
         namespace = f"qflare:{self.kafka.topic_prefix}registry"
         self.live = Liveness(
             self.redis,
@@ -75,12 +73,7 @@ class RegistryService:
             stale_after_s=self.cfg.stale_after_s,
             offline_after_s=self.cfg.offline_after_s,
         )
-        admin = make_admin(self.kafka)
-        await admin.start()
-        try:
-            await ensure_topics(admin, list(self.topics), self.kafka)
-        finally:
-            await admin.close()
+        await prepare_topics(self.kafka)
         # The truth is rebuilt from PostgreSQL, never carried over in memory.
         for row in await self.store.devices():
             self._remember(row)
@@ -88,79 +81,51 @@ class RegistryService:
         operators = TrustedKeys(self.cfg.keys_dir)
         self.decoders = {
             t.enrollments.name: Decoder(
-                self._device_key,
+                self.device_keys,
                 allowed_types=t.enrollments.types,
                 self_signed={"enrollment"},
                 max_age_ms=t.enrollments.max_age_ms,
             ),
             t.heartbeats.name: Decoder(
-                self._device_key, allowed_types=t.heartbeats.types, max_age_ms=t.heartbeats.max_age_ms
+                self.device_keys, allowed_types=t.heartbeats.types, max_age_ms=t.heartbeats.max_age_ms
             ),
             t.registry_control.name: Decoder(
                 operators, allowed_types=t.registry_control.types, max_age_ms=t.registry_control.max_age_ms
             ),
         }
-        self.producer = make_producer(self.kafka)
-        await self.producer.start()
+        self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(self.producer, self.store, self.identity, self.topics)
         # Records a crash left in the outbox go out before anything new.
         await self.out.flush_outbox()
-        self.consumer = make_consumer(
-            self.kafka,
-            t.enrollments.name,
-            t.heartbeats.name,
-            t.registry_control.name,
-            group_id=self.cfg.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self.consumer = await self._started(
+            make_consumer(
+                self.kafka,
+                t.enrollments.name,
+                t.heartbeats.name,
+                t.registry_control.name,
+                group_id=self.cfg.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
         )
-        await self.consumer.start()
-        self._tasks.append(asyncio.create_task(self._sweep_forever(), name="registry-sweep"))
+        self._spawn(self._sweep_forever(), name="registry-sweep")
         log.info("registry started", devices=len(self.device_keys), topics_prefix=self.kafka.topic_prefix)
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.consumer.stop()
-        await self.producer.stop()
-        await self.redis.aclose()
-        await self.store.close()
-
-    async def __aenter__(self) -> RegistryService:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    def _device_key(self, kid: bytes) -> KnownKey | None:
-        found = self.device_keys(kid)
-        if found is None:
-            self._last_unknown = kid
-        return found
-
     # -- the loop ------------------------------------------------------------
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.cfg.batch_max_records)
-            seen: dict[str, int] = {}
-            for records in batches.values():
-                for record in records:
-                    # Heartbeats are too many to trace one by one; everything else gets a span.
-                    traced = record.topic != self.topics.heartbeats.name
-                    with process_span(record, group=self.cfg.group_id) if traced else nullcontext():
-                        await self._handle(record, seen)
-            await self.live.beat(seen)
-            if batches:
-                await self.out.flush_outbox()
-                await self.out.settle()
-                await self.consumer.commit()
+    async def _step(self) -> None:
+        batches = await self.consumer.getmany(timeout_ms=500, max_records=self.cfg.batch_max_records)
+        seen: dict[str, int] = {}
+        for records in batches.values():
+            for record in records:
+                # Heartbeats are too many to trace one by one; everything else gets a span.
+                traced = record.topic != self.topics.heartbeats.name
+                with process_span(record, group=self.cfg.group_id) if traced else nullcontext():
+                    await self._handle(record, seen)
+        await self.live.beat(seen)
+        if batches:
+            await self.out.flush_outbox()
+            await self.out.settle()
+            await self.consumer.commit()
 
     async def _handle(self, record: ConsumerRecord[Any, Any], seen: dict[str, int]) -> None:
         self.handled += 1
@@ -187,7 +152,7 @@ class RegistryService:
             return self.decoders[record.topic].decode(record.value)
         except UnknownKeyError as exc:
             # Name the reason precisely when the key belonged to a retired device.
-            device = self.retired_keys.get(self._last_unknown)
+            device = self.device_keys.retired_owner(self.device_keys.last_unknown)
             if device is not None:
                 raise Rejected(
                     "revoked", f"device {device} is revoked or deregistered", field="key_id"
@@ -201,7 +166,6 @@ class RegistryService:
         if msg.header.sender != body.device_id:
             raise Rejected("sender_mismatch", "sender is not the enrolling device", field="sender")
         token_hash = hashlib.sha256(body.token.encode()).digest() if body.token else None
-        before = await self.store.device(body.device_id)
         async with self.store.conn.transaction():
             row, outcome = await self.store.enrol(
                 body.device_id, body.public_key, msg.header.key_id, token_hash, body.labels
@@ -211,15 +175,13 @@ class RegistryService:
                 await self.out.queue_audit(
                     "device.enrolled", "info", reason=outcome, subject=row.device_id, ref=msg
                 )
-        if outcome == "rotated" and before is not None:
-            self.device_keys.remove(before.key_id)
-        self._remember(row)
+        self._remember(row)  # a rotated key stops verifying here
         metrics.ENROLLED.labels(outcome).inc()
 
     def _beat(self, msg: Message, body: Heartbeat, seen: dict[str, int]) -> None:
         if msg.header.sender != body.device_id:
             raise Rejected("sender_mismatch", "heartbeat for another device", field="body.device_id")
-        seen_ms = min(msg.header.ts_ms, int(time.time() * 1000))
+        seen_ms = min(msg.header.ts_ms, now_ms())
         seen[body.device_id] = max(seen.get(body.device_id, 0), seen_ms)
 
     async def _deregister(self, msg: Message, body: Deregistration) -> None:
@@ -265,12 +227,7 @@ class RegistryService:
         await self.live.forget(row.device_id)
 
     def _remember(self, row: DeviceRow) -> None:
-        if row.status == "active":
-            self.device_keys.add(row.device_id, row.public_key)
-            self.retired_keys.pop(row.key_id, None)
-        else:
-            self.device_keys.remove(row.key_id)
-            self.retired_keys[row.key_id] = row.device_id
+        self.device_keys.set(row.device_id, row.status, row.public_key)
 
     # -- health sweep ----------------------------------------------------------
     async def _sweep_forever(self) -> None:
@@ -283,7 +240,7 @@ class RegistryService:
                 log.warning("health sweep failed, will retry", error=f"{type(exc).__name__}: {exc}")
 
     async def sweep(self) -> None:
-        changes = await self.live.transitions(int(time.time() * 1000))
+        changes = await self.live.transitions(now_ms())
         for change in changes:
             event = DeviceHealth(change.device_id, change.state, change.last_seen_ms)
             await self.out.health(event)

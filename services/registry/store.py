@@ -18,6 +18,7 @@ from psycopg.rows import TupleRow
 
 from qflare.errors import QflareError
 from qflare.migrations import migrate
+from qflare.outbox import Outbox
 
 SCHEMA_DIR = Path(__file__).with_name("schema")
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -67,6 +68,8 @@ def _row(values: tuple[Any, ...]) -> DeviceRow:
 class RegistryStore:
     def __init__(self, conn: Conn) -> None:
         self.conn = conn
+        # Unscoped: like the devices it reports, the registry's state is not kept per deployment.
+        self.outbox = Outbox(conn, "registry", scope=None)
 
     @classmethod
     async def connect(cls, dsn: str) -> RegistryStore:
@@ -204,21 +207,3 @@ class RegistryStore:
             (sender, message_id),
         )
         return await cur.fetchone() is not None
-
-    async def queue(self, topic: str, key: bytes | None, value: bytes) -> None:
-        """Add a record to the outbox; call inside the transaction of the change it reports."""
-        await self.conn.execute(
-            "INSERT INTO registry.outbox (topic, key, value) VALUES (%s, %s, %s)", (topic, key, value)
-        )
-
-    async def pending(self, limit: int = 500) -> list[tuple[int, str, bytes | None, bytes]]:
-        cur = await self.conn.execute(
-            "SELECT seq, topic, key, value FROM registry.outbox ORDER BY seq LIMIT %s", (limit,)
-        )
-        return [
-            (int(s), str(t), bytes(k) if k is not None else None, bytes(v))
-            for s, t, k, v in await cur.fetchall()
-        ]
-
-    async def sent(self, upto_seq: int) -> None:
-        await self.conn.execute("DELETE FROM registry.outbox WHERE seq <= %s", (upto_seq,))

@@ -14,8 +14,7 @@ import structlog
 
 from qflare import metrics
 from qflare.identity import load_identity
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin
-from qflare.protocol import topics
+from qflare.kafka import KafkaSettings, prepare_topics
 from qflare.telemetry import configure_logging
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.leader import Lease
@@ -38,15 +37,6 @@ def _keep_lease(cfg: SchedulerSettings, key: str, token: str, fence: int) -> Non
     os._exit(3)
 
 
-async def _ensure_topics(kafka: KafkaSettings) -> None:
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        await ensure_topics(admin, list(topics(kafka.topic_prefix)), kafka)
-    finally:
-        await admin.close()
-
-
 def main() -> None:
     configure_logging("scheduler")
     cfg = SchedulerSettings()
@@ -59,7 +49,7 @@ def main() -> None:
     fence = asyncio.run(lease_probe.acquire())
     # faust tables must be co-partitioned with their source topics: create them with
     # the partition counts of qflare.protocol.topics before faust can auto-create any.
-    asyncio.run(_ensure_topics(kafka))
+    asyncio.run(prepare_topics(kafka))
     token = lease_probe.token
     log.info("leadership acquired", fence=fence)
     metrics.serve_metrics(cfg.metrics_port)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from qflare.config import Port, ServiceSettings, local_redis_url
 
 
-class SchedulerSettings(BaseSettings):
+class SchedulerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="QFLARE_SCHEDULER_", extra="ignore")
 
-    redis_url: str = Field(
-        default_factory=lambda: f"redis://127.0.0.1:{os.environ.get('QFLARE_REDIS_PORT', '16379')}/0"
-    )
-    keys_dir: Path = Path(".qflare/keys")
     identity: str = "scheduler"
+    metrics_port: Port = 9103
+    redis_url: str = Field(default_factory=local_redis_url)
     #: faust app id: the consumer group and the prefix of its changelog topics.
     app_id: str = "qflare-scheduler"
     #: faust's local state directory.
@@ -26,4 +25,3 @@ class SchedulerSettings(BaseSettings):
     #: How long after a round's deadline to wait for the aggregator before retrying the round.
     grace_s: float = Field(default=30.0, ge=0)
     tick_s: float = Field(default=1.0, gt=0)
-    metrics_port: int = Field(default=9103, ge=0, le=65535)

@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qflare.errors import ConfigError
-
-Scalar = str | int | float | bool | None
+from qflare.types import Scalar
 
 
 @dataclass(frozen=True)

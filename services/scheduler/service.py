@@ -15,7 +15,6 @@ so every state change happens inside the agent and reaches the changelog.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +22,7 @@ import faust
 import structlog
 
 from qflare import metrics
+from qflare.clock import now_ms
 from qflare.errors import ConfigError, ProtocolError
 from qflare.identity import Identity, TrustedKeys
 from qflare.kafka import KafkaSettings
@@ -36,10 +36,6 @@ from services.scheduler.logic import JobConfig, Progress, after_complete, overdu
 
 log = structlog.get_logger("qflare.scheduler")
 SERVICE = "scheduler"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,16 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from devstack.settings import StackSettings
 from qflare.crypto import signature_backend
 from qflare.errors import TopicSetupError
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.kafka import (
+    KafkaSettings,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+    prepare_topics,
+    read_to_end,
+    replay,
+)
 from qflare.protocol import Decoder, KeyRing, Message, Reassembler, Tensor, seal, seal_chunked, topics
 from qflare.protocol.limits import Limits
 from qflare.protocol.training import ModelUpdate
@@ -77,15 +86,37 @@ async def test_ensure_topics_names_the_topic_the_broker_refused(stack: StackSett
     assert info.value.field == bad.name
 
 
+async def test_replay_reads_every_topic_of_a_deployment_from_the_start_to_the_end_seen(
+    stack: StackSettings, unique: str
+) -> None:
+    settings = KafkaSettings(bootstrap=stack.kafka_bootstrap, topic_prefix=f"it-{unique}.")
+    t = topics(settings.topic_prefix)
+    assert sorted(await prepare_topics(settings)) == sorted(s.name for s in t)
+    assert await prepare_topics(settings) == []
+    sent = [f"record-{i}".encode() for i in range(30)]
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for i, value in enumerate(sent[:20]):
+            await producer.send_and_wait(t.devices.name, value, key=f"d{i}".encode())
+        async with replay(settings, t.devices, t.health) as consumer:
+            # Every partition of both topics, the empty one included, and the read ends.
+            assert len(consumer.assignment()) == t.devices.partitions + t.health.partitions
+            first = [r.value async for r in read_to_end(consumer)]
+            for i, value in enumerate(sent[20:], start=20):
+                await producer.send_and_wait(t.devices.name, value, key=f"d{i}".encode())
+            # A later read carries on from where the first stopped.
+            second = [r.value async for r in read_to_end(consumer)]
+    finally:
+        await producer.stop()
+    assert sorted(first) == sorted(sent[:20])
+    assert sorted(second) == sorted(sent[20:])
+
+
 async def test_full_model_update_and_chunks_round_trip(stack: StackSettings, unique: str) -> None:
     settings = KafkaSettings(bootstrap=stack.kafka_bootstrap)
     spec = topics(f"it-{unique}.").updates
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        await ensure_topics(admin, [spec], settings)
-    finally:
-        await admin.close()
+    await prepare_topics(settings, [spec])
     signer = signature_backend().generate_signer()
     update = _update()
     whole = seal(update, signer, sender=SENDER, round=1)

@@ -26,12 +26,12 @@ if str(ROOT) not in sys.path:
 from qflare.crypto import generate_key, kem_backend  # noqa: E402
 from qflare.crypto.base import ML_KEM_768  # noqa: E402
 from qflare.protocol import Body, Tensor, wire  # noqa: E402
-from qflare.protocol.body import Scalar  # noqa: E402
 from qflare.protocol.control import AuditEvent  # noqa: E402
 from qflare.protocol.devices import Enrollment, Heartbeat  # noqa: E402
 from qflare.protocol.envelope import Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
 from qflare.protocol.training import ModelUpdate  # noqa: E402
+from qflare.types import Scalar  # noqa: E402
 from tests.vectors.accepted import acceptances  # noqa: E402
 from tests.vectors.cases import RECEIVER, TS, Cases, build_rejections, fixed_id  # noqa: E402
 

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from numpy.typing import NDArray
 
 from qflare.crypto import KeyFile, Signer, generate_key
 from qflare.errors import ProtocolError
 from qflare.identity import Identity, TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
+from qflare.kafka import KafkaSettings, make_producer, prepare_topics, replay
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Decoder, Reassembler, Tensor, seal, seal_chunked, topics
 from qflare.protocol.control import AuditEvent, JobCommand
@@ -116,12 +116,7 @@ class ControlPlane:
             self.identities[name] = load_identity(name, self.keys_dir)
 
     async def start(self) -> None:
-        admin = make_admin(self.kafka)
-        await admin.start()
-        try:
-            await ensure_topics(admin, list(self.topics), self.kafka)
-        finally:
-            await admin.close()
+        await prepare_topics(self.kafka)
         self.producer: AIOKafkaProducer = make_producer(self.kafka)
         await self.producer.start()
 
@@ -186,8 +181,7 @@ async def round_results(
     t = topics(kafka.topic_prefix)
     bodies = await read_topic(
         kafka,
-        t.rounds_complete.name,
-        t.rounds_complete.partitions,
+        t.rounds_complete,
         TrustedKeys(keys_dir),
         until=lambda got: until([b for b in got if isinstance(b, RoundComplete)]),
         timeout_s=timeout_s,
@@ -202,12 +196,7 @@ async def global_model(
     t = topics(kafka.topic_prefix)
     decoder = Decoder(TrustedKeys(keys_dir), allowed_types=t.models.types, max_age_ms=None)
     reassembler = Reassembler(decoder)
-    consumer = make_consumer(kafka, group_id=None)
-    await consumer.start()
-    try:
-        parts = [TopicPartition(t.models.name, p) for p in range(t.models.partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+    async with replay(kafka, t.models) as consumer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
@@ -219,8 +208,6 @@ async def global_model(
                     body = None if whole is None else whole.body
                     if isinstance(body, GlobalModel) and body.job_id == job_id and body.version == version:
                         return body
-    finally:
-        await consumer.stop()
     raise AssertionError(f"model {job_id} v{version} not published within {timeout_s} s")
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch
 
 from qflare.identity import Identity, load_identity
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
+from qflare.kafka import KafkaSettings, make_producer, prepare_topics
 from qflare.protocol import Body, seal, topics
 from services.audit.chain import Entry
 from services.audit.config import AuditSettings
@@ -71,12 +71,7 @@ class Publisher:
         return self.ids[name]
 
     async def start(self) -> None:
-        admin = make_admin(self.kafka)
-        await admin.start()
-        try:
-            await ensure_topics(admin, list(self.topics), self.kafka)
-        finally:
-            await admin.close()
+        await prepare_topics(self.kafka)
         self.producer = make_producer(self.kafka)
         await self.producer.start()
 

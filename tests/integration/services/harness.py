@@ -11,18 +11,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
 from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
-from qflare.kafka import KafkaSettings, make_consumer, make_producer
+from qflare.kafka import KafkaSettings, make_producer, replay
 from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.control import AuditEvent
-from qflare.protocol.topics import Topics
+from qflare.protocol.topics import Topics, TopicSpec
 from tests.integration.services.processes import ManagedService, scrape
 
 
@@ -103,27 +101,21 @@ class Fleet:
 
 async def read_topic(
     kafka: KafkaSettings,
-    topic: str,
-    partitions: int,
+    spec: TopicSpec,
     keys: Any,
     *,
     until: Callable[[list[Any]], bool],
     timeout_s: float = 60,
     types: set[str] | None = None,
 ) -> list[Any]:
-    """Decode (and verify) every record of ``topic`` from the start until ``until(bodies)`` holds."""
+    """Decode (and verify) every record of ``spec`` from the start until ``until(bodies)`` holds."""
     decoder = Decoder(keys, allowed_types=types, max_age_ms=None)
-    consumer = make_consumer(kafka, group_id=None, auto_offset_reset="earliest")
-    await consumer.start()
     bodies: list[Any] = []
-    try:
-        parts = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
+    async with replay(kafka, spec) as consumer:
         deadline = time.monotonic() + timeout_s
         while not until(bodies):
             if time.monotonic() > deadline:
-                raise AssertionError(f"condition on {topic} not met in {timeout_s} s; saw {len(bodies)}")
+                raise AssertionError(f"condition on {spec.name} not met in {timeout_s} s; saw {len(bodies)}")
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     if record.value is None:
@@ -132,8 +124,6 @@ async def read_topic(
                         bodies.append(decoder.decode(record.value).body)
                     except ProtocolError as exc:
                         bodies.append(exc)
-    finally:
-        await consumer.stop()
     return bodies
 
 
@@ -143,8 +133,7 @@ async def audit_events(
     t = topics(kafka.topic_prefix)
     bodies = await read_topic(
         kafka,
-        t.audit.name,
-        t.audit.partitions,
+        t.audit,
         trusted_ring(keys_dir),
         until=lambda got: until([b for b in got if isinstance(b, AuditEvent)]),
         timeout_s=timeout_s,

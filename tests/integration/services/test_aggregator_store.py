@@ -77,19 +77,19 @@ async def test_cursors_and_outbox_are_scoped(
 
     other = await AggregatorStore.connect(stack.postgres_dsn, scope=f"o{unique}.")
     try:
-        await store.queue("topic-a", b"k", b"mine")
-        await other.queue("topic-b", None, b"theirs")
-        mine = await store.pending()
+        await store.outbox.queue("topic-a", b"k", b"mine")
+        await other.outbox.queue("topic-b", None, b"theirs")
+        mine = await store.outbox.pending()
         assert [(t, k, v) for _, t, k, v in mine] == [("topic-a", b"k", b"mine")]
-        await store.sent(mine[-1][0])
-        assert await store.pending() == []
+        await store.outbox.sent(mine[-1][0])
+        assert await store.outbox.pending() == []
         for i in range(3):
-            await store.queue("topic-a", None, bytes([i]) * 10)
-        assert [v[0] for *_, v in await store.pending(max_bytes=5)] == [0]  # always at least one
-        assert [v[0] for *_, v in await store.pending(max_bytes=20)] == [0, 1]
-        assert len(await store.pending(limit=1)) == 1
-        await store.sent((await store.pending())[-1][0])
-        assert [v for *_, v in await other.pending()] == [b"theirs"]
-        await other.sent((await other.pending())[-1][0])
+            await store.outbox.queue("topic-a", None, bytes([i]) * 10)
+        assert [v[0] for *_, v in await store.outbox.pending(max_bytes=5)] == [0]  # always at least one
+        assert [v[0] for *_, v in await store.outbox.pending(max_bytes=20)] == [0, 1]
+        assert len(await store.outbox.pending(limit=1)) == 1
+        await store.outbox.sent((await store.outbox.pending())[-1][0])
+        assert [v for *_, v in await other.outbox.pending()] == [b"theirs"]
+        await other.outbox.sent((await other.outbox.pending())[-1][0])
     finally:
         await other.close()

@@ -96,8 +96,7 @@ async def test_killed_device_goes_stale_then_offline(
 
     seen = await read_topic(
         kafka,
-        t.health.name,
-        t.health.partitions,
+        t.health,
         TrustedKeys(keys_dir),
         until=lambda b: "online" in states(b),
     )
@@ -105,8 +104,7 @@ async def test_killed_device_goes_stale_then_offline(
     fleet.kill(device_id)
     seen = await read_topic(
         kafka,
-        t.health.name,
-        t.health.partitions,
+        t.health,
         TrustedKeys(keys_dir),
         until=lambda b: "offline" in states(b),
     )

@@ -209,8 +209,7 @@ async def test_broker_restart_devices_reconnect_and_spooled_heartbeats_arrive(
         await launcher.wait_healthy(broker, time.monotonic() + 120)
     beats = await read_topic(
         kafka,
-        t.heartbeats.name,
-        t.heartbeats.partitions,
+        t.heartbeats,
         fleet.devices_keyring(),
         timeout_s=120,
         until=lambda got: any(isinstance(b, Heartbeat) and b.seq >= seq_during_outage for b in got),

@@ -13,7 +13,7 @@ import pytest
 
 from qflare.crypto import generate_key
 from qflare.identity import Identity, TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
+from qflare.kafka import KafkaSettings, make_producer, prepare_topics
 from qflare.protocol import seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
@@ -60,12 +60,8 @@ def scheduler(
 
 
 async def _publish(kafka: KafkaSettings, records: list[tuple[str, str, bytes]]) -> None:
-    admin = make_admin(kafka)
-    await admin.start()
-    try:  # as the services do at start, so partition counts match qflare.protocol.topics
-        await ensure_topics(admin, list(topics(kafka.topic_prefix)), kafka)
-    finally:
-        await admin.close()
+    # As the services do at start, so partition counts match qflare.protocol.topics.
+    await prepare_topics(kafka)
     producer = make_producer(kafka)
     await producer.start()
     try:
@@ -79,8 +75,7 @@ async def _tasks(kafka: KafkaSettings, keys_dir: Path, count: int, timeout_s: fl
     t = topics(kafka.topic_prefix)
     got = await read_topic(
         kafka,
-        t.rounds.name,
-        t.rounds.partitions,
+        t.rounds,
         TrustedKeys(keys_dir),
         timeout_s=timeout_s,
         until=lambda b: sum(isinstance(x, RoundTask) for x in b) >= count,

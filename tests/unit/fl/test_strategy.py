@@ -17,7 +17,8 @@ from qflare.fl import (
     build_strategy,
     weighted_average,
 )
-from qflare.fl.arrays import NDArrays, Scalar
+from qflare.fl.arrays import NDArrays
+from qflare.types import Scalar
 
 NAMES = ["w", "b"]
 SHAPES = [(8, 4), (4,)]

@@ -10,6 +10,7 @@ from aiokafka import ConsumerRecord
 from qflare.crypto import KeyFile, generate_key
 from qflare.errors import UnknownKeyError
 from qflare.kafka import KafkaSettings
+from qflare.keys import DeviceKeys
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor, seal_chunked, topics
 from qflare.protocol.devices import Device
@@ -17,7 +18,6 @@ from qflare.protocol.training import ModelUpdate
 from services.aggregator.checks import Rejected
 from services.aggregator.cursor import Cursor
 from services.aggregator.intake import Intake
-from services.aggregator.keys import DeviceKeys
 
 SPEC = topics("").updates
 LIMITS = KafkaSettings().limits

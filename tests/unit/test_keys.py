@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from qflare.crypto import generate_key
+from qflare.keys import AnyKey, DeviceKeys
+from qflare.protocol import KeyRing
 from qflare.protocol.devices import Device
-from services.aggregator.keys import DeviceKeys
 
 
 def test_activate_revoke_rotate_forget() -> None:
@@ -22,3 +23,17 @@ def test_activate_revoke_rotate_forget() -> None:
     assert keys(k2.key_id) is not None and keys.retired_owner(k2.key_id) is None
     keys.forget("d")
     assert keys(k2.key_id) is None and keys.retired_owner(k2.key_id) == "d" and len(keys) == 0
+
+
+def test_any_key_asks_device_keys_then_trusted_keys() -> None:
+    devices, trusted = DeviceKeys(), KeyRing()
+    device, service = generate_key(), generate_key()
+    devices.set("d", "active", device.public_key)  # as the registry fills it from its database
+    trusted.add("registry", service.public_key)
+    lookup = AnyKey(trusted, devices)
+    found = lookup(device.key_id)
+    assert found is not None and found.owner == "d"
+    found = lookup(service.key_id)
+    assert found is not None and found.owner == "registry"
+    devices.set("d", "revoked", device.public_key)
+    assert lookup(device.key_id) is None and devices.retired_owner(devices.last_unknown) == "d"
