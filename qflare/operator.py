@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiokafka import TopicPartition
 
-from qflare.errors import ProtocolError, QflareError
+from qflare.errors import ProtocolError, QflareError, Reason
 from qflare.identity import DEFAULT_KEYS_DIR, Identity, TrustedKeys, load_identity, trusted_ring
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_consumer, make_producer
 from qflare.protocol import Decoder, seal, topics
@@ -134,7 +134,7 @@ async def issue_tokens(
 
 class RegistryUnconfirmedError(QflareError):
     retriable = True
-    reason = "unconfirmed"
+    reason = Reason.UNCONFIRMED
 
 
 @dataclass

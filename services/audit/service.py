@@ -18,10 +18,8 @@ import contextlib
 import time
 from typing import Any, TypeAlias
 
-import psycopg
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 
 from qflare import metrics as shared
 from qflare.errors import ProtocolError, ReplayError, SchemaError
@@ -43,8 +41,6 @@ from services.audit.verifier import verify_forever
 
 log = structlog.get_logger("qflare.audit")
 SERVICE = "audit"
-#: Infrastructure hiccups: the service restarts from its stored positions, never exits.
-TRANSIENT = (KafkaError, psycopg.OperationalError, OSError)
 Record: TypeAlias = ConsumerRecord[Any, Any]
 
 
@@ -83,6 +79,7 @@ class AuditService(BatchLoop):
                 limits=self.kafka.limits,
                 self_signed=("enrollment",) if spec is t.enrollments else (),
             )
+        shared.preset_rejections(SERVICE, self.decoders)
         self.positions: dict[tuple[str, int], int] = {}
         self._last_device: Device | None = None
         self._stopping = asyncio.Event()
