@@ -2,7 +2,7 @@
 VENV ?= $(or $(QFLARE_VENV),/var/cache/qflare/venv)
 BIN := $(VENV)/bin
 
-.PHONY: setup test demo lint upgrade-lock stack-up stack-down
+.PHONY: setup test demo lint docs upgrade-lock stack-up stack-down
 
 setup:
 	bash infra/local/setup.sh
@@ -15,6 +15,10 @@ demo: setup
 
 lint: setup
 	bash infra/local/lint.sh
+
+# Pages generated from the code (a unit test fails when one is stale).
+docs: setup
+	$(BIN)/python -c "from qflare.reasons import table; print(table(), end='')" > docs/rejections.md
 
 # Move every role's lock (requirements/*.lock) to the newest versions pyproject.toml allows,
 # install them and run the whole suite on the result; commit the locks only if it passed.

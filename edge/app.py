@@ -27,7 +27,7 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import numpy.typing as npt
 
-from qflare.errors import QflareError
+from qflare.errors import QflareError, Reason
 
 Weights = list[npt.NDArray[Any]]
 
@@ -71,7 +71,7 @@ class Failure:
 
 
 class HandlerMissing(QflareError):
-    reason = "handler_missing"
+    reason = Reason.HANDLER_MISSING
 
 
 T = TypeVar("T")
@@ -114,7 +114,7 @@ class DeviceApp:
         if isinstance(result, TrainResult):
             bad = [i for i, w in enumerate(result.weights) if not np.all(np.isfinite(w))]
             if bad:
-                return Failure("non_finite", f"train produced NaN or Inf in tensors {bad}")
+                return Failure(Reason.NON_FINITE, f"train produced NaN or Inf in tensors {bad}")
         return result if isinstance(result, TrainResult | Failure) else _wrong_type("train", result)
 
     async def run_evaluate(self, task: EvaluateTask) -> EvaluateResult | Failure:
@@ -124,7 +124,7 @@ class DeviceApp:
     async def _call(self, kind: str, task: Any) -> Any:
         handler = self._handlers.get(kind)
         if handler is None:
-            return Failure("handler_missing", f"no @app.{kind} handler is registered")
+            return Failure(Reason.HANDLER_MISSING, f"no @app.{kind} handler is registered")
         try:
             if inspect.iscoroutinefunction(handler):
                 return await handler(task)

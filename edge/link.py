@@ -4,7 +4,10 @@ Everything a device sends goes through its durable spool first and is removed
 only once Kafka acknowledged it (acks=all), so messages leave in order and
 nothing is lost while the broker is away. While disconnected the link retries
 with exponential backoff and full jitter; it never raises to its caller on a
-broker outage. Re-sending after a failure can deliver a record twice;
+broker outage. An error that retrying cannot fix (``not is_transient``: a
+refused authorisation, a record the broker will never take) ends the link
+with one error log line instead; ``check`` and ``stop`` raise it, and what was
+spooled stays spooled. Re-sending after a failure can deliver a record twice;
 receivers de-duplicate on (sender, message id).
 """
 
@@ -12,20 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from aiokafka.errors import KafkaError
 
 from edge.spool import Spool
 from qflare.backoff import Backoff
+from qflare.errors import is_transient
 from qflare.tracing import Headers
 
 log = structlog.get_logger("qflare.edge.link")
-
-#: Errors that mean "the broker is unreachable or slow": retry, don't crash.
-_TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError)
 
 
 class Link:
@@ -63,17 +63,24 @@ class Link:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="edge-link")
 
+    def check(self) -> None:
+        """Raise the error that ended the link, if one did (see the module docstring)."""
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            self._task.result()
+
     async def stop(self, *, drain_timeout_s: float = 5.0) -> None:
         """Try to flush what is spooled, then close; anything left stays in the spool."""
         if self._task is None:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._until_empty(), timeout=drain_timeout_s)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._close_producer()
-        self._task = None
+        task, self._task = self._task, None
+        task.cancel()
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            await self._close_producer()
 
     async def _until_empty(self) -> None:
         while len(self.spool) and self.connected:
@@ -100,9 +107,16 @@ class Link:
                 if self._producer is None:
                     await self._connect()
                 await self._drain()
-            except _TRANSIENT as exc:
+            except Exception as exc:
                 self.connected = False
                 await self._close_producer()
+                if not is_transient(exc):
+                    log.error(
+                        "kafka refused the link, giving up",
+                        error=f"{type(exc).__name__}: {exc}",
+                        spooled=len(self.spool),
+                    )
+                    raise
                 delay = self._backoff.next_delay_s()
                 log.warning(
                     "kafka unreachable, retrying",
@@ -122,8 +136,7 @@ class Link:
         try:
             await producer.start()
         except BaseException:
-            with contextlib.suppress(*_TRANSIENT):
-                await producer.stop()
+            await _quietly(producer.stop())
             raise
         self._producer = producer
         if self._backoff.attempts:
@@ -148,5 +161,13 @@ class Link:
     async def _close_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            with contextlib.suppress(*_TRANSIENT):
-                await asyncio.wait_for(producer.stop(), timeout=5)
+            await _quietly(asyncio.wait_for(producer.stop(), timeout=5))
+
+
+async def _quietly(stopping: Awaitable[Any]) -> None:
+    """Stop a producer that is being dropped anyway; a broker that is away does not matter then."""
+    try:
+        await stopping
+    except Exception as exc:
+        if not is_transient(exc):
+            raise

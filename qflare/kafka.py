@@ -154,7 +154,10 @@ async def ensure_topics(
             created.append(name)
         elif code != _TOPIC_ALREADY_EXISTS:
             error = for_code(code)
-            raise TopicSetupError(f"{error.__name__}: {message or 'no detail'}", field=name)
+            # Retriable as the broker's error is: a controller election passes, an invalid name does not.
+            raise TopicSetupError(
+                f"{error.__name__}: {message or 'no detail'}", field=name, retriable=error.retriable
+            )
     return created
 
 

@@ -24,14 +24,9 @@ class DeviceKeys:
         self._current: dict[str, bytes] = {}
         #: key id -> device id, for keys of retired devices.
         self._retired: dict[bytes, str] = {}
-        #: The key id of the last lookup that found nothing, for ``retired_owner``.
-        self.last_unknown = b""
 
     def __call__(self, kid: bytes) -> KnownKey | None:
-        found = self._ring(kid)
-        if found is None:
-            self.last_unknown = kid
-        return found
+        return self._ring(kid)
 
     def __len__(self) -> int:
         return len(self._ring)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import structlog
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from qflare.reasons import Reason
 
 # -- messages and traffic ------------------------------------------------------
 REJECTED = Counter(
@@ -90,6 +92,19 @@ def metric_names() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 def _exposed(metric: Counter | Gauge | Histogram) -> str:
     return f"{metric._name}_total" if isinstance(metric, Counter) else metric._name
+
+
+def preset_rejections(service: str, topics: Iterable[str]) -> None:
+    """Create ``service``'s rejected-messages series at 0 for every reason on each topic it reads.
+
+    A series that first appears at 1 has no earlier sample, so ``rate()`` and
+    ``increase()`` miss its first rejection, and a dashboard cannot tell "none
+    yet" from "not exported". Reasons are a closed ``Reason`` enum, so the
+    label set stays bounded.
+    """
+    for topic in topics:
+        for reason in Reason:
+            REJECTED.labels(service, topic, reason)
 
 
 def record_round_opened(service: str, job_id: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, QflareError
+from qflare.errors import ProtocolError, QflareError, Reason
 from qflare.identity import DEFAULT_KEYS_DIR, Identity, TrustedKeys, load_identity, trusted_ring
 from qflare.kafka import (
     KafkaSettings,
@@ -136,7 +136,7 @@ async def issue_tokens(
 
 class RegistryUnconfirmedError(QflareError):
     retriable = True
-    reason = "unconfirmed"
+    reason = Reason.UNCONFIRMED
 
 
 @dataclass

@@ -2,7 +2,10 @@
 
 A lost connection to Kafka, PostgreSQL or Redis restarts the service after a
 backoff instead of exiting: every service rebuilds its state from its own
-storage and re-reads uncommitted records, so a restart is always safe.
+storage and re-reads uncommitted records, so a restart is always safe. An
+error that retrying cannot fix (``not is_transient``: a refused authorisation,
+an invalid topic, a bug) ends the process with ``EXIT_NOT_TRANSIENT`` and one
+log line naming the error, instead of restarting it forever.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ import structlog
 
 from qflare import metrics
 from qflare.backoff import Backoff
+from qflare.errors import is_transient
+
+#: Exit status of a service stopped by an error that is not transient: EX_CONFIG of
+#: sysexits.h, which a supervisor can be told not to restart (systemd: RestartPreventExitStatus).
+EXIT_NOT_TRANSIENT = 78
 
 
 class Service(Protocol):
@@ -31,32 +39,47 @@ async def serve_forever(
     name: str,
     factory: Callable[[], AbstractAsyncContextManager[Service]],
     *,
-    transient: tuple[type[BaseException], ...],
     metrics_port: int,
 ) -> None:
+    """Run ``factory()``'s service until a signal, restarting it after transient errors.
+
+    Raises ``SystemExit(EXIT_NOT_TRANSIENT)`` on any other error, once it is logged.
+    """
     log = structlog.get_logger(f"qflare.{name}")
     metrics.serve_metrics(metrics_port)
     backoff = Backoff(initial_s=0.5, max_s=15)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
         loop.add_signal_handler(sig, stop.set)
-    while not stop.is_set():
-        try:
-            async with factory() as service:
-                backoff.reset()
-                runner = asyncio.create_task(service.run())
-                waiter = asyncio.create_task(stop.wait())
-                await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                service.request_stop()
-                waiter.cancel()
-                await runner
-        except transient as exc:
-            delay = backoff.next_delay_s()
-            log.warning(
-                f"{name} lost a server, restarting", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay
-            )
-            await asyncio.sleep(delay)
+    try:
+        while not stop.is_set():
+            try:
+                async with factory() as service:
+                    backoff.reset()
+                    runner = asyncio.create_task(service.run())
+                    waiter = asyncio.create_task(stop.wait())
+                    await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    service.request_stop()
+                    waiter.cancel()
+                    await runner
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if not is_transient(exc):
+                    log.error(
+                        f"{name} stopped: {error} (not transient, so a restart would not help)",
+                        error=error,
+                        exit_status=EXIT_NOT_TRANSIENT,
+                        exc_info=exc,
+                    )
+                    raise SystemExit(EXIT_NOT_TRANSIENT) from exc
+                delay = backoff.next_delay_s()
+                log.warning(f"{name} lost a server, restarting", error=error, retry_in_s=delay)
+                await asyncio.sleep(delay)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 class _Client(Protocol):

@@ -92,6 +92,7 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
     running = True
     while running:
         await asyncio.sleep(0.5)
+        link.check()  # a refusal retrying cannot fix ends the worker, not only its link
         while True:
             try:
                 command, device_id = control.get_nowait()

@@ -7,7 +7,7 @@ stored state: no method relies on another having been called on this object.
 
 A round, as the aggregator drives it::
 
-    state = strategy.begin_round(state, rnd, global_weights, names)   # fresh, empty sum
+    state = strategy.begin_round(state, rnd, shapes, names)           # fresh, empty sum
     task_config = strategy.configure_round(state, rnd).to_config()     # -> RoundTask.config
     strategy.accumulate(state, Update(weights, num_examples))          # per update, in place
     new_global, state = strategy.aggregate(state, global_weights)      # when quorum/deadline is met
@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from qflare.errors import AggregationError, ConfigError, SchemaError
 from qflare.fl.accumulate import FixedPoint, FixedPointAccumulator
-from qflare.fl.arrays import NDArrays
+from qflare.fl.arrays import NDArrays, Shape
 from qflare.types import Scalar
 
 _STATE_VERSION = 1
@@ -187,11 +187,15 @@ class Strategy(ABC):
         """What devices should do in ``round``."""
 
     def begin_round(
-        self, state: StrategyState, round: int, global_weights: Sequence[NDArray[Any]], names: Sequence[str]
+        self, state: StrategyState, round: int, shapes: Sequence[Shape], names: Sequence[str]
     ) -> StrategyState:
-        """A copy of ``state`` with an empty sum for ``round`` (any unfinished sum is dropped)."""
+        """A copy of ``state`` with an empty sum for ``round`` (any unfinished sum is dropped).
+
+        It takes the model's tensor shapes, not its weights: an empty sum needs no
+        values, so the caller need not load the global model to open a round.
+        """
         self._check_owner(state)
-        acc = FixedPointAccumulator.like(global_weights, names, self.fixed_point)
+        acc = FixedPointAccumulator(names, shapes, self.fixed_point)
         return replace(state, round=round, accumulator=acc)
 
     def accumulate(self, state: StrategyState, update: Update) -> None:

@@ -182,7 +182,7 @@ class Decoder:
                     )
                 known = KnownKey(claim[0], claim[1])
         if known is None:
-            raise UnknownKeyError(f"no public key for key_id {head.key_id.hex()}", field="key_id")
+            raise UnknownKeyError(head.key_id)
         if known.owner != head.sender:
             raise KeyMismatchError(
                 f"key {head.key_id.hex()} does not belong to {head.sender!r}", field="sender"

@@ -12,17 +12,13 @@ import asyncio
 from qflare.runner import serve_forever
 from qflare.telemetry import configure_logging
 from services.aggregator.config import AggregatorSettings
-from services.aggregator.service import TRANSIENT, AggregatorService
+from services.aggregator.service import AggregatorService
 
 
 def main() -> None:
     configure_logging("aggregator")
     cfg = AggregatorSettings()
-    asyncio.run(
-        serve_forever(
-            "aggregator", lambda: AggregatorService(cfg), transient=TRANSIENT, metrics_port=cfg.metrics_port
-        )
-    )
+    asyncio.run(serve_forever("aggregator", lambda: AggregatorService(cfg), metrics_port=cfg.metrics_port))
 
 
 if __name__ == "__main__":

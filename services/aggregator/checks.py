@@ -1,9 +1,13 @@
 """What makes a verified ``ModelUpdate`` acceptable for a round, each failure with a typed reason.
 
 The envelope layer (``qflare.protocol.Decoder``) has already checked the
-signature against the device's registered key, the digest and the limits.
-These checks are about meaning: is this device allowed to answer this round,
-from this model version, once, with a model of the right shape and range?
+signature against the device's registered key, the digest, the limits and
+that every tensor is finite (the one pass over the values that protocol §8
+asks of the decoder). These checks are about meaning: is this device allowed
+to answer this round, from this model version, once, with a model of the
+right names, dtypes and shapes? They read no tensor data: the value range is
+the exact sum's own guard (``FixedPointAccumulator.add``), so each value is
+looked at once by the decoder and once where it is summed, not again here.
 They run cheapest first, and a rejected update never touches the running sum.
 """
 
@@ -11,35 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
-from qflare.errors import QflareError
+from qflare.errors import InvalidUpdateError, Rejected
 from qflare.fl import FixedPoint
 from qflare.protocol.training import ModelUpdate
+from qflare.reasons import Reason
 from services.aggregator.models import Layout
 from services.aggregator.rounds import OpenRound
-
-#: Every reason ``check_update`` can give (beyond the decoder's own).
-REASONS = (
-    "sender_mismatch",
-    "wrong_round",
-    "unselected",
-    "wrong_version",
-    "replay",
-    "duplicate",
-    "num_examples",
-    "shape",
-    "non_finite",
-    "out_of_range",
-)
-
-
-class Rejected(QflareError):
-    """A verified message that the aggregator refuses; ``reason`` is the audit and metric label."""
-
-    def __init__(self, reason: str, message: str, *, field: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message, field=field)
 
 
 def find_round(
@@ -51,13 +32,13 @@ def find_round(
 ) -> OpenRound:
     """The open round ``update`` answers, or ``Rejected`` (a spoofed device id, a closed or unknown round)."""
     if update.device_id != sender:
-        raise Rejected("sender_mismatch", f"signed by {sender!r}", field="body.device_id")
+        raise Rejected(Reason.SENDER_MISMATCH, f"signed by {sender!r}", field="body.device_id")
     if header_round != update.round:
-        raise Rejected("wrong_round", f"envelope round {header_round} != body round", field="round")
+        raise Rejected(Reason.WRONG_ROUND, f"envelope round {header_round} != body round", field="round")
     rnd = rounds.get((update.job_id, update.round))
     if rnd is None:
         raise Rejected(
-            "wrong_round", f"round {update.round} of {update.job_id!r} is not open", field="body.round"
+            Reason.WRONG_ROUND, f"round {update.round} of {update.job_id!r} is not open", field="body.round"
         )
     return rnd
 
@@ -67,40 +48,49 @@ def check_update(
 ) -> None:
     """Raise ``Rejected`` unless ``update`` may be added to ``rnd``, whose model has ``layout``."""
     if update.device_id not in rnd.devices:
-        raise Rejected("unselected", f"{update.device_id!r} was not selected for round {rnd.round}")
+        raise Rejected(Reason.UNSELECTED, f"{update.device_id!r} was not selected for round {rnd.round}")
     if update.base_version != rnd.model_version:
         raise Rejected(
-            "wrong_version",
+            Reason.WRONG_VERSION,
             f"trained from version {update.base_version}, the round is on {rnd.model_version}",
             field="body.base_version",
         )
     earlier = rnd.included.get(update.device_id)
     if earlier is not None:
         if earlier.message_id == message_id:
-            raise Rejected("replay", f"update {message_id.hex()} is already included", field="id")
-        raise Rejected("duplicate", f"{update.device_id!r} already has an update in round {rnd.round}")
+            raise Rejected(Reason.REPLAY, f"update {message_id.hex()} is already included", field="id")
+        raise Rejected(Reason.DUPLICATE, f"{update.device_id!r} already has an update in round {rnd.round}")
     if not 1 <= update.num_examples <= fmt.capacity:
-        raise Rejected("num_examples", f"must be in [1, {fmt.capacity}]", field="body.num_examples")
-    check_tensors(update, layout, fmt)
+        raise Rejected(Reason.NUM_EXAMPLES, f"must be in [1, {fmt.capacity}]", field="body.num_examples")
+    check_tensors(update, layout)
 
 
-def check_tensors(update: ModelUpdate, layout: Layout, fmt: FixedPoint) -> None:
+def check_tensors(update: ModelUpdate, layout: Layout) -> None:
+    """Names, order, dtypes and shapes as the job's layout has them (values are not read here)."""
     names = tuple(t.name for t in update.tensors)
     if names != layout.names:
         raise Rejected(
-            "shape", f"tensors {list(names)} != the model's {list(layout.names)}", field="body.tensors"
+            Reason.SHAPE, f"tensors {list(names)} != the model's {list(layout.names)}", field="body.tensors"
         )
     for i, (tensor, shape) in enumerate(zip(update.tensors, layout.shapes, strict=True)):
         where = f"body.tensors[{i}]"
         if tensor.dtype != layout.dtype:
-            raise Rejected("shape", f"dtype {tensor.dtype} != {layout.dtype}", field=f"{where}.dtype")
+            raise Rejected(Reason.SHAPE, f"dtype {tensor.dtype} != {layout.dtype}", field=f"{where}.dtype")
         if tuple(tensor.array.shape) != shape:
-            raise Rejected("shape", f"shape {tuple(tensor.array.shape)} != {shape}", field=f"{where}.shape")
-        if not tensor.array.size:
-            continue
-        # One pass: max |x| is NaN when any value is NaN, inf when any is infinite.
-        peak = float(np.max(np.abs(tensor.array)))
-        if not np.isfinite(peak):
-            raise Rejected("non_finite", "contains NaN or infinity", field=f"{where}.data")
-        if peak > fmt.max_abs:
-            raise Rejected("out_of_range", f"|value| {peak:g} exceeds {fmt.max_abs:g}", field=f"{where}.data")
+            raise Rejected(
+                Reason.SHAPE, f"shape {tuple(tensor.array.shape)} != {shape}", field=f"{where}.shape"
+            )
+
+
+def out_of_range(exc: InvalidUpdateError, layout: Layout) -> Rejected:
+    """The sum's own refusal (a value beyond the fixed-point range, or a full round) as a rejection.
+
+    The accumulator names a tensor or ``num_examples``; the rejection names the
+    wire field, as every other rejection of an update does.
+    """
+    field = exc.field
+    if field in layout.names:
+        field = f"body.tensors[{layout.names.index(field)}].data"
+    elif field == "num_examples":
+        field = "body.num_examples"
+    return Rejected(Reason.OUT_OF_RANGE, str(exc), field=field)

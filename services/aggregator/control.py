@@ -18,7 +18,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, QflareError, ReplayError
+from qflare.errors import ProtocolError, QflareError, Rejected, ReplayError
 from qflare.fl import StrategyState
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, partitions, read_to_end
@@ -29,12 +29,12 @@ from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device
 from qflare.protocol.topics import Topics
 from qflare.protocol.training import RoundTask
-from services.aggregator.checks import Rejected
+from qflare.reasons import Reason
 from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.cursor import Cursor
 from services.aggregator.jobs import Job, JobConfig
-from services.aggregator.models import decode, encode, weights_of
+from services.aggregator.models import encode
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import OpenRound
 from services.aggregator.store import AggregatorStore
@@ -125,7 +125,7 @@ class Control:
         msg: Message | ProtocolError | Rejected
         try:
             if record.value is None:
-                raise Rejected("schema", "record has no value", field="$")
+                raise Rejected(Reason.SCHEMA, "record has no value", field="$")
             msg = self.decoders[record.topic].decode(record.value)
         except (ProtocolError, Rejected) as exc:
             msg = exc
@@ -162,7 +162,7 @@ class Control:
     def _authorised(self, msg: Message, allowed: frozenset[str]) -> None:
         if msg.header.sender not in allowed:
             raise Rejected(
-                "unauthorised", f"{msg.header.sender!r} may not send {msg.header.type}", field="sender"
+                Reason.UNAUTHORISED, f"{msg.header.sender!r} may not send {msg.header.type}", field="sender"
             )
 
     async def _job(self, msg: Message, cmd: JobCommand) -> None:
@@ -170,9 +170,9 @@ class Control:
         job = self.jobs.get(cmd.job_id)
         if cmd.command != "start":
             if job is None:
-                raise Rejected("unknown_job", f"no job {cmd.job_id!r}", field="body.job_id")
+                raise Rejected(Reason.UNKNOWN_JOB, f"no job {cmd.job_id!r}", field="body.job_id")
             if job.status == "stopped":
-                raise Rejected("job_stopped", f"job {cmd.job_id!r} is stopped", field="body.command")
+                raise Rejected(Reason.JOB_STOPPED, f"job {cmd.job_id!r} is stopped", field="body.command")
             job.status = {"pause": "paused", "resume": "running", "stop": "stopped"}[cmd.command]
             await self.store.set_job(job.job_id, status=job.status)
             return
@@ -180,13 +180,13 @@ class Control:
         if job is not None:
             if job.config != config:
                 raise Rejected(
-                    "job_conflict", f"job {cmd.job_id!r} exists with another config", field="body.config"
+                    Reason.JOB_CONFLICT, f"job {cmd.job_id!r} exists with another config", field="body.config"
                 )
             return  # a repeated start changes nothing
         strategy = config.strategy_for(config.strategy)
         job = Job(cmd.job_id, config, "running", strategy.initial_state().to_bytes())
         if not await self.store.insert_job(job.job_id, dict(cmd.config), job.strategy_state):
-            raise Rejected("job_conflict", f"job id {cmd.job_id!r} is taken", field="body.job_id")
+            raise Rejected(Reason.JOB_CONFLICT, f"job id {cmd.job_id!r} is taken", field="body.job_id")
         if await self.store.latest_version(job.job_id) is None:
             layout = job.layout
             model = encode(
@@ -209,38 +209,40 @@ class Control:
         self._authorised(msg, self.cfg.round_senders)
         job = self.jobs.get(task.job_id)
         if job is None:
-            raise Rejected("unknown_job", f"no job {task.job_id!r}", field="body.job_id")
+            raise Rejected(Reason.UNKNOWN_JOB, f"no job {task.job_id!r}", field="body.job_id")
         if job.status != "running":
-            raise Rejected("job_not_running", f"job {task.job_id!r} is {job.status}", field="body.job_id")
+            raise Rejected(
+                Reason.JOB_NOT_RUNNING, f"job {task.job_id!r} is {job.status}", field="body.job_id"
+            )
         if task.strategy != job.config.strategy:
             raise Rejected(
-                "strategy_mismatch", f"the job uses {job.config.strategy!r}", field="body.strategy"
+                Reason.STRATEGY_MISMATCH, f"the job uses {job.config.strategy!r}", field="body.strategy"
             )
         known = await self.store.round_task_id(task.job_id, task.round)
         if known == msg.header.id:
-            raise Rejected("replay", f"round {task.round} was already opened by this task", field="id")
+            raise Rejected(Reason.REPLAY, f"round {task.round} was already opened by this task", field="id")
         same = self.rounds.get((task.job_id, task.round))
         if same is not None and _same_task(same, task):
             return  # a restarted scheduler re-announcing its open round: nothing changes
         last = await self.store.last_round(task.job_id)
         if last is not None and task.round <= last:
-            raise Rejected("wrong_round", f"round numbers must increase; last was {last}", field="body.round")
+            raise Rejected(
+                Reason.WRONG_ROUND, f"round numbers must increase; last was {last}", field="body.round"
+            )
         busy = [r.round for r in self.rounds.values() if r.job_id == task.job_id]
         if busy:
-            raise Rejected("round_open", f"round {busy[0]} of the job is still open", field="body.round")
+            raise Rejected(Reason.ROUND_OPEN, f"round {busy[0]} of the job is still open", field="body.round")
         latest = await self.store.latest_version(task.job_id)
         if task.model_version != latest:
-            raise Rejected("wrong_version", f"the job's latest model is {latest}", field="body.model_version")
-        base = await self.store.model(task.job_id, task.model_version)
-        if base is None:
-            raise Rejected("wrong_version", "no such model version", field="body.model_version")
+            raise Rejected(
+                Reason.WRONG_VERSION, f"the job's latest model is {latest}", field="body.model_version"
+            )
+        # The latest version is a stored one, and a fresh sum needs only its shapes, which the
+        # job's layout has: the stored model is neither fetched nor decoded to open a round.
         layout = job.layout
         strategy = job.config.strategy_for(task.strategy)
         state = strategy.begin_round(
-            StrategyState.from_bytes(job.strategy_state),
-            task.round,
-            weights_of(decode(base.weights), layout),
-            layout.names,
+            StrategyState.from_bytes(job.strategy_state), task.round, layout.shapes, layout.names
         )
         rnd = OpenRound.from_task(task, msg.header.id, now_ms(), state)
         await self.store.insert_round(rnd, dict(task.config))

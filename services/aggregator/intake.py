@@ -16,7 +16,7 @@ from aiokafka import ConsumerRecord
 
 from qflare import metrics
 from qflare.clock import now_ms
-from qflare.errors import ChunkTimeoutError, ProtocolError, UnknownKeyError
+from qflare.errors import ChunkTimeoutError, ProtocolError, Rejected, UnknownKeyError
 from qflare.keys import DeviceKeys
 from qflare.protocol import Decoder, Message, Reassembler
 from qflare.protocol.decoder import ReplayCache
@@ -24,7 +24,7 @@ from qflare.protocol.envelope import parse_envelope
 from qflare.protocol.limits import Limits
 from qflare.protocol.topics import TopicSpec
 from qflare.protocol.training import ModelUpdate
-from services.aggregator.checks import Rejected
+from qflare.reasons import Reason
 from services.aggregator.cursor import Cursor, StreamKey
 from services.aggregator.publisher import SERVICE
 
@@ -59,7 +59,7 @@ class Intake:
         Raises ``ProtocolError`` or ``Rejected`` for a record to refuse.
         """
         if record.value is None:
-            raise Rejected("schema", "record has no value", field="$")
+            raise Rejected(Reason.SCHEMA, "record has no value", field="$")
         size = len(record.value)
         if cursor.handled_before(record.offset) and not self._reopens(record.value, cursor):
             return None
@@ -82,7 +82,7 @@ class Intake:
             size = self._finish(cursor, key)
             msg = whole
         if not isinstance(msg.body, ModelUpdate):
-            raise Rejected("schema", f"expected model_update, got {msg.header.type}", field="type")
+            raise Rejected(Reason.SCHEMA, f"expected model_update, got {msg.header.type}", field="type")
         return msg, size
 
     def expire(self, cursors: list[Cursor]) -> list[ChunkTimeoutError]:
@@ -112,9 +112,9 @@ class Intake:
         try:
             return self.decoder.decode(value)
         except UnknownKeyError as exc:
-            device = self.keys.retired_owner(self.keys.last_unknown)
+            device = self.keys.retired_owner(exc.key_id)
             if device is not None:
                 raise Rejected(
-                    "revoked", f"device {device} is revoked or deregistered", field="key_id"
+                    Reason.REVOKED, f"device {device} is revoked or deregistered", field="key_id"
                 ) from exc
             raise

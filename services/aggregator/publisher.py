@@ -41,6 +41,9 @@ class Publisher:
         self.identity = identity
         self.topics = topics
         self.limits = limits
+        metrics.preset_rejections(
+            SERVICE, (t.name for t in (topics.updates, topics.devices, topics.jobs, topics.rounds))
+        )
 
     async def queue_model(self, model: EncodedModel) -> None:
         """The model as one record or a chunk stream; chunk ``i`` has key ``<job_id>:<i>``.
@@ -104,6 +107,7 @@ class Publisher:
             "offset": offset,
             "field": exc.field,
             "error": str(exc)[:500],
+            **exc.detail,
             **(context or {}),
         }
         await self.queue_audit(

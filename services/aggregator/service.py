@@ -18,14 +18,12 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import KafkaError
 
 from qflare import metrics
 from qflare.clock import now_ms
-from qflare.errors import InvalidUpdateError, ProtocolError, QflareError
+from qflare.errors import InvalidUpdateError, ProtocolError, QflareError, Rejected, is_transient
 from qflare.fl import FixedPoint, Update
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
@@ -34,7 +32,7 @@ from qflare.protocol import Message, topics
 from qflare.protocol.training import ModelUpdate
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
-from services.aggregator.checks import Rejected, check_update, find_round
+from services.aggregator.checks import check_update, find_round, out_of_range
 from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.control import Control
@@ -47,8 +45,6 @@ from services.aggregator.rounds import Included, OpenRound
 from services.aggregator.store import AggregatorStore
 
 log = structlog.get_logger("qflare.aggregator")
-#: Infrastructure hiccups: the service restarts from its checkpoint, never exits.
-TRANSIENT = (KafkaError, psycopg.OperationalError, OSError)
 
 
 class AggregatorService(BatchLoop):
@@ -151,7 +147,9 @@ class AggregatorService(BatchLoop):
             try:
                 async with self._lock:
                     await self.closer.close_ready(now_ms())
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 # Nothing changed in memory before the failed commit: the next tick tries again.
                 log.warning("closing at deadline failed, will retry", error=f"{type(exc).__name__}: {exc}")
 
@@ -210,7 +208,7 @@ class AggregatorService(BatchLoop):
             try:
                 strategy.accumulate(rnd.state, Update([t.array for t in update.tensors], update.num_examples))
             except InvalidUpdateError as exc:  # the sum's own range and capacity checks
-                raise Rejected("out_of_range", str(exc), field=exc.field) from exc
+                raise out_of_range(exc, job.layout) from exc
         except Rejected as exc:
             if claimed is not None:
                 claimed.count(f"rejected_{exc.reason}")

@@ -11,15 +11,13 @@ import asyncio
 from qflare.runner import serve_forever
 from qflare.telemetry import configure_logging
 from services.audit.config import AuditSettings
-from services.audit.service import TRANSIENT, AuditService
+from services.audit.service import AuditService
 
 
 def main() -> None:
     configure_logging("audit")
     cfg = AuditSettings()
-    asyncio.run(
-        serve_forever("audit", lambda: AuditService(cfg), transient=TRANSIENT, metrics_port=cfg.metrics_port)
-    )
+    asyncio.run(serve_forever("audit", lambda: AuditService(cfg), metrics_port=cfg.metrics_port))
 
 
 if __name__ == "__main__":

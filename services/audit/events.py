@@ -156,6 +156,7 @@ def rejection(
         "claimed_type": claimed_type,
         "record_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
         "record_bytes": 0 if value is None else len(value),
+        **exc.detail,
     }
     return Event(
         time_ms=now_ms,

@@ -20,6 +20,7 @@ from elasticsearch import TransportError as EsTransportError
 from elasticsearch.exceptions import ApiError
 from elasticsearch.helpers import BulkIndexError, async_bulk
 
+from qflare.errors import is_transient
 from services.audit import metrics
 from services.audit.chain import Entry
 from services.audit.store import AuditStore
@@ -167,7 +168,11 @@ class Indexer:
                 await self.catch_up()
             except ES_ERRORS as exc:
                 metrics.INDEX_ERRORS.inc()
-                log.warning(
-                    "elasticsearch unavailable, will catch up", error=f"{type(exc).__name__}: {exc}"[:300]
-                )
+                error = f"{type(exc).__name__}: {exc}"[:300]
+                # Even a refusal does not stop the service: the index is derived, and the chain
+                # (the truth) must keep taking entries. Only the log level tells them apart.
+                if is_transient(exc):
+                    log.warning("elasticsearch unavailable, will catch up", error=error)
+                else:
+                    log.error("elasticsearch refused the index; the chain is unaffected", error=error)
             await asyncio.sleep(self.interval_s)

@@ -13,9 +13,7 @@ not committed, and no entry is lost or doubled. Elasticsearch is fed by a separa
 
 from __future__ import annotations
 
-import psycopg
 import structlog
-from aiokafka.errors import KafkaError
 
 from qflare import metrics as shared
 from qflare.clock import now_ms
@@ -46,8 +44,6 @@ from services.audit.verifier import verify_forever
 
 log = structlog.get_logger("qflare.audit")
 SERVICE = "audit"
-#: Infrastructure hiccups: the service restarts from its stored positions, never exits.
-TRANSIENT = (KafkaError, psycopg.OperationalError, OSError)
 
 
 class AuditService(BatchLoop):
@@ -82,6 +78,7 @@ class AuditService(BatchLoop):
                 limits=self.kafka.limits,
                 self_signed=("enrollment",) if spec is t.enrollments else (),
             )
+        shared.preset_rejections(SERVICE, self.decoders)
         self.positions: dict[tuple[str, int], int] = {}
         self._last_device: Device | None = None
 

@@ -11,17 +11,13 @@ import asyncio
 from qflare.runner import serve_forever
 from qflare.telemetry import configure_logging
 from services.registry.config import RegistrySettings
-from services.registry.service import TRANSIENT, RegistryService
+from services.registry.service import RegistryService
 
 
 def main() -> None:
     configure_logging("registry")
     cfg = RegistrySettings()
-    asyncio.run(
-        serve_forever(
-            "registry", lambda: RegistryService(cfg), transient=TRANSIENT, metrics_port=cfg.metrics_port
-        )
-    )
+    asyncio.run(serve_forever("registry", lambda: RegistryService(cfg), metrics_port=cfg.metrics_port))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ class Publisher:
         self.identity = identity
         self.topics = topics
         self._in_flight: list[asyncio.Future[Any]] = []
+        metrics.preset_rejections(
+            SERVICE, (t.name for t in (topics.enrollments, topics.heartbeats, topics.registry_control))
+        )
 
     def seal(self, body: AuditEvent | Device | DeviceHealth) -> bytes:
         return seal(body, self.identity.signer, sender=self.identity.name)
@@ -113,6 +116,7 @@ class Publisher:
                 "offset": record.offset,
                 "field": exc.field,
                 "error": str(exc)[:500],
+                **exc.detail,
             },
         )
         await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body))

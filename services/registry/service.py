@@ -14,40 +14,28 @@ import hashlib
 from contextlib import nullcontext
 from typing import Any
 
-import psycopg
 import redis.asyncio as aioredis
 import structlog
 from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaError
-from redis.exceptions import RedisError
 
 from qflare import metrics
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, QflareError, UnknownKeyError
+from qflare.errors import ProtocolError, Rejected, UnknownKeyError, is_transient
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, prepare_topics
 from qflare.keys import DeviceKeys
 from qflare.protocol import Decoder, Message, topics
 from qflare.protocol.control import RegistryCommand
 from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, Heartbeat
+from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import process_span
 from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
-from services.registry.store import DeviceRow, EnrollmentRejected, RegistryStore
+from services.registry.store import DeviceRow, RegistryStore
 
 log = structlog.get_logger("qflare.registry")
-#: Infrastructure hiccups: retried, never fatal.
-TRANSIENT = (KafkaError, RedisError, psycopg.OperationalError, OSError)
-
-
-class Rejected(QflareError):
-    """A verified message that the registry refuses (wrong sender, unknown device...)."""
-
-    def __init__(self, reason: str, message: str, *, field: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message, field=field)
 
 
 class RegistryService(BatchLoop):
@@ -142,20 +130,20 @@ class RegistryService(BatchLoop):
             elif isinstance(body, RegistryCommand):
                 await self._command(msg, body)
             metrics.ACCEPTED.labels(SERVICE, msg.header.type).inc()
-        except (ProtocolError, EnrollmentRejected, Rejected) as exc:
+        except ProtocolError as exc:  # the decoder's, and the registry's own Rejected
             await self.out.reject(record, exc)
 
     def _decode(self, record: ConsumerRecord[Any, Any]) -> Message:
         if record.value is None:
-            raise Rejected("schema", "record has no value", field="$")
+            raise Rejected(Reason.SCHEMA, "record has no value", field="$")
         try:
             return self.decoders[record.topic].decode(record.value)
         except UnknownKeyError as exc:
             # Name the reason precisely when the key belonged to a retired device.
-            device = self.device_keys.retired_owner(self.device_keys.last_unknown)
+            device = self.device_keys.retired_owner(exc.key_id)
             if device is not None:
                 raise Rejected(
-                    "revoked", f"device {device} is revoked or deregistered", field="key_id"
+                    Reason.REVOKED, f"device {device} is revoked or deregistered", field="key_id"
                 ) from exc
             raise
 
@@ -164,7 +152,7 @@ class RegistryService(BatchLoop):
     # event) are written in one PostgreSQL transaction through the outbox.
     async def _enrol(self, msg: Message, body: Enrollment) -> None:
         if msg.header.sender != body.device_id:
-            raise Rejected("sender_mismatch", "sender is not the enrolling device", field="sender")
+            raise Rejected(Reason.SENDER_MISMATCH, "sender is not the enrolling device", field="sender")
         token_hash = hashlib.sha256(body.token.encode()).digest() if body.token else None
         async with self.store.conn.transaction():
             row, outcome = await self.store.enrol(
@@ -180,20 +168,22 @@ class RegistryService(BatchLoop):
 
     def _beat(self, msg: Message, body: Heartbeat, seen: dict[str, int]) -> None:
         if msg.header.sender != body.device_id:
-            raise Rejected("sender_mismatch", "heartbeat for another device", field="body.device_id")
+            raise Rejected(Reason.SENDER_MISMATCH, "heartbeat for another device", field="body.device_id")
         seen_ms = min(msg.header.ts_ms, now_ms())
         seen[body.device_id] = max(seen.get(body.device_id, 0), seen_ms)
 
     async def _deregister(self, msg: Message, body: Deregistration) -> None:
         if msg.header.sender != body.device_id:
-            raise Rejected("sender_mismatch", "a device may only deregister itself", field="body.device_id")
+            raise Rejected(
+                Reason.SENDER_MISMATCH, "a device may only deregister itself", field="body.device_id"
+            )
         async with self.store.conn.transaction():
             row = await self._retire(body.device_id, "deregistered", msg)
         await self._after_retire(row)
 
     async def _command(self, msg: Message, body: RegistryCommand) -> None:
         if body.command != "issue_tokens" and not body.device_id:
-            raise Rejected("schema", f"{body.command} needs a device_id", field="body.device_id")
+            raise Rejected(Reason.SCHEMA, f"{body.command} needs a device_id", field="body.device_id")
         retired = None
         async with self.store.conn.transaction():
             # A re-delivered command (same sender and id) was applied already.
@@ -217,7 +207,7 @@ class RegistryService(BatchLoop):
     async def _retire(self, device_id: str, status: str, msg: Message) -> DeviceRow:
         row = await self.store.set_status(device_id, status)
         if row is None:
-            raise Rejected("unknown_device", f"no device {device_id}", field="device_id")
+            raise Rejected(Reason.UNKNOWN_DEVICE, f"no device {device_id}", field="device_id")
         await self.out.queue_device(row)
         await self.out.queue_audit(f"device.{status}", "warning", subject=device_id, ref=msg)
         return row
@@ -235,7 +225,9 @@ class RegistryService(BatchLoop):
             await asyncio.sleep(self.cfg.sweep_interval_s)
             try:
                 await self.sweep()
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 # Unpublished transitions stay uncommitted in Redis and go out next sweep.
                 log.warning("health sweep failed, will retry", error=f"{type(exc).__name__}: {exc}")
 

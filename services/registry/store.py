@@ -16,20 +16,17 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from qflare.errors import QflareError
+from qflare.errors import Rejected
 from qflare.migrations import migrate
 from qflare.outbox import Outbox
+from qflare.reasons import Reason
 
 SCHEMA_DIR = Path(__file__).with_name("schema")
 Conn = psycopg.AsyncConnection[TupleRow]
 
 
-class EnrollmentRejected(QflareError):
+class EnrollmentRejected(Rejected):
     """An enrolment that is well-formed and signed but not allowed."""
-
-    def __init__(self, reason: str, message: str, *, field: str | None = None) -> None:
-        self.reason = reason
-        super().__init__(message, field=field)
 
 
 @dataclass(frozen=True)
@@ -121,7 +118,9 @@ class RegistryStore:
 
     async def _re_enrol(self, row: DeviceRow, public_key: bytes, kid: bytes) -> tuple[DeviceRow, str]:
         if row.status != "active":
-            raise EnrollmentRejected("revoked", f"device {row.device_id} is {row.status}", field="device_id")
+            raise EnrollmentRejected(
+                Reason.REVOKED, f"device {row.device_id} is {row.status}", field="device_id"
+            )
         if row.key_id == kid:
             return row, "unchanged"
         cur = await self.conn.execute(
@@ -130,7 +129,7 @@ class RegistryStore:
         )
         if await cur.fetchone() is None:
             raise EnrollmentRejected(
-                "key_mismatch",
+                Reason.KEY_MISMATCH,
                 f"device {row.device_id} is pinned to key {row.key_id.hex()}; an operator must "
                 "authorise a rotation (`qflare devices rotate-key`)",
                 field="public_key",
@@ -140,7 +139,7 @@ class RegistryStore:
     async def _use_token(self, token_hash: bytes | None, device_id: str, kid: bytes) -> dict[str, str]:
         if token_hash is None:
             raise EnrollmentRejected(
-                "token_missing", "a new device needs an enrolment token", field="body.token"
+                Reason.TOKEN_MISSING, "a new device needs an enrolment token", field="body.token"
             )
         cur = await self.conn.execute(
             "SELECT expires_at, used_at, labels FROM registry.tokens WHERE token_hash = %s FOR UPDATE",
@@ -148,12 +147,14 @@ class RegistryStore:
         )
         found = await cur.fetchone()
         if found is None:
-            raise EnrollmentRejected("token_unknown", "enrolment token is not known", field="body.token")
+            raise EnrollmentRejected(Reason.TOKEN_UNKNOWN, "enrolment token is not known", field="body.token")
         expires_at, used_at, labels = found
         if used_at is not None:
-            raise EnrollmentRejected("token_reused", "enrolment token was already used", field="body.token")
+            raise EnrollmentRejected(
+                Reason.TOKEN_REUSED, "enrolment token was already used", field="body.token"
+            )
         if expires_at <= datetime.now(UTC):
-            raise EnrollmentRejected("token_expired", "enrolment token has expired", field="body.token")
+            raise EnrollmentRejected(Reason.TOKEN_EXPIRED, "enrolment token has expired", field="body.token")
         await self.conn.execute(
             "UPDATE registry.tokens SET used_at = now(), used_by = %s, used_key_id = %s "
             "WHERE token_hash = %s",

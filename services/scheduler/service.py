@@ -69,6 +69,7 @@ class Scheduler:
             allowed_types={"device", "device_health", "job_command", "round_complete"},
             max_age_ms=None,
         )
+        metrics.preset_rejections(SERVICE, (t.health.name, t.devices.name, "control"))
         self.app = faust.App(
             f"{cfg.app_id}{kafka.topic_prefix}".rstrip("."),
             broker=f"kafka://{kafka.bootstrap}",

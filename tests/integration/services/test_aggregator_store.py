@@ -9,6 +9,7 @@ import pytest
 
 from devstack.settings import StackSettings
 from qflare.fl import FedAvg, StrategyState, Update
+from qflare.fl.arrays import shapes_of
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol.training import RoundTask
 from services.aggregator.cursor import Cursor
@@ -39,7 +40,7 @@ async def test_job_model_round_checkpoint_and_close_round_trip(store: Aggregator
     assert decode(row.weights).version == 0
 
     task = RoundTask(job, 1, 0, "fedavg", ("a", "b"), 2**41, 1, {"lr": 0.1})
-    state = fedavg.begin_round(fedavg.initial_state(), 1, weights, tensor_names("2nn"))
+    state = fedavg.begin_round(fedavg.initial_state(), 1, shapes_of(weights), tensor_names("2nn"))
     rnd = OpenRound.from_task(task, b"\x07" * 16, 1_700_000_000_123, state)
     await store.insert_round(rnd, dict(task.config))
     assert await store.round_task_id(job, 1) == b"\x07" * 16 and await store.last_round(job) == 1

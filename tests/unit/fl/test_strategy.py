@@ -17,7 +17,7 @@ from qflare.fl import (
     build_strategy,
     weighted_average,
 )
-from qflare.fl.arrays import NDArrays
+from qflare.fl.arrays import NDArrays, shapes_of
 from qflare.types import Scalar
 
 NAMES = ["w", "b"]
@@ -36,7 +36,7 @@ def _updates(count: int) -> list[Update]:
 def test_fedavg_round_is_the_example_weighted_mean() -> None:
     strategy = FedAvg(epochs=5, batch_size=10, lr=0.05)
     glob = _weights(0)
-    state = strategy.begin_round(strategy.initial_state(), 1, glob, NAMES)
+    state = strategy.begin_round(strategy.initial_state(), 1, shapes_of(glob), NAMES)
     assert strategy.configure_round(state, 1) == TrainConfig(epochs=5, batch_size=10, lr=0.05)
     updates = _updates(4)
     for update in updates:
@@ -53,12 +53,12 @@ def test_restart_mid_round_from_bytes_gives_the_same_model() -> None:
     strategy = FedAvg()
     glob = _weights(0)
     updates = _updates(6)
-    state = strategy.begin_round(strategy.initial_state(), 3, glob, NAMES)
+    state = strategy.begin_round(strategy.initial_state(), 3, shapes_of(glob), NAMES)
     for update in updates:
         strategy.accumulate(state, update)
     uninterrupted, _ = strategy.aggregate(state, glob)
 
-    state = strategy.begin_round(strategy.initial_state(), 3, glob, NAMES)
+    state = strategy.begin_round(strategy.initial_state(), 3, shapes_of(glob), NAMES)
     for update in updates[3:]:
         strategy.accumulate(state, update)
     restored = StrategyState.from_bytes(state.to_bytes())
@@ -110,7 +110,7 @@ def test_fedprox_only_adds_the_proximal_coefficient() -> None:
     assert TrainConfig.from_config(config.to_config()).get_float("prox_mu", 0.0) == 0.5
     assert state.strategy == "fedprox"
     with pytest.raises(AggregationError):  # a FedAvg state is not a FedProx one
-        prox.begin_round(avg.initial_state(), 1, _weights(0), NAMES)
+        prox.begin_round(avg.initial_state(), 1, shapes_of(_weights(0)), NAMES)
 
 
 def test_train_config_parsing_names_the_bad_key() -> None:
@@ -151,7 +151,7 @@ def test_build_strategy_and_config_errors() -> None:
 
 def test_aggregate_checks_the_global_model_and_that_updates_arrived() -> None:
     strategy = FedAvg()
-    state = strategy.begin_round(strategy.initial_state(), 1, _weights(0), NAMES)
+    state = strategy.begin_round(strategy.initial_state(), 1, shapes_of(_weights(0)), NAMES)
     with pytest.raises(AggregationError):
         strategy.aggregate(state, _weights(0))  # no updates
     strategy.accumulate(state, _updates(1)[0])

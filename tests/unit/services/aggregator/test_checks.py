@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qflare.fl import FedAvg, FixedPoint
+from qflare.errors import InvalidUpdateError, Rejected
+from qflare.fl import FedAvg, FixedPoint, Update
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor
 from qflare.protocol.training import ModelUpdate, RoundTask
-from services.aggregator.checks import Rejected, check_update, find_round
+from qflare.reasons import Reason
+from services.aggregator.checks import check_update, find_round, out_of_range
 from services.aggregator.models import Layout
 from services.aggregator.rounds import Included, OpenRound
 
@@ -20,8 +22,7 @@ MSG_ID = b"\x01" * 16
 
 def _round() -> OpenRound:
     task = RoundTask("job", 3, 2, "fedavg", ("a", "b"), 10_000, 1, {})
-    weights = init_weights("2nn", 0)
-    state = FedAvg().begin_round(FedAvg().initial_state(), 3, weights, tensor_names("2nn"))
+    state = FedAvg().begin_round(FedAvg().initial_state(), 3, LAYOUT.shapes, LAYOUT.names)
     return OpenRound.from_task(task, b"\x00" * 16, 0, state)
 
 
@@ -83,9 +84,20 @@ def test_content_reasons() -> None:
     assert _reason(_update(names=renamed)) == "shape"
     assert _reason(_update(weights=[*weights[:-1], np.zeros(11, np.float32)])) == "shape"
     assert _reason(_update(weights=[w.astype(np.float16) for w in weights])) == "shape"
+
+
+def test_values_are_not_read_here_the_decoder_and_the_sum_own_them() -> None:
+    """Finiteness is the decoder's check (``test_intake``), the range the exact sum's: no third pass."""
+    weights = init_weights("2nn", 1)
     nan = [w.copy() for w in weights]
     nan[2][0, 0] = np.nan
-    assert _reason(_update(weights=nan)) == "non_finite"
+    rnd = _round()
+    check_update(_update(weights=nan), message_id=MSG_ID, rnd=rnd, layout=LAYOUT, fmt=FMT)
     big = [w.copy() for w in weights]
     big[4][0, 0] = 1e4
-    assert _reason(_update(weights=big)) == "out_of_range"
+    check_update(_update(weights=big), message_id=MSG_ID, rnd=rnd, layout=LAYOUT, fmt=FMT)
+    with pytest.raises(InvalidUpdateError) as caught:
+        FedAvg().accumulate(rnd.state, Update(big, 10))
+    rejected = out_of_range(caught.value, LAYOUT)
+    assert rejected.reason == Reason.OUT_OF_RANGE and rejected.field == "body.tensors[4].data"
+    assert rnd.state.accumulator is not None and rnd.state.accumulator.count == 0

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka import ConsumerRecord
 
 from qflare.crypto import KeyFile, generate_key
-from qflare.errors import UnknownKeyError
+from qflare.errors import NonFiniteTensorError, Rejected, UnknownKeyError
+from qflare.fl import NDArrays
 from qflare.kafka import KafkaSettings
 from qflare.keys import DeviceKeys
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor, seal_chunked, topics
 from qflare.protocol.devices import Device
 from qflare.protocol.training import ModelUpdate
-from services.aggregator.checks import Rejected
 from services.aggregator.cursor import Cursor
 from services.aggregator.intake import Intake
 
@@ -23,10 +24,11 @@ SPEC = topics("").updates
 LIMITS = KafkaSettings().limits
 
 
-def _records(device: str, key: KeyFile, seed: int, chunk_bytes: int | None) -> list[bytes]:
-    tensors = tuple(
-        Tensor.of(n, w) for n, w in zip(tensor_names("2nn"), init_weights("2nn", seed), strict=True)
-    )
+def _records(
+    device: str, key: KeyFile, seed: int, chunk_bytes: int | None, weights: NDArrays | None = None
+) -> list[bytes]:
+    arrays = init_weights("2nn", seed) if weights is None else weights
+    tensors = tuple(Tensor.of(n, w) for n, w in zip(tensor_names("2nn"), arrays, strict=True))
     body = ModelUpdate("job", 1, device, 0, 10, tensors, {"loss": 0.1})
     return seal_chunked(body, key.signer(), sender=device, round=1, chunk_bytes=chunk_bytes)
 
@@ -79,5 +81,26 @@ def test_revoked_and_unknown_keys() -> None:
     with pytest.raises(Rejected) as caught:
         intake.read(_kafka(0, _records("a", key, 1, None)[0]), Cursor(SPEC.name, 0))
     assert caught.value.reason == "revoked"
-    with pytest.raises(UnknownKeyError):
-        intake.read(_kafka(1, _records("z", generate_key(), 1, None)[0]), Cursor(SPEC.name, 0))
+    stranger = generate_key()
+    with pytest.raises(UnknownKeyError) as unknown:
+        intake.read(_kafka(1, _records("z", stranger, 1, None)[0]), Cursor(SPEC.name, 0))
+    assert unknown.value.key_id == stranger.key_id
+    assert stranger.key_id.hex() in str(unknown.value)
+    assert unknown.value.detail == {"key_id": stranger.key_id.hex()}
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 100_000])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_update_is_refused_once_by_the_decoder(chunk_bytes: int | None, bad: float) -> None:
+    """The intake's decoder is the one finiteness check, whole or chunked, with the same reason as before."""
+    keys = DeviceKeys()
+    key = generate_key()
+    keys.apply(Device("a", "active", key.public_key, 1, 1))
+    weights = init_weights("2nn", 1)
+    weights[3][0] = bad
+    intake, cursor = _intake(keys), Cursor(SPEC.name, 0)
+    with pytest.raises(NonFiniteTensorError) as caught:
+        for offset, record in enumerate(_records("a", key, 1, chunk_bytes, weights)):
+            intake.read(_kafka(offset, record), cursor)
+            cursor.advance(offset)
+    assert caught.value.reason == "non_finite" and caught.value.field == "body.tensors[3].data"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from qflare.fl import FedAvg
-from qflare.ml import init_weights, tensor_names
 from qflare.protocol.training import RoundTask
+from services.aggregator.models import Layout
 from services.aggregator.rounds import (
     COMPLETED,
     QUORUM_NOT_MET,
@@ -40,7 +40,8 @@ def test_train_loss_is_example_weighted_and_skips_devices_without_one() -> None:
 
 def test_round_metrics() -> None:
     task = RoundTask("job", 1, 0, "fedavg", ("a", "b", "c"), 10_000, 2, {})
-    state = FedAvg().begin_round(FedAvg().initial_state(), 1, init_weights("2nn", 0), tensor_names("2nn"))
+    layout = Layout.of("2nn")
+    state = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.shapes, layout.names)
     rnd = OpenRound.from_task(task, b"\x00" * 16, 1_000, state)
     rnd.include(Included("a", b"1", 10, 1.0))
     rnd.include(Included("b", b"2", 30, 2.0))
