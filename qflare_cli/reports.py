@@ -21,6 +21,8 @@ from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
 from qflare.protocol.training import ModelUpdate
 
+REGISTRY = "registry"
+
 
 class DeviceReports:
     """The metrics of every update of one job, by round and device."""
@@ -88,11 +90,13 @@ class DeviceReports:
 
     def _device(self, record: ConsumerRecord[Any, Any]) -> None:
         try:
-            body = self.registry.decode(record.value).body if record.value is not None else None
+            msg = self.registry.decode(record.value) if record.value is not None else None
         except ProtocolError:
             return
-        if isinstance(body, Device) and body.status == "active":
-            self.keys.add(body.device_id, body.public_key, body.sig_alg)
+        if msg is None or msg.header.sender != REGISTRY:
+            return  # only the registry vouches for a device's key
+        if isinstance(msg.body, Device) and msg.body.status == "active":
+            self.keys.add(msg.body.device_id, msg.body.public_key, msg.body.sig_alg)
 
     def _update(self, value: bytes) -> None:
         try:
