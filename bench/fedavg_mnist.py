@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from devstack import launcher
 from devstack.settings import StackSettings
+from qflare.fl import JobSpec
 from qflare.protocol.training import RoundComplete
 from qflare_cli.demo import Run
 from qflare_cli.stack import quiet_clients
@@ -94,20 +95,22 @@ def main() -> None:
     started_stack = not all(r.up for r in asyncio.run(launcher.status(cfg)))
     if started_stack:
         asyncio.run(launcher.up(cfg, say=lambda line: print(line, file=sys.stderr)))
-    job = {
-        "model": args.model,
-        "strategy": "fedavg",
-        "rounds": args.rounds,
-        "fraction": args.fraction,
-        "min_clients": 2,
-        "deadline_s": args.deadline_s,
-        "epochs": args.epochs,
-        "batch_size": args.batch,
-        "lr": args.lr,
-        "seed": args.seed,
-        "dataset": "mnist",
-        "partition": args.partition,
-    }
+    job = JobSpec.parse(
+        {
+            "model": f"builtin:{args.model}",
+            "strategy": {"name": "fedavg"},
+            "rounds": args.rounds,
+            "fraction": args.fraction,
+            "min_clients": 2,
+            "deadline_s": args.deadline_s,
+            "epochs": args.epochs,
+            "batch_size": args.batch,
+            "lr": args.lr,
+            "seed": args.seed,
+            "dataset": "mnist",
+            "partition": args.partition,
+        }
+    )
     arrivals: list[tuple[float, RoundComplete]] = []
     rss = PeakRss()
     began = time.monotonic()

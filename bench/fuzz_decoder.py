@@ -57,7 +57,7 @@ def corpus() -> list[bytes]:
         seal(Heartbeat(SENDER, 1, "idle", {"cpu": 0.5}), SIGNER, sender=SENDER, round=3, ts_ms=NOW),
         seal(update, SIGNER, sender=SENDER, round=3, ts_ms=NOW),
         seal(
-            RoundTask("job-1", 3, 2, "fedavg", ("dev-1",), NOW, 1, {"lr": 0.1}),
+            RoundTask("job-1", 3, 2, "fedavg", ("dev-1",), NOW, 1, 1, {"lr": 0.1}),
             SIGNER,
             sender=SENDER,
             ts_ms=NOW,

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from qflare.errors import QflareError, Reason
+from qflare.fl import TrainConfig
 
 Weights = list[npt.NDArray[Any]]
 
@@ -37,7 +38,8 @@ class TrainTask:
     round: int
     model_version: int
     weights: Weights
-    config: dict[str, Any] = field(default_factory=dict)
+    #: The round's instructions, as the job's strategy gave them (typed, checked on receipt).
+    config: TrainConfig
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class EvaluateTask:
     round: int
     model_version: int
     weights: Weights
-    config: dict[str, Any] = field(default_factory=dict)
+    config: TrainConfig
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,11 @@ from opentelemetry.context import Context
 
 from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
 from edge.runtime import DeviceRuntime
-from qflare.errors import ProtocolError
+from qflare.errors import ConfigError, ProtocolError, SchemaError
+from qflare.fl import TrainConfig
+from qflare.fl.job import builtin_model
 from qflare.kafka import KafkaSettings, replay
+from qflare.ml.arch import ModelName, check_model_name
 from qflare.protocol import Decoder, Reassembler, Tensor, seal_chunked
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.topics import Topics
@@ -106,13 +109,17 @@ async def _train_and_send(
     names: list[str],
     parent: Context | None,
 ) -> TrainResult | Failure:
-    config = dict(task.config)
+    try:
+        config = TrainConfig.parse(task.config)
+    except SchemaError as exc:
+        log.warning("round task refused", device=device.device_id, reason=exc.reason, error=str(exc))
+        return Failure(exc.reason, str(exc))
     result = await device.app.run_train(TrainTask(task.round, task.model_version, weights, config))
     if isinstance(result, Failure):
         log.warning("training failed", device=device.device_id, reason=result.reason, error=result.message)
         return result
     metrics = {k: float(v) for k, v in result.metrics.items()}
-    if config.get("evaluate") is True and device.app.handles("evaluate"):
+    if config.evaluate and device.app.handles("evaluate"):
         checked = await device.app.run_evaluate(
             EvaluateTask(task.round, task.model_version, result.weights, config)
         )
@@ -138,6 +145,14 @@ async def _train_and_send(
     return result
 
 
+def builtin_arch(config: TrainConfig) -> ModelName:
+    """The built-in architecture the round asks for; this device has no model store."""
+    name = builtin_model(config.model)
+    if name is None:
+        raise ConfigError(f"{config.model!r} is not a built-in model", field="config.model")
+    return check_model_name(name)
+
+
 def mnist_app(
     images: npt.NDArray[Any],
     labels: npt.NDArray[Any],
@@ -148,7 +163,6 @@ def mnist_app(
 ) -> DeviceApp:
     """A device app that trains the task's model on this device's own examples (torch, CPU),
     and evaluates on its held-out local validation split when it has one."""
-    from qflare.ml.arch import check_model_name
     from qflare.ml.train import evaluate, train_local  # torch is imported only by training devices
 
     app = DeviceApp()
@@ -157,23 +171,25 @@ def mnist_app(
     def train(task: TrainTask) -> TrainResult:
         cfg = task.config
         result = train_local(
-            check_model_name(str(cfg["model"])),
+            builtin_arch(cfg),
             task.weights,
             images,
             labels,
-            epochs=int(cfg.get("epochs", 1)),
-            batch_size=int(cfg.get("batch_size", 10)),
-            lr=float(cfg.get("lr", 0.05)),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
             seed=seed * 100_003 + task.round,
-            prox_mu=float(cfg.get("prox_mu", 0.0)),
+            proximal_mu=cfg.proximal_mu,
         )
-        return TrainResult(result.weights, result.num_examples, {"loss": float(result.loss)})
+        # The μ this device trained with goes back with its update, so anyone can see what arrived.
+        metrics = {"loss": float(result.loss), "proximal_mu": cfg.proximal_mu}
+        return TrainResult(result.weights, result.num_examples, metrics)
 
     if val_images is not None and val_labels is not None and len(val_labels):
 
         @app.evaluate
         def validate(task: EvaluateTask) -> EvaluateResult:
-            model = check_model_name(str(task.config["model"]))
+            model = builtin_arch(task.config)
             loss, accuracy = evaluate(model, task.weights, val_images, val_labels)
             return EvaluateResult(len(val_labels), float(loss), {"accuracy": float(accuracy)})
 

@@ -85,6 +85,16 @@ class Reason(StrEnum):
     JOB_NOT_RUNNING = "job_not_running", "aggregator", "A round task for a paused or stopped job."
     STRATEGY_MISMATCH = "strategy_mismatch", "aggregator", "A round task names another strategy than its job."
     ROUND_OPEN = "round_open", "aggregator", "A round task while another round of the job is still open."
+    STALE_FENCING_TOKEN = (
+        "stale_fencing_token",
+        "aggregator",
+        "A round task from a deposed scheduler leader (its fencing token is below the job's highest).",
+    )
+    UNKNOWN_MODEL = (
+        "unknown_model",
+        "aggregator",
+        "A start command names a model this aggregator does not have.",
+    )
 
     # -- model updates (aggregator) -------------------------------------------------
     WRONG_ROUND = (

@@ -27,12 +27,15 @@ from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
 from qflare import operator
 from qflare.errors import ProtocolError, QflareError, StackError
+from qflare.fl import JobSpec
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, trusted_ring
 from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
 from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
 from qflare.services_proc import ServiceProcesses
+from qflare_cli.jobs import MU_HELP, STRATEGY_HELP, model_ref, strategy_params
+from qflare_cli.reports import DeviceReports, describe
 from qflare_cli.stack import quiet_clients
 
 # Wide enough for a round line and the summary when output is piped (rich assumes 80 then).
@@ -45,7 +48,9 @@ def demo(
         10, min=1, max=1000, help="Simulated devices (each its own key and data shard)."
     ),
     fraction: float = typer.Option(1.0, min=0.001, max=1.0, help="Client fraction C selected per round."),
-    model: str = typer.Option("2nn", help="cnn (FedAvg-paper CNN, 1,663,370 params) or 2nn (199,210)."),
+    model: str = typer.Option(
+        "2nn", help="cnn (FedAvg-paper CNN, 1,663,370 params) or 2nn (199,210), built in."
+    ),
     epochs: int = typer.Option(1, min=1, help="Local epochs E."),
     batch: int = typer.Option(10, min=0, help="Local batch size B (0: full batch)."),
     lr: float = typer.Option(0.05, min=0.0, help="Local SGD learning rate."),
@@ -54,7 +59,8 @@ def demo(
     deadline_s: float = typer.Option(
         300.0, min=5, help="Per-round deadline; a quorum then closes the round."
     ),
-    strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
+    strategy: str = typer.Option("fedavg", help=STRATEGY_HELP),
+    proximal_mu: float | None = typer.Option(None, min=0.0, help=MU_HELP),
     dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
     processes: int = typer.Option(2, min=1, max=16, help="Worker processes for the simulated fleet."),
     seed: int = typer.Option(0, help="Seed for model init, data partition and selection."),
@@ -63,20 +69,26 @@ def demo(
 ) -> None:
     """Run the main job: federated training of a model on MNIST across simulated devices."""
     quiet_clients()
-    job = {
-        "model": model,
-        "strategy": strategy,
-        "rounds": rounds,
-        "fraction": fraction,
-        "min_clients": min(2, devices),
-        "deadline_s": deadline_s,
-        "epochs": epochs,
-        "batch_size": batch,
-        "lr": lr,
-        "seed": seed,
-        "dataset": dataset,
-        "partition": partition,
-    }
+    try:
+        job = JobSpec.parse(
+            {
+                "model": model_ref(model),
+                "strategy": strategy_params(strategy, proximal_mu),
+                "rounds": rounds,
+                "fraction": fraction,
+                "min_clients": min(2, devices),
+                "deadline_s": deadline_s,
+                "epochs": epochs,
+                "batch_size": batch,
+                "lr": lr,
+                "seed": seed,
+                "dataset": dataset,
+                "partition": partition,
+            }
+        )
+    except QflareError as exc:
+        console.print(f"[red]demo refused:[/red] {exc}")
+        raise typer.Exit(2) from None
     cfg = StackSettings()
     already_up = all(row.up for row in asyncio.run(launcher.status(cfg)))
     try:
@@ -100,7 +112,7 @@ class Run:
         devices: int,
         processes: int,
         seed: int,
-        job: dict[str, Any],
+        job: JobSpec,
         as_json: bool,
         on_round: Callable[[RoundComplete], None] | None = None,
     ) -> None:
@@ -152,8 +164,8 @@ class Run:
             keys_dir=KEYS_DIR,
             seed=self.seed,
             train={
-                "dataset": self.job["dataset"],
-                "partition": self.job["partition"],
+                "dataset": self.job.dataset,
+                "partition": self.job.partition,
                 "seed": self.seed,
                 "val_fraction": self.val_fraction,
             },
@@ -178,7 +190,7 @@ class Run:
         self._summary(results, time.monotonic() - began)
 
     async def _start_job(self, ident: Any) -> None:
-        command = JobCommand(f"job-{self.run_id}", "start", self.job)
+        command = JobCommand(f"job-{self.run_id}", "start", self.job.to_wire())
         producer = make_producer(self.kafka)
         await producer.start()
         try:
@@ -189,7 +201,7 @@ class Run:
             )
         finally:
             await producer.stop()
-        console.print(f"job job-{self.run_id} started: {json.dumps(self.job)}")
+        console.print(f"job job-{self.run_id} started: {json.dumps(self.job.to_wire())}")
 
     async def _follow(self, began: float) -> list[RoundComplete]:
         decoder = Decoder(TrustedKeys(KEYS_DIR), allowed_types={"round_complete"}, max_age_ms=None)
@@ -197,7 +209,11 @@ class Run:
         await consumer.start()
         await assign_from_start(consumer, self.topics.rounds_complete)
         done: list[RoundComplete] = []
-        total = int(self.job["rounds"])
+        total = self.job.rounds
+        # The strategy's own parameters, as the devices report having trained with them.
+        reports = DeviceReports.of(self.kafka, trusted_ring(KEYS_DIR), self.job_id, self.job.strategy)
+        if reports is not None:
+            await reports.start()
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -215,13 +231,18 @@ class Run:
                             if rc is None:
                                 continue
                             done.append(rc)
-                            self._print_round(rc)
+                            on_devices: dict[str, list[float]] = {}
+                            if reports is not None and rc.status == "completed":
+                                on_devices = await reports.values(rc.round, rc.num_updates)
+                            self._print_round(rc, on_devices)
                             if self.on_round is not None:
                                 self.on_round(rc)
                             bar.update(overall, completed=sum(r.status == "completed" for r in done))
                             bar.update(current, description=f"round {rc.round + 1}: training on devices")
         finally:
             await consumer.stop()
+            if reports is not None:
+                await reports.stop()
         return done
 
     def _round(self, decoder: Decoder, value: bytes | None) -> RoundComplete | None:
@@ -240,7 +261,7 @@ class Run:
             return body
         return None
 
-    def _print_round(self, rc: RoundComplete) -> None:
+    def _print_round(self, rc: RoundComplete, on_devices: dict[str, list[float]]) -> None:
         m = rc.metrics
         row: dict[str, Any] = {
             "round": rc.round,
@@ -252,6 +273,8 @@ class Run:
             "bytes_in": int(m.get("bytes_in", 0)),
             "model_version": rc.model_version,
         }
+        if on_devices:
+            row["on_devices"] = on_devices
         if self.as_json:
             typer.echo(json.dumps(row))
         else:
@@ -260,13 +283,15 @@ class Run:
                 f"accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  {row['seconds']:>7.2f} s  "
                 f"{row['bytes_in'] / 1e6:8.2f} MB in"
             )
+            for line in describe(on_devices, rc.num_updates):
+                console.print(f"          {line}")
 
     def _summary(self, results: list[RoundComplete], seconds: float) -> None:
         completed = [r for r in results if r.status == "completed"]
         best = max((r.metrics.get("test_accuracy", 0.0) for r in completed), default=0.0)
         table = Table(title="QFLARE demo", show_header=False)
         table.add_row(
-            "job", f"job-{self.run_id} ({self.job['model']}, {self.job['strategy']}, {self.devices} devices)"
+            "job", f"job-{self.run_id} ({self.job.model}, {self.job.strategy.name}, {self.devices} devices)"
         )
         table.add_row("rounds", f"{len(completed)} completed, {len(results) - len(completed)} retried")
         table.add_row(

@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.table import Table
 
 from qflare import operator
-from qflare.errors import ProtocolError
+from qflare.errors import ProtocolError, QflareError
+from qflare.fl import STRATEGIES, FedProxParams, JobSpec
+from qflare.fl.job import BUILTIN
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics, read_to_end, replay
 from qflare.protocol import Decoder, seal, topics
@@ -46,11 +48,31 @@ async def _send(kafka: KafkaSettings, keys_dir: Path, command: JobCommand) -> No
         await producer.stop()
 
 
+def model_ref(model: str) -> str:
+    """A bare built-in name (``2nn``) as the reference a job spec holds (``builtin:2nn``)."""
+    return model if ":" in model or "@" in model else f"{BUILTIN}{model}"
+
+
+def strategy_params(strategy: str, proximal_mu: float | None) -> dict[str, Any]:
+    """The strategy map of a job spec; options left out take the strategy's own defaults."""
+    params: dict[str, Any] = {"name": strategy}
+    if proximal_mu is not None:
+        params["proximal_mu"] = proximal_mu
+    return params
+
+
+STRATEGY_HELP = f"One of {', '.join(sorted(STRATEGIES))}."
+MU_HELP = (
+    "FedProx's proximal coefficient μ (default: "
+    f"{FedProxParams.model_fields['proximal_mu'].default}); only for --strategy fedprox."
+)
+
+
 @app.command()
 def start(
     job_id: str = typer.Option("", help="Job id (default: a fresh one)."),
-    model: str = typer.Option("2nn", help="cnn or 2nn."),
-    strategy: str = typer.Option("fedavg", help="fedavg or fedprox."),
+    model: str = typer.Option("2nn", help="cnn or 2nn (built in), or <name>@<version> of the model store."),
+    strategy: str = typer.Option("fedavg", help=STRATEGY_HELP),
     rounds: int = typer.Option(10, min=1),
     fraction: float = typer.Option(0.1, min=0.001, max=1.0, help="Client fraction C."),
     min_clients: int = typer.Option(2, min=1),
@@ -60,25 +82,31 @@ def start(
     lr: float = typer.Option(0.05, min=0.0),
     seed: int = typer.Option(0),
     dataset: str = typer.Option("mnist"),
-    prox_mu: float = typer.Option(0.0, min=0.0, help="FedProx proximal coefficient."),
+    proximal_mu: float | None = typer.Option(None, min=0.0, help=MU_HELP),
     keys_dir: Path = KEYS,
 ) -> None:
     """Start a job: the scheduler opens rounds on healthy devices until ROUNDS complete."""
     job = job_id or f"job-{uuid.uuid4().hex[:8]}"
-    config: dict[str, Any] = {
-        "model": model,
-        "strategy": strategy,
-        "rounds": rounds,
-        "fraction": fraction,
-        "min_clients": min_clients,
-        "deadline_s": deadline_s,
-        "epochs": epochs,
-        "batch_size": batch,
-        "lr": lr,
-        "seed": seed,
-        "dataset": dataset,
-        "prox_mu": prox_mu,
-    }
+    try:
+        spec = JobSpec.parse(
+            {
+                "model": model_ref(model),
+                "strategy": strategy_params(strategy, proximal_mu),
+                "rounds": rounds,
+                "fraction": fraction,
+                "min_clients": min_clients,
+                "deadline_s": deadline_s,
+                "epochs": epochs,
+                "batch_size": batch,
+                "lr": lr,
+                "seed": seed,
+                "dataset": dataset,
+            }
+        )
+    except QflareError as exc:
+        console.print(f"[red]job refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    config = spec.to_wire()
     asyncio.run(_send(KafkaSettings(), keys_dir, JobCommand(job, "start", config)))
     console.print(f"started {job}: {json.dumps(config)}")
 

@@ -18,6 +18,8 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any, cast
 
+import structlog
+
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
@@ -25,6 +27,8 @@ from qflare.identity import DEFAULT_KEYS_DIR
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import topics
 from qflare.telemetry import configure_logging
+
+log = structlog.get_logger("qflare.edge.simulator")
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,9 @@ async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka
     """Give each device its data shard and train whenever a round task names it."""
     import torch
 
-    from edge.training import RoundFollower, mnist_app, train_and_send
+    from edge.training import RoundFollower, builtin_arch, mnist_app, train_and_send
+    from qflare.errors import QflareError
+    from qflare.fl import TrainConfig
     from qflare.identity import TrustedKeys
     from qflare.ml import dirichlet, iid, load_dataset, pathological, tensor_names
     from qflare.ml.data import DatasetName
@@ -181,7 +187,11 @@ async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka
             weights = await follower.weights(task.job_id, task.model_version, max(0.0, left_s))
             if weights is None:
                 continue  # the model never arrived before the deadline
-            names = tensor_names(str(task.config.get("model", "2nn")))
+            try:
+                names = tensor_names(builtin_arch(TrainConfig.parse(task.config)))
+            except QflareError as exc:  # a task no device here can follow: each refuses it
+                log.warning("round task refused", job_id=task.job_id, round=task.round, error=str(exc))
+                continue
             for device_id in mine:
                 if time.time() * 1000 > task.deadline_ms:
                     break  # too late: the aggregator would drop it anyway

@@ -1,22 +1,26 @@
 """The strategy interface: what to ask devices for, and how to fold their answers in.
 
-A strategy object holds only immutable hyperparameters. Everything that changes
-lives in a ``StrategyState`` that the caller owns and checkpoints (``to_bytes``),
-so the aggregator can be killed between any two calls and resume from the last
-stored state: no method relies on another having been called on this object.
+A strategy object holds only its job's immutable settings (``JobSpec``, with the
+strategy's own parameters in ``job.strategy``). Everything that changes lives in a
+``StrategyState`` that the caller owns and checkpoints (``to_bytes``), so the
+aggregator can be killed between any two calls and resume from the last stored
+state: no method relies on another having been called on this object.
 
-A round, as the aggregator drives it::
+A round, as the services drive it::
 
-    state = strategy.begin_round(state, rnd, shapes, names)           # fresh, empty sum
-    task_config = strategy.configure_round(state, rnd).to_config()     # -> RoundTask.config
+    configs = strategy.configure_round(rnd, devices)                   # scheduler -> RoundTask.config
+    state = strategy.begin_round(state, rnd, shapes, names)           # aggregator: fresh, empty sum
     strategy.accumulate(state, Update(weights, num_examples))          # per update, in place
     new_global, state = strategy.aggregate(state, global_weights)      # when quorum/deadline is met
+
+``configure_round`` depends only on the job, the round and the selection: the
+scheduler, which sends the instructions, does not hold the aggregator's state.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, NamedTuple, Self
 
@@ -24,9 +28,10 @@ import msgpack
 import numpy as np
 from numpy.typing import NDArray
 
-from qflare.errors import AggregationError, ConfigError, SchemaError
+from qflare.errors import AggregationError, ConfigError
 from qflare.fl.accumulate import FixedPoint, FixedPointAccumulator
 from qflare.fl.arrays import NDArrays, Shape
+from qflare.fl.job import JobSpec, StrategyParams, TrainConfig
 from qflare.types import Scalar
 
 _STATE_VERSION = 1
@@ -39,54 +44,6 @@ class Update(NamedTuple):
 
     weights: Sequence[NDArray[Any]]
     num_examples: int
-
-
-def _number(config: Mapping[str, Scalar], key: str, lo: float, *, integer: bool) -> float:
-    value = config.get(key)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or (integer and not isinstance(value, int))
-    ):
-        raise SchemaError(
-            f"must be {'an integer' if integer else 'a number'}, got {value!r}", field=f"config.{key}"
-        )
-    if value < lo:
-        raise SchemaError(f"must be >= {lo}, got {value!r}", field=f"config.{key}")
-    return float(value)
-
-
-@dataclass(frozen=True, slots=True)
-class TrainConfig:
-    """Local-training instructions for one round (travels as ``RoundTask.config``)."""
-
-    epochs: int
-    batch_size: int  # 0 means the whole local dataset per step (the paper's B = infinity)
-    lr: float
-    extra: Mapping[str, Scalar] = field(default_factory=dict)
-
-    def to_config(self) -> dict[str, Scalar]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr, **self.extra}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Scalar]) -> Self:
-        """Parse a received task config; unknown keys are kept in ``extra``."""
-
-        out = cls(
-            epochs=int(_number(config, "epochs", 1, integer=True)),
-            batch_size=int(_number(config, "batch_size", 0, integer=True)),
-            lr=_number(config, "lr", 0.0, integer=False),
-            extra={k: v for k, v in config.items() if k not in ("epochs", "batch_size", "lr")},
-        )
-        if out.lr <= 0:
-            raise SchemaError(f"must be positive, got {out.lr!r}", field="config.lr")
-        return out
-
-    def get_float(self, key: str, default: float) -> float:
-        value = self.extra.get(key, default)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise SchemaError(f"must be a number, got {value!r}", field=f"config.{key}")
-        return float(value)
 
 
 @dataclass(slots=True)
@@ -164,27 +121,46 @@ class StrategyState:
 
 
 class Strategy(ABC):
-    """Base of all strategies: streaming accumulation of example-weighted updates."""
+    """Base of all strategies: streaming accumulation of example-weighted updates.
+
+    A subclass names itself (``name``), declares its parameters (``Params``, whose
+    ``name`` is the same literal) and is registered with
+    ``qflare.fl.registry.register_strategy``.
+    """
 
     name: ClassVar[str]
+    Params: ClassVar[type[StrategyParams]]
 
-    def __init__(
-        self, *, epochs: int = 1, batch_size: int = 10, lr: float = 0.1, fixed_point: FixedPoint | None = None
-    ) -> None:
-        for key, value, lo in (("epochs", epochs, 1), ("batch_size", batch_size, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ConfigError(f"must be an integer >= {lo}, got {value!r}", field=key)
-        if not lr > 0:
-            raise ConfigError(f"must be positive, got {lr!r}", field="lr")
-        self.epochs, self.batch_size, self.lr = epochs, batch_size, float(lr)
+    def __init__(self, job: JobSpec | None = None, *, fixed_point: FixedPoint | None = None) -> None:
+        job = job if job is not None else JobSpec(strategy=self.Params.model_validate({"name": self.name}))
+        if not isinstance(job.strategy, self.Params):
+            raise ConfigError(
+                f"the job's strategy is {job.strategy.name!r}, not {self.name!r}", field="strategy.name"
+            )
+        self.job = job
         self.fixed_point = fixed_point or FixedPoint()
 
     def initial_state(self) -> StrategyState:
         return StrategyState(strategy=self.name)
 
-    @abstractmethod
-    def configure_round(self, state: StrategyState, round: int) -> TrainConfig:
-        """What devices should do in ``round``."""
+    def configure_round(self, round: int, devices: Sequence[str]) -> dict[str, TrainConfig]:
+        """Each selected device's instructions for ``round``; by default the same for all."""
+        config = self.train_config(round)
+        return dict.fromkeys(devices, config)
+
+    def train_config(self, round: int) -> TrainConfig:
+        """Local SGD as the job sets it, with no proximal term: what FedAvg asks of every device."""
+        job = self.job
+        return TrainConfig(
+            model=job.model,
+            dataset=job.dataset,
+            seed=job.seed,
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            lr=job.lr,
+            proximal_mu=0.0,
+            evaluate=job.evaluate_local,
+        )
 
     def begin_round(
         self, state: StrategyState, round: int, shapes: Sequence[Shape], names: Sequence[str]

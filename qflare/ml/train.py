@@ -57,12 +57,12 @@ def train_local(
     batch_size: int,
     lr: float,
     seed: int,
-    prox_mu: float = 0.0,
+    proximal_mu: float = 0.0,
 ) -> TrainResult:
     """Run ``epochs`` of minibatch SGD from ``weights``; ``batch_size=0`` means full batch.
 
-    With ``prox_mu > 0`` this is FedProx's local solver: the objective gains
-    ``prox_mu/2 * ||w - weights||^2``. Its gradient, ``prox_mu * (w - weights)``,
+    With ``proximal_mu > 0`` this is FedProx's local solver: the objective gains
+    ``proximal_mu/2 * ||w - weights||^2``. Its gradient, ``proximal_mu * (w - weights)``,
     is added to the parameter gradients directly, which is exact and avoids
     building a second autograd graph over every parameter each step.
     The example order is drawn from ``seed`` alone, so a run is reproducible.
@@ -74,15 +74,15 @@ def train_local(
     ):
         if not ok:
             raise ConfigError(f"out of range: {value!r}", field=key)
-    if not prox_mu >= 0:
-        raise ConfigError(f"must be >= 0, got {prox_mu}", field="prox_mu")
+    if not proximal_mu >= 0:
+        raise ConfigError(f"must be >= 0, got {proximal_mu}", field="proximal_mu")
     x, y = _tensors(images, labels)
     n = len(y)
     step = n if batch_size == 0 else min(batch_size, n)
     model = build_model(model_name, weights=weights)
     model.train()
     params = list(model.parameters())
-    anchor = [p.detach().clone() for p in params] if prox_mu > 0 else []
+    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
     optimiser = torch.optim.SGD(params, lr=lr)
     order = np.random.default_rng(seed)
     epoch_loss = 0.0
@@ -99,7 +99,7 @@ def train_local(
                 with torch.no_grad():
                     for p, a in zip(params, anchor, strict=True):
                         assert p.grad is not None
-                        p.grad.add_(p - a, alpha=prox_mu)
+                        p.grad.add_(p - a, alpha=proximal_mu)
             optimiser.step()
             # Accumulate as a tensor: calling .item() every step would force a sync for no gain.
             total += loss.detach().double() * len(yb)

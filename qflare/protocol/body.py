@@ -23,6 +23,8 @@ from qflare.types import Scalar
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 _INT64_MAX = (1 << 63) - 1
 
+#: A ``job_command`` config value: a scalar, or one level of named scalars (a strategy's parameters).
+Setting = Scalar | dict[str, Scalar]
 V = TypeVar("V")
 
 
@@ -198,12 +200,18 @@ class Fields:
     def scalar_map(self, key: str) -> dict[str, Scalar]:
         out = self._map(key)
         for k, v in out.items():
-            if v is not None and not isinstance(v, str | int | float | bool):
-                raise SchemaError(
-                    f"expected a scalar, got {type(v).__name__}", field=f"{self._name(key)}.{k}"
-                )
-            if isinstance(v, float):
-                _finite(v, f"{self._name(key)}.{k}")
+            _check_scalar(v, f"{self._name(key)}.{k}")
+        return out  # type: ignore[return-value]
+
+    def settings_map(self, key: str) -> dict[str, Setting]:
+        """str -> scalar | (str -> scalar): "settings" in docs/protocol.md §7."""
+        out = self._map(key)
+        for k, v in out.items():
+            if isinstance(v, dict):
+                for inner, value in v.items():
+                    _check_scalar(value, f"{self._name(key)}.{k}.{inner}")
+            else:
+                _check_scalar(v, f"{self._name(key)}.{k}")
         return out  # type: ignore[return-value]
 
     def tensors(self, key: str, *, max_ndim: int = MAX_NDIM) -> tuple[Tensor, ...]:
@@ -223,6 +231,18 @@ class Fields:
                 )
             seen.add(tensor.name)
         return out
+
+
+def _check_scalar(value: object, field: str) -> None:
+    if value is not None and not isinstance(value, str | int | float | bool):
+        raise SchemaError(f"expected a scalar, got {type(value).__name__}", field=field)
+    if isinstance(value, float):
+        _finite(value, field)
+
+
+def sorted_settings(entries: Mapping[str, Setting]) -> dict[str, Setting]:
+    """A settings map in canonical order: its keys sorted, and each inner map's keys too."""
+    return {k: sorted_map(v) if isinstance(v, dict) else v for k, v in sorted(entries.items())}
 
 
 def _finite(value: float, field: str) -> float:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from qflare.errors import SchemaError
-from qflare.protocol.body import Body, Fields, sorted_map
+from qflare.protocol.body import Body, Fields, Setting, sorted_map, sorted_settings
 from qflare.types import Scalar
 
 SEVERITIES = frozenset({"info", "warning", "error", "critical"})
@@ -69,21 +69,25 @@ class AuditEvent(Body):
 
 @dataclass(frozen=True, slots=True)
 class JobCommand(Body):
-    """Start, pause, resume or stop a training job."""
+    """Start, pause, resume or stop a training job.
+
+    ``config`` is the job (``qflare.fl.JobSpec.to_wire()``) for ``start``, empty
+    otherwise; the strategy's parameters are its one nested map.
+    """
 
     TYPE: ClassVar[str] = "job_command"
     KEYS: ClassVar[tuple[str, ...]] = ("job_id", "command", "config")
     job_id: str
     command: str
-    config: dict[str, Scalar] = field(default_factory=dict)
+    config: dict[str, Setting] = field(default_factory=dict)
 
     def to_body(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "command": self.command, "config": sorted_map(self.config)}
+        return {"job_id": self.job_id, "command": self.command, "config": sorted_settings(self.config)}
 
     @classmethod
     def from_body(cls, data: object) -> Self:
         f = Fields(data, cls.KEYS)
-        out = cls(f.id("job_id"), f.choice("command", JOB_COMMANDS), f.scalar_map("config"))
+        out = cls(f.id("job_id"), f.choice("command", JOB_COMMANDS), f.settings_map("config"))
         return out
 
 

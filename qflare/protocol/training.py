@@ -14,7 +14,12 @@ ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed"})
 
 @dataclass(frozen=True, slots=True)
 class RoundTask(Body):
-    """The scheduler opens a round for the selected devices."""
+    """The scheduler opens a round for the selected devices.
+
+    ``fencing_token`` is the scheduler leader's token (strictly larger for each new
+    leader), so a deposed leader's late tasks can be refused. ``config`` holds the
+    devices' instructions (``qflare.fl.TrainConfig``).
+    """
 
     TYPE: ClassVar[str] = "round_task"
     KEYS: ClassVar[tuple[str, ...]] = (
@@ -25,6 +30,7 @@ class RoundTask(Body):
         "devices",
         "deadline_ms",
         "min_updates",
+        "fencing_token",
         "config",
     )
     job_id: str
@@ -34,6 +40,7 @@ class RoundTask(Body):
     devices: tuple[str, ...]
     deadline_ms: int
     min_updates: int
+    fencing_token: int
     config: dict[str, Scalar] = field(default_factory=dict)
 
     def to_body(self) -> dict[str, Any]:
@@ -45,6 +52,7 @@ class RoundTask(Body):
             "devices": list(self.devices),
             "deadline_ms": self.deadline_ms,
             "min_updates": self.min_updates,
+            "fencing_token": self.fencing_token,
             "config": sorted_map(self.config),
         }
 
@@ -59,6 +67,7 @@ class RoundTask(Body):
             devices=f.ids("devices"),
             deadline_ms=f.integer("deadline_ms"),
             min_updates=f.integer("min_updates", lo=1),
+            fencing_token=f.integer("fencing_token"),
             config=f.scalar_map("config"),
         )
         return out

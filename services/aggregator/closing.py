@@ -107,20 +107,19 @@ class Closer:
         base = await self.store.model(rnd.job_id, rnd.model_version)
         if base is None:  # the round was opened on this version; only a damaged store lacks it
             raise AggregationError(f"model {rnd.model_version} of {rnd.job_id!r} is missing", field="model")
-        strategy = job.config.strategy_for(rnd.strategy)
         began = time.perf_counter()
-        weights, carried = strategy.aggregate(rnd.state, weights_of(decode(base.weights), layout))
+        weights, carried = job.strategy.aggregate(rnd.state, weights_of(decode(base.weights), layout))
         model = encode(
             rnd.job_id,
             rnd.model_version + 1,
             weights,
             layout.names,
             round=rnd.round,
-            model=job.config.model,
+            model=job.model,
             parent=rnd.model_version,
         )
         aggregated = time.perf_counter()
-        evaluation = await self.evaluator.evaluate_async(job.config.model, job.config.dataset, weights)
+        evaluation = await self.evaluator.evaluate_async(job.model, job.config.dataset, weights)
         # Where a round's time goes, for ops and the benchmark: finalising the sum and
         # encoding the model, then the held-out evaluation.
         timing = {"aggregate_s": aggregated - began, "eval_s": time.perf_counter() - aggregated}

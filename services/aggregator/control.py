@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from qflare.clock import now_ms
 from qflare.errors import ProtocolError, QflareError, Rejected, ReplayError
-from qflare.fl import StrategyState
+from qflare.fl import JobSpec, StrategyState
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, partitions, read_to_end
 from qflare.keys import DeviceKeys
@@ -33,7 +33,7 @@ from qflare.reasons import Reason
 from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.cursor import Cursor
-from services.aggregator.jobs import Job, JobConfig
+from services.aggregator.jobs import Job
 from services.aggregator.models import encode
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import OpenRound
@@ -176,15 +176,14 @@ class Control:
             job.status = {"pause": "paused", "resume": "running", "stop": "stopped"}[cmd.command]
             await self.store.set_job(job.job_id, status=job.status)
             return
-        config = JobConfig.parse(cmd.config)
+        config = JobSpec.parse(cmd.config, where="body.config")
         if job is not None:
             if job.config != config:
                 raise Rejected(
                     Reason.JOB_CONFLICT, f"job {cmd.job_id!r} exists with another config", field="body.config"
                 )
             return  # a repeated start changes nothing
-        strategy = config.strategy_for(config.strategy)
-        job = Job(cmd.job_id, config, "running", strategy.initial_state().to_bytes())
+        job = Job(cmd.job_id, config, "running")  # refuses a model this aggregator does not have
         if not await self.store.insert_job(job.job_id, dict(cmd.config), job.strategy_state):
             raise Rejected(Reason.JOB_CONFLICT, f"job id {cmd.job_id!r} is taken", field="body.job_id")
         if await self.store.latest_version(job.job_id) is None:
@@ -192,10 +191,10 @@ class Control:
             model = encode(
                 job.job_id,
                 0,
-                init_weights(config.model, config.seed),
+                init_weights(job.model, config.seed),
                 layout.names,
                 round=None,
-                model=config.model,
+                model=job.model,
                 parent=None,
             )
             await self.store.insert_model(
@@ -203,7 +202,7 @@ class Control:
             )
             await self.out.queue_model(model)
         self.jobs[job.job_id] = job
-        log.info("job started", job_id=job.job_id, model=config.model, strategy=config.strategy)
+        log.info("job started", job_id=job.job_id, model=config.model, strategy=config.strategy.name)
 
     async def _round(self, msg: Message, task: RoundTask) -> None:
         self._authorised(msg, self.cfg.round_senders)
@@ -214,16 +213,24 @@ class Control:
             raise Rejected(
                 Reason.JOB_NOT_RUNNING, f"job {task.job_id!r} is {job.status}", field="body.job_id"
             )
-        if task.strategy != job.config.strategy:
+        if task.strategy != job.strategy.name:
             raise Rejected(
-                Reason.STRATEGY_MISMATCH, f"the job uses {job.config.strategy!r}", field="body.strategy"
+                Reason.STRATEGY_MISMATCH, f"the job uses {job.strategy.name!r}", field="body.strategy"
+            )
+        if task.fencing_token < job.fencing_token:
+            raise Rejected(
+                Reason.STALE_FENCING_TOKEN,
+                f"a scheduler leader with token {job.fencing_token} has taken over",
+                field="body.fencing_token",
             )
         known = await self.store.round_task_id(task.job_id, task.round)
         if known == msg.header.id:
             raise Rejected(Reason.REPLAY, f"round {task.round} was already opened by this task", field="id")
         same = self.rounds.get((task.job_id, task.round))
         if same is not None and _same_task(same, task):
-            return  # a restarted scheduler re-announcing its open round: nothing changes
+            # A restarted scheduler re-announcing its open round: only its token is news.
+            await self._fence(job, task.fencing_token)
+            return
         last = await self.store.last_round(task.job_id)
         if last is not None and task.round <= last:
             raise Rejected(
@@ -240,14 +247,20 @@ class Control:
         # The latest version is a stored one, and a fresh sum needs only its shapes, which the
         # job's layout has: the stored model is neither fetched nor decoded to open a round.
         layout = job.layout
-        strategy = job.config.strategy_for(task.strategy)
-        state = strategy.begin_round(
+        state = job.strategy.begin_round(
             StrategyState.from_bytes(job.strategy_state), task.round, layout.shapes, layout.names
         )
         rnd = OpenRound.from_task(task, msg.header.id, now_ms(), state)
         await self.store.insert_round(rnd, dict(task.config))
+        await self._fence(job, task.fencing_token)
         self.rounds[rnd.key] = rnd
         log.info("round opened", job_id=task.job_id, round=task.round, devices=len(task.devices))
+
+    async def _fence(self, job: Job, token: int) -> None:
+        """Remember the highest leader token seen for the job (in the caller's transaction)."""
+        if token > job.fencing_token:
+            await self.store.set_job(job.job_id, fencing_token=token)
+            job.fencing_token = token
 
     async def _reject(self, record: ConsumerRecord[Any, Any], exc: QflareError) -> None:
         subject = record.key.decode(errors="replace") if record.key else None

@@ -24,7 +24,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from qflare import metrics
 from qflare.clock import now_ms
 from qflare.errors import InvalidUpdateError, ProtocolError, QflareError, Rejected, is_transient
-from qflare.fl import FixedPoint, Update
+from qflare.fl import FixedPoint, JobSpec, Update
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
 from qflare.keys import DeviceKeys
@@ -39,7 +39,7 @@ from services.aggregator.control import Control
 from services.aggregator.cursor import Cursor
 from services.aggregator.evaluation import Evaluator
 from services.aggregator.intake import Intake
-from services.aggregator.jobs import Job, JobConfig
+from services.aggregator.jobs import Job
 from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import Included, OpenRound
 from services.aggregator.store import AggregatorStore
@@ -75,11 +75,17 @@ class AggregatorService(BatchLoop):
         await prepare_topics(self.kafka)
         # The truth is rebuilt from PostgreSQL, never carried over in memory.
         for row in await self.store.jobs():
-            self.jobs[row.job_id] = Job(
-                row.job_id, JobConfig.parse(row.config), row.status, row.strategy_state
-            )
+            try:
+                spec = JobSpec.parse(row.config)
+                self.jobs[row.job_id] = Job(
+                    row.job_id, spec, row.status, row.strategy_state, row.fencing_token
+                )
+            except (ProtocolError, Rejected) as exc:
+                # Stored by an older version with another schema: left out, not fatal to every other job.
+                log.error("stored job does not load; it is left out", job_id=row.job_id, error=str(exc))
         for rnd in await self.store.open_rounds():
-            self.rounds[rnd.key] = rnd
+            if rnd.job_id in self.jobs:
+                self.rounds[rnd.key] = rnd
         self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(self.producer, self.store, self.identity, self.topics, self.kafka.limits)
         await self.out.flush_outbox()  # what a crash left unsent goes out before anything new
@@ -204,9 +210,10 @@ class AggregatorService(BatchLoop):
             rnd = find_round(update, sender=head.sender, header_round=head.round, rounds=self.rounds)
             job = self.jobs[rnd.job_id]
             check_update(update, message_id=head.id, rnd=rnd, layout=job.layout, fmt=self.fixed_point)
-            strategy = job.config.strategy_for(rnd.strategy)
             try:
-                strategy.accumulate(rnd.state, Update([t.array for t in update.tensors], update.num_examples))
+                job.strategy.accumulate(
+                    rnd.state, Update([t.array for t in update.tensors], update.num_examples)
+                )
             except InvalidUpdateError as exc:  # the sum's own range and capacity checks
                 raise out_of_range(exc, job.layout) from exc
         except Rejected as exc:

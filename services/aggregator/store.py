@@ -32,6 +32,7 @@ class JobRow:
     config: dict[str, Any]
     status: str
     strategy_state: bytes
+    fencing_token: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,11 @@ class AggregatorStore:
 
     async def jobs(self) -> list[JobRow]:
         cur = await self.conn.execute(
-            "SELECT job_id, config, status, strategy_state FROM aggregator.jobs WHERE scope = %s",
+            "SELECT job_id, config, status, strategy_state, fencing_token FROM aggregator.jobs "
+            "WHERE scope = %s",
             (self.scope,),
         )
-        return [JobRow(str(j), dict(c), str(s), bytes(st)) for j, c, s, st in await cur.fetchall()]
+        return [JobRow(str(j), dict(c), str(s), bytes(st), int(f)) for j, c, s, st, f in await cur.fetchall()]
 
     async def insert_job(self, job_id: str, config: dict[str, Any], strategy_state: bytes) -> bool:
         """Create the job; False when the id is taken already (by this deployment or another)."""
@@ -78,12 +80,18 @@ class AggregatorStore:
         return await cur.fetchone() is not None
 
     async def set_job(
-        self, job_id: str, *, status: str | None = None, strategy_state: bytes | None = None
+        self,
+        job_id: str,
+        *,
+        status: str | None = None,
+        strategy_state: bytes | None = None,
+        fencing_token: int | None = None,
     ) -> None:
         await self.conn.execute(
             "UPDATE aggregator.jobs SET status = coalesce(%s, status), "
-            "strategy_state = coalesce(%s, strategy_state), updated_at = now() WHERE job_id = %s",
-            (status, strategy_state, job_id),
+            "strategy_state = coalesce(%s, strategy_state), "
+            "fencing_token = greatest(fencing_token, coalesce(%s, 0)), updated_at = now() WHERE job_id = %s",
+            (status, strategy_state, fencing_token, job_id),
         )
 
     async def latest_version(self, job_id: str) -> int | None:

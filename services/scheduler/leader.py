@@ -2,8 +2,8 @@
 
 Only the holder of the lease runs the scheduler's faust worker. Each new leader
 gets a strictly larger fencing token (``INCR``), which it stamps on every
-round task as ``config.epoch``, so a deposed leader's late messages can be told
-apart from the current leader's.
+round task (``RoundTask.fencing_token``), so the aggregator can refuse a deposed
+leader's late tasks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The round lifecycle as pure functions: job config, device selection, and what to do next.
+"""The round lifecycle as pure functions: device selection, round instructions, and what to do next.
 
 The scheduler's faust agent feeds events in (a job command, a round-complete
 event, a clock tick) and executes the decision that comes out. Keeping the
@@ -14,86 +14,27 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qflare.errors import ConfigError
+from qflare.fl import JobSpec, build_strategy
 from qflare.types import Scalar
 
 
-@dataclass(frozen=True)
-class JobConfig:
-    model: str = "2nn"
-    strategy: str = "fedavg"
-    rounds: int = 10
-    fraction: float = 0.1
-    min_clients: int = 2
-    #: Share of the selected devices whose updates make a quorum.
-    quorum: float = 0.8
-    deadline_s: float = 120.0
-    epochs: int = 1
-    batch_size: int = 10
-    lr: float = 0.05
-    seed: int = 0
-    dataset: str = "mnist"
-    partition: str = "iid"
-    prox_mu: float = 0.0
-    #: Ask devices to evaluate the trained model on their local validation split.
-    evaluate_local: bool = True
+def task_config(spec: JobSpec, round_no: int, devices: list[str]) -> dict[str, Scalar]:
+    """``RoundTask.config``: the instructions the job's strategy gives the selected devices.
 
-    @classmethod
-    def parse(cls, raw: dict[str, Scalar]) -> JobConfig:
-        """Validate a job's config map; errors name the offending key."""
-        known = {f: type(v) for f, v in asdict(cls()).items()}
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in known:
-                raise ConfigError(
-                    f"unknown job setting (known: {', '.join(sorted(known))})", field=f"config.{key}"
-                )
-            want = known[key]
-            if want is float and isinstance(value, int | float) and not isinstance(value, bool):
-                values[key] = float(value)
-            elif isinstance(value, want) and not (want is int and isinstance(value, bool)):
-                values[key] = value
-            else:
-                raise ConfigError(f"expected {want.__name__}, got {value!r}", field=f"config.{key}")
-        cfg = cls(**values)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        rules = [
-            ("model", self.model in ("cnn", "2nn"), "must be cnn or 2nn"),
-            ("strategy", self.strategy in ("fedavg", "fedprox"), "must be fedavg or fedprox"),
-            ("rounds", self.rounds >= 1, "must be at least 1"),
-            ("fraction", 0 < self.fraction <= 1, "must be in (0, 1]"),
-            ("min_clients", self.min_clients >= 1, "must be at least 1"),
-            ("quorum", 0 < self.quorum <= 1, "must be in (0, 1]"),
-            ("deadline_s", self.deadline_s > 0, "must be positive"),
-            ("epochs", self.epochs >= 1, "must be at least 1"),
-            ("batch_size", self.batch_size >= 0, "must be >= 0 (0 = full batch)"),
-            ("lr", self.lr > 0, "must be positive"),
-            ("dataset", self.dataset in ("mnist", "fashion-mnist"), "must be mnist or fashion-mnist"),
-            ("partition", self.partition in ("iid", "pathological", "dirichlet"), "unknown partition"),
-        ]
-        for name, ok, why in rules:
-            if not ok:
-                raise ConfigError(why, field=f"config.{name}")
-
-    def train_config(self) -> dict[str, Scalar]:
-        """What devices need to train: sent in every round task."""
-        out: dict[str, Scalar] = {
-            "model": self.model,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "lr": self.lr,
-            "dataset": self.dataset,
-            "seed": self.seed,
-            "evaluate": self.evaluate_local,
-        }
-        if self.strategy == "fedprox":
-            out["prox_mu"] = self.prox_mu
-        return out
+    A round task carries one config for all its devices, so a strategy that gives
+    devices different instructions cannot be sent yet; the job is refused then.
+    """
+    configs = set(build_strategy(spec).configure_round(round_no, devices).values())
+    if len(configs) != 1:
+        raise ConfigError(
+            f"strategy {spec.strategy.name!r} gives devices different instructions, "
+            "which a round task cannot carry yet",
+            field="config.strategy",
+        )
+    return configs.pop().to_config()
 
 
-def select(available: list[str], cfg: JobConfig, round_no: int) -> list[str] | None:
+def select(available: list[str], cfg: JobSpec, round_no: int) -> list[str] | None:
     """C·K devices (at least ``min_clients``) drawn from the healthy ones; None if too few.
 
     Seeded by (job seed, round) so a restarted scheduler reproduces its choice.
@@ -105,7 +46,7 @@ def select(available: list[str], cfg: JobConfig, round_no: int) -> list[str] | N
     return sorted(rng.sample(sorted(available), min(want, len(available))))
 
 
-def quorum(cfg: JobConfig, selected: int) -> int:
+def quorum(cfg: JobSpec, selected: int) -> int:
     return max(1, min(selected, math.ceil(cfg.quorum * selected)))
 
 
@@ -114,7 +55,8 @@ class Progress:
     """One job's round progress; stored as a dict in the changelog-backed table."""
 
     job_id: str
-    config: dict[str, Scalar]
+    #: The job's spec as the start command carried it (``JobSpec.to_wire()`` form).
+    config: dict[str, Any]
     status: str = "running"  # running | waiting_devices | done | stopped
     round: int = 0
     model_version: int = 0
@@ -152,8 +94,7 @@ def after_complete(
         p.model_version = model_version
         p.completed_rounds += 1
         p.attempts = 0
-        cfg = JobConfig.parse(p.config)
-        if p.completed_rounds >= cfg.rounds:
+        if p.completed_rounds >= JobSpec.parse(p.config).rounds:
             p.status = "done"
             return False
         return True

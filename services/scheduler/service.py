@@ -24,6 +24,7 @@ import structlog
 from qflare import metrics
 from qflare.clock import now_ms
 from qflare.errors import ConfigError, ProtocolError
+from qflare.fl import JobSpec
 from qflare.identity import Identity, TrustedKeys
 from qflare.kafka import KafkaSettings
 from qflare.protocol import Decoder, seal, topics
@@ -32,7 +33,7 @@ from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
 from qflare.tracing import process_span, round_span, send_span
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.logic import JobConfig, Progress, after_complete, overdue, quorum, select
+from services.scheduler.logic import Progress, after_complete, overdue, quorum, select, task_config
 
 log = structlog.get_logger("qflare.scheduler")
 SERVICE = "scheduler"
@@ -143,8 +144,8 @@ class Scheduler:
             if current:
                 return  # a job starts once; a re-delivered start is a no-op
             try:
-                JobConfig.parse(dict(cmd.config))
-            except ConfigError as exc:
+                JobSpec.parse(cmd.config)
+            except ProtocolError as exc:
                 log.warning("job refused", job_id=cmd.job_id, error=str(exc))
                 return
             p = Progress(cmd.job_id, dict(cmd.config))
@@ -193,7 +194,11 @@ class Scheduler:
                 log.info("job done", job_id=p.job_id, rounds=p.completed_rounds, version=p.model_version)
 
     async def _open(self, p: Progress) -> None:
-        cfg = JobConfig.parse(p.config)
+        try:
+            cfg = JobSpec.parse(p.config)
+        except ProtocolError as exc:  # e.g. a job stored by a version with another schema
+            self._stop(p, exc)
+            return
         available = [d for d, s in self.status.items() if s == "active" and self.health.get(d) == "online"]
         chosen = select(available, cfg, p.round + 1)
         if chosen is None:
@@ -201,17 +206,24 @@ class Scheduler:
             self.progress[p.job_id] = p.to_dict()
             log.info("waiting for devices", job_id=p.job_id, available=len(available), need=cfg.min_clients)
             return
+        try:
+            # The job's strategy says what devices do this round.
+            config = task_config(cfg, p.round + 1, chosen)
+        except ConfigError as exc:
+            self._stop(p, exc)
+            return
         p.status, p.open, p.round, p.selected = "running", True, p.round + 1, chosen
         p.deadline_ms = now_ms() + int(cfg.deadline_s * 1000)
         task = RoundTask(
             job_id=p.job_id,
             round=p.round,
             model_version=p.model_version,
-            strategy=cfg.strategy,
+            strategy=cfg.strategy.name,
             devices=tuple(chosen),
             deadline_ms=p.deadline_ms,
             min_updates=quorum(cfg, len(chosen)),
-            config={**cfg.train_config(), "epoch": self.fence},
+            fencing_token=self.fence,
+            config=config,
         )
         # The table is written first: a crash after it replays the command, and a
         # job already running ignores a second start, while the aggregator and
@@ -229,6 +241,12 @@ class Scheduler:
             log.info(
                 "round opened", job_id=p.job_id, round=p.round, devices=len(chosen), version=p.model_version
             )
+
+    def _stop(self, p: Progress, exc: Exception) -> None:
+        """A job the scheduler cannot run: stopped, and said so, rather than stopping the agent."""
+        p.status, p.open = "stopped", False
+        self.progress[p.job_id] = p.to_dict()
+        log.error("job stopped", job_id=p.job_id, error=str(exc))
 
     async def _tick(self) -> None:
         """Nudge jobs that wait for devices, or whose round is overdue."""

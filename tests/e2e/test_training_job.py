@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+from qflare.fl import JobSpec
 from qflare.protocol.training import RoundComplete
 from qflare_cli.demo import Run
 
 
 def test_two_rounds_of_fedavg_on_mnist_improve_the_global_model() -> None:
     seen: list[RoundComplete] = []
-    job = {
-        "model": "2nn",
-        "strategy": "fedavg",
-        "rounds": 2,
-        "fraction": 1.0,
-        "min_clients": 2,
-        "deadline_s": 300.0,
-        "epochs": 1,
-        "batch_size": 10,
-        "lr": 0.05,
-        "seed": 3,
-        "dataset": "mnist",
-        "partition": "iid",
-    }
+    job = JobSpec.parse(
+        {
+            "model": "builtin:2nn",
+            "strategy": {"name": "fedavg"},
+            "rounds": 2,
+            "fraction": 1.0,
+            "min_clients": 2,
+            "deadline_s": 300.0,
+            "epochs": 1,
+            "batch_size": 10,
+            "lr": 0.05,
+            "seed": 3,
+            "dataset": "mnist",
+            "partition": "iid",
+        }
+    )
     run = Run(devices=4, processes=2, seed=3, job=job, as_json=False, on_round=seen.append)
     run.execute()
     completed = [rc for rc in seen if rc.status == "completed"]

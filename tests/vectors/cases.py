@@ -270,5 +270,44 @@ def chunk_rejections(c: Cases) -> list[dict[str, Any]]:
     ]
 
 
+def settings_rejections(c: Cases) -> list[dict[str, Any]]:
+    """A job's settings nest one level (§7 "settings"); a round task carries its fencing token."""
+
+    # Ids of their own (900 on), and the shared counter left as it was: the cases generated
+    # after these (the acceptances) keep their ids.
+    counter = c.n
+
+    def seal(n: int, type_: str, body: object, **kw: Any) -> bytes:
+        return c.seal(type_, wire.pack(body), msg_id=fixed_id(TS, 900 + n), **kw)
+
+    def job(n: int, strategy: dict[str, Any]) -> bytes:
+        body = {"job_id": "job-1", "command": "start", "config": {"rounds": 3, "strategy": strategy}}
+        return seal(n, "job_command", body)
+
+    task = wire.unpack(bytes.fromhex(c.vectors["round_task"]["body"]), PARSE)
+    assert isinstance(task, dict)
+    del task["fencing_token"]
+    nan_mu = {"name": "fedprox", "proximal_mu": float("nan")}
+    out = [
+        _rej("NaN strategy parameter", job(0, nan_mu), "non_finite", "body.config.strategy.proximal_mu"),
+        _rej("settings nested twice", job(1, {"name": {"x": 1}}), "schema", "body.config.strategy.name"),
+        _rej(
+            "round task without fencing token",
+            seal(2, "round_task", task, round=7),
+            "schema",
+            "body.fencing_token",
+        ),
+    ]
+    c.n = counter
+    return out
+
+
 def build_rejections(c: Cases) -> list[dict[str, Any]]:
-    return envelope_rejections(c) + key_and_time_rejections(c) + body_rejections(c) + chunk_rejections(c)
+    # Settings cases come last, so the ids of the earlier cases stay what they were.
+    return (
+        envelope_rejections(c)
+        + key_and_time_rejections(c)
+        + body_rejections(c)
+        + chunk_rejections(c)
+        + settings_rejections(c)
+    )

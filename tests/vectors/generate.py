@@ -26,11 +26,12 @@ if str(ROOT) not in sys.path:
 from qflare.crypto import generate_key, kem_backend  # noqa: E402
 from qflare.crypto.base import ML_KEM_768  # noqa: E402
 from qflare.protocol import Body, Tensor, wire  # noqa: E402
-from qflare.protocol.control import AuditEvent  # noqa: E402
+from qflare.protocol.body import Setting  # noqa: E402
+from qflare.protocol.control import AuditEvent, JobCommand  # noqa: E402
 from qflare.protocol.devices import Enrollment, Heartbeat  # noqa: E402
 from qflare.protocol.envelope import Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
-from qflare.protocol.training import ModelUpdate  # noqa: E402
+from qflare.protocol.training import ModelUpdate, RoundTask  # noqa: E402
 from qflare.types import Scalar  # noqa: E402
 from tests.vectors.accepted import acceptances  # noqa: E402
 from tests.vectors.cases import RECEIVER, TS, Cases, build_rejections, fixed_id  # noqa: E402
@@ -125,6 +126,33 @@ def _audit(ref_id: bytes) -> AuditEvent:
     return AuditEvent("message.rejected", "warning", "dev-1", "signature", "dev-9", ref_id, detail)
 
 
+def _round_task() -> RoundTask:
+    """A FedProx round: the leader's fencing token, and the devices' instructions as scalars."""
+    config: dict[str, Scalar] = {
+        "model": "builtin:2nn",
+        "dataset": "mnist",
+        "seed": 0,
+        "epochs": 1,
+        "batch_size": 10,
+        "lr": 0.05,
+        "proximal_mu": 0.01,
+        "evaluate": True,
+    }
+    return RoundTask("job-1", 7, 6, "fedprox", ("dev-1", "dev-2"), TS + 60_000, 2, 3, config)
+
+
+def _job_command() -> JobCommand:
+    """A start command: the job's settings, with the strategy's parameters as the one nested map."""
+    config: dict[str, Setting] = {
+        "strategy": {"proximal_mu": 0.01, "name": "fedprox"},  # the encoder sorts the inner map too
+        "rounds": 3,
+        "model": "builtin:2nn",
+        "fraction": 1.0,
+        "deadline_s": 300.0,
+    }
+    return JobCommand("job-1", "start", config)
+
+
 def build() -> dict[str, Any]:
     key = generate_key(seed=SEED)
     device = generate_key(seed=DEVICE_SEED)
@@ -157,6 +185,8 @@ def build() -> dict[str, Any]:
     )
     add("enrollment_self_signed", "enrollment", enrol, device, "dev-2")
     add("audit_event", "audit_event", _audit(bytes.fromhex(envelopes[0]["header"]["id"])), key, "dev-1")
+    add("round_task", "round_task", _round_task(), key, "dev-1", round=7)
+    add("job_command", "job_command", _job_command(), key, "dev-1")
 
     stranger = generate_key(seed=STRANGER_SEED)
     cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)

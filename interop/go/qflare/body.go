@@ -18,6 +18,7 @@ const (
 	fMapStrStr
 	fFloats
 	fScalars
+	fSettings // str -> scalar | (str -> scalar): one level of nesting
 	fArray
 	fTensors
 	fInner // model_chunk inner_type: a body type of §7 other than model_chunk
@@ -46,6 +47,7 @@ var (
 	tLabels   = &ft{kind: fMapStrStr}
 	tFloats   = &ft{kind: fFloats}
 	tScalars  = &ft{kind: fScalars}
+	tSettings = &ft{kind: fSettings}
 	tIDs      = &ft{kind: fArray, elem: tID}
 	tTensors  = &ft{kind: fTensors}
 	tEventStr = &ft{kind: fStr, n: 64, re: eventRe}
@@ -74,7 +76,8 @@ var bodySchemas = map[string][]fd{
 		f("labels", tLabels), f("enrolled_ms", tInt), f("updated_ms", tInt)},
 	"device_health": {f("device_id", tID), f("state", enum("online", "stale", "offline")), f("last_seen_ms", tInt)},
 	"round_task": {f("job_id", tID), f("round", tInt), f("model_version", tInt), f("strategy", tID),
-		f("devices", tIDs), f("deadline_ms", tInt), f("min_updates", tInt1), f("config", tScalars)},
+		f("devices", tIDs), f("deadline_ms", tInt), f("min_updates", tInt1), f("fencing_token", tInt),
+		f("config", tScalars)},
 	"model": {f("job_id", tID), f("version", tInt), f("round", opt(tInt)), f("tensors", tTensors),
 		f("metadata", tScalars)},
 	"model_update": {f("job_id", tID), f("round", tInt), f("device_id", tID), f("base_version", tInt),
@@ -87,7 +90,7 @@ var bodySchemas = map[string][]fd{
 		f("source", tID), f("reason", strMax(1024)), f("subject", opt(strMax(256))), f("ref_id", opt(tBin16)),
 		f("detail", tScalars)},
 	"job_command": {f("job_id", tID), f("command", enum("start", "pause", "resume", "stop")),
-		f("config", tScalars)},
+		f("config", tSettings)},
 	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key")), f("device_id", opt(tID)),
 		f("token_hashes", arrayOf(tBin32)), f("expires_ms", tInt), f("labels", tLabels)},
 	"model_chunk": {f("inner_type", &ft{kind: fInner}), f("size", tInt1), f("offset", tInt), f("digest", tBin32),
@@ -163,6 +166,19 @@ func ValidateBody(typ string, v Value, allowNonFinite bool) error {
 
 func isNonNegInt(x Value) bool { return x.Kind == KInt && !x.Neg }
 
+func checkScalar(x Value, path string) error {
+	switch x.Kind {
+	case KNil, KBool, KInt, KStr:
+	case KFloat:
+		if math.IsNaN(x.F) || math.IsInf(x.F, 0) {
+			return errf("non_finite", path, "not finite")
+		}
+	default:
+		return errf("schema", path, "not a scalar")
+	}
+	return nil
+}
+
 func check(t *ft, x Value, path string) error {
 	switch t.kind {
 	case fID:
@@ -221,20 +237,21 @@ func check(t *ft, x Value, path string) error {
 				return errf("schema", p, "not a number")
 			}
 		}
-	case fScalars:
+	case fScalars, fSettings:
 		if x.Kind != KMap {
 			return errf("schema", path, "not a map")
 		}
 		for _, e := range x.Map {
 			p := joinKey(path, e.Key)
-			switch e.Val.Kind {
-			case KNil, KBool, KInt, KStr:
-			case KFloat:
-				if math.IsNaN(e.Val.F) || math.IsInf(e.Val.F, 0) {
-					return errf("non_finite", p, "not finite")
+			if t.kind == fSettings && e.Val.Kind == KMap {
+				// One level of nesting: the inner map holds scalars only.
+				if err := check(tScalars, e.Val, p); err != nil {
+					return err
 				}
-			default:
-				return errf("schema", p, "not a scalar")
+				continue
+			}
+			if err := checkScalar(e.Val, p); err != nil {
+				return err
 			}
 		}
 	case fArray:

@@ -7,8 +7,9 @@ import (
 
 // Canonical returns a body in the form encoders write (§1, §7): the body's
 // keys in listed order, the entries of free-form maps (labels, metrics,
-// config, metadata, detail) sorted by the UTF-8 bytes of their keys, numbers
-// in float maps as float64, tensor keys as name, dtype, shape, data. Marshal
+// config, metadata, detail, and the inner maps of settings) sorted by the
+// UTF-8 bytes of their keys, numbers in float maps as float64, tensor keys
+// as name, dtype, shape, data. Marshal
 // of the result gives the body bytes to hash and sign. v must be a map
 // holding every key of the type; values are not validated here.
 func Canonical(typ string, v Value) (Value, error) {
@@ -46,7 +47,7 @@ func canonical(t *ft, x Value) Value {
 			return x
 		}
 		return canonical(t.elem, x)
-	case fMapStrStr, fScalars, fFloats:
+	case fMapStrStr, fScalars, fFloats, fSettings:
 		if x.Kind != KMap {
 			return x
 		}
@@ -54,9 +55,12 @@ func canonical(t *ft, x Value) Value {
 		// Go compares strings byte by byte: UTF-8 byte order.
 		sort.SliceStable(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })
 		for i, e := range entries {
-			if t.kind == fFloats {
+			switch {
+			case t.kind == fFloats:
 				entries[i].Val = asFloat64(e.Val)
-			} else if e.Val.Kind == KFloat {
+			case t.kind == fSettings && e.Val.Kind == KMap:
+				entries[i].Val = canonical(tScalars, e.Val) // the inner map is sorted too
+			case e.Val.Kind == KFloat:
 				entries[i].Val = Float(e.Val.F)
 			}
 		}

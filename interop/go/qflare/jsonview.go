@@ -229,6 +229,13 @@ func fromView(t *ft, j any) (Value, error) {
 		return viewMap(j, viewFloat)
 	case fScalars:
 		return viewMap(j, viewScalar)
+	case fSettings:
+		return viewMap(j, func(e any) (Value, error) {
+			if _, nested := e.(JObj); nested {
+				return viewMap(e, viewScalar)
+			}
+			return viewScalar(e)
+		})
 	case fArray:
 		return viewArray(j, func(e any) (Value, error) { return fromView(t.elem, e) })
 	case fTensors:

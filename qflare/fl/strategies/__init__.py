@@ -1,29 +1,18 @@
-"""One module per aggregation algorithm, and a lookup by the name a job config uses."""
+"""One module per aggregation algorithm; each registers itself with ``register_strategy``.
+
+Every module of this package is imported here, so a new strategy needs no edit
+outside its own module.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+import pkgutil
 
-from qflare.errors import ConfigError
-from qflare.fl.strategies.fedavg import FedAvg
-from qflare.fl.strategies.fedprox import FedProx
-from qflare.fl.strategy import Strategy
+from qflare.fl.strategies.fedavg import FedAvg, FedAvgParams
+from qflare.fl.strategies.fedprox import FedProx, FedProxParams
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedProx)}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-
-def build_strategy(name: str, **params: Any) -> Strategy:
-    """Instantiate the strategy called ``name`` with its hyperparameters."""
-    try:
-        cls = STRATEGIES[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown strategy {name!r}; known: {sorted(STRATEGIES)}", field="strategy"
-        ) from None
-    try:
-        return cls(**params)
-    except TypeError as exc:  # an unexpected keyword: name it instead of surfacing a Python signature error
-        raise ConfigError(f"bad parameters for {name!r}: {exc}", field="strategy") from exc
-
-
-__all__ = ["STRATEGIES", "FedAvg", "FedProx", "build_strategy"]
+__all__ = ["FedAvg", "FedAvgParams", "FedProx", "FedProxParams"]

@@ -10,19 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from numpy.typing import NDArray
 
 from qflare.fl.arrays import NDArrays, check_like
-from qflare.fl.strategy import Strategy, StrategyState, TrainConfig
+from qflare.fl.job import StrategyParams
+from qflare.fl.registry import register_strategy
+from qflare.fl.strategy import Strategy, StrategyState
 
 
+class FedAvgParams(StrategyParams):
+    """FedAvg has no parameters of its own: local training is the job's (epochs, batch_size, lr)."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
+@register_strategy
 class FedAvg(Strategy):
     name = "fedavg"
-
-    def configure_round(self, state: StrategyState, round: int) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
+    Params: ClassVar[type[StrategyParams]] = FedAvgParams
 
     def aggregate(
         self, state: StrategyState, global_weights: Sequence[NDArray[Any]]

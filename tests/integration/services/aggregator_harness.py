@@ -33,8 +33,8 @@ from tests.integration.services.harness import audit_events, read_topic
 from tests.integration.services.processes import ManagedService, scrape
 
 JOB_CONFIG: dict[str, Any] = {
-    "model": "2nn",
-    "strategy": "fedavg",
+    "model": "builtin:2nn",
+    "strategy": {"name": "fedavg"},
     "rounds": 5,
     "fraction": 1.0,
     "min_clients": 2,
@@ -161,9 +161,20 @@ class ControlPlane:
         deadline_s: float = 60.0,
         min_updates: int = 1,
         sender: str = "scheduler",
+        fencing_token: int = 1,
     ) -> RoundTask:
         deadline_ms = int((time.time() + deadline_s) * 1000)
-        task = RoundTask(job_id, round, model_version, "fedavg", tuple(devices), deadline_ms, min_updates, {})
+        task = RoundTask(
+            job_id,
+            round,
+            model_version,
+            "fedavg",
+            tuple(devices),
+            deadline_ms,
+            min_updates,
+            fencing_token,
+            {},
+        )
         await self.send(self.topics.rounds.name, f"{job_id}:{round}", self._seal(sender, task, round))
         return task
 

@@ -144,6 +144,8 @@ async def test_control_messages_are_obeyed_only_from_their_principal(
     forged = await plane.device(f"fg-{unique}", sender="operator")  # not the registry's record
     await plane.start_job(f"nojob-{unique}", sender="registry")  # not an operator's command
     await plane.start_job(f"badcfg-{unique}", model="resnet")
+    await plane.start_job(f"badmu-{unique}", strategy={"name": "fedprox", "proximal_mu": -1.0})
+    await plane.start_job(f"nomodel-{unique}", model="my-net@1")  # a model-store model it lacks
     await plane.open_round(f"ghost-{unique}", 1, 0, [forged.device_id])  # no such job
     await plane.start_job(job)
     await global_model(kafka, keys_dir, job, 0)
@@ -163,6 +165,8 @@ async def test_control_messages_are_obeyed_only_from_their_principal(
         f"{plane.topics.devices.name}:{forged.device_id}": "unauthorised",
         f"{plane.topics.jobs.name}:nojob-{unique}": "unauthorised",
         f"{plane.topics.jobs.name}:badcfg-{unique}": "schema",
+        f"{plane.topics.jobs.name}:badmu-{unique}": "schema",
+        f"{plane.topics.jobs.name}:nomodel-{unique}": "unknown_model",
         f"{plane.topics.rounds.name}:ghost-{unique}:1": "unknown_job",
         f"{plane.topics.rounds.name}:{job}:1": "unauthorised",
         f"{plane.topics.rounds.name}:{job}:2": "wrong_version",
@@ -170,9 +174,54 @@ async def test_control_messages_are_obeyed_only_from_their_principal(
     }
     events = await audit_events(kafka, keys_dir, lambda ev: want.items() <= refused(ev).items())
     assert want.items() <= refused(events).items()
+    fields = {e.subject: e.detail["field"] for e in events if e.event == "message.rejected"}
+    assert fields[f"badmu-{unique}"] == "body.config.strategy.proximal_mu"
     await plane.command(job, "resume")
     # Resumed, the job takes rounds again; the forged device record gave its key no power.
     await plane.open_round(job, 5, 0, [forged.device_id])
     await plane.send(updates, forged.device_id, *forged.update(job, 5, 0, perturbed(0), 10))
     await rejections(kafka, keys_dir, lambda found: "unknown_key" in found)
     assert aggregator.alive
+
+
+async def test_a_deposed_scheduler_leaders_round_task_is_refused_and_survives_a_restart(
+    kafka: KafkaSettings, keys_dir: Path, plane: ControlPlane, aggregator: AggregatorProcess, unique: str
+) -> None:
+    job, updates = f"job-{unique}", plane.topics.updates.name
+    device = await plane.device(f"fc-{unique}")
+    await plane.start_job(job)
+    await global_model(kafka, keys_dir, job, 0)
+
+    def stale(events: list[AuditEvent]) -> list[AuditEvent]:
+        return [
+            e
+            for e in events
+            if e.source == "aggregator"
+            and e.event == "message.rejected"
+            and e.reason == "stale_fencing_token"
+        ]
+
+    async def complete(round: int, version: int, token: int) -> None:
+        await plane.open_round(job, round, version, [device.device_id], fencing_token=token)
+        await plane.send(updates, device.device_id, *device.update(job, round, version, perturbed(round), 50))
+        await round_results(
+            kafka, keys_dir, lambda got: any(r.job_id == job and r.round == round for r in got)
+        )
+
+    # The leader with token 5 runs round 1; then a deposed leader (token 4) tries to open round 2.
+    await complete(1, 0, token=5)
+    await plane.open_round(job, 2, 1, [device.device_id], fencing_token=4)
+    (refused,) = stale(await audit_events(kafka, keys_dir, lambda ev: len(stale(ev)) >= 1))
+    assert refused.subject == f"{job}:2" and refused.detail["field"] == "body.fencing_token"
+    assert aggregator.alive
+    # The current leader's round 2 is accepted (the refused task left nothing behind).
+    await complete(2, 1, token=5)
+
+    # The highest token is stored with the job: after a kill -9 the deposed leader is still refused.
+    aggregator.kill9()
+    aggregator.start()
+    await plane.open_round(job, 3, 2, [device.device_id], fencing_token=4)
+    await audit_events(kafka, keys_dir, lambda ev: len(stale(ev)) >= 2)
+    await complete(3, 2, token=6)  # a newer leader takes over
+    assert aggregator.alive
+    assert aggregator.metric("qflare_rejected_messages_total", reason="stale_fencing_token") >= 1

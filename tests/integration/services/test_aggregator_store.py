@@ -39,7 +39,7 @@ async def test_job_model_round_checkpoint_and_close_round_trip(store: Aggregator
     assert row is not None and row.weights == v0.data and row.digest == v0.digest
     assert decode(row.weights).version == 0
 
-    task = RoundTask(job, 1, 0, "fedavg", ("a", "b"), 2**41, 1, {"lr": 0.1})
+    task = RoundTask(job, 1, 0, "fedavg", ("a", "b"), 2**41, 1, 1, {"lr": 0.1})
     state = fedavg.begin_round(fedavg.initial_state(), 1, shapes_of(weights), tensor_names("2nn"))
     rnd = OpenRound.from_task(task, b"\x07" * 16, 1_700_000_000_123, state)
     await store.insert_round(rnd, dict(task.config))

@@ -47,7 +47,7 @@ async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[Publisher
 
 async def publish_round(plane: Publisher, rnd: int) -> None:
     t = plane.topics
-    task = RoundTask(JOB, rnd, rnd - 1, "fedavg", ("dev-a", "dev-b"), 2_000_000_000_000, 2)
+    task = RoundTask(JOB, rnd, rnd - 1, "fedavg", ("dev-a", "dev-b"), 2_000_000_000_000, 2, 1)
     await plane.send(t.rounds.name, f"{JOB}:{rnd}", plane.seal("scheduler", task, rnd))
     event = AuditEvent(
         "update.rejected",

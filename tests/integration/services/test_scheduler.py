@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from qflare.crypto import generate_key
+from qflare.fl import TrainConfig
 from qflare.identity import Identity, TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics
 from qflare.protocol import seal, topics
+from qflare.protocol.body import Setting
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
@@ -102,7 +104,7 @@ async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
     job = JobCommand(
         f"job-{unique}",
         "start",
-        {"rounds": 2, "fraction": 0.5, "min_clients": 2, "deadline_s": 600.0, "model": "2nn"},
+        {"rounds": 2, "fraction": 0.5, "min_clients": 2, "deadline_s": 600.0, "model": "builtin:2nn"},
     )
     await _publish(kafka, records)
     scheduler.start()
@@ -112,7 +114,10 @@ async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
     (first,) = await _tasks(kafka, keys_dir, 1)
     assert first.round == 1 and first.model_version == 0 and first.job_id == job.job_id
     assert len(first.devices) == 2 and names[4] not in first.devices
-    assert first.config["model"] == "2nn" and int(str(first.config["epoch"])) >= 1
+    assert first.config["model"] == "builtin:2nn" and first.fencing_token >= 1
+    assert (
+        TrainConfig.parse(first.config).proximal_mu == 0.0
+    )  # the strategy's instructions, as devices parse them
 
     # Crash the scheduler with round 1 open; the restarted one must know it is waiting on round 1.
     scheduler.kill9()
@@ -124,6 +129,8 @@ async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
     second = tasks[-1]
     assert second.round == 2 and second.model_version == 1
     assert names[4] not in second.devices
+    # The restarted scheduler is a new leader: its lease gave it a larger fencing token.
+    assert second.fencing_token > first.fencing_token
 
 
 async def test_quorum_not_met_retries_with_a_fresh_round(
@@ -140,12 +147,19 @@ async def test_quorum_not_met_retries_with_a_fresh_round(
         records.append(
             (t.health.name, name, seal(DeviceHealth(name, "online", now), reg.signer, sender=reg.name))
         )
-    job = JobCommand(
-        f"job-{unique}", "start", {"rounds": 1, "fraction": 1.0, "min_clients": 2, "deadline_s": 600.0}
-    )
+    config: dict[str, Setting] = {
+        "rounds": 1,
+        "fraction": 1.0,
+        "min_clients": 2,
+        "deadline_s": 600.0,
+        "strategy": {"name": "fedprox", "proximal_mu": 0.3},
+    }
+    job = JobCommand(f"job-{unique}", "start", config)
     await _publish(kafka, [*records, (t.jobs.name, job.job_id, seal(job, op.signer, sender=op.name))])
     scheduler.start()
     (first,) = await _tasks(kafka, keys_dir, 1)
+    # FedProx's μ is in the devices' instructions because the strategy put it there.
+    assert first.strategy == "fedprox" and TrainConfig.parse(first.config).proximal_mu == 0.3
     failed = RoundComplete(job.job_id, first.round, "quorum_not_met", 0, 1, 600)
     await _publish(kafka, [(t.rounds_complete.name, job.job_id, seal(failed, agg.signer, sender=agg.name))])
     retry = (await _tasks(kafka, keys_dir, 2))[-1]

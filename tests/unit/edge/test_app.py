@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from edge.app import DeviceApp, Failure, TrainResult, TrainTask
+from qflare.fl import FedAvg, JobSpec
 
 
 def _task() -> TrainTask:
-    return TrainTask(round=1, model_version=1, weights=[np.zeros(3, np.float32)], config={"lr": 0.1})
+    config = FedAvg(JobSpec(lr=0.1)).train_config(1)
+    return TrainTask(round=1, model_version=1, weights=[np.zeros(3, np.float32)], config=config)
 
 
 async def test_train_handler_with_and_without_parentheses() -> None:

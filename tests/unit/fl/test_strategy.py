@@ -6,19 +6,16 @@ import msgpack
 import numpy as np
 import pytest
 
-from qflare.errors import AggregationError, ConfigError, InvalidUpdateError, SchemaError
+from qflare.errors import AggregationError, InvalidUpdateError
 from qflare.fl import (
-    STRATEGIES,
     FedAvg,
     FedProx,
+    JobSpec,
     StrategyState,
-    TrainConfig,
     Update,
-    build_strategy,
     weighted_average,
 )
 from qflare.fl.arrays import NDArrays, shapes_of
-from qflare.types import Scalar
 
 NAMES = ["w", "b"]
 SHAPES = [(8, 4), (4,)]
@@ -34,10 +31,12 @@ def _updates(count: int) -> list[Update]:
 
 
 def test_fedavg_round_is_the_example_weighted_mean() -> None:
-    strategy = FedAvg(epochs=5, batch_size=10, lr=0.05)
+    strategy = FedAvg(JobSpec(epochs=5, batch_size=10, lr=0.05))
     glob = _weights(0)
     state = strategy.begin_round(strategy.initial_state(), 1, shapes_of(glob), NAMES)
-    assert strategy.configure_round(state, 1) == TrainConfig(epochs=5, batch_size=10, lr=0.05)
+    configs = strategy.configure_round(1, ["d1", "d2"])
+    assert set(configs) == {"d1", "d2"} and configs["d1"] == configs["d2"]
+    assert (configs["d1"].epochs, configs["d1"].batch_size, configs["d1"].lr) == (5, 10, 0.05)
     updates = _updates(4)
     for update in updates:
         strategy.accumulate(state, update)
@@ -102,51 +101,15 @@ def test_state_rejects_uncheckpointable_and_corrupt_input() -> None:
 
 
 def test_fedprox_only_adds_the_proximal_coefficient() -> None:
-    prox = FedProx(prox_mu=0.5, epochs=2, batch_size=20, lr=0.01)
-    avg = FedAvg(epochs=2, batch_size=20, lr=0.01)
+    settings = {"epochs": 2, "batch_size": 20, "lr": 0.01}
+    prox = FedProx(JobSpec.parse({**settings, "strategy": {"name": "fedprox", "proximal_mu": 0.5}}))
+    avg = FedAvg(JobSpec.parse(settings))
     state = prox.initial_state()
-    config = prox.configure_round(state, 1)
-    assert config.to_config() == {**avg.configure_round(avg.initial_state(), 1).to_config(), "prox_mu": 0.5}
-    assert TrainConfig.from_config(config.to_config()).get_float("prox_mu", 0.0) == 0.5
+    config = prox.configure_round(1, ["d1"])["d1"]
+    assert config.to_config() == {**avg.configure_round(1, ["d1"])["d1"].to_config(), "proximal_mu": 0.5}
     assert state.strategy == "fedprox"
     with pytest.raises(AggregationError):  # a FedAvg state is not a FedProx one
         prox.begin_round(avg.initial_state(), 1, shapes_of(_weights(0)), NAMES)
-
-
-def test_train_config_parsing_names_the_bad_key() -> None:
-    config = TrainConfig(1, 0, 0.1, {"note": "x"}).to_config()
-    assert TrainConfig.from_config(config) == TrainConfig(1, 0, 0.1, {"note": "x"})
-    cases: list[tuple[str, Scalar]] = [
-        ("epochs", 0),
-        ("epochs", 1.5),
-        ("batch_size", True),
-        ("lr", 0),
-        ("lr", "fast"),
-    ]
-    for key, value in cases:
-        with pytest.raises(SchemaError) as info:
-            TrainConfig.from_config({**config, key: value})
-        assert info.value.field == f"config.{key}"
-    with pytest.raises(SchemaError) as info:
-        TrainConfig.from_config({"epochs": 1, "batch_size": 1})
-    assert info.value.field == "config.lr"
-
-
-def test_build_strategy_and_config_errors() -> None:
-    assert set(STRATEGIES) == {"fedavg", "fedprox"}
-    built = build_strategy("fedprox", prox_mu=0.1, lr=0.2)
-    assert isinstance(built, FedProx) and built.lr == 0.2
-    with pytest.raises(ConfigError) as info:
-        build_strategy("fedsgd")
-    assert info.value.field == "strategy"
-    with pytest.raises(ConfigError):
-        build_strategy("fedavg", momentum=0.9)
-    for kwargs, field in [({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch_size"), ({"lr": 0.0}, "lr")]:
-        with pytest.raises(ConfigError) as info:
-            FedAvg(**kwargs)  # type: ignore[arg-type]
-        assert info.value.field == field
-    with pytest.raises(ConfigError):
-        FedProx(prox_mu=-1.0)
 
 
 def test_aggregate_checks_the_global_model_and_that_updates_arrived() -> None:

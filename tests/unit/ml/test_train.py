@@ -51,7 +51,7 @@ def test_proximal_term_keeps_weights_near_the_global_model(mnist: Dataset) -> No
     x, y = mnist.train_images[:300], mnist.train_labels[:300]
     start = init_weights("2nn", 2)
     plain = train_local("2nn", start, x, y, 3, 10, 0.05, seed=1)
-    prox = train_local("2nn", start, x, y, 3, 10, 0.05, seed=1, prox_mu=1.0)
+    prox = train_local("2nn", start, x, y, 3, 10, 0.05, seed=1, proximal_mu=1.0)
     assert _distance(prox.weights, start) < 0.5 * _distance(plain.weights, start)
 
 
@@ -70,7 +70,7 @@ def test_bad_arguments_are_typed_errors() -> None:
     cases: list[tuple[dict[str, float], str]] = [
         ({"epochs": 0}, "epochs"),
         ({"lr": 0.0}, "lr"),
-        ({"prox_mu": -1.0}, "prox_mu"),
+        ({"proximal_mu": -1.0}, "proximal_mu"),
     ]
     for kwargs, field in cases:
         args: dict[str, float] = {"epochs": 1, "batch_size": 2, "lr": 0.1, "seed": 0, **kwargs}

@@ -210,6 +210,23 @@ def test_scalars_take_the_full_msgpack_int_range_and_refuse_non_finite_floats() 
     assert info.value.field == "body.config.lr"
 
 
+def test_job_settings_nest_one_level_sorted_and_name_the_inner_key() -> None:
+    job = JobCommand("job-1", "start", {"strategy": {"name": "fedprox", "proximal_mu": 0.01}, "lr": 0.1})
+    body = job.to_body()["config"]
+    assert list(body) == ["lr", "strategy"] and list(body["strategy"]) == ["name", "proximal_mu"]
+    assert JobCommand.from_body(_decoded(job)) == job
+    data = _decoded(job)
+    data["config"] = {"strategy": {"name": "fedprox", "proximal_mu": math.inf}}
+    with pytest.raises(NonFiniteTensorError) as info:
+        JobCommand.from_body(data)
+    assert info.value.field == "body.config.strategy.proximal_mu"
+    for deeper in ({"name": {"x": 1}}, {"name": [1]}):
+        data["config"] = {"strategy": deeper}
+        with pytest.raises(SchemaError) as wrong:
+            JobCommand.from_body(data)
+        assert wrong.value.field == "body.config.strategy.name"
+
+
 def test_text_limits_count_characters() -> None:
     # Body field limits count Unicode code points; only the msgpack str limit (§10) counts bytes.
     assert (

@@ -21,7 +21,7 @@ MSG_ID = b"\x01" * 16
 
 
 def _round() -> OpenRound:
-    task = RoundTask("job", 3, 2, "fedavg", ("a", "b"), 10_000, 1, {})
+    task = RoundTask("job", 3, 2, "fedavg", ("a", "b"), 10_000, 1, 1)
     state = FedAvg().begin_round(FedAvg().initial_state(), 3, LAYOUT.shapes, LAYOUT.names)
     return OpenRound.from_task(task, b"\x00" * 16, 0, state)
 

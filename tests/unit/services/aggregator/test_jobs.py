@@ -1,4 +1,4 @@
-"""Job configs are checked at start, naming the bad key."""
+"""The aggregator's jobs: the one job schema, a model it has, and one strategy object per job."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from qflare.errors import SchemaError
-from qflare.fl import FedAvg, FedProx
-from services.aggregator.jobs import JobConfig
+from qflare.errors import Rejected, SchemaError
+from qflare.fl import FedAvg, FedProx, JobSpec
+from services.aggregator.jobs import Job
 
 GOOD: dict[str, Any] = {
-    "model": "cnn",
-    "strategy": "fedprox",
+    "model": "builtin:cnn",
+    "strategy": {"name": "fedprox", "proximal_mu": 0.01},
     "rounds": 10,
     "fraction": 0.1,
     "min_clients": 2,
@@ -22,37 +22,40 @@ GOOD: dict[str, Any] = {
     "lr": 0.1,
     "seed": 1,
     "dataset": "fashion-mnist",
-    "prox_mu": 0.01,
 }
 
 
-def test_parse_and_strategy() -> None:
-    cfg = JobConfig.parse(GOOD)
-    assert cfg.model == "cnn" and cfg.dataset == "fashion-mnist" and cfg.deadline_s == 60.0
-    strategy = cfg.strategy_for("fedprox")
-    assert isinstance(strategy, FedProx) and strategy.prox_mu == 0.01
-    assert isinstance(
-        JobConfig.parse({**GOOD, "strategy": "fedavg", "prox_mu": None}).strategy_for("fedavg"), FedAvg
-    )
+def test_a_job_holds_its_spec_model_and_strategy() -> None:
+    job = Job("j", JobSpec.parse(GOOD, where="body.config"), "running")
+    assert job.model == "cnn" and job.config.dataset == "fashion-mnist" and job.config.deadline_s == 60.0
+    assert isinstance(job.strategy, FedProx) and job.strategy.proximal_mu == 0.01
+    assert job.layout.names[0] == "conv1.weight" and job.strategy_state and job.fencing_token == 0
+    plain = Job("k", JobSpec.parse({**GOOD, "strategy": {"name": "fedavg"}}), "running")
+    assert type(plain.strategy) is FedAvg
+
+
+def test_a_model_outside_the_built_ins_is_refused_until_the_store_has_it() -> None:
+    with pytest.raises(Rejected) as info:
+        Job("j", JobSpec.parse({**GOOD, "model": "my-net@1"}), "running")
+    assert (info.value.reason, info.value.field) == ("unknown_model", "body.config.model")
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
     [
         ("model", "resnet"),
-        ("strategy", "fedadam"),
+        ("strategy", {"name": "fedadam"}),
         ("dataset", "cifar"),
         ("rounds", 0),
         ("fraction", 1.5),
-        ("fraction", 0),
         ("lr", 0),
         ("epochs", True),
         ("seed", 1.5),
         ("batch_size", None),
-        ("prox_mu", -1),
+        ("strategy", {"name": "fedprox", "proximal_mu": -1}),
     ],
 )
 def test_bad_values_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(SchemaError) as caught:
-        JobConfig.parse({**GOOD, key: value})
-    assert caught.value.field == f"body.config.{key}"
+        JobSpec.parse({**GOOD, key: value}, where="body.config")
+    assert caught.value.field is not None and caught.value.field.startswith(f"body.config.{key}")

@@ -39,7 +39,7 @@ def test_train_loss_is_example_weighted_and_skips_devices_without_one() -> None:
 
 
 def test_round_metrics() -> None:
-    task = RoundTask("job", 1, 0, "fedavg", ("a", "b", "c"), 10_000, 2, {})
+    task = RoundTask("job", 1, 0, "fedavg", ("a", "b", "c"), 10_000, 2, 1)
     layout = Layout.of("2nn")
     state = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.shapes, layout.names)
     rnd = OpenRound.from_task(task, b"\x00" * 16, 1_000, state)

@@ -2,31 +2,58 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
 import pytest
 
 from qflare.errors import ConfigError
-from services.scheduler.logic import JobConfig, Progress, after_complete, overdue, quorum, select
-
-
-def test_config_names_the_bad_key() -> None:
-    with pytest.raises(ConfigError, match=r"config\.fraction"):
-        JobConfig.parse({"fraction": 1.5})
-    with pytest.raises(ConfigError, match=r"config\.colour"):
-        JobConfig.parse({"colour": "blue"})
-    with pytest.raises(ConfigError, match=r"config\.rounds"):
-        JobConfig.parse({"rounds": "ten"})
-    assert JobConfig.parse({"lr": 1, "rounds": 3}).lr == 1.0
+from qflare.fl import FedAvg, JobSpec, StrategyParams, TrainConfig, register_strategy
+from qflare.fl import job as job_module
+from qflare.fl.registry import STRATEGIES
+from services.scheduler.logic import Progress, after_complete, overdue, quorum, select, task_config
 
 
 def test_selection_is_c_times_k_seeded_and_needs_min_clients() -> None:
-    cfg = JobConfig(fraction=0.1, min_clients=2, seed=7)
+    cfg = JobSpec(fraction=0.1, min_clients=2, seed=7)
     devices = [f"d{i:03d}" for i in range(100)]
     first = select(devices, cfg, 1)
     assert first is not None and len(first) == 10 and set(first) <= set(devices)
     assert select(list(reversed(devices)), cfg, 1) == first  # order-independent, reproducible
     assert select(devices, cfg, 2) != first
     assert select(devices[:1], cfg, 1) is None
-    assert quorum(JobConfig(quorum=0.8), 10) == 8 and quorum(JobConfig(quorum=0.8), 1) == 1
+    assert quorum(JobSpec(quorum=0.8), 10) == 8 and quorum(JobSpec(quorum=0.8), 1) == 1
+
+
+def test_the_strategy_writes_the_round_task_config() -> None:
+    spec = JobSpec.parse({"strategy": {"name": "fedprox", "proximal_mu": 0.2}, "lr": 0.1})
+    config = task_config(spec, 1, ["a", "b"])
+    assert TrainConfig.parse(config).proximal_mu == 0.2 and config["lr"] == 0.1
+    assert "epoch" not in config  # the fencing token is RoundTask.fencing_token
+    assert task_config(JobSpec(), 1, ["a"])["proximal_mu"] == 0.0
+
+
+def test_per_device_instructions_are_refused_until_a_round_task_can_carry_them() -> None:
+    class _SplitParams(StrategyParams):
+        name: Literal["split"] = "split"
+
+    @register_strategy
+    class Split(FedAvg):
+        name = "split"
+        Params: ClassVar[type[StrategyParams]] = _SplitParams
+
+        def configure_round(self, round: int, devices: Sequence[str]) -> dict[str, TrainConfig]:
+            base = self.train_config(round)
+            return {d: base.model_copy(update={"epochs": i + 1}) for i, d in enumerate(devices)}
+
+    try:
+        spec = JobSpec.parse({"strategy": {"name": "split"}})
+        assert task_config(spec, 1, ["a"])["epochs"] == 1
+        with pytest.raises(ConfigError):
+            task_config(spec, 1, ["a", "b"])
+    finally:
+        del STRATEGIES["split"], job_module._PARAMS["split"]
+        job_module._union = None
 
 
 def test_completion_advances_retries_and_finishes() -> None:
