@@ -16,7 +16,7 @@ from typing import Protocol, Self
 
 import structlog
 
-from qflare import metrics
+from qflare import health, metrics
 from qflare.backoff import Backoff
 
 
@@ -34,6 +34,7 @@ async def serve_forever(
     metrics_port: int,
 ) -> None:
     log = structlog.get_logger(f"qflare.{name}")
+    health.set_status(name, "starting")
     metrics.serve_metrics(metrics_port)
     backoff = Backoff(initial_s=0.5, max_s=15)
     stop = asyncio.Event()
@@ -44,13 +45,18 @@ async def serve_forever(
         try:
             async with factory() as service:
                 backoff.reset()
+                health.set_status(name, "ready")  # started: its consumers are assigned
                 runner = asyncio.create_task(service.run())
                 waiter = asyncio.create_task(stop.wait())
                 await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    health.set_status(name, "stopping")
                 service.request_stop()
                 waiter.cancel()
                 await runner
         except transient as exc:
+            # Not ready until the next start has rebuilt the state from the checkpoint.
+            health.set_status(name, "restarting")
             delay = backoff.next_delay_s()
             log.warning(
                 f"{name} lost a server, restarting", error=f"{type(exc).__name__}: {exc}", retry_in_s=delay

@@ -9,7 +9,6 @@ device records published here.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from qflare.protocol import Decoder, Reassembler, Tensor, seal, seal_chunked, to
 from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+from qflare.supervisor import ServiceProcess, free_port
 from tests.integration.services.harness import audit_events, read_topic
 from tests.integration.services.processes import ManagedService, scrape
 
@@ -52,14 +52,14 @@ class AggregatorProcess(ManagedService):
     """``python -m services.aggregator`` with its own topics and keys (PostgreSQL is shared)."""
 
     service = "aggregator"
-    ready = '"aggregator started"'
 
     kafka: KafkaSettings
     keys_dir: Path
     log_path: Path
     eval_examples: int = 500
-    metrics_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    #: /metrics and /healthz (the readiness probe).
+    metrics_port: int = field(default_factory=free_port)
+    proc: ServiceProcess | None = None
     starts: int = 0
 
     def env(self) -> dict[str, str]:
@@ -68,7 +68,6 @@ class AggregatorProcess(ManagedService):
             "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_AGGREGATOR_KEYS_DIR": str(self.keys_dir),
-            "QFLARE_AGGREGATOR_METRICS_PORT": str(self.metrics_port),
             "QFLARE_AGGREGATOR_EVAL_EXAMPLES": str(self.eval_examples),
             "QFLARE_AGGREGATOR_DEADLINE_TICK_S": "0.2",
         }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from qflare.kafka import KafkaSettings, make_consumer, make_producer
 from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics
+from qflare.supervisor import ServiceProcess, free_port
 from tests.integration.services.processes import ManagedService, scrape
 
 
@@ -31,15 +31,15 @@ class RegistryProcess(ManagedService):
     """``python -m services.registry`` with its own topics, group, Redis namespace and keys."""
 
     service = "registry"
-    ready = '"registry started"'
 
     kafka: KafkaSettings
     keys_dir: Path
     log_path: Path
     stale_after_s: float = 1.5
     offline_after_s: float = 3.0
-    metrics_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    #: /metrics and /healthz (the readiness probe).
+    metrics_port: int = field(default_factory=free_port)
+    proc: ServiceProcess | None = None
     starts: int = 0
 
     def env(self) -> dict[str, str]:
@@ -49,7 +49,6 @@ class RegistryProcess(ManagedService):
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_REGISTRY_KEYS_DIR": str(self.keys_dir),
             "QFLARE_REGISTRY_GROUP_ID": f"registry-{self.kafka.topic_prefix}",
-            "QFLARE_REGISTRY_METRICS_PORT": str(self.metrics_port),
             "QFLARE_REGISTRY_STALE_AFTER_S": str(self.stale_after_s),
             "QFLARE_REGISTRY_OFFLINE_AFTER_S": str(self.offline_after_s),
             "QFLARE_REGISTRY_SWEEP_INTERVAL_S": "0.25",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +17,13 @@ from qflare.protocol import seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
+from qflare.supervisor import ServiceProcess, free_port
 from tests.integration.services.harness import read_topic
 from tests.integration.services.processes import ManagedService
 
 
 class SchedulerProcess(ManagedService):
     service = "scheduler"
-    ready = '"leadership acquired"'
 
     def __init__(self, kafka: KafkaSettings, keys_dir: Path, tmp: Path) -> None:
         self._env = {
@@ -33,12 +32,12 @@ class SchedulerProcess(ManagedService):
             "QFLARE_KAFKA_BOOTSTRAP": kafka.bootstrap,
             "QFLARE_SCHEDULER_KEYS_DIR": str(keys_dir),
             "QFLARE_SCHEDULER_DATA_DIR": str(tmp / "faust"),
-            "QFLARE_SCHEDULER_METRICS_PORT": "0",
             "QFLARE_SCHEDULER_LEASE_S": "3",
             "QFLARE_SCHEDULER_GRACE_S": "2",
         }
         self.log_path = tmp / "scheduler.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+        self.proc: ServiceProcess | None = None
         self.starts = 0
 
     def env(self) -> dict[str, str]:
