@@ -26,6 +26,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 Status = Literal["starting", "ready", "restarting", "stopping"]
 PATH = "/healthz"
+#: A listening socket handed over by a supervisor (``qflare.supervisor``), which holds the port
+#: from before the service starts until after it stops, so that nothing else can take it meanwhile.
+FD_ENV = "QFLARE_HEALTH_FD"
 
 # One service per process: the state is the process's own, set by its run loop.
 _state: dict[str, str] = {"service": "", "status": "starting"}
@@ -56,12 +59,24 @@ class Health:
 def start_http_server(port: int, addr: str = "127.0.0.1") -> None:
     """Serve ``/healthz`` and Prometheus ``/metrics`` (every other path) on ``addr``:``port``.
 
+    Serves on the supervisor's socket instead when ``QFLARE_HEALTH_FD`` names one.
     Raises ``OSError`` when the port is taken, as ``prometheus_client.start_http_server`` does.
     """
+    inherited = os.environ.get(FD_ENV)
     family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
 
     class Server(ThreadingWSGIServer):
         address_family = family
+
+        def server_bind(self) -> None:
+            if inherited is None:
+                super().server_bind()
+                return
+            self.socket.close()
+            self.socket = socket.socket(fileno=int(inherited))
+            host, bound = self.socket.getsockname()[:2]
+            self.server_address, self.server_name, self.server_port = (host, bound), host, bound
+            self.setup_environ()
 
     httpd = make_server(addr, port, _app(make_wsgi_app()), Server, handler_class=_Quiet)
     threading.Thread(target=httpd.serve_forever, name="qflare-http", daemon=True).start()

@@ -78,25 +78,43 @@ class Child(Protocol):
 
     def kill(self) -> None: ...
 
+    def close(self) -> None:
+        """Release what outlives the process (a port), once it is stopped for good."""
+        ...
+
 
 @dataclass
 class ServiceProcess:
-    """``python -m services.<name>``, its log file, and its health endpoint on ``health_port``."""
+    """``python -m services.<name>``, its log file, and its /metrics and /healthz port.
+
+    The port (``port`` if free, else any) is bound here and handed to each process
+    the service runs as (``qflare.health.FD_ENV``), so it stays the service's own
+    across restarts and nothing else can take it in between; ``close()`` frees it.
+    """
 
     name: str
     env: dict[str, str]
     log_path: Path
-    health_port: int
+    port: int = 0
     #: Own session: a Ctrl-C in the terminal reaches the supervisor, which stops services in order.
     own_session: bool = False
     proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self._listener = listen(self.port)
+        self.health_port: int = self._listener.getsockname()[1]
 
     @property
     def pid(self) -> int | None:
         return None if self.proc is None else self.proc.pid
 
     def spawn(self) -> None:
-        env = {**os.environ, **self.env, f"QFLARE_{self.name.upper()}_METRICS_PORT": str(self.health_port)}
+        env = {
+            **os.environ,
+            **self.env,
+            f"QFLARE_{self.name.upper()}_METRICS_PORT": str(self.health_port),
+            health.FD_ENV: str(self._listener.fileno()),
+        }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -106,13 +124,14 @@ class ServiceProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=self.own_session,
+                pass_fds=(self._listener.fileno(),),
             )
 
     def returncode(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
     def is_ready(self) -> bool:
-        found = health.probe(self.health_port)
+        found = health.probe(self.health_port, timeout_s=1.0)
         return found is not None and found.ready and found.pid == self.pid
 
     def request_stop(self) -> None:
@@ -125,19 +144,31 @@ class ServiceProcess:
         if self.proc is not None:
             self.proc.wait()
 
+    def close(self) -> None:
+        """Free the port (once the service has stopped)."""
+        self._listener.close()
+
+
+def listen(preferred: int = 0) -> socket.socket:
+    """A socket listening on 127.0.0.1:``preferred`` when that is free, else on a port the system picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            continue
+        sock.listen(64)
+        return sock
+    raise StackError("supervisor", "no free TCP port")
+
 
 def free_port(preferred: int = 0) -> int:
-    """``preferred`` when nothing listens there, else a free port the system picks."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            chosen: int = sock.getsockname()[1]
-            return chosen
-    raise StackError("supervisor", "no free TCP port")
+    """``preferred`` when nothing listens there, else a free port the system picks (free only for now)."""
+    with listen(preferred) as sock:
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def describe_exit(code: int) -> str:
@@ -250,6 +281,7 @@ class Supervisor:
             time.sleep(0.1)
         for child in children:
             child.kill()
+            child.close()
         for watched in self._children.values():
             if watched.thread is not None:
                 watched.thread.join()

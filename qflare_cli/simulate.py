@@ -21,7 +21,7 @@ from edge.simulator.observer import FleetObserver
 from qflare import operator
 from qflare.identity import trusted_ring
 from qflare.kafka import KafkaSettings
-from qflare.supervisor import ServiceProcess, Supervisor, free_port
+from qflare.supervisor import ServiceProcess, Supervisor
 from qflare_cli.supervised import printer
 from services.registry.config import RegistrySettings
 
@@ -154,7 +154,6 @@ class _Registry:
             "registry",
             {"QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix},
             Path(".qflare/logs/registry-simulate.log"),
-            health_port=free_port(),
         )
         self.supervisor.start(self.child)
         self._proc: psutil.Process | None = None

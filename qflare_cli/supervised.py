@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from qflare.supervisor import ServiceProcess, Supervisor, free_port
+from qflare.supervisor import ServiceProcess, Supervisor
 from services.aggregator.config import AggregatorSettings
 from services.audit.config import AuditSettings
 from services.registry.config import RegistrySettings
@@ -38,9 +38,9 @@ def start_services(
     """Start every service and wait until each one's /healthz says ready, in order."""
     for name in SERVICES:
         announce(f"starting {name} …")
-        # The port the service would use on its own (9101..9104 unless set), serving /metrics
-        # and /healthz; another free one when some other process holds it.
-        port = free_port(_SETTINGS[name]().metrics_port)
+        # /metrics and /healthz on the port the service would use on its own (9101..9104 unless
+        # set), or on another free one when some other process holds it.
+        port = _SETTINGS[name]().metrics_port
         env = {"QFLARE_KAFKA_TOPIC_PREFIX": topic_prefix}
         supervisor.start(ServiceProcess(name, env, log_dir / f"{name}.log", port, own_session=True))
 

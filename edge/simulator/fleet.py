@@ -63,6 +63,9 @@ class WorkerProcess:
                 self.proc.kill()
             self.proc.join()
 
+    def close(self) -> None:
+        pass
+
 
 @dataclass
 class FleetProcesses:

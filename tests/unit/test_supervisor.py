@@ -58,6 +58,9 @@ class Script:
                 self.proc.kill()
             self.proc.wait()
 
+    def close(self) -> None:
+        pass
+
 
 def _until(cond: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s

@@ -28,7 +28,7 @@ from qflare.protocol import Decoder, Reassembler, Tensor, seal, seal_chunked, to
 from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
-from qflare.supervisor import ServiceProcess, free_port
+from qflare.supervisor import ServiceProcess
 from tests.integration.services.harness import audit_events, read_topic
 from tests.integration.services.processes import ManagedService, scrape
 
@@ -57,8 +57,8 @@ class AggregatorProcess(ManagedService):
     keys_dir: Path
     log_path: Path
     eval_examples: int = 500
-    #: /metrics and /healthz (the readiness probe).
-    metrics_port: int = field(default_factory=free_port)
+    #: /metrics and /healthz (the readiness probe); 0: any free port, read back once started.
+    metrics_port: int = 0
     proc: ServiceProcess | None = None
     starts: int = 0
 

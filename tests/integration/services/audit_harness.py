@@ -6,7 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from elasticsearch import AsyncElasticsearch
 from qflare.identity import Identity, load_identity
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
 from qflare.protocol import Body, seal, topics
-from qflare.supervisor import ServiceProcess, free_port
+from qflare.supervisor import ServiceProcess
 from services.audit.chain import Entry
 from services.audit.config import AuditSettings
 from services.audit.indexer import index_base
@@ -37,8 +37,8 @@ class AuditProcess(ManagedService):
     log_path: Path
     checkpoint_every: int = 5
     es_url: str = ES_URL
-    #: /metrics and /healthz (the readiness probe).
-    metrics_port: int = field(default_factory=free_port)
+    #: /metrics and /healthz (the readiness probe); 0: any free port, read back once started.
+    metrics_port: int = 0
     proc: ServiceProcess | None = None
     starts: int = 0
 

@@ -22,7 +22,7 @@ from qflare.kafka import KafkaSettings, make_consumer, make_producer
 from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics
-from qflare.supervisor import ServiceProcess, free_port
+from qflare.supervisor import ServiceProcess
 from tests.integration.services.processes import ManagedService, scrape
 
 
@@ -37,8 +37,8 @@ class RegistryProcess(ManagedService):
     log_path: Path
     stale_after_s: float = 1.5
     offline_after_s: float = 3.0
-    #: /metrics and /healthz (the readiness probe).
-    metrics_port: int = field(default_factory=free_port)
+    #: /metrics and /healthz (the readiness probe); 0: any free port, read back once started.
+    metrics_port: int = 0
     proc: ServiceProcess | None = None
     starts: int = 0
 

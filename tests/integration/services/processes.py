@@ -33,7 +33,10 @@ class ManagedService:
 
     def start(self, *, wait_s: float = 90) -> None:
         self.starts += 1
-        self.proc = ServiceProcess(self.service, self.env(), self.log_path, self.metrics_port)
+        if self.proc is None:  # one for every start: the port stays the same across restarts
+            self.proc = ServiceProcess(self.service, self.env(), self.log_path, self.metrics_port)
+            self.metrics_port = self.proc.health_port
+        self.proc.env = self.env()
         self.proc.spawn()
         wait_ready(self.proc, wait_s)
 
@@ -42,9 +45,10 @@ class ManagedService:
         self.proc.kill()  # SIGKILL, then reaped
 
     def stop(self) -> None:
+        """SIGTERM (the service stops its loop and closes its clients), SIGKILL after 30 s."""
         if self.proc is None or self.proc.proc is None:
             return
-        self.proc.request_stop()  # SIGTERM: the service stops its loop and closes its clients
+        self.proc.request_stop()
         try:
             self.proc.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

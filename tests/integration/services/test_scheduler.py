@@ -17,7 +17,7 @@ from qflare.protocol import seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
-from qflare.supervisor import ServiceProcess, free_port
+from qflare.supervisor import ServiceProcess
 from tests.integration.services.harness import read_topic
 from tests.integration.services.processes import ManagedService
 
@@ -36,7 +36,7 @@ class SchedulerProcess(ManagedService):
             "QFLARE_SCHEDULER_GRACE_S": "2",
         }
         self.log_path = tmp / "scheduler.log"
-        self.metrics_port = free_port()
+        self.metrics_port = 0
         self.proc: ServiceProcess | None = None
         self.starts = 0
 

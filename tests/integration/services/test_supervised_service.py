@@ -15,7 +15,7 @@ from qflare import health
 from qflare.errors import StackError
 from qflare.identity import Identity
 from qflare.kafka import KafkaSettings
-from qflare.supervisor import ServiceProcess, Supervisor, SupervisorSettings, free_port, wait_ready
+from qflare.supervisor import ServiceProcess, Supervisor, SupervisorSettings, wait_ready
 
 
 def _until(cond: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
@@ -37,7 +37,6 @@ def _registry(kafka: KafkaSettings, keys_dir: Path, log: Path, **env: str) -> Se
             **env,
         },
         log,
-        free_port(),
     )
 
 
@@ -100,6 +99,7 @@ def test_a_service_that_cannot_reach_its_database_is_alive_but_not_ready(
             wait_ready(child, 2)
     finally:
         child.kill()
+        child.close()
 
 
 def test_a_killed_fleet_worker_is_restarted_and_stopping_the_fleet_is_no_death(
