@@ -19,9 +19,10 @@ from rich.table import Table
 from edge.simulator.fleet import start_fleet
 from edge.simulator.observer import FleetObserver
 from qflare import operator
+from qflare.children import ServiceProcess
 from qflare.identity import trusted_ring
 from qflare.kafka import KafkaSettings
-from qflare.supervisor import ServiceProcess, Supervisor
+from qflare.supervisor import Supervisor
 from qflare_cli.supervised import printer
 from services.registry.config import RegistrySettings
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from qflare.supervisor import ServiceProcess, Supervisor
+from qflare.children import ServiceProcess
+from qflare.supervisor import Supervisor
 from services.aggregator.config import AggregatorSettings
 from services.audit.config import AuditSettings
 from services.registry.config import RegistrySettings

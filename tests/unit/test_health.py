@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from qflare import health, metrics
-from qflare.supervisor import free_port, listen
+from qflare.children import free_port, listen
 
 
 def _code(port: int, path: str) -> int:
@@ -49,11 +49,14 @@ def test_a_taken_port_raises_like_prometheus_does() -> None:
 def test_a_socket_handed_over_by_the_supervisor_is_served_instead_of_binding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    held = listen()  # the supervisor's: the port stays taken while no service runs
-    monkeypatch.setenv(health.FD_ENV, str(held.fileno()))
+    with listen() as held:  # the supervisor's: the port stays taken while no service runs
+        port = held.getsockname()[1]
+        # A process of its own would inherit the descriptor; here the server gets a copy to own,
+        # so that closing ``held`` cannot free a number the server still accepts on.
+        monkeypatch.setenv(health.FD_ENV, str(os.dup(held.fileno())))
     health.start_http_server(1)  # the port asked for is not bound
     health.set_status("unit", "ready")
     try:
-        assert health.probe(held.getsockname()[1]) == health.Health("unit", "ready", os.getpid())
+        assert health.probe(port) == health.Health("unit", "ready", os.getpid())
     finally:
         health.set_status("unit", "starting")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from qflare.children import describe_exit
 from qflare.errors import StackError
-from qflare.supervisor import Supervisor, SupervisorSettings, describe_exit
+from qflare.supervisor import Supervisor, SupervisorSettings
 
 UP = "import time; print('up', flush=True); time.sleep(120)"
 BROKEN = "import sys; print('bad setting: batch_max_records', flush=True); sys.exit(3)"

@@ -19,6 +19,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer, TopicPartition
 from numpy.typing import NDArray
 
+from qflare.children import ServiceProcess
 from qflare.crypto import KeyFile, Signer, generate_key
 from qflare.errors import ProtocolError
 from qflare.identity import Identity, TrustedKeys, load_identity
@@ -28,7 +29,6 @@ from qflare.protocol import Decoder, Reassembler, Tensor, seal, seal_chunked, to
 from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
-from qflare.supervisor import ServiceProcess
 from tests.integration.services.harness import audit_events, read_topic
 from tests.integration.services.processes import ManagedService, scrape
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
+from qflare.children import ServiceProcess
 from qflare.identity import Identity, load_identity
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
 from qflare.protocol import Body, seal, topics
-from qflare.supervisor import ServiceProcess
 from services.audit.chain import Entry
 from services.audit.config import AuditSettings
 from services.audit.indexer import index_base

@@ -15,6 +15,7 @@ from aiokafka import TopicPartition
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
+from qflare.children import ServiceProcess
 from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
@@ -22,7 +23,6 @@ from qflare.kafka import KafkaSettings, make_consumer, make_producer
 from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics
-from qflare.supervisor import ServiceProcess
 from tests.integration.services.processes import ManagedService, scrape
 
 

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import ClassVar
 
-from qflare.supervisor import ServiceProcess, wait_ready
+from qflare.children import ServiceProcess, wait_ready
 
 
 class ManagedService:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qflare.children import ServiceProcess
 from qflare.crypto import generate_key
 from qflare.identity import Identity, TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
@@ -17,7 +18,6 @@ from qflare.protocol import seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
-from qflare.supervisor import ServiceProcess
 from tests.integration.services.harness import read_topic
 from tests.integration.services.processes import ManagedService
 

@@ -12,10 +12,11 @@ import pytest
 
 from edge.simulator.fleet import start_fleet
 from qflare import health
+from qflare.children import ServiceProcess, wait_ready
 from qflare.errors import StackError
 from qflare.identity import Identity
 from qflare.kafka import KafkaSettings
-from qflare.supervisor import ServiceProcess, Supervisor, SupervisorSettings, wait_ready
+from qflare.supervisor import Supervisor, SupervisorSettings
 
 
 def _until(cond: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
