@@ -17,6 +17,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ from qflare_cli.stack import quiet_clients
 
 
 class PeakRss:
-    """Samples a process's resident set size every 0.2 s in a thread."""
+    """Samples the resident set size of whatever process ``pid()`` names (it may change) every 0.2 s."""
 
     def __init__(self) -> None:
-        self.pid: int | None = None
+        self.pid: Callable[[], int | None] = lambda: None
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -44,10 +45,11 @@ class PeakRss:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
-            if self.pid is None:
+            pid = self.pid()
+            if pid is None:
                 continue
             try:
-                self.peak_bytes = max(self.peak_bytes, psutil.Process(self.pid).memory_info().rss)
+                self.peak_bytes = max(self.peak_bytes, psutil.Process(pid).memory_info().rss)
             except psutil.Error:
                 continue
 
@@ -58,20 +60,15 @@ class PeakRss:
 class BenchRun(Run):
     def __init__(self, rss: PeakRss, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.rss = rss
+        rss.pid = self._aggregator_pid
         # The paper trains on all 600 examples of each client.
         self.val_fraction = 0.0
 
-    def execute(self) -> None:
-        original = self.services.start
-
-        def start_and_watch(name: str, extra_env: dict[str, str] | None = None) -> None:
-            original(name, extra_env)
-            if name == "aggregator":
-                self.rss.pid = self.services.procs[name].pid
-
-        self.services.start = start_and_watch  # type: ignore[method-assign]
-        super().execute()
+    def _aggregator_pid(self) -> int | None:
+        try:
+            return self.services.child("aggregator").pid
+        except KeyError:  # not started yet
+            return None
 
 
 def main() -> None:

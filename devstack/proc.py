@@ -3,6 +3,11 @@
 `stack down` must stop exactly what `stack up` started, so every process is
 recorded in a pid file together with its start time; a pid that was reused by
 an unrelated process after a reboot is never signalled.
+
+This is not ``qflare.supervisor`` on purpose: these servers are daemons that
+outlive the command that started them (found again through pid files, run as
+another user), whereas the supervisor's children live and die with it and are
+restarted while it watches.
 """
 
 from __future__ import annotations

@@ -18,8 +18,9 @@ import time
 from collections.abc import Iterable, Mapping
 
 import structlog
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
+from qflare.health import start_http_server
 from qflare.reasons import Reason
 
 # -- messages and traffic ------------------------------------------------------
@@ -126,7 +127,7 @@ def record_round_closed(job_id: str, round_: int, status: str, round_metrics: Ma
 
 
 def serve_metrics(port: int, addr: str | None = None) -> bool:
-    """Expose /metrics on ``addr``:``port``; 0 disables it (tests, simulated fleets).
+    """Expose /metrics and /healthz (``qflare.health``) on ``addr``:``port``; 0 disables both.
 
     ``addr`` defaults to ``QFLARE_METRICS_ADDR``, else 127.0.0.1; a container sets
     0.0.0.0 so that Prometheus can reach it across the compose network.

@@ -20,7 +20,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import structlog
 
-from qflare import metrics
+from qflare import health, metrics
 from qflare.backoff import Backoff
 from qflare.errors import is_transient
 
@@ -46,6 +46,7 @@ async def serve_forever(
     Raises ``SystemExit(EXIT_NOT_TRANSIENT)`` on any other error, once it is logged.
     """
     log = structlog.get_logger(f"qflare.{name}")
+    health.set_status(name, "starting")
     metrics.serve_metrics(metrics_port)
     backoff = Backoff(initial_s=0.5, max_s=15)
     stop = asyncio.Event()
@@ -58,15 +59,19 @@ async def serve_forever(
             try:
                 async with factory() as service:
                     backoff.reset()
+                    health.set_status(name, "ready")  # started: its consumers are assigned
                     runner = asyncio.create_task(service.run())
                     waiter = asyncio.create_task(stop.wait())
                     await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    if stop.is_set():
+                        health.set_status(name, "stopping")
                     service.request_stop()
                     waiter.cancel()
                     await runner
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 if not is_transient(exc):
+                    health.set_status(name, "stopping")
                     log.error(
                         f"{name} stopped: {error} (not transient, so a restart would not help)",
                         error=error,
@@ -74,6 +79,8 @@ async def serve_forever(
                         exc_info=exc,
                     )
                     raise SystemExit(EXIT_NOT_TRANSIENT) from exc
+                # Not ready until the next start has rebuilt the state from the checkpoint.
+                health.set_status(name, "restarting")
                 delay = backoff.next_delay_s()
                 log.warning(f"{name} lost a server, restarting", error=error, retry_in_s=delay)
                 await asyncio.sleep(delay)

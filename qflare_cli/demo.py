@@ -33,10 +33,11 @@ from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_p
 from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
-from qflare.services_proc import ServiceProcesses
+from qflare.supervisor import Supervisor
 from qflare_cli.jobs import MU_HELP, STRATEGY_HELP, model_ref, strategy_params
 from qflare_cli.reports import DeviceReports, describe
 from qflare_cli.stack import quiet_clients
+from qflare_cli.supervised import metrics_ports, printer, start_services
 
 # Wide enough for a round line and the summary when output is piped (rich assumes 80 then).
 console = Console(stderr=True, width=max(120, shutil.get_terminal_size().columns))
@@ -130,18 +131,14 @@ class Run:
             job,
             as_json,
         )
-        self.services = ServiceProcesses(
-            Path(".qflare/logs"), {"QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix}
-        )
+        self.services = Supervisor(say=printer(console))
         self.fleet: FleetProcesses | None = None
         self.job_id = f"job-{self.run_id}"
 
     def execute(self) -> None:
         began = time.monotonic()
         try:
-            for name in ("registry", "aggregator", "scheduler", "audit"):
-                console.print(f"starting {name} …")
-                self.services.start(name)
+            start_services(self.services, self.kafka.topic_prefix, Path(".qflare/logs"), console.print)
             asyncio.run(self._main(began))
         finally:
             if self.fleet is not None:
@@ -169,6 +166,7 @@ class Run:
                 "seed": self.seed,
                 "val_fraction": self.val_fraction,
             },
+            say=printer(console),
         )
         observer = FleetObserver(
             self.kafka,
@@ -225,10 +223,12 @@ class Run:
                 overall = bar.add_task("rounds", total=total)
                 current = bar.add_task("round 1: training on devices", total=None)
                 while sum(r.status == "completed" for r in done) < total:
+                    self._check_processes()
                     for records in (await consumer.getmany(timeout_ms=500)).values():
                         for record in records:
                             rc = self._round(decoder, record.value)
-                            if rc is None:
+                            # A restarted aggregator may publish a round again from its outbox.
+                            if rc is None or any(_same(rc, seen) for seen in done):
                                 continue
                             done.append(rc)
                             on_devices: dict[str, list[float]] = {}
@@ -244,6 +244,12 @@ class Run:
             if reports is not None:
                 await reports.stop()
         return done
+
+    def _check_processes(self) -> None:
+        """A service or fleet worker that kept crashing ends the demo instead of a silent wait."""
+        self.services.check()
+        if self.fleet is not None:
+            self.fleet.check()
 
     def _round(self, decoder: Decoder, value: bytes | None) -> RoundComplete | None:
         if value is None:
@@ -303,9 +309,11 @@ class Run:
         table.add_row(
             "service logs", ".qflare/logs/{registry,aggregator,scheduler,audit}.log (structured JSON)"
         )
+        reg, agg, sched, aud = metrics_ports(self.services)
         table.add_row(
             "metrics",
-            "http://127.0.0.1:9101/metrics (registry), :9102 (aggregator), :9103 (scheduler), :9104 (audit)",
+            f"http://127.0.0.1:{reg}/metrics (registry), :{agg} (aggregator), "
+            f":{sched} (scheduler), :{aud} (audit)",
         )
         # These need the stack: run the demo with --keep-stack (or start it first) to look.
         table.add_row("audit", f"qflare audit verify --stream {self.kafka.topic_prefix}")
@@ -315,3 +323,7 @@ class Run:
         )
         table.add_row("logs in Elasticsearch", "http://127.0.0.1:19200/qflare-logs-*/_search")
         console.print(table)
+
+
+def _same(a: RoundComplete, b: RoundComplete) -> bool:
+    return (a.round, a.status, a.model_version) == (b.round, b.status, b.model_version)

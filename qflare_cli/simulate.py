@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,8 +19,11 @@ from rich.table import Table
 from edge.simulator.fleet import start_fleet
 from edge.simulator.observer import FleetObserver
 from qflare import operator
+from qflare.children import ServiceProcess
 from qflare.identity import DEFAULT_KEYS_DIR, trusted_ring
 from qflare.kafka import KafkaSettings
+from qflare.supervisor import Supervisor
+from qflare_cli.supervised import printer
 from services.registry.config import RegistrySettings
 
 console = Console(stderr=True)
@@ -63,7 +64,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
     fleet = o["fleet_id"] or f"sim-{uuid.uuid4().hex[:6]}"
     ids = [f"{fleet}-{i:05d}" for i in range(o["devices"])]
     keys_dir: Path = o["keys_dir"]
-    registry = _spawn_registry(kafka) if o["spawn_registry"] else None
+    registry = _Registry(kafka) if o["spawn_registry"] else None
     ident = operator.operator_identity(keys_dir)
     tokens = await operator.issue_tokens(
         kafka, ident, len(ids), 3600, {"fleet": fleet}, keys_dir=keys_dir, confirm_s=120
@@ -77,6 +78,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         state_dir=o["state_dir"] / fleet,
         keys_dir=keys_dir,
         seed=o["seed"],
+        say=printer(console),
     )
     observer = FleetObserver(
         kafka, trusted_ring(keys_dir), device_prefix=fleet, registry_group=RegistrySettings().group_id
@@ -100,7 +102,9 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
                 await observer.poll()
                 await observer.measure_lag()
                 worker_stats.update(fleet_procs.poll_stats())
+                fleet_procs.check()  # a worker or the registry that kept crashing ends the run
                 if registry is not None:
+                    registry.supervisor.check()
                     cpu.append(registry.cpu_percent())
                 elapsed = time.monotonic() - began
                 if enrolled_s is None and observer.counts()["enrolled"] >= len(ids):
@@ -123,8 +127,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         fleet_procs.stop()
         await observer.stop()
         if registry is not None:
-            registry.terminate()
-            registry.wait(timeout=15)
+            registry.supervisor.stop()
     counts = observer.counts()
     return {
         "devices": len(ids),
@@ -143,12 +146,26 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _spawn_registry(kafka: KafkaSettings) -> psutil.Popen:
-    env = {**os.environ, "QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix, "QFLARE_REGISTRY_METRICS_PORT": "0"}
-    log_path = Path(".qflare/logs/registry-simulate.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        return psutil.Popen([sys.executable, "-m", "services.registry"], env=env, stdout=log, stderr=log)
+class _Registry:
+    """A registry for the run, under the supervisor, whose CPU is measured (across restarts)."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.supervisor = Supervisor(say=printer(console))
+        self.child = ServiceProcess(
+            "registry",
+            {"QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix},
+            Path(".qflare/logs/registry-simulate.log"),
+        )
+        self.supervisor.start(self.child)
+        self._proc: psutil.Process | None = None
+
+    def cpu_percent(self) -> float:
+        if self._proc is None or self._proc.pid != self.child.pid:
+            self._proc = psutil.Process(self.child.pid)
+        try:
+            return float(self._proc.cpu_percent())
+        except psutil.Error:  # died between two samples; the supervisor restarts it
+            return 0.0
 
 
 def _table(fleet: str, obs: FleetObserver, workers: dict[int, dict[str, Any]], elapsed: float) -> Table:

@@ -1,26 +1,82 @@
-"""Starting and stopping simulated fleets: worker processes, their control and stats queues."""
+"""Starting and stopping simulated fleets: worker processes under ``qflare.supervisor``, their queues."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge.simulator.worker import TrainSpec, WorkerSpec, worker_main
 from qflare.kafka import KafkaSettings
+from qflare.supervisor import Supervisor, SupervisorSettings
+
+
+def _worker_in_own_session(spec: WorkerSpec, control: Any, stats: Any) -> None:
+    # A Ctrl-C in the terminal goes to the command, which stops the workers in order;
+    # a worker that caught it itself would look like a crash and be restarted.
+    os.setsid()
+    worker_main(spec, control, stats)
+
+
+@dataclass
+class WorkerProcess:
+    """One simulator worker process; a restart (after a crash) reboots its devices from their keys."""
+
+    spec: WorkerSpec
+    ctx: Any
+    stats: Any
+    control: Any = None
+    proc: Any = None
+    log_path: Path | None = None  # device logs go to the command's stderr
+
+    @property
+    def name(self) -> str:
+        return f"sim-worker-{self.spec.index}"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else int(self.proc.pid)
+
+    def spawn(self) -> None:
+        # A fresh queue each time: a killed worker may have died holding the old one's lock.
+        self.control = self.ctx.Queue()
+        self.proc = self.ctx.Process(
+            target=_worker_in_own_session, args=(self.spec, self.control, self.stats), daemon=True
+        )
+        self.proc.start()
+
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.exitcode
+
+    def is_ready(self) -> bool:
+        return self.proc is not None and bool(self.proc.is_alive())
+
+    def request_stop(self) -> None:
+        self.control.put(("stop", ""))
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join()
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
 class FleetProcesses:
     ids: list[str]
-    workers: list[Any] = field(default_factory=list)
-    control: list[Any] = field(default_factory=list)
+    supervisor: Supervisor
+    workers: list[WorkerProcess] = field(default_factory=list)
     stats: Any = None
     latest: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def tell(self, device: str, command: str) -> None:
-        self.control[self.ids.index(device) % len(self.control)].put((command, device))
+        self.workers[self.ids.index(device) % len(self.workers)].control.put((command, device))
 
     def poll_stats(self) -> dict[int, dict[str, Any]]:
         while not self.stats.empty():
@@ -28,14 +84,12 @@ class FleetProcesses:
             self.latest[s["worker"]] = s
         return self.latest
 
-    def stop(self, timeout_s: float = 15) -> None:
-        for q in self.control:
-            q.put(("stop", ""))
-        for proc in self.workers:
-            proc.join(timeout=timeout_s)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
+    def check(self) -> None:
+        """Raise if a worker kept crashing and was given up."""
+        self.supervisor.check()
+
+    def stop(self) -> None:
+        self.supervisor.stop()
 
 
 def start_fleet(
@@ -49,13 +103,15 @@ def start_fleet(
     keys_dir: Path,
     seed: int,
     train: dict[str, Any] | None = None,
+    say: Callable[[str], None] = print,
 ) -> FleetProcesses:
-    """Spread ``ids`` over ``processes`` spawned workers (round-robin).
+    """Spread ``ids`` over ``processes`` spawned workers (round-robin), restarted if they die.
 
     ``train`` (dataset, partition, seed, alpha) makes every device train on its shard.
+    ``say`` receives the supervisor's lines about workers that died or were restarted.
     """
     ctx = mp.get_context("spawn")
-    fleet = FleetProcesses(ids, stats=ctx.Queue())
+    fleet = FleetProcesses(ids, Supervisor(SupervisorSettings(stop_timeout_s=15), say=say), stats=ctx.Queue())
     for w in range(processes):
         mine = [(i, d, t) for i, (d, t) in enumerate(zip(ids, tokens, strict=True)) if i % processes == w]
         train_spec = None
@@ -80,9 +136,7 @@ def start_fleet(
             keys_dir=str(keys_dir),
             train=train_spec,
         )
-        control = ctx.Queue()
-        proc = ctx.Process(target=worker_main, args=(spec, control, fleet.stats), daemon=True)
-        proc.start()
-        fleet.workers.append(proc)
-        fleet.control.append(control)
+        worker = WorkerProcess(spec, ctx, fleet.stats)
+        fleet.supervisor.start(worker)
+        fleet.workers.append(worker)
     return fleet

@@ -21,7 +21,7 @@ from typing import Any
 import faust
 import structlog
 
-from qflare import metrics
+from qflare import health, metrics
 from qflare.clock import now_ms
 from qflare.errors import ConfigError, ProtocolError
 from qflare.fl import JobSpec
@@ -97,10 +97,16 @@ class Scheduler:
         self.app.agent(self.devices_topic, name="devices", concurrency=1)(self._devices_agent)
         self.app.agent(self.control, name="progress", concurrency=1)(self._progress_agent)
         self.app.timer(cfg.tick_s)(self._tick)
+        # faust starts app tasks once its tables are recovered: from then on it schedules.
+        health.set_status(SERVICE, "starting")
+        self.app.task(self._ready)
 
     def _raw(self, *names: str, partitions: int) -> faust.TopicT:
         # Records are our signed envelopes: faust passes the bytes through untouched.
         return self.app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")
+
+    async def _ready(self) -> None:
+        health.set_status(SERVICE, "ready")
 
     # -- inputs ----------------------------------------------------------------
     def _decode(self, value: bytes | None, topic: str) -> Any:

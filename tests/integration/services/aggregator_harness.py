@@ -9,7 +9,6 @@ device records published here.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 from aiokafka import AIOKafkaProducer
 from numpy.typing import NDArray
 
+from qflare.children import ServiceProcess
 from qflare.crypto import KeyFile, Signer, generate_key
 from qflare.errors import ProtocolError
 from qflare.identity import Identity, TrustedKeys, load_identity
@@ -52,14 +52,14 @@ class AggregatorProcess(ManagedService):
     """``python -m services.aggregator`` with its own topics and keys (PostgreSQL is shared)."""
 
     service = "aggregator"
-    ready = '"aggregator started"'
 
     kafka: KafkaSettings
     keys_dir: Path
     log_path: Path
     eval_examples: int = 500
+    #: /metrics and /healthz (the readiness probe); 0: any free port, read back once started.
     metrics_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    proc: ServiceProcess | None = None
     starts: int = 0
 
     def env(self) -> dict[str, str]:
@@ -68,7 +68,6 @@ class AggregatorProcess(ManagedService):
             "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_AGGREGATOR_KEYS_DIR": str(self.keys_dir),
-            "QFLARE_AGGREGATOR_METRICS_PORT": str(self.metrics_port),
             "QFLARE_AGGREGATOR_EVAL_EXAMPLES": str(self.eval_examples),
             "QFLARE_AGGREGATOR_DEADLINE_TICK_S": "0.2",
         }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch
 
+from qflare.children import ServiceProcess
 from qflare.identity import Identity, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics
 from qflare.protocol import Body, seal, topics
@@ -31,14 +31,15 @@ class AuditProcess(ManagedService):
     """``python -m services.audit`` with its own topics, chain (stream) and keys."""
 
     service = "audit"
-    ready = '"audit started"'
 
     kafka: KafkaSettings
     keys_dir: Path
     log_path: Path
     checkpoint_every: int = 5
     es_url: str = ES_URL
-    proc: subprocess.Popen[bytes] | None = None
+    #: /metrics and /healthz (the readiness probe); 0: any free port, read back once started.
+    metrics_port: int = 0
+    proc: ServiceProcess | None = None
     starts: int = 0
 
     def env(self) -> dict[str, str]:
@@ -47,7 +48,6 @@ class AuditProcess(ManagedService):
             "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_AUDIT_KEYS_DIR": str(self.keys_dir),
-            "QFLARE_AUDIT_METRICS_PORT": "0",
             "QFLARE_AUDIT_CHECKPOINT_EVERY": str(self.checkpoint_every),
             "QFLARE_AUDIT_ELASTICSEARCH_URL": self.es_url,
             "QFLARE_AUDIT_INDEX_INTERVAL_S": "0.2",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
+from qflare.children import ServiceProcess
 from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
@@ -29,15 +29,15 @@ class RegistryProcess(ManagedService):
     """``python -m services.registry`` with its own topics, group, Redis namespace and keys."""
 
     service = "registry"
-    ready = '"registry started"'
 
     kafka: KafkaSettings
     keys_dir: Path
     log_path: Path
     stale_after_s: float = 1.5
     offline_after_s: float = 3.0
+    #: /metrics and /healthz (the readiness probe); 0: any free port, read back once started.
     metrics_port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
+    proc: ServiceProcess | None = None
     starts: int = 0
 
     def env(self) -> dict[str, str]:
@@ -47,7 +47,6 @@ class RegistryProcess(ManagedService):
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_REGISTRY_KEYS_DIR": str(self.keys_dir),
             "QFLARE_REGISTRY_GROUP_ID": f"registry-{self.kafka.topic_prefix}",
-            "QFLARE_REGISTRY_METRICS_PORT": str(self.metrics_port),
             "QFLARE_REGISTRY_STALE_AFTER_S": str(self.stale_after_s),
             "QFLARE_REGISTRY_OFFLINE_AFTER_S": str(self.offline_after_s),
             "QFLARE_REGISTRY_SWEEP_INTERVAL_S": "0.25",

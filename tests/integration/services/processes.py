@@ -1,28 +1,31 @@
-"""Services run as real processes for the integration tests: start, wait, kill -9, stop."""
+"""Services run as real processes for the integration tests: start, wait, kill -9, stop.
+
+The process itself is ``qflare.supervisor.ServiceProcess``, ready when its /healthz
+says so; the supervisor's restarts are left out, since these tests kill and restart
+services themselves, at chosen points.
+"""
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import ClassVar
 
+from qflare.children import ServiceProcess, wait_ready
+
 
 class ManagedService:
-    """Mixin for a ``python -m services.<service>`` process whose readiness shows in its log.
+    """Mixin for a ``python -m services.<service>`` process serving /metrics and /healthz.
 
-    Subclasses are dataclasses that declare ``log_path``, ``proc`` and ``starts`` and
-    build the process environment in ``env()``.
+    Subclasses declare ``log_path``, ``metrics_port``, ``proc`` and ``starts`` and build
+    the process environment in ``env()``.
     """
 
     service: ClassVar[str]
-    #: A line the service logs once it is ready (counted, so restarts wait for a new one).
-    ready: ClassVar[str]
     log_path: Path
-    proc: subprocess.Popen[bytes] | None
+    metrics_port: int
+    proc: ServiceProcess | None
     starts: int
 
     def env(self) -> dict[str, str]:
@@ -30,33 +33,30 @@ class ManagedService:
 
     def start(self, *, wait_s: float = 90) -> None:
         self.starts += 1
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.service}"], env=self.env(), stdout=log, stderr=log
-            )
-        deadline = time.monotonic() + wait_s
-        while self.log_path.read_text(errors="replace").count(self.ready) < self.starts:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{self.service} did not start: {self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+        if self.proc is None:  # one for every start: the port stays the same across restarts
+            self.proc = ServiceProcess(self.service, self.env(), self.log_path, self.metrics_port)
+            self.metrics_port = self.proc.health_port
+        self.proc.env = self.env()
+        self.proc.spawn()
+        wait_ready(self.proc, wait_s)
 
     def kill9(self) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        self.proc.kill()  # SIGKILL, then reaped
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM (the service stops its loop and closes its clients), SIGKILL after 30 s."""
+        if self.proc is None or self.proc.proc is None:
+            return
+        self.proc.request_stop()
+        try:
+            self.proc.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.returncode() is None
 
 
 def scrape(port: int, name: str, **labels: str) -> float:

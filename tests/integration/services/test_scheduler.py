@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from qflare.children import ServiceProcess
 from qflare.crypto import generate_key
 from qflare.fl import TrainConfig
 from qflare.identity import Identity, TrustedKeys, load_identity
@@ -26,7 +26,6 @@ from tests.integration.services.processes import ManagedService
 
 class SchedulerProcess(ManagedService):
     service = "scheduler"
-    ready = '"leadership acquired"'
 
     def __init__(self, kafka: KafkaSettings, keys_dir: Path, tmp: Path) -> None:
         self._env = {
@@ -35,12 +34,12 @@ class SchedulerProcess(ManagedService):
             "QFLARE_KAFKA_BOOTSTRAP": kafka.bootstrap,
             "QFLARE_SCHEDULER_KEYS_DIR": str(keys_dir),
             "QFLARE_SCHEDULER_DATA_DIR": str(tmp / "faust"),
-            "QFLARE_SCHEDULER_METRICS_PORT": "0",
             "QFLARE_SCHEDULER_LEASE_S": "3",
             "QFLARE_SCHEDULER_GRACE_S": "2",
         }
         self.log_path = tmp / "scheduler.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self.proc: ServiceProcess | None = None
         self.starts = 0
 
     def env(self) -> dict[str, str]:
