@@ -35,6 +35,7 @@ from qflare.tracing import process_span
 from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
+from services.registry.results import Results
 from services.registry.store import DeviceRow, EnrollmentRejected, RegistryStore
 
 log = structlog.get_logger("qflare.registry")
@@ -103,6 +104,7 @@ class RegistryService:
         self.producer = make_producer(self.kafka)
         await self.producer.start()
         self.out = Publisher(self.producer, self.store, self.identity, self.topics)
+        self.results = Results(self.out, self.store, self.identity, self.topics)
         # Records a crash left in the outbox go out before anything new.
         await self.out.flush_outbox()
         self.consumer = make_consumer(
@@ -165,6 +167,7 @@ class RegistryService:
     async def _handle(self, record: ConsumerRecord[Any, Any], seen: dict[str, int]) -> None:
         self.handled += 1
         metrics.BYTES_IN.labels(SERVICE).inc(len(record.value or b""))
+        msg: Message | None = None
         try:
             msg = self._decode(record)
             body = msg.body
@@ -179,6 +182,7 @@ class RegistryService:
             metrics.ACCEPTED.labels(SERVICE, msg.header.type).inc()
         except (ProtocolError, EnrollmentRejected, Rejected) as exc:
             await self.out.reject(record, exc)
+            await self.results.rejected(record, exc, msg)
 
     def _decode(self, record: ConsumerRecord[Any, Any]) -> Message:
         if record.value is None:
@@ -211,6 +215,8 @@ class RegistryService:
                 await self.out.queue_audit(
                     "device.enrolled", "info", reason=outcome, subject=row.device_id, ref=msg
                 )
+            # After the device record, so a device told "accepted" finds itself published.
+            await self.results.accepted(msg, row, outcome)
         if outcome == "rotated" and before is not None:
             self.device_keys.remove(before.key_id)
         self._remember(row)
