@@ -2,15 +2,16 @@
 
 A device used to learn its fate only by waiting to appear on ``qflare.devices``: a
 refused enrolment (a reused token, a pinned key) was silent to it. Now every
-enrolment whose signature verified gets one result on the enrolment-results topic,
+enrolment the decoder accepts gets one result on the enrolment-results topic,
 keyed by device id, that the device matches by its enrolment's message id.
 
-Which enrolments get a result: only those whose self-signature (or registered key)
-verified, because a result is a registry-signed statement addressed to the signer.
-That covers every policy refusal (tokens, pinned key, revoked, sender mismatch) and
-``stale`` (step 10 comes after the signature). A record that fails earlier carries
-unauthenticated claims, so it gets only the ``message.rejected`` audit event; a
-``replay`` gets nothing new, the first copy's result stands.
+Which enrolments get a result: only authenticated ones, because a result is a
+registry-signed statement addressed to the signer. That covers acceptance, every
+policy refusal (tokens, pinned key, revoked, sender mismatch) and ``stale`` (step 10
+of docs/protocol.md §6 comes after the signature). A record refused before its
+signature verified carries unauthenticated claims, so it gets only the
+``message.rejected`` audit event; a ``replay`` gets nothing new, the first copy's
+result stands.
 
 Accepted results go through the outbox in the transaction that changed the device,
 so they are published exactly when the change is; rejections change nothing and are
