@@ -3,7 +3,8 @@
 A device owns an ML-DSA-65 key (a 0600 file it generates on first start) and
 signs everything it sends. All output goes through its :class:`Link`, so a
 broker outage only delays messages; the runtime itself never exits because of
-one.
+one. Given an :class:`~edge.enrolment.EnrollmentResults`, it also reads the
+registry's answer to its enrolment, and stops with a clear error when refused.
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from edge.app import DeviceApp
+from edge.enrolment import EnrollmentRefused, EnrollmentResults
 from edge.link import Link
 from qflare.crypto import KeyFile, Signer, generate_key, read_key, write_key
 from qflare.protocol import seal
-from qflare.protocol.devices import Deregistration, Enrollment, Heartbeat
+from qflare.protocol.devices import Deregistration, Enrollment, EnrollmentResult, Heartbeat
+from qflare.protocol.envelope import new_message_id
 from qflare.protocol.topics import Topics
+
+log = structlog.get_logger("qflare.edge.runtime")
 
 
 def load_or_create_key(path: Path) -> KeyFile:
@@ -58,6 +65,10 @@ class DeviceRuntime:
         self.alive = True
         self.paused = False
         self.enrolled_sent = False
+        #: Message id of the last enrolment sent: the registry's answer names it.
+        self.enrollment_id = b""
+        #: The registry's answer, once read (see ``wait_enrolled``).
+        self.enrollment: EnrollmentResult | None = None
 
     @property
     def device_id(self) -> str:
@@ -73,8 +84,23 @@ class DeviceRuntime:
             token=self.cfg.token,
             labels=self.cfg.labels,
         )
-        self._send(self.topics.enrollments.name, seal(body, self.signer, sender=self.device_id))
+        self.enrollment_id = new_message_id()
+        record = seal(body, self.signer, sender=self.device_id, msg_id=self.enrollment_id)
+        self._send(self.topics.enrollments.name, record)
         self.enrolled_sent = True
+
+    async def wait_enrolled(
+        self, results: EnrollmentResults, timeout_s: float | None = None
+    ) -> EnrollmentResult:
+        """The registry's acceptance of the last enrolment sent; raises ``EnrollmentRefused``
+        (reason and field as the registry gave them) or, after ``timeout_s``, ``EnrollmentTimeout``.
+        Start ``results`` before calling ``enrol`` so the answer cannot be missed."""
+        try:
+            self.enrollment = await results.wait(self.device_id, self.enrollment_id, timeout_s)
+        except EnrollmentRefused as exc:
+            self.enrollment = exc.result
+            raise
+        return self.enrollment
 
     def heartbeat(self, state: str = "idle") -> None:
         self.seq += 1
@@ -89,14 +115,40 @@ class DeviceRuntime:
         self._send(self.topics.enrollments.name, seal(body, self.signer, sender=self.device_id))
         self.alive = False
 
-    async def run(self, *, rng: random.Random | None = None) -> None:
-        """Enrol once, then heartbeat until killed. Paused devices stay silent."""
+    async def run(
+        self, *, rng: random.Random | None = None, results: EnrollmentResults | None = None
+    ) -> None:
+        """Enrol once, then heartbeat until killed. Paused devices stay silent.
+
+        With ``results``, the registry's answer is awaited alongside the heartbeats: a
+        refusal is logged as an error naming the registry's reason, and the device stops.
+        """
         rng = rng or random.Random()
         if not self.enrolled_sent:
             self.enrol()
-        # Spread the fleet's heartbeats over the interval instead of bursting together.
-        await asyncio.sleep(rng.uniform(0, self.cfg.heartbeat_interval_s))
-        while self.alive:
-            if not self.paused:
-                self.heartbeat()
-            await asyncio.sleep(self.cfg.heartbeat_interval_s)
+        watch = asyncio.create_task(self._watch(results)) if results is not None else None
+        try:
+            # Spread the fleet's heartbeats over the interval instead of bursting together.
+            await asyncio.sleep(rng.uniform(0, self.cfg.heartbeat_interval_s))
+            while self.alive:
+                if not self.paused:
+                    self.heartbeat()
+                await asyncio.sleep(self.cfg.heartbeat_interval_s)
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def _watch(self, results: EnrollmentResults) -> None:
+        try:
+            result = await self.wait_enrolled(results)
+        except EnrollmentRefused as exc:
+            log.error(
+                "enrolment refused",
+                device=self.device_id,
+                reason=exc.registry_reason,
+                field=exc.field,
+                error=str(exc),
+            )
+            self.alive = False
+            return
+        log.info("enrolled", device=self.device_id, outcome=result.reason)

@@ -120,6 +120,12 @@ class Reason(StrEnum):
     # -- errors that are not about a received message ---------------------------------
     ERROR = "error", "library", "An error with no finer label (the root's default; not raised on purpose)."
     CONFIG = "config", "library", "A setting is missing or invalid; the message names the QFLARE_* key."
+    ENROLLMENT_REFUSED = (
+        "enrollment_refused",
+        "edge",
+        "The registry refused this device's enrolment; the error carries the registry's own reason.",
+    )
+    ENROLLMENT_TIMEOUT = "enrollment_timeout", "edge", "No enrolment result arrived in time."
     STACK = "stack", "devstack", "A local infrastructure server could not be installed, started or stopped."
     TOPIC_SETUP = (
         "topic_setup",

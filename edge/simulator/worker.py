@@ -20,10 +20,11 @@ from typing import Any, cast
 
 import structlog
 
+from edge.enrolment import EnrollmentResults
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
-from qflare.identity import DEFAULT_KEYS_DIR
+from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import topics
 from qflare.telemetry import configure_logging
@@ -75,6 +76,9 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
     spool = Spool(state / f"worker-{spec.index}.spool")
     link = Link(spool, lambda: make_producer(kafka, request_timeout_ms=10_000, linger_ms=20))
     await link.start()
+    # Started before any device enrols, so no answer of the registry is missed.
+    results = EnrollmentResults(kafka, tset, TrustedKeys(Path(spec.keys_dir)))
+    await results.start()
     rng = random.Random(spec.seed)
     fleet: dict[str, DeviceRuntime] = {}
     for device_id, token in spec.devices:
@@ -92,7 +96,10 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
         fleet[device_id] = DeviceRuntime(cfg, key, link, tset)
     if spec.train is not None:
         trainer = asyncio.create_task(train_forever(spec, fleet, kafka))
-    tasks = {d: asyncio.create_task(r.run(rng=random.Random(rng.random()))) for d, r in fleet.items()}
+    tasks = {
+        d: asyncio.create_task(r.run(rng=random.Random(rng.random()), results=results))
+        for d, r in fleet.items()
+    }
     running = True
     while running:
         await asyncio.sleep(0.5)
@@ -115,12 +122,16 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
                 "connected": link.connected,
                 "killed": sum(1 for r in fleet.values() if not r.alive),
                 "paused": sum(1 for r in fleet.values() if r.paused and r.alive),
+                "refused": sum(
+                    1 for r in fleet.values() if r.enrollment is not None and not r.enrollment.accepted
+                ),
             }
         )
     for task in tasks.values():
         task.cancel()
     if spec.train is not None:
         trainer.cancel()
+    await results.stop()
     await link.stop()
     spool.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -18,6 +19,9 @@ from qflare.protocol.body import Body, Fields, sorted_map
 DEVICE_STATUSES = frozenset({"active", "revoked", "deregistered"})
 HEARTBEAT_STATES = frozenset({"idle", "training", "uploading"})
 HEALTH_STATES = frozenset({"online", "stale", "offline"})
+ENROLLMENT_STATUSES = frozenset({"accepted", "rejected"})
+#: A reason is an open vocabulary (new reasons are not a protocol change), so only its form is fixed.
+_REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,4 +199,63 @@ class Deregistration(Body):
     def from_body(cls, data: object) -> Self:
         f = Fields(data, cls.KEYS)
         out = cls(f.id("device_id"), f.text("reason", max_len=256))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentResult(Body):
+    """The registry's signed answer to one enrolment, addressed to the device that sent it.
+
+    ``enrollment_id`` is the id of the enrolment envelope answered: a device
+    matches its result on it. ``reason`` is ``new``, ``unchanged`` or ``rotated``
+    when accepted, else the rejection reason; ``field`` names what was refused.
+    Every device may read this topic (Kafka ACLs are per topic, not per key),
+    so a result carries nothing secret: no token, no labels.
+    """
+
+    TYPE: ClassVar[str] = "enrollment_result"
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "device_id",
+        "enrollment_id",
+        "key_id",
+        "status",
+        "reason",
+        "field",
+        "message",
+    )
+    device_id: str
+    enrollment_id: bytes
+    key_id: bytes
+    status: str
+    reason: str
+    field: str | None = None
+    message: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "accepted"
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "enrollment_id": self.enrollment_id,
+            "key_id": self.key_id,
+            "status": self.status,
+            "reason": self.reason,
+            "field": self.field,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data, cls.KEYS)
+        out = cls(
+            device_id=f.id("device_id"),
+            enrollment_id=f.blob("enrollment_id", size=16),
+            key_id=f.blob("key_id", size=KEY_ID_BYTES),
+            status=f.choice("status", ENROLLMENT_STATUSES),
+            reason=f.text("reason", max_len=64, pattern=_REASON),
+            field=f.opt_text("field", max_len=256),
+            message=f.text("message", max_len=1024),
+        )
         return out

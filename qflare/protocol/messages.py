@@ -7,7 +7,14 @@ from typing import Any, ClassVar, Self
 
 from qflare.protocol.body import Body, Fields
 from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
-from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, Heartbeat
+from qflare.protocol.devices import (
+    Deregistration,
+    Device,
+    DeviceHealth,
+    Enrollment,
+    EnrollmentResult,
+    Heartbeat,
+)
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
 
 
@@ -53,6 +60,7 @@ BODY_TYPES: dict[str, type[Body]] = {
     cls.TYPE: cls
     for cls in (
         Enrollment,
+        EnrollmentResult,
         Heartbeat,
         Device,
         DeviceHealth,

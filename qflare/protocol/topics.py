@@ -71,6 +71,7 @@ class Topics:
     """All topics of one deployment. Iterate to get every ``TopicSpec``."""
 
     enrollments: TopicSpec
+    enrollment_results: TopicSpec
     heartbeats: TopicSpec
     devices: TopicSpec
     health: TopicSpec
@@ -104,6 +105,18 @@ def topics(prefix: str = "") -> Topics:
             types={"enrollment", "deregistration"},
             max_age_ms=10 * _MINUTE,
             description="Devices ask to join (self-signed) or to leave.",
+        ),
+        enrollment_results=_spec(
+            "qflare.device.enrollment.results",
+            key="device_id",
+            partitions=3,
+            retention_ms=7 * _DAY,
+            types={"enrollment_result"},
+            # None: a device matches its result by the enrolment's id, and one whose clock
+            # is wrong must still be able to read the ``stale`` result that tells it so.
+            max_age_ms=None,
+            description="The registry's signed answer to each enrolment: accepted, or rejected with "
+            "its reason. Readable by every device, so it carries nothing secret.",
         ),
         heartbeats=_spec(
             "qflare.device.heartbeats",

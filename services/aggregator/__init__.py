@@ -14,8 +14,9 @@ What it reads and obeys:
 
 What it writes: ``GlobalModel`` versions (``qflare.models``), ``RoundComplete``
 (``qflare.rounds.complete``; for ``quorum_not_met``, ``included`` lists the devices whose valid
-updates arrived and were discarded) and ``audit_event`` records (``update.rejected`` for updates,
-``message.rejected`` for control records), all signed as ``aggregator``.
+updates arrived and were discarded) and ``audit_event`` records (``update.accepted`` for each update
+folded into a round, ``update.rejected`` for refused ones, ``message.rejected`` for control records;
+metadata only: device, job, round, message id, body digest, reason), all signed as ``aggregator``.
 
 Run it with ``python -m services.aggregator``; settings are ``QFLARE_AGGREGATOR_*``
 (``services.aggregator.config``) and ``QFLARE_KAFKA_*`` (``qflare.kafka.KafkaSettings``).

@@ -14,11 +14,11 @@ from aiokafka import AIOKafkaProducer
 from qflare import metrics
 from qflare.errors import QflareError
 from qflare.identity import Identity
-from qflare.protocol import seal, seal_chunked
+from qflare.protocol import Message, seal, seal_chunked
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.limits import Limits
 from qflare.protocol.topics import Topics
-from qflare.protocol.training import RoundComplete
+from qflare.protocol.training import ModelUpdate, RoundComplete
 from qflare.types import Scalar
 from services.aggregator.models import EncodedModel
 from services.aggregator.store import AggregatorStore
@@ -83,6 +83,22 @@ class Publisher:
         )
         record = seal(body, self.identity.signer, sender=self.identity.name)
         await self.store.outbox.queue(self.topics.audit.name, SERVICE.encode(), record)
+
+    async def queue_update_accepted(self, msg: Message) -> None:
+        """Audit an update folded into its round: who, which job and round, message id and
+        body digest (the stream's, when chunked). Never the tensors."""
+        update = msg.body
+        assert isinstance(update, ModelUpdate)
+        detail: dict[str, Scalar] = {
+            "job_id": update.job_id,
+            "round": update.round,
+            "base_version": update.base_version,
+            "num_examples": update.num_examples,
+            "digest": msg.header.body_digest.hex(),
+        }
+        await self.queue_audit(
+            "update.accepted", "info", subject=update.device_id, ref_id=msg.header.id, detail=detail
+        )
 
     async def queue_rejection(
         self,

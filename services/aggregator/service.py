@@ -15,6 +15,7 @@ close when everyone answered (checked after each batch) or at their deadline
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,7 @@ class AggregatorService(BatchLoop):
                             msg, size = got
                             assert isinstance(msg.body, ModelUpdate)
                             self._include(msg, msg.body, size, batch)
+                            batch.accepted.append(msg)
                             key = (msg.body.job_id, msg.body.round)
                             self.closer.fanin.setdefault(key, FanIn()).add(record.headers)
                     except (ProtocolError, Rejected) as exc:
@@ -184,6 +186,8 @@ class AggregatorService(BatchLoop):
         async with self.store.conn.transaction():
             for rnd in batch.touched.values():
                 await self.store.checkpoint_round(rnd)
+            for accepted in batch.accepted:
+                await self.out.queue_update_accepted(accepted)
             for error, record, rejected in batch.rejected:
                 await self._report(error, record, rejected)
             for expired in timeouts:
@@ -227,8 +231,15 @@ class AggregatorService(BatchLoop):
         context: dict[str, str | int | float | bool | None] = {}
         ref = None
         if msg is not None and isinstance(msg.body, ModelUpdate):
-            context = {"job_id": msg.body.job_id, "round": msg.body.round}
+            context = {
+                "job_id": msg.body.job_id,
+                "round": msg.body.round,
+                "digest": msg.header.body_digest.hex(),
+            }
             ref = msg.header.id
+        elif record.value is not None:
+            # Not verified: no id or job can be believed, but the bytes can be named.
+            context = {"record_sha256": hashlib.sha256(record.value).hexdigest()}
         subject = record.key.decode(errors="replace") if record.key else None
         await self.out.queue_rejection(
             exc,
@@ -246,4 +257,6 @@ class _Batch:
     """What handling one fetched batch changed, to be committed in one transaction."""
 
     touched: dict[tuple[str, int], OpenRound] = field(default_factory=dict)
+    #: Updates folded into a round, each audited (metadata only) in the same transaction.
+    accepted: list[Message] = field(default_factory=list)
     rejected: list[tuple[QflareError, ConsumerRecord[Any, Any], Message | None]] = field(default_factory=list)

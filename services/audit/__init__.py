@@ -3,13 +3,15 @@
 What it reads (each verified with ``qflare.protocol.Decoder``; service and operator keys from
 ``<keys_dir>/trusted``, device keys from the compacted ``qflare.devices`` topic):
 
-- enrolments, device records, device health, rounds, rounds complete, job and registry commands,
-  and ``audit_event`` records of every service: one chain entry each;
+- enrolments and the registry's answers to them, device records, device health, rounds, rounds
+  complete, job and registry commands, and ``audit_event`` records of every service: one chain
+  entry each;
 - models: one ``model.published`` entry per version (unchunked body, or the first chunk, whose
   ``ModelChunk`` header names the digest and size); weights are never stored;
 - NOT heartbeats (high volume, no security meaning; liveness is the registry's ``device.health``)
-  and NOT raw updates (large; their fate is reported by the aggregator as ``update.rejected`` audit
-  events and by ``RoundComplete.included``).
+  and NOT raw updates (large): their fate is the aggregator's ``update.accepted`` and
+  ``update.rejected`` audit events, one per update (device, job, round, message id, body digest),
+  and ``RoundComplete.included``.
 
 Anything that does not verify (garbage, unknown key, bad signature, wrong type) is appended as a
 ``message.rejected`` entry with the decoder's reason: never dropped silently. Re-sent copies of a

@@ -12,7 +12,7 @@ from typing import Any
 from qflare.errors import ProtocolError
 from qflare.protocol import Message
 from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
-from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment
+from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, EnrollmentResult
 from qflare.protocol.envelope import parse_envelope
 from qflare.protocol.limits import Limits
 from qflare.protocol.messages import ModelChunk
@@ -108,6 +108,18 @@ def from_message(msg: Message, topic: str, partition: int, offset: int, key: str
             type="device.record",
             outcome="info",
             reason=body.status,
+            subject=body.device_id,
+            detail=detail,
+            **base,
+        )
+    if isinstance(body, EnrollmentResult):
+        detail.update(key_id=body.key_id.hex(), field=body.field, result_id=head.id.hex())
+        # The entry is about the enrolment answered.
+        base["ref_id"] = body.enrollment_id
+        return Event(
+            type="device.enrollment_result",
+            outcome=body.status,
+            reason=body.reason,
             subject=body.device_id,
             detail=detail,
             **base,

@@ -60,6 +60,7 @@ class AuditService(BatchLoop):
         # Heartbeats and raw updates are not audited (see the package docstring).
         self.audited: list[TopicSpec] = [
             t.enrollments,
+            t.enrollment_results,
             t.health,
             t.rounds,
             t.rounds_complete,

@@ -33,6 +33,7 @@ from qflare.tracing import process_span
 from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
+from services.registry.results import Results
 from services.registry.store import DeviceRow, RegistryStore
 
 log = structlog.get_logger("qflare.registry")
@@ -83,6 +84,7 @@ class RegistryService(BatchLoop):
         }
         self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(self.producer, self.store, self.identity, self.topics)
+        self.results = Results(self.out, self.store, self.identity, self.topics)
         # Records a crash left in the outbox go out before anything new.
         await self.out.flush_outbox()
         self.consumer = await self._started(
@@ -118,6 +120,7 @@ class RegistryService(BatchLoop):
     async def _handle(self, record: ConsumerRecord[Any, Any], seen: dict[str, int]) -> None:
         self.handled += 1
         metrics.BYTES_IN.labels(SERVICE).inc(len(record.value or b""))
+        msg: Message | None = None
         try:
             msg = self._decode(record)
             body = msg.body
@@ -132,6 +135,7 @@ class RegistryService(BatchLoop):
             metrics.ACCEPTED.labels(SERVICE, msg.header.type).inc()
         except ProtocolError as exc:  # the decoder's, and the registry's own Rejected
             await self.out.reject(record, exc)
+            await self.results.rejected(record, exc, msg)
 
     def _decode(self, record: ConsumerRecord[Any, Any]) -> Message:
         if record.value is None:
@@ -163,6 +167,8 @@ class RegistryService(BatchLoop):
                 await self.out.queue_audit(
                     "device.enrolled", "info", reason=outcome, subject=row.device_id, ref=msg
                 )
+            # After the device record, so a device told "accepted" finds itself published.
+            await self.results.accepted(msg, row, outcome)
         self._remember(row)  # a rotated key stops verifying here
         metrics.ENROLLED.labels(outcome).inc()
 

@@ -21,7 +21,7 @@ import pytest
 from qflare.errors import ProtocolError
 from qflare.protocol import Decoder, KeyRing, Message, Reassembler, wire
 from qflare.protocol.control import AuditEvent
-from qflare.protocol.devices import Enrollment, Heartbeat
+from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat
 from qflare.protocol.training import ModelUpdate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,6 +143,12 @@ def test_python_accepts_envelopes_signed_in_go(go_signed: dict[str, Any]) -> Non
     assert isinstance(au.body, AuditEvent)
     assert au.body.ref_id == ids["heartbeat"]
     assert au.body.detail == {"n": 3, "ok": True, "none": None, "ratio": 0.5, "lang": "go"}
+
+    er = decoder.decode(records["enrollment_result"])
+    assert isinstance(er.body, EnrollmentResult)
+    assert (er.body.device_id, er.body.enrollment_id) == (device["owner"], ids["enrollment"])
+    assert er.body.key_id == bytes.fromhex(device["key_id"])
+    assert (er.body.status, er.body.reason, er.body.field) == ("accepted", "new", None)
 
 
 def test_go_writes_every_body_in_the_canonical_form(go_signed: dict[str, Any]) -> None:

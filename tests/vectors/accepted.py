@@ -46,13 +46,15 @@ def acceptances(c: Cases) -> list[dict[str, Any]]:
     digest = hashlib.sha256(whole).digest()
     cuts = [0, 7, 107, len(whole)]
 
-    def piece(index: int, ts: int) -> bytes:
+    def piece(index: int, ts: int, stream_: bytes = stream) -> bytes:
         body = ModelChunk(
             "model_update", len(whole), cuts[index], digest, whole[cuts[index] : cuts[index + 1]]
         )
         return c.seal(
-            "model_chunk", wire.pack(body.to_body()), round=7, ts_ms=ts, chunk=Chunk(stream, index, 3)
+            "model_chunk", wire.pack(body.to_body()), round=7, ts_ms=ts, chunk=Chunk(stream_, index, 3)
         )
+
+    resent = fixed_id(TS, 103)
 
     lenient_record = c.seal("heartbeat", lenient)
     envelope = _lenient_envelope(c)
@@ -76,6 +78,25 @@ def acceptances(c: Cases) -> list[dict[str, Any]]:
                 "type": "model_update",
                 "id": stream.hex(),
                 "ts_ms": TS,
+                "canonical_body": whole.hex(),
+            },
+        },
+        {
+            # "The header of chunk 0" is that of the first copy received of the chunk with index 0.
+            "name": "index 0 re-sent with another ts_ms: the first copy's header stands",
+            "records": [
+                r.hex()
+                for r in (
+                    piece(1, TS + 3000, resent),
+                    piece(0, TS + 1000, resent),
+                    piece(0, TS + 2000, resent),
+                    piece(2, TS + 4000, resent),
+                )
+            ],
+            "expect": {
+                "type": "model_update",
+                "id": resent.hex(),
+                "ts_ms": TS + 1000,
                 "canonical_body": whole.hex(),
             },
         },

@@ -113,6 +113,12 @@ def envelope_rejections(c: Cases) -> list[dict[str, Any]]:
     bad_id = bytearray(fixed_id(TS, 1))
     bad_id[6] = 0x40 | bad_id[6] & 0x0F
     chunk0 = bytes.fromhex(c.vectors["model_chunk_0"]["body"])
+    raw_chunk = c.raw("model_chunk_0")
+    chunk_extra = raw_chunk | {"chunk": raw_chunk["chunk"] | {"zz": 1}}
+    chunk_short = raw_chunk | {"chunk": {k: v for k, v in raw_chunk["chunk"].items() if k != "count"}}
+    # A 13th entry whose str16 key is longer than the envelope's 256-byte str limit: the key
+    # is not known yet, so the error names the map that holds it (the root).
+    long_key = b"\x8d" + base[1:] + b"\xda\x01\x01" + b"k" * 257 + b"\x01"
     return [
         _rej("signature bit flipped", bytes(sig_flipped), "signature", "sig"),
         _rej("version 2", bytes(v2), "version", "v"),
@@ -142,6 +148,9 @@ def envelope_rejections(c: Cases) -> list[dict[str, Any]]:
             "chunk on a heartbeat", c.seal("heartbeat", hb, chunk=Chunk(c.stream(), 0, 1)), "schema", "chunk"
         ),
         _rej("unknown type", c.seal("telemetry", hb), "schema", "type"),
+        _rej("envelope map key of 257 bytes", long_key, "limit", "$"),
+        _rej("unknown key inside chunk", wire.pack(chunk_extra), "schema", "chunk.zz"),
+        _rej("chunk without count", wire.pack(chunk_short), "schema", "chunk.count"),
     ]
 
 
@@ -190,8 +199,19 @@ def body_rejections(c: Cases) -> list[dict[str, Any]]:
             body["tensors"][index][key] = value
         return c.seal("model_update", wire.pack(body), round=7)
 
+    def mu_metrics(metrics: dict[str, float], *changes: tuple[int, str, object]) -> bytes:
+        body = wire.unpack(c.whole, PARSE)
+        assert isinstance(body, dict)
+        for index, key, value in changes:
+            body["tensors"][index][key] = value
+        body["metrics"] = metrics
+        return c.seal("model_update", wire.pack(body), round=7)
+
     missing = hb_body()
     del missing["metrics"]
+    packed = wire.pack(hb_body())
+    key_cut = packed[: packed.index(b"\xa3cpu") + 3]  # ends inside the metrics key "cpu"
+    not_utf8 = packed.replace(b"\xa3seq", b"\xa3\xff\xfe\xfd", 1)
     nan = _f4(float("nan"), 0.0, 0.0, 0.0)
     depth = "body.metrics.x" + "[0]" * 14
     return [
@@ -215,6 +235,20 @@ def body_rejections(c: Cases) -> list[dict[str, Any]]:
         _rej("dimension not an int", mu((0, "shape", [2, 2.0])), "schema", "body.tensors[0].shape[1]"),
         _rej("shape does not match data", mu((0, "shape", [2, 3])), "tensor", "body.tensors[0].data"),
         _rej("duplicate tensor name", mu((3, "name", "conv.w")), "tensor", "body.tensors[3].name"),
+        _rej("body map key cut short", c.seal("heartbeat", key_cut), "schema", "body.metrics"),
+        _rej("body map key not UTF-8", c.seal("heartbeat", not_utf8), "schema", "body"),
+        _rej(
+            "NaN tensor and infinite metric",
+            mu_metrics({"loss": float("inf")}, (0, "data", nan)),
+            "non_finite",
+            "body.metrics.loss",
+        ),
+        _rej(
+            "infinite metric, then a bad dtype",
+            mu_metrics({"loss": float("inf")}, (1, "dtype", ">f2")),
+            "tensor",
+            "body.tensors[1].dtype",
+        ),
     ]
 
 
@@ -244,6 +278,13 @@ def chunk_rejections(c: Cases) -> list[dict[str, Any]]:
             chunk(ModelChunk("model_update", size, half + 1, digest, whole[half + 1 :]), 1),
             "chunk",
             "body.offset",
+            after,
+        ),
+        _rej(
+            "slices tile but stop short of size",
+            chunk(ModelChunk("model_update", size, half, digest, whole[half:-1]), 1),
+            "chunk",
+            "body.digest",
             after,
         ),
         _rej("count differs", chunk(second, 1, count=3), "chunk", "chunk.count", after),

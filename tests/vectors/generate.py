@@ -28,7 +28,7 @@ from qflare.crypto.base import ML_KEM_768  # noqa: E402
 from qflare.protocol import Body, Tensor, wire  # noqa: E402
 from qflare.protocol.body import Setting  # noqa: E402
 from qflare.protocol.control import AuditEvent, JobCommand  # noqa: E402
-from qflare.protocol.devices import Enrollment, Heartbeat  # noqa: E402
+from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat  # noqa: E402
 from qflare.protocol.envelope import Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
 from qflare.protocol.training import ModelUpdate, RoundTask  # noqa: E402
@@ -184,9 +184,21 @@ def build() -> dict[str, Any]:
         "dev-2", device.public_key, kem_public_key=kem_public, token=None, labels={"site": "lab"}
     )
     add("enrollment_self_signed", "enrollment", enrol, device, "dev-2")
+    enrol_id = bytes.fromhex(envelopes[-1]["header"]["id"])
     add("audit_event", "audit_event", _audit(bytes.fromhex(envelopes[0]["header"]["id"])), key, "dev-1")
     add("round_task", "round_task", _round_task(), key, "dev-1", round=7)
     add("job_command", "job_command", _job_command(), key, "dev-1")
+    # The registry's answer to that enrolment (signed here, like the rest, by signing_key as dev-1).
+    answer = EnrollmentResult(
+        "dev-2",
+        enrol_id,
+        device.key_id,
+        "rejected",
+        "token_reused",
+        "body.token",
+        "enrolment token was already used",
+    )
+    add("enrollment_result", "enrollment_result", answer, key, "dev-1")
 
     stranger = generate_key(seed=STRANGER_SEED)
     cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)

@@ -51,6 +51,7 @@ var (
 	tIDs      = &ft{kind: fArray, elem: tID}
 	tTensors  = &ft{kind: fTensors}
 	tEventStr = &ft{kind: fStr, n: 64, re: eventRe}
+	tReason   = &ft{kind: fStr, n: 64, re: reasonRe}
 )
 
 func enum(vs ...string) *ft   { return &ft{kind: fEnum, enum: vs} }
@@ -68,6 +69,9 @@ type fd struct {
 var bodySchemas = map[string][]fd{
 	"enrollment": {f("device_id", tID), f("public_key", tPub), f("sig_alg", tSigAlg),
 		f("kem_public_key", opt(tKEMPub)), f("token", opt(strMax(512))), f("labels", tLabels)},
+	"enrollment_result": {f("device_id", tID), f("enrollment_id", tBin16), f("key_id", tBin16),
+		f("status", enum("accepted", "rejected")), f("reason", tReason), f("field", opt(strMax(256))),
+		f("message", strMax(1024))},
 	"deregistration": {f("device_id", tID), f("reason", strMax(256))},
 	"heartbeat": {f("device_id", tID), f("seq", tInt), f("state", enum("idle", "training", "uploading")),
 		f("metrics", tFloats)},

@@ -25,6 +25,7 @@ var (
 	typeRe     = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 	idRe       = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$`)
 	eventRe    = regexp.MustCompile(`^[a-z][a-z0-9_.]{0,63}$`)
+	reasonRe   = regexp.MustCompile(`^[a-z][a-z0-9_]{0,63}$`)
 	envOrder   = []string{"v", "type", "id", "sender", "key_id", "ts_ms", "round", "body_digest", "body", "chunk", "sig_alg", "sig"}
 	chunkOrder = []string{"stream", "index", "count"}
 )

@@ -11,7 +11,14 @@ from qflare.crypto import Signer, signature_backend
 from qflare.crypto.base import MLKEM768_PUBLIC_KEY_BYTES
 from qflare.protocol import Body, Decoder, KeyRing, Tensor
 from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
-from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, Heartbeat
+from qflare.protocol.devices import (
+    Deregistration,
+    Device,
+    DeviceHealth,
+    Enrollment,
+    EnrollmentResult,
+    Heartbeat,
+)
 from qflare.protocol.envelope import Chunk, Header, encode_envelope, new_message_id
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
@@ -48,6 +55,9 @@ def sample_bodies() -> list[Body]:
     return [
         Enrollment(
             "dev-1", pk, kem_public_key=b"\x01" * MLKEM768_PUBLIC_KEY_BYTES, token="t", labels={"a": "b"}
+        ),
+        EnrollmentResult(
+            "dev-1", b"\x08" * 16, b"\x09" * 16, "rejected", "token_reused", "body.token", "used"
         ),
         Heartbeat("dev-1", 7, "training", {"cpu": 0.5}),
         Device("dev-1", "active", pk, enrolled_ms=NOW - 10, updated_ms=NOW, labels={"zone": "eu"}),

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from qflare.errors import NonFiniteTensorError, SchemaError
 from qflare.protocol import Body, wire
 from qflare.protocol.control import JobCommand
-from qflare.protocol.devices import Deregistration, Device, Heartbeat
+from qflare.protocol.devices import Deregistration, Device, EnrollmentResult, Heartbeat
 from qflare.protocol.messages import BODY_TYPES
 from tests.unit.protocol.helpers import sample_bodies
 
@@ -235,3 +235,19 @@ def test_text_limits_count_characters() -> None:
     with pytest.raises(SchemaError) as info:
         Deregistration.from_body(_decoded(Deregistration("dev-1", "e" * 257)))
     assert info.value.field == "body.reason"
+
+
+def test_enrollment_results_take_any_well_formed_reason_and_refuse_malformed_ones() -> None:
+    answer = EnrollmentResult("dev-1", b"\x01" * 16, b"\x02" * 16, "accepted", "new")
+    # Reasons are an open vocabulary: one this code never heard of is still a valid result.
+    future = _decoded(answer) | {"status": "rejected", "reason": "quota_exceeded", "field": "labels"}
+    assert EnrollmentResult.from_body(future).reason == "quota_exceeded"
+    for key, bad in (
+        ("reason", "Token-Reused"),
+        ("reason", "x" * 65),
+        ("status", "maybe"),
+        ("field", "f" * 257),
+    ):
+        with pytest.raises(SchemaError) as info:
+            EnrollmentResult.from_body(_decoded(answer) | {key: bad})
+        assert info.value.field == f"body.{key}"

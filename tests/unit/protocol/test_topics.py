@@ -10,6 +10,7 @@ from qflare.protocol.messages import BODY_TYPES
 
 EXPECTED = {
     "qflare.device.enrollments",
+    "qflare.device.enrollment.results",
     "qflare.device.heartbeats",
     "qflare.devices",
     "qflare.rounds",

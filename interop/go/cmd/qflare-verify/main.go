@@ -211,6 +211,20 @@ func cmdSign(args []string) error {
 		return err
 	}
 
+	// The registry's answer to the enrolment above (signed here with the signer's key, §13).
+	devKeyID := qflare.KeyID(dk.PublicBytes())
+	answer, err := qflare.EncodeBody("enrollment_result", qflare.MapOf(
+		qflare.E("device_id", qflare.Str(*devOwner)), qflare.E("enrollment_id", qflare.Bin(res.envID(2))),
+		qflare.E("key_id", qflare.Bin(devKeyID[:])), qflare.E("status", qflare.Str("accepted")),
+		qflare.E("reason", qflare.Str("new")), qflare.E("field", qflare.Nil()),
+		qflare.E("message", qflare.Str("enrolled by the Go client's registry"))))
+	if err != nil {
+		return err
+	}
+	if err := add("enrollment_result", sk, hdr("enrollment_result", *owner, nil), answer); err != nil {
+		return err
+	}
+
 	// The model update again, as a two-chunk stream. Bodies are encoded by
 	// EncodeBody: body keys in listed order, free-form maps sorted (§7).
 	parts, err := qflare.SplitBody("model_update", update, (len(update)+1)/2)
