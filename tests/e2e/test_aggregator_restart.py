@@ -5,31 +5,16 @@ from __future__ import annotations
 import os
 import signal
 
-from qflare.fl import JobSpec
 from qflare.protocol.training import RoundComplete
 from qflare_cli.demo import Run
+from tests.jobs import small_fedavg_job
 
 
 def test_the_supervisor_restarts_a_killed_aggregator_and_the_job_completes() -> None:
     seen: list[RoundComplete] = []
     killed: list[int] = []
     pids_after: list[int | None] = []
-    job = JobSpec.parse(
-        {
-            "model": "builtin:2nn",
-            "strategy": {"name": "fedavg"},
-            "rounds": 3,
-            "fraction": 1.0,
-            "min_clients": 2,
-            "deadline_s": 300.0,
-            "epochs": 1,
-            "batch_size": 10,
-            "lr": 0.05,
-            "seed": 5,
-            "dataset": "mnist",
-            "partition": "iid",
-        }
-    )
+    job = small_fedavg_job(rounds=3, seed=5)
 
     def on_round(rc: RoundComplete) -> None:
         seen.append(rc)

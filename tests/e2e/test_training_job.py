@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from qflare.fl import JobSpec
 from qflare.protocol.training import RoundComplete
 from qflare_cli.demo import Run
+from tests.jobs import small_fedavg_job
 
 
 def test_two_rounds_of_fedavg_on_mnist_improve_the_global_model() -> None:
     seen: list[RoundComplete] = []
-    job = JobSpec.parse(
-        {
-            "model": "builtin:2nn",
-            "strategy": {"name": "fedavg"},
-            "rounds": 2,
-            "fraction": 1.0,
-            "min_clients": 2,
-            "deadline_s": 300.0,
-            "epochs": 1,
-            "batch_size": 10,
-            "lr": 0.05,
-            "seed": 3,
-            "dataset": "mnist",
-            "partition": "iid",
-        }
-    )
+    job = small_fedavg_job(rounds=2, seed=3)
     run = Run(devices=4, processes=2, seed=3, job=job, as_json=False, on_round=seen.append)
     run.execute()
     completed = [rc for rc in seen if rc.status == "completed"]

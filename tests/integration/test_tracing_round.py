@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from devstack.settings import StackSettings
-from qflare.fl import JobSpec
 from qflare.protocol.training import RoundComplete
 from qflare_cli.demo import Run
+from tests.jobs import small_fedavg_job
 
 pytestmark = pytest.mark.integration
 
@@ -41,22 +41,7 @@ def test_a_demo_round_is_one_trace_across_scheduler_devices_and_aggregator(
 ) -> None:
     monkeypatch.setenv("QFLARE_OTLP_ENDPOINT", stack.otlp_endpoint)
     monkeypatch.setenv("QFLARE_OTLP_DELAY_MS", "200")
-    job = JobSpec.parse(
-        {
-            "model": "builtin:2nn",
-            "strategy": {"name": "fedavg"},
-            "rounds": 1,
-            "fraction": 1.0,
-            "min_clients": 2,
-            "deadline_s": 300.0,
-            "epochs": 1,
-            "batch_size": 10,
-            "lr": 0.05,
-            "seed": 3,
-            "dataset": "mnist",
-            "partition": "iid",
-        }
-    )
+    job = small_fedavg_job(rounds=1, seed=3)
     seen: list[RoundComplete] = []
     run = Run(devices=3, processes=1, seed=3, job=job, as_json=False, on_round=seen.append)
     run.execute()

@@ -1,0 +1,24 @@
+"""The small FedAvg job the end-to-end tests run: 2NN on MNIST, every device, one epoch."""
+
+from __future__ import annotations
+
+from qflare.fl import JobSpec
+
+
+def small_fedavg_job(*, rounds: int, seed: int) -> JobSpec:
+    return JobSpec.parse(
+        {
+            "model": "builtin:2nn",
+            "strategy": {"name": "fedavg"},
+            "rounds": rounds,
+            "fraction": 1.0,
+            "min_clients": 2,
+            "deadline_s": 300.0,
+            "epochs": 1,
+            "batch_size": 10,
+            "lr": 0.05,
+            "seed": seed,
+            "dataset": "mnist",
+            "partition": "iid",
+        }
+    )
