@@ -60,13 +60,18 @@ class ManagedService:
 
 
 def scrape(port: int, name: str, **labels: str) -> float:
-    """One sample from a service's /metrics on ``port`` (0.0 when absent)."""
+    """The sum of a service's /metrics samples of ``name`` that carry ``labels`` (0.0 when absent).
+
+    Summed, because counters are pre-set for every label combination (e.g. one series per
+    topic for each rejection reason), so the first matching line may be another topic's zero.
+    """
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
+    total = 0.0
     for line in text.splitlines():
         if not line.startswith(name + "{"):
             continue
         head, _, value = line.rpartition(" ")
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            return float(value)
-    return 0.0
+            total += float(value)
+    return total

@@ -112,7 +112,7 @@ async def test_stale_enrolment_is_answered_and_unverified_records_are_not(
             await producer.send_and_wait(topic, record, key=device_id.encode())
         with pytest.raises(EnrollmentRefused) as caught:
             await results.wait(device_id, stale_id, WAIT_S)
-        assert (caught.value.reason, caught.value.field) == ("stale", "ts_ms")
+        assert (caught.value.registry_reason, caught.value.field) == ("stale", "ts_ms")
 
         # A valid enrolment after both, on the same partition: its result comes after any
         # result of the forged one would have, so by now that one would have been seen.
