@@ -30,17 +30,19 @@ if str(ROOT) not in sys.path:
 
 from qflare.crypto import generate_key, signature_backend  # noqa: E402
 from qflare.errors import ProtocolError, QflareError  # noqa: E402
-from qflare.protocol import KeyRing, Reassembler, Tensor, seal, seal_chunked, wire  # noqa: E402
+from qflare.protocol import Channel, KeyRing, Reassembler, Tensor, seal, seal_chunked, wire  # noqa: E402
 from qflare.protocol.control import AuditEvent  # noqa: E402
 from qflare.protocol.decoder import Decoder, ReplayCache  # noqa: E402
 from qflare.protocol.devices import Enrollment, Heartbeat  # noqa: E402
-from qflare.protocol.envelope import FIELDS, Header, encode_envelope, new_message_id  # noqa: E402
+from qflare.protocol.envelope import FIELDS, PROTOCOL_VERSION, Header, encode_envelope, new_message_id  # noqa: E402
 from qflare.protocol.messages import BODY_TYPES  # noqa: E402
 from qflare.protocol.training import ModelUpdate, RoundTask  # noqa: E402
 
 NOW = 1_750_000_000_000
 SENDER = "dev-1"
 SIGNER = signature_backend().signer_from_seed(bytes(range(32)))
+#: Every case is signed for, and decoded from, this one channel.
+CHANNEL = Channel("bench", "bench.fuzz")
 Case = Callable[[random.Random], bytes]
 
 
@@ -54,23 +56,25 @@ def corpus() -> list[bytes]:
     update = ModelUpdate("job-1", 3, SENDER, 2, 10, tensors, {"loss": 0.5})
     device = generate_key(seed=bytes(range(32, 64)))
     records = [
-        seal(Heartbeat(SENDER, 1, "idle", {"cpu": 0.5}), SIGNER, sender=SENDER, round=3, ts_ms=NOW),
-        seal(update, SIGNER, sender=SENDER, round=3, ts_ms=NOW),
+        seal(Heartbeat(SENDER, 1, "idle", {"cpu": 0.5}), SIGNER, CHANNEL, sender=SENDER, round=3, ts_ms=NOW),
+        seal(update, SIGNER, CHANNEL, sender=SENDER, round=3, ts_ms=NOW),
         seal(
             RoundTask("job-1", 3, 2, "fedavg", ("dev-1",), NOW, 1, 1, {"lr": 0.1}),
             SIGNER,
+            CHANNEL,
             sender=SENDER,
             ts_ms=NOW,
         ),
         seal(
             AuditEvent("message.rejected", "warning", "svc", "x", None, None, {}),
             SIGNER,
+            CHANNEL,
             sender=SENDER,
             ts_ms=NOW,
         ),
-        seal(Enrollment("dev-2", device.public_key), device.signer(), sender="dev-2", ts_ms=NOW),
+        seal(Enrollment("dev-2", device.public_key), device.signer(), CHANNEL, sender="dev-2", ts_ms=NOW),
     ]
-    return records + seal_chunked(update, SIGNER, sender=SENDER, round=3, ts_ms=NOW, chunk_bytes=100)
+    return records + seal_chunked(update, SIGNER, CHANNEL, sender=SENDER, round=3, ts_ms=NOW, chunk_bytes=100)
 
 
 CORPUS = corpus()
@@ -185,14 +189,27 @@ def signed_garbage(rng: random.Random) -> bytes:
         {k: random_value(rng) for k in ("device_id", "seq", "state", "metrics", "tensors", "job_id")}
     )
     digest = hashlib.sha256(body).digest()
-    header = Header(1, type_, new_message_id(NOW), SENDER, SIGNER.key_id, NOW, None, digest, None, SIGNER.alg)
-    return encode_envelope(header, [body], SIGNER.sign(header.signing_bytes()))
+    header = Header(
+        PROTOCOL_VERSION,
+        type_,
+        new_message_id(NOW),
+        SENDER,
+        SIGNER.key_id,
+        NOW,
+        None,
+        digest,
+        None,
+        SIGNER.alg,
+    )
+    return encode_envelope(header, [body], SIGNER.sign(header.signing_bytes(CHANNEL)))
 
 
 def _signed(type_: str, body: bytes) -> bytes:
     digest = hashlib.sha256(body).digest()
-    header = Header(1, type_, new_message_id(NOW), SENDER, SIGNER.key_id, NOW, 3, digest, None, SIGNER.alg)
-    return encode_envelope(header, [body], SIGNER.sign(header.signing_bytes()))
+    header = Header(
+        PROTOCOL_VERSION, type_, new_message_id(NOW), SENDER, SIGNER.key_id, NOW, 3, digest, None, SIGNER.alg
+    )
+    return encode_envelope(header, [body], SIGNER.sign(header.signing_bytes(CHANNEL)))
 
 
 def signed_tensors(rng: random.Random) -> bytes:
@@ -211,7 +228,7 @@ def signed_tensors(rng: random.Random) -> bytes:
 
 def signed_time(rng: random.Random) -> bytes:
     ts = NOW + rng.choice([-1, 1]) * rng.randrange(0, 3_600_000)
-    return seal(Heartbeat(SENDER, 1), SIGNER, sender=SENDER, ts_ms=ts)
+    return seal(Heartbeat(SENDER, 1), SIGNER, CHANNEL, sender=SENDER, ts_ms=ts)
 
 
 GENERATORS: list[tuple[Case, int]] = [
@@ -238,7 +255,9 @@ def main() -> int:
     rng = random.Random(args.seed)
     keys = KeyRing()
     keys.add(SENDER, SIGNER.public_key)
-    decoder = Decoder(keys, clock=lambda: NOW, self_signed={"enrollment"}, max_age_ms=600_000)
+    decoder = Decoder(
+        keys, deployment=CHANNEL.deployment, clock=lambda: NOW, self_signed={"enrollment"}, max_age_ms=600_000
+    )
     reassembler = Reassembler(decoder, max_streams=8, max_bytes_in_flight=1 << 20)
     gens, weights = zip(*GENERATORS, strict=True)
     outcomes: Counter[str] = Counter()
@@ -250,7 +269,7 @@ def main() -> int:
         data = gen(rng)
         decoder.replay = ReplayCache(ttl_ms=None)  # each case on its own; replays are tested elsewhere
         try:
-            reassembler.feed(decoder.decode(data))
+            reassembler.feed(decoder.decode(data, CHANNEL.topic))
         except ProtocolError as exc:
             outcomes[type(exc).__name__] += 1
         except QflareError as exc:

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 from qflare.crypto import signature_backend, signature_backends  # noqa: E402
 from qflare.crypto.base import Signer  # noqa: E402
 from qflare.ml.arch import layout  # noqa: E402
-from qflare.protocol import KeyRing, Tensor, seal, wire  # noqa: E402
+from qflare.protocol import Channel, KeyRing, Tensor, seal, wire  # noqa: E402
 from qflare.protocol.decoder import Decoder, ReplayCache  # noqa: E402
 from qflare.protocol.envelope import encode_envelope, parse_envelope  # noqa: E402
 from qflare.protocol.limits import DEFAULT_LIMITS  # noqa: E402
@@ -65,6 +65,8 @@ from qflare.protocol.training import ModelUpdate  # noqa: E402
 CNN_SHAPES: list[tuple[str, tuple[int, ...]]] = [(name, tuple(shape)) for name, shape in layout("cnn")]
 PARAMS = 1_663_370
 SENDER = "dev-bench"
+#: Every record is signed for, and decoded from, this one channel.
+CHANNEL = Channel("bench", "bench.updates")
 CODEC_TARGET = 0.5
 SHARE_TARGET = 0.10
 #: The decoder's limits for a body (as ``Decoder`` sets them), for the framing-only decode.
@@ -135,6 +137,7 @@ def decoder_for(signer: Signer, verifier: str) -> Decoder:
     # No replay memory and no clock limits: the same record is decoded many times.
     return Decoder(
         keys,
+        deployment=CHANNEL.deployment,
         max_age_ms=None,
         max_skew_ms=1 << 62,
         replay=ReplayCache(max_entries=0),
@@ -157,7 +160,7 @@ def build_ops(
 ) -> dict[str, Callable[[], object]]:
     """Every timed operation by name. ``record`` is sealed by ``signer`` (default backend)."""
     env = parse_envelope(record)
-    header, body, sig = env.header.signing_bytes(), env.body, env.sig
+    header, body, sig = env.header.signing_bytes(CHANNEL), env.body, env.sig
     ops: dict[str, Callable[[], object]] = {
         "memcpy": functools.partial(bytearray, raw),
         "sha256": lambda: hashlib.sha256(body).digest(),
@@ -170,8 +173,8 @@ def build_ops(
         # Every backend verifies the same record: verifying costs the same whoever signed.
         if not backend.verify(signer.public_key, header, sig):
             raise SystemExit(f"{name} does not verify a {signature_backend().name} signature")
-        ops[f"seal:{name}"] = functools.partial(seal, update, own, sender=SENDER, round=1)
-        ops[f"decode:{name}"] = functools.partial(decoder_for(signer, name).decode, record)
+        ops[f"seal:{name}"] = functools.partial(seal, update, own, CHANNEL, sender=SENDER, round=1)
+        ops[f"decode:{name}"] = functools.partial(decoder_for(signer, name).decode, record, CHANNEL.topic)
         ops[f"sign:{name}"] = functools.partial(own.sign, header)
         ops[f"verify:{name}"] = functools.partial(backend.verify, signer.public_key, header, sig)
     return ops
@@ -195,7 +198,7 @@ def shares(t: dict[str, Timing]) -> dict[str, dict[str, float]]:
 
 def zero_copy(record: bytes, signer: Signer) -> bool:
     """Whether ``Decoder.decode`` hands back tensors that are views into the record."""
-    message = decoder_for(signer, signature_backend().name).decode(record)
+    message = decoder_for(signer, signature_backend().name).decode(record, CHANNEL.topic)
     whole = np.frombuffer(record, dtype=np.uint8)
     return all(np.shares_memory(t.array, whole) for t in message.body.all_tensors())
 
@@ -250,7 +253,7 @@ def main() -> None:
     update = model_update()
     raw = b"".join(t.array.tobytes() for t in update.tensors)
     signer = signature_backend().generate_signer()
-    record = seal(update, signer, sender=SENDER, round=1)
+    record = seal(update, signer, CHANNEL, sender=SENDER, round=1)
     t = measure(build_ops(update, raw, record, signer), args.reps, args.batch_ms / 1e3)
     out = summarise(t, len(raw))
     default, memcpy = out["signature_backend"], t["memcpy"].median

@@ -26,13 +26,13 @@ from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.simulator.worker import TrainSpec, WorkerSpec, train_forever
 from edge.spool import Spool
 from qflare.kafka import KafkaSettings, make_producer
-from qflare.protocol import topics
 from qflare.telemetry import configure_logging
 
 EPILOG = """
 environment:
   QFLARE_KAFKA_BOOTSTRAP      broker list, host:port[,host:port] (default 127.0.0.1:19092)
   QFLARE_KAFKA_TOPIC_PREFIX   the deployment's topic prefix (ask your operator)
+  QFLARE_KAFKA_DEPLOYMENT_ID  the deployment id every signature is bound to (ask your operator)
   QFLARE_DEVICE_TOKEN         the enrolment token, instead of --token
 
 example:
@@ -94,7 +94,7 @@ async def run_device(args: argparse.Namespace) -> int:
         DeviceConfig(args.device_id, args.token, dict(args.label), args.heartbeat_s),
         key,
         link,
-        topics(kafka.topic_prefix),
+        kafka.topics,
     )
     tasks = [asyncio.create_task(device.run())]
     if args.dataset is not None:
@@ -104,6 +104,7 @@ async def run_device(args: argparse.Namespace) -> int:
             state_dir=str(state),
             bootstrap=kafka.bootstrap,
             topic_prefix=kafka.topic_prefix,
+            deployment_id=kafka.deployment_id,
             heartbeat_interval_s=args.heartbeat_s,
             seed=args.seed,
             keys_dir=str(args.trusted_keys),

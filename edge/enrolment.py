@@ -65,7 +65,9 @@ class EnrollmentResults:
         self.kafka = kafka
         self.spec = topics.enrollment_results
         self.registry = registry
-        self.decoder = Decoder(registry_keys, allowed_types=self.spec.types, max_age_ms=None)
+        self.decoder = Decoder(
+            registry_keys, deployment=self.spec.deployment, allowed_types=self.spec.types, max_age_ms=None
+        )
         self._seen: OrderedDict[_Key, EnrollmentResult] = OrderedDict()
         self._waiting: dict[_Key, asyncio.Future[EnrollmentResult]] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -130,11 +132,11 @@ class EnrollmentResults:
             for records in (await self._consumer.getmany(timeout_ms=500)).values():
                 for record in records:
                     if record.value is not None:
-                        self._accept(record.value)
+                        self._accept(record.value, record.topic)
 
-    def _accept(self, value: bytes) -> None:
+    def _accept(self, value: bytes, topic: str) -> None:
         try:
-            msg = self.decoder.decode(value)
+            msg = self.decoder.decode(value, topic)
         except ProtocolError as exc:
             log.warning("ignored enrolment result", reason=exc.reason, error=str(exc))
             return

@@ -85,7 +85,13 @@ class DeviceRuntime:
             labels=self.cfg.labels,
         )
         self.enrollment_id = new_message_id()
-        record = seal(body, self.signer, sender=self.device_id, msg_id=self.enrollment_id)
+        record = seal(
+            body,
+            self.signer,
+            self.topics.enrollments.channel,
+            sender=self.device_id,
+            msg_id=self.enrollment_id,
+        )
         self._send(self.topics.enrollments.name, record)
         self.enrolled_sent = True
 
@@ -107,12 +113,17 @@ class DeviceRuntime:
         body = Heartbeat(self.device_id, self.seq, state)
         # A newer heartbeat supersedes an older one, so these may be dropped from a full spool.
         self._send(
-            self.topics.heartbeats.name, seal(body, self.signer, sender=self.device_id), droppable=True
+            self.topics.heartbeats.name,
+            seal(body, self.signer, self.topics.heartbeats.channel, sender=self.device_id),
+            droppable=True,
         )
 
     def deregister(self, reason: str = "device request") -> None:
         body = Deregistration(self.device_id, reason)
-        self._send(self.topics.enrollments.name, seal(body, self.signer, sender=self.device_id))
+        self._send(
+            self.topics.enrollments.name,
+            seal(body, self.signer, self.topics.enrollments.channel, sender=self.device_id),
+        )
         self.alive = False
 
     async def run(

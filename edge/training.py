@@ -49,21 +49,31 @@ class RoundFollower:
 
     async def run(self) -> None:
         configure_tracing("edge")
-        decoder = Decoder(self.trusted, allowed_types={"round_task", "model", "model_chunk"}, max_age_ms=None)
+        decoder = Decoder(
+            self.trusted,
+            deployment=self.kafka.deployment_id,
+            allowed_types={"round_task", "model", "model_chunk"},
+            max_age_ms=None,
+        )
         reassembler = Reassembler(decoder)
         async with replay(self.kafka, self.topics.rounds, self.topics.models) as consumer:
             while True:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
-                        self._accept(decoder, reassembler, record.value, record.headers)
+                        self._accept(decoder, reassembler, record.value, record.topic, record.headers)
 
     def _accept(
-        self, decoder: Decoder, reassembler: Reassembler, value: bytes | None, headers: Any = None
+        self,
+        decoder: Decoder,
+        reassembler: Reassembler,
+        value: bytes | None,
+        topic: str,
+        headers: Any = None,
     ) -> None:
         if value is None:
             return
         try:
-            msg = reassembler.feed(decoder.decode(value))
+            msg = reassembler.feed(decoder.decode(value, topic))
         except ProtocolError as exc:
             log.warning("ignored record", reason=exc.reason, error=str(exc))
             return
@@ -139,7 +149,9 @@ async def _train_and_send(
         metrics=metrics,
     )
     topic, key = device.topics.updates.name, device.device_id.encode()
-    for record in seal_chunked(update, device.signer, sender=device.device_id, round=task.round):
+    for record in seal_chunked(
+        update, device.signer, device.topics.updates.channel, sender=device.device_id, round=task.round
+    ):
         with send_span(topic, key=key) as headers:
             device.link.send(topic, key, record, headers=headers + round_headers(parent))
     return result

@@ -25,12 +25,14 @@ from typing import Any, TypeAlias
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from qflare.errors import TopicSetupError
+from qflare.protocol.body import ID_PATTERN
+from qflare.protocol.channel import DEFAULT_DEPLOYMENT
 from qflare.protocol.limits import Limits
-from qflare.protocol.topics import TopicSpec, topics
+from qflare.protocol.topics import Topics, TopicSpec, topics
 
 _TOPIC_ALREADY_EXISTS = 36
 #: A record as a consumer returns it: key and value are bytes (or None, a tombstone).
@@ -54,10 +56,25 @@ class KafkaSettings(BaseSettings):
     request_timeout_ms: int = Field(default=40_000, ge=1000)
     #: Prepended to every topic name (see ``qflare.protocol.topics.topics``).
     topic_prefix: str = ""
+    #: Bound into every signature with the topic name, so a record signed for one
+    #: deployment never verifies in another that shares topic names.
+    deployment_id: str = DEFAULT_DEPLOYMENT
+
+    @field_validator("deployment_id")
+    @classmethod
+    def _deployment_id(cls, value: str) -> str:
+        if not ID_PATTERN.fullmatch(value):
+            raise ValueError(f"must match {ID_PATTERN.pattern}")
+        return value
 
     @property
     def limits(self) -> Limits:
         return Limits(max_record_bytes=self.max_record_bytes)
+
+    @property
+    def topics(self) -> Topics:
+        """This deployment's topics: the prefix applied and every spec bound to ``deployment_id``."""
+        return topics(self.topic_prefix, deployment=self.deployment_id)
 
 
 def _settings(settings: KafkaSettings | None) -> KafkaSettings:
@@ -174,7 +191,7 @@ async def prepare_topics(
     admin = make_admin(cfg)
     await admin.start()
     try:
-        return await ensure_topics(admin, topics(cfg.topic_prefix) if specs is None else specs, cfg)
+        return await ensure_topics(admin, cfg.topics if specs is None else specs, cfg)
     finally:
         await admin.close()
 

@@ -27,7 +27,7 @@ from qflare.kafka import (
     read_to_end,
     replay,
 )
-from qflare.protocol import Decoder, seal, topics
+from qflare.protocol import Decoder, seal
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.envelope import new_message_id
@@ -56,7 +56,7 @@ async def send_command(
     registry did not confirm in time: the command stays queued in Kafka and is
     applied when the registry runs.
     """
-    t = topics(kafka.topic_prefix)
+    t = kafka.topics
     await prepare_topics(kafka, t)
     msg_id = new_message_id(now_ms())
     watcher = _AuditWatcher(kafka, t.audit, keys_dir) if confirm_s > 0 else None
@@ -65,7 +65,9 @@ async def send_command(
     producer = make_producer(kafka)
     await producer.start()
     try:
-        record = seal(command, operator.signer, sender=operator.name, msg_id=msg_id)
+        record = seal(
+            command, operator.signer, t.registry_control.channel, sender=operator.name, msg_id=msg_id
+        )
         await producer.send_and_wait(t.registry_control.name, record, key=command.command.encode())
     finally:
         await producer.stop()
@@ -83,7 +85,12 @@ class _AuditWatcher:
     def __init__(self, kafka: KafkaSettings, topic: TopicSpec, keys_dir: Path) -> None:
         self.kafka = kafka
         self.parts = partitions(topic)
-        self.decoder = Decoder(TrustedKeys(keys_dir), allowed_types={"audit_event"}, max_age_ms=None)
+        self.decoder = Decoder(
+            TrustedKeys(keys_dir),
+            deployment=kafka.deployment_id,
+            allowed_types={"audit_event"},
+            max_age_ms=None,
+        )
 
     async def start(self) -> None:
         self.consumer = make_consumer(self.kafka, group_id=None)
@@ -102,7 +109,7 @@ class _AuditWatcher:
                     if record.value is None:
                         continue
                     try:
-                        body = self.decoder.decode(record.value).body
+                        body = self.decoder.decode(record.value, record.topic).body
                     except ProtocolError:
                         continue  # not ours to judge here; the audit service records rejections
                     if isinstance(body, AuditEvent) and body.ref_id == ref_id and body.source == "registry":
@@ -148,15 +155,20 @@ class FleetView:
 
 async def read_fleet(kafka: KafkaSettings, keys_dir: Path, *, timeout_s: float = 10.0) -> FleetView:
     """The registry's published state: every device record and its latest health."""
-    t = topics(kafka.topic_prefix)
-    decoder = Decoder(trusted_ring(keys_dir), allowed_types={"device", "device_health"}, max_age_ms=None)
+    t = kafka.topics
+    decoder = Decoder(
+        trusted_ring(keys_dir),
+        deployment=kafka.deployment_id,
+        allowed_types={"device", "device_health"},
+        max_age_ms=None,
+    )
     view = FleetView({}, {}, 0)
     async with replay(kafka, t.devices, t.health) as consumer:
         async for record in read_to_end(consumer, max_records=5000, timeout_s=timeout_s):
             if record.value is None:
                 continue
             try:
-                body = decoder.decode(record.value).body
+                body = decoder.decode(record.value, record.topic).body
             except ProtocolError:
                 view.rejected += 1
                 continue

@@ -30,7 +30,7 @@ from qflare.errors import ProtocolError, QflareError, StackError
 from qflare.fl import JobSpec
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, trusted_ring
 from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
-from qflare.protocol import Decoder, seal, topics
+from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
 from qflare.supervisor import Supervisor
@@ -123,7 +123,7 @@ class Run:
         self.run_id = uuid.uuid4().hex[:6]
         # Each demo run uses its own topics, so a rerun never mixes with an earlier job.
         self.kafka = KafkaSettings(topic_prefix=f"demo-{self.run_id}.")
-        self.topics = topics(self.kafka.topic_prefix)
+        self.topics = self.kafka.topics
         self.devices, self.processes, self.seed, self.job, self.as_json = (
             devices,
             processes,
@@ -194,7 +194,7 @@ class Run:
         try:
             await producer.send_and_wait(
                 self.topics.jobs.name,
-                seal(command, ident.signer, sender=ident.name),
+                seal(command, ident.signer, self.topics.jobs.channel, sender=ident.name),
                 key=command.job_id.encode(),
             )
         finally:
@@ -202,7 +202,12 @@ class Run:
         console.print(f"job job-{self.run_id} started: {json.dumps(self.job.to_wire())}")
 
     async def _follow(self, began: float) -> list[RoundComplete]:
-        decoder = Decoder(TrustedKeys(KEYS_DIR), allowed_types={"round_complete"}, max_age_ms=None)
+        decoder = Decoder(
+            TrustedKeys(KEYS_DIR),
+            deployment=self.kafka.deployment_id,
+            allowed_types={"round_complete"},
+            max_age_ms=None,
+        )
         consumer = make_consumer(self.kafka, group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         await assign_from_start(consumer, self.topics.rounds_complete)
@@ -226,7 +231,7 @@ class Run:
                     self._check_processes()
                     for records in (await consumer.getmany(timeout_ms=500)).values():
                         for record in records:
-                            rc = self._round(decoder, record.value)
+                            rc = self._round(decoder, record.value, record.topic)
                             # A restarted aggregator may publish a round again from its outbox.
                             if rc is None or any(_same(rc, seen) for seen in done):
                                 continue
@@ -251,11 +256,11 @@ class Run:
         if self.fleet is not None:
             self.fleet.check()
 
-    def _round(self, decoder: Decoder, value: bytes | None) -> RoundComplete | None:
+    def _round(self, decoder: Decoder, value: bytes | None, topic: str) -> RoundComplete | None:
         if value is None:
             return None
         try:
-            msg = decoder.decode(value)
+            msg = decoder.decode(value, topic)
         except ProtocolError:
             return None
         body = msg.body

@@ -23,7 +23,7 @@ from qflare.fl import STRATEGIES, FedProxParams, JobSpec
 from qflare.fl.job import BUILTIN
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics, read_to_end, replay
-from qflare.protocol import Decoder, seal, topics
+from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete, RoundTask
 from qflare_cli.keys import KEYS_DIR as KEYS
@@ -36,13 +36,15 @@ console = Console()
 
 async def _send(kafka: KafkaSettings, keys_dir: Path, command: JobCommand) -> None:
     ident = operator.operator_identity(keys_dir)
-    t = topics(kafka.topic_prefix)
+    t = kafka.topics
     await prepare_topics(kafka, t)
     producer = make_producer(kafka)
     await producer.start()
     try:
         await producer.send_and_wait(
-            t.jobs.name, seal(command, ident.signer, sender=ident.name), key=command.job_id.encode()
+            t.jobs.name,
+            seal(command, ident.signer, t.jobs.channel, sender=ident.name),
+            key=command.job_id.encode(),
         )
     finally:
         await producer.stop()
@@ -159,14 +161,19 @@ def status(job_id: str, keys_dir: Path = KEYS, as_json: bool = typer.Option(Fals
 async def _history(
     kafka: KafkaSettings, keys_dir: Path, job_id: str
 ) -> tuple[dict[int, RoundTask], dict[int, RoundComplete]]:
-    t = topics(kafka.topic_prefix)
-    decoder = Decoder(TrustedKeys(keys_dir), allowed_types={"round_task", "round_complete"}, max_age_ms=None)
+    t = kafka.topics
+    decoder = Decoder(
+        TrustedKeys(keys_dir),
+        deployment=kafka.deployment_id,
+        allowed_types={"round_task", "round_complete"},
+        max_age_ms=None,
+    )
     opened: dict[int, RoundTask] = {}
     completed: dict[int, RoundComplete] = {}
     async with replay(kafka, t.rounds, t.rounds_complete) as consumer:
         async for record in read_to_end(consumer):
             try:
-                body = decoder.decode(record.value).body if record.value else None
+                body = decoder.decode(record.value, record.topic).body if record.value else None
             except ProtocolError:
                 continue
             if isinstance(body, RoundTask) and body.job_id == job_id:

@@ -16,7 +16,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from qflare.errors import ProtocolError, UnknownKeyError
 from qflare.fl import StrategyParams
 from qflare.kafka import KafkaSettings, make_consumer
-from qflare.protocol import Decoder, KeyRing, Reassembler, topics
+from qflare.protocol import Decoder, KeyRing, Reassembler
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
 from qflare.protocol.training import ModelUpdate
@@ -31,11 +31,21 @@ class DeviceReports:
         self.kafka, self.job_id = kafka, job_id
         #: The update metrics to show: the strategy's parameters, as devices echo them.
         self.shown = shown
-        self.topics = topics(kafka.topic_prefix)
-        self.registry = Decoder(trusted, allowed_types={"device"}, max_age_ms=None, limits=kafka.limits)
+        self.topics = kafka.topics
+        self.registry = Decoder(
+            trusted,
+            deployment=kafka.deployment_id,
+            allowed_types={"device"},
+            max_age_ms=None,
+            limits=kafka.limits,
+        )
         self.keys = KeyRing()
         self.decoder = Decoder(
-            self.keys, allowed_types={"model_update", "model_chunk"}, max_age_ms=None, limits=kafka.limits
+            self.keys,
+            deployment=kafka.deployment_id,
+            allowed_types={"model_update", "model_chunk"},
+            max_age_ms=None,
+            limits=kafka.limits,
         )
         self.reassembler = Reassembler(self.decoder)
         #: round -> device id -> the metrics its update carried
@@ -90,7 +100,7 @@ class DeviceReports:
 
     def _device(self, record: ConsumerRecord[Any, Any]) -> None:
         try:
-            msg = self.registry.decode(record.value) if record.value is not None else None
+            msg = self.registry.decode(record.value, record.topic) if record.value is not None else None
         except ProtocolError:
             return
         if msg is None or msg.header.sender != REGISTRY:
@@ -100,7 +110,8 @@ class DeviceReports:
 
     def _update(self, value: bytes) -> None:
         try:
-            msg = self.reassembler.feed(self.decoder.decode(value))
+            # Only update records are held here (``poll`` routes the device topic apart).
+            msg = self.reassembler.feed(self.decoder.decode(value, self.topics.updates.name))
         except UnknownKeyError:
             self._waiting.append(value)
             return

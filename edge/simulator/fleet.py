@@ -131,6 +131,7 @@ def start_fleet(
             str(state_dir),
             kafka.bootstrap,
             kafka.topic_prefix,
+            kafka.deployment_id,
             heartbeat_s,
             seed * 1000 + w,
             keys_dir=str(keys_dir),

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer
 
 from qflare.errors import ProtocolError
 from qflare.kafka import KafkaSettings, assign_from_start, make_admin, make_consumer, partitions
-from qflare.protocol import Decoder, KeyRing, topics
+from qflare.protocol import Decoder, KeyRing
 from qflare.protocol.devices import Device, DeviceHealth
 
 
@@ -24,10 +24,15 @@ class FleetObserver:
         self, kafka: KafkaSettings, registry_keys: KeyRing, *, device_prefix: str, registry_group: str
     ):
         self.kafka = kafka
-        self.topics = topics(kafka.topic_prefix)
+        self.topics = kafka.topics
         self.prefix = device_prefix
         self.group = registry_group
-        self.decoder = Decoder(registry_keys, allowed_types={"device", "device_health"}, max_age_ms=None)
+        self.decoder = Decoder(
+            registry_keys,
+            deployment=kafka.deployment_id,
+            allowed_types={"device", "device_health"},
+            max_age_ms=None,
+        )
         self.status: dict[str, str] = {}
         self.health: dict[str, str] = {}
         self.rejected = 0
@@ -53,13 +58,13 @@ class FleetObserver:
         batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
         for records in batches.values():
             for record in records:
-                self._apply(record.value)
+                self._apply(record.value, record.topic)
 
-    def _apply(self, value: bytes | None) -> None:
+    def _apply(self, value: bytes | None, topic: str) -> None:
         if value is None:
             return
         try:
-            body = self.decoder.decode(value).body
+            body = self.decoder.decode(value, topic).body
         except ProtocolError:
             self.rejected += 1
             return

@@ -26,7 +26,6 @@ from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer
-from qflare.protocol import topics
 from qflare.telemetry import configure_logging
 
 log = structlog.get_logger("qflare.edge.simulator")
@@ -39,6 +38,8 @@ class WorkerSpec:
     state_dir: str
     bootstrap: str
     topic_prefix: str
+    #: Bound into every signature (``QFLARE_KAFKA_DEPLOYMENT_ID``).
+    deployment_id: str
     heartbeat_interval_s: float
     seed: int
     keys_dir: str = str(DEFAULT_KEYS_DIR)
@@ -70,8 +71,10 @@ def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> Non
 
 
 async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
-    kafka = KafkaSettings(bootstrap=spec.bootstrap, topic_prefix=spec.topic_prefix)
-    tset = topics(spec.topic_prefix)
+    kafka = KafkaSettings(
+        bootstrap=spec.bootstrap, topic_prefix=spec.topic_prefix, deployment_id=spec.deployment_id
+    )
+    tset = kafka.topics
     state = Path(spec.state_dir)
     spool = Spool(state / f"worker-{spec.index}.spool")
     link = Link(spool, lambda: make_producer(kafka, request_timeout_ms=10_000, linger_ms=20))
@@ -184,7 +187,7 @@ async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka
             val_images=data.train_images[val],
             val_labels=data.train_labels[val],
         )
-    follower = RoundFollower(kafka, topics(kafka.topic_prefix), TrustedKeys(Path(spec.keys_dir)))
+    follower = RoundFollower(kafka, kafka.topics, TrustedKeys(Path(spec.keys_dir)))
     reader = asyncio.create_task(follower.run())
     done: set[tuple[str, int]] = set()
     try:

@@ -2,19 +2,21 @@
 
 Sending::
 
-    record = seal(body, signer, sender="dev-1", round=3)          # one record
-    records = seal_chunked(update, signer, sender="dev-1", round=3) # one or more
+    spec = topics(prefix, deployment="prod-eu").updates
+    record = seal(body, signer, spec.channel, sender="dev-1", round=3)          # one record
+    records = seal_chunked(update, signer, spec.channel, sender="dev-1", round=3) # one or more
 
 Receiving::
 
-    decoder = Decoder(key_ring, allowed_types=spec.types, max_age_ms=spec.max_age_ms)
+    decoder = Decoder(key_ring, deployment="prod-eu", allowed_types=spec.types, max_age_ms=spec.max_age_ms)
     reassembler = Reassembler(decoder)
-    message = reassembler.feed(decoder.decode(record.value))       # None until complete
+    message = reassembler.feed(decoder.decode(record.value, record.topic))  # None until complete
 
 Typed bodies live in ``devices``, ``training``, ``control`` and ``messages``.
 """
 
 from qflare.protocol.body import Body
+from qflare.protocol.channel import Channel
 from qflare.protocol.chunks import Reassembler, seal_chunked
 from qflare.protocol.decoder import Decoder, KeyRing, Message
 from qflare.protocol.envelope import seal
@@ -24,6 +26,7 @@ from qflare.protocol.topics import TopicSpec, topics
 
 __all__ = [
     "Body",
+    "Channel",
     "Decoder",
     "KeyRing",
     "Limits",

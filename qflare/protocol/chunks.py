@@ -23,6 +23,7 @@ from qflare.crypto.base import Signer
 from qflare.errors import ChunkError, ChunkTimeoutError, LimitError, ProtocolError, SchemaError
 from qflare.protocol import wire
 from qflare.protocol.body import Body
+from qflare.protocol.channel import Channel
 from qflare.protocol.decoder import Decoder, Message
 from qflare.protocol.envelope import Chunk, Header, new_message_id, seal_parts
 from qflare.protocol.limits import DEFAULT_LIMITS, MIB, Limits
@@ -35,6 +36,7 @@ _CHUNK_FRAMING = 1024
 def seal_chunked(
     body: Body,
     signer: Signer,
+    channel: Channel,
     *,
     sender: str,
     round: int | None = None,
@@ -56,7 +58,7 @@ def seal_chunked(
         raise LimitError(f"chunk size must be in 1..{largest}", field="chunk_bytes")
     ts = now_ms() if ts_ms is None else ts_ms
     if size <= slice_bytes:
-        return [seal_parts(body.TYPE, parts, signer, sender=sender, round=round, ts_ms=ts)]
+        return [seal_parts(body.TYPE, parts, signer, channel, sender=sender, round=round, ts_ms=ts)]
     if size > limits.max_message_bytes:
         raise LimitError(f"body of {size} bytes exceeds {limits.max_message_bytes}", field="body")
     count = -(-size // slice_bytes)
@@ -74,6 +76,7 @@ def seal_chunked(
                 ModelChunk.TYPE,
                 wire.pack_parts(piece.to_body()),
                 signer,
+                channel,
                 sender=sender,
                 round=round,
                 ts_ms=ts,
@@ -88,6 +91,8 @@ class _Stream:
     #: The header of chunk 0 once it is in (until then the first chunk received).
     first: Header
     body: ModelChunk
+    #: Where the stream's chunks were read from; every chunk must come from there.
+    channel: Channel
     count: int
     buffer: bytearray
     last_ms: int
@@ -173,7 +178,7 @@ class Reassembler:
             raise LimitError(
                 f"{body.size} more bytes would exceed {self.max_bytes_in_flight} in flight", field="body.size"
             )
-        stream = _Stream(msg.header, body, count, bytearray(body.size), self.clock())
+        stream = _Stream(msg.header, body, msg.channel, count, bytearray(body.size), self.clock())
         self._streams[key] = stream
         self.bytes_in_flight += body.size
         return stream
@@ -192,6 +197,7 @@ class Reassembler:
         first, ref = stream.first, stream.body
         for name, mine, theirs in (
             ("chunk.count", stream.count, chunk.count),
+            ("channel", stream.channel, msg.channel),
             ("key_id", first.key_id, msg.header.key_id),
             ("round", first.round, msg.header.round),
             ("body.inner_type", ref.inner_type, body.inner_type),
@@ -247,4 +253,4 @@ class Reassembler:
             chunk=None,
             sig_alg=first.sig_alg,
         )
-        return self.decoder.accept(header, memoryview(stream.buffer))
+        return self.decoder.accept(header, memoryview(stream.buffer), stream.channel)

@@ -31,6 +31,7 @@ from qflare.errors import (
 )
 from qflare.protocol import wire
 from qflare.protocol.body import Body
+from qflare.protocol.channel import Channel, check_deployment
 from qflare.protocol.envelope import Header, parse_envelope
 from qflare.protocol.limits import DEFAULT_LIMITS, Limits
 from qflare.protocol.messages import BODY_TYPES
@@ -109,6 +110,8 @@ class Message:
 
     header: Header
     body: Body
+    #: The deployment and topic the signature was verified for.
+    channel: Channel
 
 
 class Decoder:
@@ -117,12 +120,16 @@ class Decoder:
     ``max_age_ms=None`` disables the age check: use it for compacted topics,
     which are read from the beginning and legitimately hold old records, and
     for consumers that re-read a backlog after a restart.
+
+    ``deployment`` is this receiver's deployment id; with the topic each record
+    was read from it is the channel every signature must have been made for.
     """
 
     def __init__(
         self,
         keys: KeyLookup,
         *,
+        deployment: str,
         limits: Limits = DEFAULT_LIMITS,
         max_age_ms: int | None = 10 * 60_000,
         max_skew_ms: int = 60_000,
@@ -134,6 +141,7 @@ class Decoder:
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.keys = keys
+        self.deployment = check_deployment(deployment)
         self.limits = limits
         self.max_age_ms = max_age_ms
         self.max_skew_ms = max_skew_ms
@@ -147,14 +155,16 @@ class Decoder:
         self.clock = clock
         self.rejected: Counter[str] = Counter()
 
-    def decode(self, record: bytes | bytearray | memoryview) -> Message:
+    def decode(self, record: bytes | bytearray | memoryview, topic: str) -> Message:
+        """Verify and decode ``record``, read from ``topic`` (the full name, prefix included)."""
+        channel = Channel(self.deployment, topic)
         try:
-            return self._decode(record)
+            return self._decode(record, channel)
         except ProtocolError as exc:
             self.rejected[exc.reason] += 1
             raise
 
-    def _decode(self, record: bytes | bytearray | memoryview) -> Message:
+    def _decode(self, record: bytes | bytearray | memoryview, channel: Channel) -> Message:
         if len(record) > self.limits.max_record_bytes:
             raise LimitError(
                 f"record of {len(record)} bytes exceeds {self.limits.max_record_bytes}", field="$"
@@ -190,15 +200,20 @@ class Decoder:
         if known.alg != head.sig_alg:
             raise SignatureError(f"key is {known.alg}, message says {head.sig_alg}", field="sig_alg")
         try:
-            valid = self.verifier.verify(known.public_key, head.signing_bytes(), env.sig)
+            valid = self.verifier.verify(known.public_key, head.signing_bytes(channel), env.sig)
         except KeyFormatError as exc:
             raise SignatureError(f"unusable public key: {exc}", field="key_id") from exc
         if not valid:
-            raise SignatureError("signature does not verify", field="sig")
+            # A record copied from another topic or deployment lands here too: the
+            # channel is signed, not sent, so it cannot be told apart from a bad signature.
+            raise SignatureError(
+                f"signature does not verify for deployment {channel.deployment!r}, topic {channel.topic!r}",
+                field="sig",
+            )
         if early_body is None:
             self._check_digest(head, env.body)
         self._check_fresh(head)
-        return self.accept(head, env.body, body=early_body)
+        return self.accept(head, env.body, channel, body=early_body)
 
     def _check_digest(self, head: Header, body: memoryview) -> None:
         if not hmac.compare_digest(hashlib.sha256(body).digest(), head.body_digest):
@@ -227,7 +242,12 @@ class Decoder:
         return body
 
     def accept(
-        self, head: Header, raw: memoryview | bytes | bytearray, *, body: Body | None = None
+        self,
+        head: Header,
+        raw: memoryview | bytes | bytearray,
+        channel: Channel,
+        *,
+        body: Body | None = None,
     ) -> Message:
         """De-duplicate on (sender, id), decode the body, and remember the id.
 
@@ -244,7 +264,7 @@ class Decoder:
         # Remembered only once fully accepted, so a rejected message cannot
         # block a later valid copy of itself.
         self.replay.add(key, self.clock())
-        return Message(head, decoded)
+        return Message(head, decoded, channel)
 
     def count(self, exc: ProtocolError) -> None:
         """Count a rejection raised outside ``decode`` (e.g. by the reassembler)."""

@@ -1,8 +1,10 @@
 """The envelope: build and sign one (``seal``), or parse one strictly (``parse_envelope``).
 
 Wire form: a msgpack map of exactly 12 entries. The signature covers
-``signing_bytes(header)``: a msgpack array of the domain string and the ten
-header fields in fixed order, each in its shortest msgpack form. The body is
+``header.signing_bytes(channel)``: a msgpack array of the domain string, the
+version, the channel (deployment id and topic name, known to both ends but
+never sent) and the other nine header fields in fixed order, each in its
+shortest msgpack form. The body is
 bound only through ``body_digest`` = SHA-256(body), so verifying the header
 never needs the (possibly megabytes-long) body in the same buffer.
 docs/protocol.md gives the byte layout.
@@ -21,9 +23,11 @@ from qflare.crypto.base import KEY_ID_BYTES, ML_DSA_65, MLDSA65_SIGNATURE_BYTES,
 from qflare.errors import LimitError, SchemaError, VersionError
 from qflare.protocol import wire
 from qflare.protocol.body import ID_PATTERN, Body
+from qflare.protocol.channel import Channel
 from qflare.protocol.limits import DEFAULT_LIMITS, Limits
 
-PROTOCOL_VERSION = 1
+#: Version 2 binds the deployment id and topic into the signature (version 1 bound neither).
+PROTOCOL_VERSION = 2
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 #: First element of the signed array: a signature over an envelope can never be
 #: mistaken for a signature over anything else this key signs.
@@ -75,12 +79,15 @@ class Header:
     chunk: Chunk | None
     sig_alg: str
 
-    def signing_bytes(self) -> bytes:
+    def signing_bytes(self, channel: Channel) -> bytes:
+        """What the signature covers: the header fields, bound to ``channel``."""
         chunk = None if self.chunk is None else [self.chunk.stream, self.chunk.index, self.chunk.count]
         return wire.pack(
             [
                 SIGNING_DOMAIN,
                 self.v,
+                channel.deployment,
+                channel.topic,
                 self.type,
                 self.id,
                 self.sender,
@@ -154,6 +161,7 @@ def seal_parts(
     type_: str,
     body: Sequence[wire.Buffer],
     signer: Signer,
+    channel: Channel,
     *,
     sender: str,
     round: int | None = None,
@@ -161,7 +169,7 @@ def seal_parts(
     msg_id: bytes | None = None,
     chunk: Chunk | None = None,
 ) -> bytes:
-    """Sign and frame an already-encoded body (as buffer parts)."""
+    """Sign and frame an already-encoded body (as buffer parts) for ``channel``."""
     digest = hashlib.sha256()
     for part in body:
         digest.update(part)
@@ -178,12 +186,13 @@ def seal_parts(
         chunk=chunk,
         sig_alg=signer.alg,
     )
-    return encode_envelope(header, body, signer.sign(header.signing_bytes()))
+    return encode_envelope(header, body, signer.sign(header.signing_bytes(channel)))
 
 
 def seal(
     body: Body,
     signer: Signer,
+    channel: Channel,
     *,
     sender: str,
     round: int | None = None,
@@ -191,14 +200,16 @@ def seal(
     msg_id: bytes | None = None,
     limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
-    """Encode ``body`` and sign it into one record; ``LimitError`` if it needs chunking."""
+    """Encode ``body`` and sign it into one record for ``channel``; ``LimitError`` if it needs chunking."""
     parts = wire.pack_parts(body.to_body())
     size = sum(len(p) for p in parts)
     if size > limits.chunk_body_bytes:
         raise LimitError(
             f"body of {size} bytes exceeds {limits.chunk_body_bytes}; use seal_chunked", field="body"
         )
-    return seal_parts(body.TYPE, parts, signer, sender=sender, round=round, ts_ms=ts_ms, msg_id=msg_id)
+    return seal_parts(
+        body.TYPE, parts, signer, channel, sender=sender, round=round, ts_ms=ts_ms, msg_id=msg_id
+    )
 
 
 def _limits(limits: Limits) -> wire.WireLimits:

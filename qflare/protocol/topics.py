@@ -1,8 +1,9 @@
 """Every Kafka topic, its key, partitions, retention, compaction and allowed message types.
 
 This is the single list: services, ``ensure_topics`` and docs/asyncapi.yaml all
-follow it. ``topics(prefix)`` renames every topic at once so tests and parallel
-stacks can run against one broker without sharing topics.
+follow it. ``topics(prefix, deployment=...)`` renames every topic at once so
+tests and parallel stacks can run against one broker without sharing topics,
+and gives each spec the ``Channel`` its records are signed for.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 
 from qflare.errors import ConfigError
+from qflare.protocol.channel import DEFAULT_DEPLOYMENT, Channel, check_deployment
 from qflare.protocol.limits import DEFAULT_LIMITS, Limits
 
 _MINUTE = 60_000
@@ -33,6 +35,13 @@ class TopicSpec:
     #: (compacted topics are replayed from the start; histories are re-read).
     max_age_ms: int | None
     description: str
+    #: The deployment id every record of this topic is signed for.
+    deployment: str = DEFAULT_DEPLOYMENT
+
+    @property
+    def channel(self) -> Channel:
+        """What a record produced to this topic is signed for: pass it to ``seal``."""
+        return Channel(self.deployment, self.name)
 
     def configs(self, limits: Limits = DEFAULT_LIMITS) -> dict[str, str]:
         """Topic-level Kafka configs for creation."""
@@ -94,8 +103,9 @@ class Topics:
         raise ConfigError(f"no topic named {name!r}", field="topic")
 
 
-def topics(prefix: str = "") -> Topics:
-    """The topic set, each name prefixed with ``prefix`` (e.g. ``"test-1a2b."``)."""
+def topics(prefix: str = "", *, deployment: str) -> Topics:
+    """The topic set of ``deployment``, each name prefixed with ``prefix`` (e.g. ``"test-1a2b."``)."""
+    check_deployment(deployment)
     base = Topics(
         enrollments=_spec(
             "qflare.device.enrollments",
@@ -216,6 +226,4 @@ def topics(prefix: str = "") -> Topics:
             "authorise a key rotation. Signed with operator keys the registry trusts.",
         ),
     )
-    if not prefix:
-        return base
-    return Topics(*(replace(spec, name=prefix + spec.name) for spec in base))
+    return Topics(*(replace(spec, name=prefix + spec.name, deployment=deployment) for spec in base))

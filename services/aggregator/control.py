@@ -60,7 +60,11 @@ class Control:
         trusted = TrustedKeys(cfg.keys_dir)
         self.decoders = {
             spec.name: Decoder(
-                trusted, allowed_types=spec.types, max_age_ms=spec.max_age_ms, limits=kafka.limits
+                trusted,
+                deployment=spec.deployment,
+                allowed_types=spec.types,
+                max_age_ms=spec.max_age_ms,
+                limits=kafka.limits,
             )
             for spec in (topics.devices, topics.jobs, topics.rounds)
         }
@@ -105,7 +109,7 @@ class Control:
                 self.keys.forget(record.key.decode(errors="replace"))
             return
         try:
-            msg = self.decoders[record.topic].decode(record.value)
+            msg = self.decoders[record.topic].decode(record.value, record.topic)
             self._authorised(msg, self.cfg.device_senders)
             assert isinstance(msg.body, Device)
             self.keys.apply(msg.body)
@@ -126,7 +130,7 @@ class Control:
         try:
             if record.value is None:
                 raise Rejected(Reason.SCHEMA, "record has no value", field="$")
-            msg = self.decoders[record.topic].decode(record.value)
+            msg = self.decoders[record.topic].decode(record.value, record.topic)
         except (ProtocolError, Rejected) as exc:
             msg = exc
         if isinstance(msg, Message) and isinstance(msg.body, RoundTask):

@@ -42,6 +42,7 @@ class Intake:
         # re-reads the backlog); the round, version and de-duplication checks refuse replays.
         self.decoder = Decoder(
             keys,
+            deployment=spec.deployment,
             allowed_types=spec.types,
             max_age_ms=None,
             limits=limits,
@@ -64,7 +65,7 @@ class Intake:
         if cursor.handled_before(record.offset) and not self._reopens(record.value, cursor):
             return None
         metrics.BYTES_IN.labels(SERVICE).inc(size)
-        msg = self._decode(record.value)
+        msg = self._decode(record.value, record.topic)
         chunk = msg.header.chunk
         if chunk is not None:
             key = (msg.header.sender, chunk.stream)
@@ -108,9 +109,9 @@ class Intake:
             self._finished.popitem(last=False)
         return self._stream_bytes.pop(key, 0)
 
-    def _decode(self, value: bytes) -> Message:
+    def _decode(self, value: bytes, topic: str) -> Message:
         try:
-            return self.decoder.decode(value)
+            return self.decoder.decode(value, topic)
         except UnknownKeyError as exc:
             device = self.keys.retired_owner(exc.key_id)
             if device is not None:

@@ -53,13 +53,24 @@ class Publisher:
         """
         body = model.body
         records = seal_chunked(
-            body, self.identity.signer, sender=self.identity.name, round=body.round, limits=self.limits
+            body,
+            self.identity.signer,
+            self.topics.models.channel,
+            sender=self.identity.name,
+            round=body.round,
+            limits=self.limits,
         )
         for index, record in enumerate(records):
             await self.store.outbox.queue(self.topics.models.name, f"{body.job_id}:{index}".encode(), record)
 
     async def queue_round_complete(self, done: RoundComplete) -> None:
-        record = seal(done, self.identity.signer, sender=self.identity.name, round=done.round)
+        record = seal(
+            done,
+            self.identity.signer,
+            self.topics.rounds_complete.channel,
+            sender=self.identity.name,
+            round=done.round,
+        )
         await self.store.outbox.queue(self.topics.rounds_complete.name, done.job_id.encode(), record)
 
     async def queue_audit(
@@ -81,7 +92,7 @@ class Publisher:
             ref_id=ref_id,
             detail=detail or {},
         )
-        record = seal(body, self.identity.signer, sender=self.identity.name)
+        record = seal(body, self.identity.signer, self.topics.audit.channel, sender=self.identity.name)
         await self.store.outbox.queue(self.topics.audit.name, SERVICE.encode(), record)
 
     async def queue_update_accepted(self, msg: Message) -> None:

@@ -29,7 +29,7 @@ from qflare.fl import FixedPoint, JobSpec, Update
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
 from qflare.keys import DeviceKeys
-from qflare.protocol import Message, topics
+from qflare.protocol import Message
 from qflare.protocol.training import ModelUpdate
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
@@ -53,7 +53,7 @@ class AggregatorService(BatchLoop):
         super().__init__()
         self.cfg = cfg or AggregatorSettings()
         self.kafka = kafka or KafkaSettings()
-        self.topics = topics(self.kafka.topic_prefix)
+        self.topics = self.kafka.topics
         self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
         self.keys = DeviceKeys()
         self.jobs: dict[str, Job] = {}

@@ -29,7 +29,7 @@ from qflare.kafka import (
     read_to_end,
 )
 from qflare.keys import AnyKey, DeviceKeys
-from qflare.protocol import Decoder, topics
+from qflare.protocol import Decoder
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
 from qflare.protocol.topics import TopicSpec
@@ -52,7 +52,7 @@ class AuditService(BatchLoop):
         self.cfg = cfg or AuditSettings()
         self.kafka = kafka or KafkaSettings()
         self.stream = self.kafka.topic_prefix
-        self.topics = topics(self.stream)
+        self.topics = self.kafka.topics
         self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
         self.devices = DeviceKeys()
         trusted = TrustedKeys(self.cfg.keys_dir)
@@ -74,6 +74,7 @@ class AuditService(BatchLoop):
             lookup: KeyLookup = AnyKey(trusted, self.devices) if spec is t.enrollments else trusted
             self.decoders[spec.name] = Decoder(
                 lookup,
+                deployment=spec.deployment,
                 allowed_types=spec.types,
                 max_age_ms=None,  # a restart re-reads a backlog: its age must not change the verdict
                 limits=self.kafka.limits,
@@ -193,7 +194,7 @@ class AuditService(BatchLoop):
         try:
             if record.value is None:
                 raise SchemaError("record has no value", field="$")
-            msg = self.decoders[record.topic].decode(record.value)
+            msg = self.decoders[record.topic].decode(record.value, record.topic)
         except ReplayError:
             metrics.REPLAYS.labels(record.topic).inc()
             return None

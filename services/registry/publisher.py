@@ -19,7 +19,7 @@ from qflare.identity import Identity
 from qflare.protocol import Message, seal
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.devices import Device, DeviceHealth
-from qflare.protocol.topics import Topics
+from qflare.protocol.topics import Topics, TopicSpec
 from services.registry.store import DeviceRow, RegistryStore
 
 log = structlog.get_logger("qflare.registry")
@@ -39,8 +39,8 @@ class Publisher:
             SERVICE, (t.name for t in (topics.enrollments, topics.heartbeats, topics.registry_control))
         )
 
-    def seal(self, body: AuditEvent | Device | DeviceHealth) -> bytes:
-        return seal(body, self.identity.signer, sender=self.identity.name)
+    def seal(self, body: AuditEvent | Device | DeviceHealth, spec: TopicSpec) -> bytes:
+        return seal(body, self.identity.signer, spec.channel, sender=self.identity.name)
 
     async def queue_device(self, row: DeviceRow) -> None:
         record = Device(
@@ -51,7 +51,9 @@ class Publisher:
             updated_ms=row.updated_ms,
             labels=row.labels,
         )
-        await self.store.outbox.queue(self.topics.devices.name, row.device_id.encode(), self.seal(record))
+        await self.store.outbox.queue(
+            self.topics.devices.name, row.device_id.encode(), self.seal(record, self.topics.devices)
+        )
 
     async def queue_audit(
         self,
@@ -70,7 +72,9 @@ class Publisher:
             subject=subject,
             ref_id=ref.header.id if ref else None,
         )
-        await self.store.outbox.queue(self.topics.audit.name, SERVICE.encode(), self.seal(body))
+        await self.store.outbox.queue(
+            self.topics.audit.name, SERVICE.encode(), self.seal(body, self.topics.audit)
+        )
 
     async def flush_outbox(self) -> None:
         # Untraced, as heartbeats are: one trace per device record would swamp the traces of rounds.
@@ -88,7 +92,7 @@ class Publisher:
     async def health(self, event: DeviceHealth) -> None:
         # Awaited here (not via settle): the sweep task must not wait on the loop's sends.
         await self.producer.send_and_wait(
-            self.topics.health.name, self.seal(event), key=event.device_id.encode()
+            self.topics.health.name, self.seal(event, self.topics.health), key=event.device_id.encode()
         )
 
     async def reject(self, record: ConsumerRecord[Any, Any], exc: QflareError) -> None:
@@ -119,4 +123,4 @@ class Publisher:
                 **exc.detail,
             },
         )
-        await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body))
+        await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body, self.topics.audit))

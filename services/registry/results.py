@@ -48,11 +48,14 @@ class Results:
         self.store = store
         self.identity = identity
         self.topic = topics.enrollment_results.name
+        self.channel = topics.enrollment_results.channel
         self.enrollments = topics.enrollments.name
 
     def _record(self, head: Header, result: EnrollmentResult) -> tuple[bytes, bytes]:
         # Addressed to the sender: for every enrolment that can be accepted it is the device id.
-        return head.sender.encode(), seal(result, self.identity.signer, sender=self.identity.name)
+        return head.sender.encode(), seal(
+            result, self.identity.signer, self.channel, sender=self.identity.name
+        )
 
     async def accepted(self, msg: Message, row: DeviceRow, outcome: str) -> None:
         """Queue the accepted result; call inside the transaction that applied the enrolment."""

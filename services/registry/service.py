@@ -24,7 +24,7 @@ from qflare.errors import ProtocolError, Rejected, UnknownKeyError, is_transient
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, prepare_topics
 from qflare.keys import DeviceKeys
-from qflare.protocol import Decoder, Message, topics
+from qflare.protocol import Decoder, Message
 from qflare.protocol.control import RegistryCommand
 from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, Heartbeat
 from qflare.reasons import Reason
@@ -44,7 +44,7 @@ class RegistryService(BatchLoop):
         super().__init__()
         self.cfg = cfg or RegistrySettings()
         self.kafka = kafka or KafkaSettings()
-        self.topics = topics(self.kafka.topic_prefix)
+        self.topics = self.kafka.topics
         self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
         self.device_keys = DeviceKeys()
         self.handled = 0
@@ -71,15 +71,22 @@ class RegistryService(BatchLoop):
         self.decoders = {
             t.enrollments.name: Decoder(
                 self.device_keys,
+                deployment=self.kafka.deployment_id,
                 allowed_types=t.enrollments.types,
                 self_signed={"enrollment"},
                 max_age_ms=t.enrollments.max_age_ms,
             ),
             t.heartbeats.name: Decoder(
-                self.device_keys, allowed_types=t.heartbeats.types, max_age_ms=t.heartbeats.max_age_ms
+                self.device_keys,
+                deployment=self.kafka.deployment_id,
+                allowed_types=t.heartbeats.types,
+                max_age_ms=t.heartbeats.max_age_ms,
             ),
             t.registry_control.name: Decoder(
-                operators, allowed_types=t.registry_control.types, max_age_ms=t.registry_control.max_age_ms
+                operators,
+                deployment=self.kafka.deployment_id,
+                allowed_types=t.registry_control.types,
+                max_age_ms=t.registry_control.max_age_ms,
             ),
         }
         self.producer = await self._started(make_producer(self.kafka))
@@ -141,7 +148,7 @@ class RegistryService(BatchLoop):
         if record.value is None:
             raise Rejected(Reason.SCHEMA, "record has no value", field="$")
         try:
-            return self.decoders[record.topic].decode(record.value)
+            return self.decoders[record.topic].decode(record.value, record.topic)
         except UnknownKeyError as exc:
             # Name the reason precisely when the key belonged to a retired device.
             device = self.device_keys.retired_owner(exc.key_id)

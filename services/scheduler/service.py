@@ -27,7 +27,7 @@ from qflare.errors import ConfigError, ProtocolError
 from qflare.fl import JobSpec
 from qflare.identity import Identity, TrustedKeys
 from qflare.kafka import KafkaSettings
-from qflare.protocol import Decoder, seal, topics
+from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
@@ -60,13 +60,14 @@ def _record_of(stream: faust.StreamT[bytes]) -> _Record:
 class Scheduler:
     def __init__(self, cfg: SchedulerSettings, kafka: KafkaSettings, identity: Identity, fence: int) -> None:
         self.cfg = cfg
-        self.t = topics(kafka.topic_prefix)
+        self.t = kafka.topics
         self.identity = identity
         self.fence = fence
         trusted = TrustedKeys(cfg.keys_dir)
         t = self.t
         self.decoder = Decoder(
             trusted,
+            deployment=kafka.deployment_id,
             allowed_types={"device", "device_health", "job_command", "round_complete"},
             max_age_ms=None,
         )
@@ -109,11 +110,12 @@ class Scheduler:
         health.set_status(SERVICE, "ready")
 
     # -- inputs ----------------------------------------------------------------
-    def _decode(self, value: bytes | None, topic: str) -> Any:
+    def _decode(self, value: bytes | None, topic: str, read_from: str | None = None) -> Any:
+        """``topic`` labels the metrics; ``read_from`` (default: ``topic``) is the record's topic."""
         if value is None:
             return None
         try:
-            return self.decoder.decode(value)
+            return self.decoder.decode(value, read_from or topic)
         except ProtocolError as exc:
             metrics.REJECTED.labels(SERVICE, topic, exc.reason).inc()
             log.warning("rejected", topic=topic, reason=exc.reason, error=str(exc))
@@ -133,7 +135,7 @@ class Scheduler:
 
     async def _progress_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            msg = self._decode(value, "control")
+            msg = self._decode(value, "control", _record_of(stream).topic)
             if msg is None:
                 continue
             body = msg.body
@@ -235,7 +237,9 @@ class Scheduler:
         # job already running ignores a second start, while the aggregator and
         # devices treat a repeated (job, round) task as the same round.
         self.progress[p.job_id] = p.to_dict()
-        record = seal(task, self.identity.signer, sender=self.identity.name, round=p.round)
+        record = seal(
+            task, self.identity.signer, self.t.rounds.channel, sender=self.identity.name, round=p.round
+        )
         key = f"{p.job_id}:{p.round}".encode()
         # The round's trace starts here; devices and the aggregator continue it from the headers.
         with round_span(p.job_id, p.round) as span:
@@ -262,5 +266,6 @@ class Scheduler:
             if p.status == "waiting_devices" or overdue(p, now_ms(), grace):
                 cmd = JobCommand(job_id, "resume")
                 await self.jobs_topic.send(
-                    key=job_id.encode(), value=seal(cmd, self.identity.signer, sender=self.identity.name)
+                    key=job_id.encode(),
+                    value=seal(cmd, self.identity.signer, self.t.jobs.channel, sender=self.identity.name),
                 )

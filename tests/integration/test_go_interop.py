@@ -79,10 +79,16 @@ def go_signed(go: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, An
     return doc
 
 
-def _decoder(doc: dict[str, Any]) -> Decoder:
+def _decoder(doc: dict[str, Any], deployment: str | None = None) -> Decoder:
     ring = KeyRing()
     ring.add(doc["signer"]["owner"], bytes.fromhex(doc["signer"]["public_key"]))
-    return Decoder(ring, self_signed=("enrollment",))
+    return Decoder(ring, deployment=deployment or doc["channel"]["deployment"], self_signed=("enrollment",))
+
+
+def _topic(doc: dict[str, Any]) -> str:
+    """The topic the Go signer bound every record to: read them as from there."""
+    topic: str = doc["channel"]["topic"]
+    return topic
 
 
 def _records(doc: dict[str, Any]) -> dict[str, bytes]:
@@ -118,19 +124,19 @@ def test_python_accepts_envelopes_signed_in_go(go_signed: dict[str, Any]) -> Non
     owner = go_signed["signer"]["owner"]
     ids = {e["name"]: bytes.fromhex(e["id"]) for e in go_signed["envelopes"]}
 
-    hb = decoder.decode(records["heartbeat"])
+    hb = decoder.decode(records["heartbeat"], _topic(go_signed))
     assert (hb.header.type, hb.header.sender, hb.header.id) == ("heartbeat", owner, ids["heartbeat"])
     assert hb.header.key_id == bytes.fromhex(go_signed["signer"]["key_id"])
     assert isinstance(hb.body, Heartbeat)
     assert (hb.body.device_id, hb.body.seq, hb.body.state) == (owner, 300, "uploading")
     assert hb.body.metrics == {"cpu": 0.75, "mem": 1.0}
 
-    mu = decoder.decode(records["model_update"])
+    mu = decoder.decode(records["model_update"], _topic(go_signed))
     assert mu.header.round == 3
     assert isinstance(mu.body, ModelUpdate)
     _check_update(mu.body, owner)
 
-    en = decoder.decode(records["enrollment"])
+    en = decoder.decode(records["enrollment"], _topic(go_signed))
     device = go_signed["device"]
     assert (en.header.sender, en.header.key_id) == (device["owner"], bytes.fromhex(device["key_id"]))
     assert isinstance(en.body, Enrollment)
@@ -139,12 +145,12 @@ def test_python_accepts_envelopes_signed_in_go(go_signed: dict[str, Any]) -> Non
     assert en.body.token == "go-token"
     assert en.body.labels == {"site": "go"}
 
-    au = decoder.decode(records["audit_event"])
+    au = decoder.decode(records["audit_event"], _topic(go_signed))
     assert isinstance(au.body, AuditEvent)
     assert au.body.ref_id == ids["heartbeat"]
     assert au.body.detail == {"n": 3, "ok": True, "none": None, "ratio": 0.5, "lang": "go"}
 
-    er = decoder.decode(records["enrollment_result"])
+    er = decoder.decode(records["enrollment_result"], _topic(go_signed))
     assert isinstance(er.body, EnrollmentResult)
     assert (er.body.device_id, er.body.enrollment_id) == (device["owner"], ids["enrollment"])
     assert er.body.key_id == bytes.fromhex(device["key_id"])
@@ -157,7 +163,7 @@ def test_go_writes_every_body_in_the_canonical_form(go_signed: dict[str, Any]) -
     for e in go_signed["envelopes"]:
         if e["type"] == "model_chunk":
             continue
-        message = decoder.decode(bytes.fromhex(e["envelope"]))
+        message = decoder.decode(bytes.fromhex(e["envelope"]), _topic(go_signed))
         assert wire.pack(message.body.to_body()).hex() == e["body"], e["name"]
 
 
@@ -169,7 +175,7 @@ def test_python_reassembles_a_stream_chunked_in_go(go_signed: dict[str, Any]) ->
     assert len(chunks) == 2
     done: list[Message] = []
     for name in reversed(chunks):  # any order is accepted (§9)
-        message = reassembler.feed(decoder.decode(records[name]))
+        message = reassembler.feed(decoder.decode(records[name], _topic(go_signed)))
         if message is not None:
             done.append(message)
     assert len(done) == 1
@@ -188,6 +194,37 @@ def test_python_rejects_a_go_envelope_with_a_flipped_signature_byte(
     record = bytearray(_records(go_signed)["heartbeat"])
     record[-offset_from_end] ^= 0x01  # the record ends with the 3309 signature bytes
     with pytest.raises(ProtocolError) as caught:
-        _decoder(go_signed).decode(bytes(record))
+        _decoder(go_signed).decode(bytes(record), _topic(go_signed))
     assert caught.value.reason == reason
     assert caught.value.field == "sig"
+
+
+def test_go_signatures_bind_the_deployment_and_topic(
+    go: str, go_signed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A Go-signed record read from another topic, or by another deployment, does not verify in Python,
+    and the Go receiver refuses the same records when told they came from elsewhere."""
+    record = _records(go_signed)["heartbeat"]
+    with pytest.raises(ProtocolError) as caught:
+        _decoder(go_signed).decode(record, _topic(go_signed) + ".copy")
+    assert (caught.value.reason, caught.value.field) == ("signature", "sig")
+    with pytest.raises(ProtocolError) as caught:
+        _decoder(go_signed, deployment="another-deployment").decode(record, _topic(go_signed))
+    assert (caught.value.reason, caught.value.field) == ("signature", "sig")
+    signed = tmp_path / "signed.json"
+    signed.write_text(json.dumps(go_signed))
+    same = _run_go(go, "run", "./cmd/qflare-verify", "verify", "-vectors", str(VECTORS), str(signed))
+    assert same.returncode == 0, same.stdout + same.stderr
+    moved = _run_go(
+        go,
+        "run",
+        "./cmd/qflare-verify",
+        "verify",
+        "-vectors",
+        str(VECTORS),
+        "-topic",
+        "elsewhere",
+        str(signed),
+    )
+    assert moved.returncode != 0
+    assert "REJECTED signature at sig" in moved.stdout, moved.stdout

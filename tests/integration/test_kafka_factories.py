@@ -24,6 +24,7 @@ from qflare.kafka import (
     replay,
 )
 from qflare.protocol import Decoder, KeyRing, Message, Reassembler, Tensor, seal, seal_chunked, topics
+from qflare.protocol.channel import DEFAULT_DEPLOYMENT
 from qflare.protocol.limits import Limits
 from qflare.protocol.training import ModelUpdate
 
@@ -48,8 +49,10 @@ async def _consume(consumer: AIOKafkaConsumer, n: int) -> list[bytes]:
 
 async def test_ensure_topics_creates_each_topic_once(stack: StackSettings, unique: str) -> None:
     settings = KafkaSettings(bootstrap=stack.kafka_bootstrap)
-    specs = list(topics(f"it-{unique}."))
-    compacted = topics(f"it-{unique}.").devices  # the compacted device-record topic
+    specs = list(topics(f"it-{unique}.", deployment=DEFAULT_DEPLOYMENT))
+    compacted = topics(
+        f"it-{unique}.", deployment=DEFAULT_DEPLOYMENT
+    ).devices  # the compacted device-record topic
     admin = make_admin(settings)
     await admin.start()
     try:
@@ -78,7 +81,7 @@ async def test_ensure_topics_creates_each_topic_once(stack: StackSettings, uniqu
 
 async def test_ensure_topics_names_the_topic_the_broker_refused(stack: StackSettings, unique: str) -> None:
     settings = KafkaSettings(bootstrap=stack.kafka_bootstrap)
-    bad = replace(topics(f"it-{unique}.").rounds, partitions=0)
+    bad = replace(topics(f"it-{unique}.", deployment=DEFAULT_DEPLOYMENT).rounds, partitions=0)
     admin = make_admin(settings)
     await admin.start()
     try:
@@ -93,7 +96,7 @@ async def test_replay_reads_every_topic_of_a_deployment_from_the_start_to_the_en
     stack: StackSettings, unique: str
 ) -> None:
     settings = KafkaSettings(bootstrap=stack.kafka_bootstrap, topic_prefix=f"it-{unique}.")
-    t = topics(settings.topic_prefix)
+    t = settings.topics
     assert sorted(await prepare_topics(settings)) == sorted(s.name for s in t)
     assert await prepare_topics(settings) == []
     sent = [f"record-{i}".encode() for i in range(30)]
@@ -118,12 +121,12 @@ async def test_replay_reads_every_topic_of_a_deployment_from_the_start_to_the_en
 
 async def test_full_model_update_and_chunks_round_trip(stack: StackSettings, unique: str) -> None:
     settings = KafkaSettings(bootstrap=stack.kafka_bootstrap)
-    spec = topics(f"it-{unique}.").updates
+    spec = topics(f"it-{unique}.", deployment=DEFAULT_DEPLOYMENT).updates
     await prepare_topics(settings, [spec])
     signer = signature_backend().generate_signer()
     update = _update()
-    whole = seal(update, signer, sender=SENDER, round=1)
-    chunks = seal_chunked(update, signer, sender=SENDER, round=1, chunk_bytes=1_000_000)
+    whole = seal(update, signer, spec.channel, sender=SENDER, round=1)
+    chunks = seal_chunked(update, signer, spec.channel, sender=SENDER, round=1, chunk_bytes=1_000_000)
     assert len(whole) > 6_600_000 and len(chunks) == 7
     producer = make_producer(settings)
     await producer.start()
@@ -140,11 +143,11 @@ async def test_full_model_update_and_chunks_round_trip(stack: StackSettings, uni
         await consumer.stop()
     keys = KeyRing()
     keys.add(SENDER, signer.public_key)
-    decoder = Decoder(keys, allowed_types=spec.types, max_age_ms=spec.max_age_ms)
+    decoder = Decoder(keys, deployment=spec.deployment, allowed_types=spec.types, max_age_ms=spec.max_age_ms)
     reassembler = Reassembler(decoder)
     messages: list[Message] = []
     for value in values:
-        message = reassembler.feed(decoder.decode(value))
+        message = reassembler.feed(decoder.decode(value, spec.name))
         if message is not None:
             messages.append(message)
     assert [m.body for m in messages] == [update, update]

@@ -27,7 +27,7 @@ def _lenient_envelope(c: Cases) -> bytes:
         out += wire.pack(key)
         value = raw[key]
         if key == "v":
-            out += b"\xcc\x01"
+            out += b"\xcc" + bytes([value])  # uint8 form of a fixint
         elif key == "ts_ms":
             out += b"\xd3" + struct.pack(">q", value)
         else:

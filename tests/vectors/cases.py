@@ -12,14 +12,18 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from qflare.protocol import wire
+from qflare.protocol import Channel, wire
 from qflare.protocol.devices import Enrollment, Heartbeat
-from qflare.protocol.envelope import Chunk, Header, encode_envelope
+from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope
 from qflare.protocol.messages import ModelChunk
 
 TS = 1_750_000_000_000
+#: Every vector is signed for this deployment and topic, and received from there.
+CHANNEL = Channel("qflare-vectors", "vectors.qflare.records")
 #: How every rejection and acceptance case is received.
 RECEIVER = {
+    "deployment": CHANNEL.deployment,
+    "topic": CHANNEL.topic,
     "now_ms": TS,
     "max_age_ms": 600_000,
     "max_skew_ms": 60_000,
@@ -52,7 +56,7 @@ class Cases:
         ts = kw.get("ts_ms", TS)
         self.n += 1
         header = Header(
-            v=1,
+            v=kw.get("v", PROTOCOL_VERSION),
             type=type_,
             id=kw.get("msg_id") or fixed_id(ts, self.n),
             sender=kw.get("sender", "dev-1"),
@@ -63,7 +67,8 @@ class Cases:
             chunk=kw.get("chunk"),
             sig_alg="ML-DSA-65",
         )
-        return encode_envelope(header, [body], key.signer().sign(header.signing_bytes()))
+        signing = header.signing_bytes(kw.get("channel", CHANNEL))
+        return encode_envelope(header, [body], key.signer().sign(signing))
 
     def record(self, name: str) -> bytes:
         return bytes.fromhex(self.vectors[name]["envelope"])
@@ -104,7 +109,7 @@ def envelope_rejections(c: Cases) -> list[dict[str, Any]]:
     hb = wire.pack(hb_body())
     sig_flipped, v2, body_flipped = bytearray(base), bytearray(base), bytearray(base)
     sig_flipped[-1] ^= 0x01
-    v2[v2.index(b"\xa1v\x01") + 2] = 0x02
+    v2[v2.index(b"\xa1v\x02") + 2] = 0x03  # the next version, not yet spoken
     body_flipped[body_flipped.index(hb)] ^= 0x01  # a map header becomes another map size
     extra = c.raw("heartbeat") | {"zz": 1, "aa": 2}
     misspelt = {("sendr" if k == "sender" else k): v for k, v in c.raw("heartbeat").items()}
@@ -121,7 +126,7 @@ def envelope_rejections(c: Cases) -> list[dict[str, Any]]:
     long_key = b"\x8d" + base[1:] + b"\xda\x01\x01" + b"k" * 257 + b"\x01"
     return [
         _rej("signature bit flipped", bytes(sig_flipped), "signature", "sig"),
-        _rej("version 2", bytes(v2), "version", "v"),
+        _rej("version 3", bytes(v2), "version", "v"),
         _rej("body altered", bytes(body_flipped), "digest", "body"),
         _rej("record cut short by one byte", base[:-1], "schema", "sig"),
         _rej(
@@ -343,12 +348,27 @@ def settings_rejections(c: Cases) -> list[dict[str, Any]]:
     return out
 
 
+def channel_rejections(c: Cases) -> list[dict[str, Any]]:
+    """Records that are valid in every byte but were signed for somewhere else."""
+    hb = wire.pack(hb_body())
+    elsewhere = [
+        ("signed for another topic", Channel(CHANNEL.deployment, "vectors.qflare.updates")),
+        ("signed for the same topic under another prefix", Channel(CHANNEL.deployment, "x" + CHANNEL.topic)),
+        ("signed for another deployment", Channel("qflare-elsewhere", CHANNEL.topic)),
+    ]
+    out = [_rej(name, c.seal("heartbeat", hb, channel=ch), "signature", "sig") for name, ch in elsewhere]
+    # Version 1 signed no channel: its records are refused before any signature check.
+    out.append(_rej("protocol version 1", c.seal("heartbeat", hb, v=1), "version", "v"))
+    return out
+
+
 def build_rejections(c: Cases) -> list[dict[str, Any]]:
-    # Settings cases come last, so the ids of the earlier cases stay what they were.
+    # Settings and channel cases come last, so the ids of the earlier cases stay what they were.
     return (
         envelope_rejections(c)
         + key_and_time_rejections(c)
         + body_rejections(c)
         + chunk_rejections(c)
         + settings_rejections(c)
+        + channel_rejections(c)
     )

@@ -29,12 +29,12 @@ from qflare.protocol import Body, Tensor, wire  # noqa: E402
 from qflare.protocol.body import Setting  # noqa: E402
 from qflare.protocol.control import AuditEvent, JobCommand  # noqa: E402
 from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat  # noqa: E402
-from qflare.protocol.envelope import Chunk, Header, encode_envelope  # noqa: E402
+from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
 from qflare.protocol.training import ModelUpdate, RoundTask  # noqa: E402
 from qflare.types import Scalar  # noqa: E402
 from tests.vectors.accepted import acceptances  # noqa: E402
-from tests.vectors.cases import RECEIVER, TS, Cases, build_rejections, fixed_id  # noqa: E402
+from tests.vectors.cases import CHANNEL, RECEIVER, TS, Cases, build_rejections, fixed_id  # noqa: E402
 
 OUT = Path(__file__).with_name("envelopes.json")
 SEED = bytes(range(32))  # 00 01 02 ... 1f
@@ -55,12 +55,13 @@ def view(obj: object) -> object:
 
 
 def _envelope(name: str, header: Header, body: bytes, signer_key: Any) -> dict[str, Any]:
-    signing = header.signing_bytes()
+    signing = header.signing_bytes(CHANNEL)
     sig = signer_key.signer().sign(signing)
     chunk = header.chunk
     limits = wire.WireLimits(1 << 20, 16, 1000, 100, 1000, 1 << 20)
     return {
         "name": name,
+        "channel": {"deployment": CHANNEL.deployment, "topic": CHANNEL.topic},
         "header": {
             "v": header.v,
             "type": header.type,
@@ -85,7 +86,7 @@ def _envelope(name: str, header: Header, body: bytes, signer_key: Any) -> dict[s
 
 def _header(type_: str, n: int, body: bytes, key: Any, sender: str, **kw: Any) -> Header:
     return Header(
-        v=1,
+        v=PROTOCOL_VERSION,
         type=type_,
         id=fixed_id(TS, n),
         sender=sender,
@@ -204,11 +205,13 @@ def build() -> dict[str, Any]:
     cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)
     return {
         "description": (
-            "QFLARE protocol v1 golden vectors. Hex strings are raw bytes. See docs/protocol.md §13. "
+            f"QFLARE protocol v{PROTOCOL_VERSION} golden vectors. Every envelope is signed for its "
+            "'channel' (deployment id and topic, not on the wire) and received as 'receiver' says. "
+            "Hex strings are raw bytes. See docs/protocol.md §13. "
             "Signatures are hedged ML-DSA-65 and differ on every regeneration: verify 'sig' over "
             "'signing_bytes' with the key whose key_id the header names; every other byte must match."
         ),
-        "protocol_version": 1,
+        "protocol_version": PROTOCOL_VERSION,
         "signing_key": {
             "alg": key.alg,
             "seed": SEED.hex(),

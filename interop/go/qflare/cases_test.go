@@ -20,16 +20,20 @@ type vecAccepted struct {
 }
 
 type vecReceiver struct {
-	NowMs     uint64 `json:"now_ms"`
-	MaxAgeMs  uint64 `json:"max_age_ms"`
-	MaxSkewMs uint64 `json:"max_skew_ms"`
-	KnownKeys []struct {
+	Deployment string `json:"deployment"`
+	Topic      string `json:"topic"`
+	NowMs      uint64 `json:"now_ms"`
+	MaxAgeMs   uint64 `json:"max_age_ms"`
+	MaxSkewMs  uint64 `json:"max_skew_ms"`
+	KnownKeys  []struct {
 		Owner string `json:"owner"`
 		Key   string `json:"key"`
 	} `json:"known_keys"`
 	SelfSigned  []string `json:"self_signed"`
 	CheckFinite bool     `json:"check_finite"`
 }
+
+func (rc vecReceiver) channel() Channel { return Channel{rc.Deployment, rc.Topic} }
 
 // newReceiver is the receiver of the vectors' "receiver" object (§13).
 func newReceiver(t *testing.T, v *vectors) *Receiver {
@@ -44,7 +48,7 @@ func newReceiver(t *testing.T, v *vectors) *Receiver {
 	if len(rc.SelfSigned) != 1 || rc.SelfSigned[0] != "enrollment" || rc.NowMs == 0 {
 		t.Fatalf("unexpected receiver %+v", rc)
 	}
-	return &Receiver{Keys: ring, AllowSelfSigned: true, AllowNonFinite: !rc.CheckFinite,
+	return &Receiver{Keys: ring, Channel: rc.channel(), AllowSelfSigned: true, AllowNonFinite: !rc.CheckFinite,
 		Now: func() uint64 { return rc.NowMs }, MaxAgeMs: rc.MaxAgeMs, MaxSkewMs: rc.MaxSkewMs}
 }
 

@@ -10,7 +10,7 @@ import (
 
 // Protocol constants (§2, §4, §5).
 const (
-	Version       = 1
+	Version       = 2
 	SigAlg        = "ML-DSA-65"
 	SigSize       = 3309
 	PublicKeySize = 1952
@@ -86,12 +86,23 @@ func KeyID(pub []byte) [16]byte {
 	return id
 }
 
-// SigningBytes is the shortest-form msgpack array of 11 elements of §4.
-func SigningBytes(h *Header) []byte {
-	b := make([]byte, 0, 192)
-	b = AppendArrayHeader(b, 11)
+// Channel is where a record belongs (§4): the deployment id and the full
+// topic name. Both are signed but never sent: a sender signs for the topic it
+// produces to, a receiver verifies with its own deployment id and the topic it
+// read the record from.
+type Channel struct {
+	Deployment string
+	Topic      string
+}
+
+// SigningBytes is the shortest-form msgpack array of 13 elements of §4.
+func SigningBytes(h *Header, ch Channel) []byte {
+	b := make([]byte, 0, 256)
+	b = AppendArrayHeader(b, 13)
 	b = AppendStr(b, Domain)
 	b = AppendUint(b, h.V)
+	b = AppendStr(b, ch.Deployment)
+	b = AppendStr(b, ch.Topic)
 	b = AppendStr(b, h.Type)
 	b = AppendBin(b, h.ID[:])
 	b = AppendStr(b, h.Sender)

@@ -47,20 +47,21 @@ func ParsePublicKey(raw []byte) (*mldsa65.PublicKey, error) {
 	return pk, nil
 }
 
-// VerifySig checks sig over the signing bytes of h: pure ML-DSA-65, empty context (§4).
-func VerifySig(pk *mldsa65.PublicKey, h *Header, sig []byte) bool {
-	return mldsa65.Verify(pk, SigningBytes(h), nil, sig)
+// VerifySig checks sig over the signing bytes of h for ch: pure ML-DSA-65, empty context (§4).
+func VerifySig(pk *mldsa65.PublicKey, h *Header, ch Channel, sig []byte) bool {
+	return mldsa65.Verify(pk, SigningBytes(h, ch), nil, sig)
 }
 
-// Sign fills in v, key_id, body_digest and sig_alg, signs the header with a
-// hedged signature and returns the envelope.
-func (k *SigningKey) Sign(h Header, body []byte) (*Envelope, error) {
+// Sign fills in v, key_id, body_digest and sig_alg, signs the header for ch
+// (the deployment and topic the record will be produced to) with a hedged
+// signature and returns the envelope.
+func (k *SigningKey) Sign(h Header, body []byte, ch Channel) (*Envelope, error) {
 	h.V = Version
 	h.KeyID = k.KeyID()
 	h.BodyDigest = sha256.Sum256(body)
 	h.SigAlg = SigAlg
 	sig := make([]byte, mldsa65.SignatureSize)
-	if err := mldsa65.SignTo(k.Priv, SigningBytes(&h), nil, true, sig); err != nil {
+	if err := mldsa65.SignTo(k.Priv, SigningBytes(&h, ch), nil, true, sig); err != nil {
 		return nil, err
 	}
 	return &Envelope{Header: h, Body: body, Sig: sig}, nil

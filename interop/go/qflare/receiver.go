@@ -43,7 +43,10 @@ type Message struct {
 
 // Receiver applies the checks of §6 in order.
 type Receiver struct {
-	Keys            *KeyRing
+	Keys *KeyRing
+	// Channel is this receiver's deployment id and the topic it reads from:
+	// every signature must have been made for it (§4).
+	Channel         Channel
 	MaxRecord       int      // 0: 8 MiB
 	TopicTypes      []string // nil: any type
 	AllowSelfSigned bool
@@ -88,7 +91,7 @@ func (r *Receiver) Receive(rec []byte) (*Message, error) {
 		if k.owner != env.Sender { // step 7
 			return nil, errf("key_mismatch", "sender", "key %x belongs to %q", env.KeyID, k.owner)
 		}
-		if !VerifySig(k.pub, &env.Header, env.Sig) { // step 8
+		if !VerifySig(k.pub, &env.Header, r.Channel, env.Sig) { // step 8
 			return nil, errf("signature", "sig", "signature does not verify")
 		}
 		if !env.BodyDigestOK() { // step 9
@@ -114,7 +117,7 @@ func (r *Receiver) Receive(rec []byte) (*Message, error) {
 		if err != nil {
 			return nil, errf("schema", "body.public_key", "%v", err)
 		}
-		if !VerifySig(pk, &env.Header, env.Sig) {
+		if !VerifySig(pk, &env.Header, r.Channel, env.Sig) {
 			return nil, errf("signature", "sig", "signature does not verify")
 		}
 	default:

@@ -21,8 +21,14 @@ type vecKey struct {
 	SharedSecret string   `json:"shared_secret"`
 }
 
+type vecChannel struct {
+	Deployment string `json:"deployment"`
+	Topic      string `json:"topic"`
+}
+
 type vecEnvelope struct {
 	Name         string          `json:"name"`
+	Channel      vecChannel      `json:"channel"`
 	Header       json.RawMessage `json:"header"`
 	BodyView     json.RawMessage `json:"body_view"`
 	Body         string          `json:"body"`
@@ -200,9 +206,13 @@ func TestEnvelopeVectors(t *testing.T) {
 			}
 
 			// signing bytes and the envelope map.
-			assertBytes(t, "signing_bytes", SigningBytes(&h), unhex(t, vec.SigningBytes))
-			if sb := SigningBytes(&h); sb[0] != 0x9b {
-				t.Errorf("signing bytes start %#x, not 9b", sb[0])
+			ch := Channel{vec.Channel.Deployment, vec.Channel.Topic}
+			if ch != v.Receiver.channel() {
+				t.Errorf("vector signed for %+v, received on %+v", ch, v.Receiver.channel())
+			}
+			assertBytes(t, "signing_bytes", SigningBytes(&h, ch), unhex(t, vec.SigningBytes))
+			if sb := SigningBytes(&h, ch); sb[0] != 0x9d {
+				t.Errorf("signing bytes start %#x, not 9d", sb[0])
 			}
 			env := &Envelope{Header: h, Body: body, Sig: sig}
 			assertBytes(t, "envelope", env.Encode(), envBytes)
@@ -215,20 +225,26 @@ func TestEnvelopeVectors(t *testing.T) {
 			if len(sig) != SigSize {
 				t.Errorf("sig is %d bytes", len(sig))
 			}
-			if !VerifySig(sk.Public, &h, sig) {
+			if !VerifySig(sk.Public, &h, ch, sig) {
 				t.Errorf("recorded signature does not verify over the rebuilt signing bytes")
 			}
 			for _, pos := range []int{0, len(sig) / 2, len(sig) - 1} {
 				flipped := bytes.Clone(sig)
 				flipped[pos] ^= 0x01
-				if VerifySig(sk.Public, &h, flipped) {
+				if VerifySig(sk.Public, &h, ch, flipped) {
 					t.Errorf("signature with byte %d flipped still verifies", pos)
 				}
 			}
 			other := h
 			other.TsMs++
-			if VerifySig(sk.Public, &other, sig) {
+			if VerifySig(sk.Public, &other, ch, sig) {
 				t.Errorf("signature verifies over altered header")
+			}
+			// The channel is signed: the same record read from elsewhere does not verify.
+			for _, elsewhere := range []Channel{{ch.Deployment, ch.Topic + "x"}, {ch.Deployment + "x", ch.Topic}} {
+				if VerifySig(sk.Public, &h, elsewhere, sig) {
+					t.Errorf("signature verifies for %+v", elsewhere)
+				}
 			}
 
 			// Parse the record back and re-encode it.
@@ -236,7 +252,7 @@ func TestEnvelopeVectors(t *testing.T) {
 			if err != nil {
 				t.Fatalf("parse: %v", err)
 			}
-			assertBytes(t, "signing bytes of parsed envelope", SigningBytes(&parsed.Header), unhex(t, vec.SigningBytes))
+			assertBytes(t, "signing bytes of parsed envelope", SigningBytes(&parsed.Header, ch), unhex(t, vec.SigningBytes))
 			assertBytes(t, "re-encoded parsed envelope", parsed.Encode(), envBytes)
 			if !parsed.BodyDigestOK() {
 				t.Errorf("digest check failed")
@@ -282,15 +298,15 @@ func TestSpecExample(t *testing.T) {
 	v := loadVectors(t)
 	hb := findVec(t, v, "heartbeat")
 	sb := unhex(t, hb.SigningBytes)
-	if len(sb) != 125 {
-		t.Errorf("§4 says 125 signing bytes, got %d", len(sb))
+	if len(sb) != 163 {
+		t.Errorf("§4 says 163 signing bytes, got %d", len(sb))
 	}
-	prefix := unhex(t, "9baf71666c6172652e656e76656c6f706501a9686561727462656174c41001977420dc0074da82c80d0e7c947c01")
+	prefix := unhex(t, "9daf71666c6172652e656e76656c6f706502ae71666c6172652d766563746f7273b6766563746f72732e71666c6172652e7265636f726473a9686561727462656174c41001977420dc0074da82c80d0e7c947c01")
 	if !bytes.HasPrefix(sb, prefix) {
 		t.Errorf("signing bytes do not start as in §4")
 	}
 	env := unhex(t, hb.Envelope)
-	if !bytes.HasPrefix(env, unhex(t, "8ca17601a474797065a9686561727462656174a26964c410")) {
+	if !bytes.HasPrefix(env, unhex(t, "8ca17602a474797065a9686561727462656174a26964c410")) {
 		t.Errorf("record does not start as in §4")
 	}
 	tail := append([]byte("\xa3sig"), 0xc5, 0x0c, 0xed)
@@ -423,11 +439,12 @@ func TestSignFresh(t *testing.T) {
 		E("metrics", MapOf(E("cpu", Float(0.25))))))
 	ts := uint64(1750000000000)
 	h := Header{Type: "heartbeat", ID: NewUUIDv7(ts), Sender: "dev-1", TsMs: ts}
-	e1, err := sk.Sign(h, body)
+	ch := v.Receiver.channel()
+	e1, err := sk.Sign(h, body, ch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e2, _ := sk.Sign(h, body)
+	e2, _ := sk.Sign(h, body, ch)
 	if bytes.Equal(e1.Sig, e2.Sig) {
 		t.Errorf("hedged signatures are identical")
 	}
@@ -437,16 +454,24 @@ func TestSignFresh(t *testing.T) {
 	}
 	// Another owner for the same key: key_mismatch on sender.
 	h.Sender, h.ID = "dev-9", NewUUIDv7(ts)
-	e3, _ := sk.Sign(h, body)
+	e3, _ := sk.Sign(h, body, ch)
 	if _, err := r.Receive(e3.Encode()); err == nil || err.(*Error).Reason != "key_mismatch" || err.(*Error).Field != "sender" {
 		t.Errorf("foreign sender: %v", err)
 	}
 	// An unknown key.
 	dk := mustKey(t, v.DeviceKey)
 	h.Sender, h.ID = "dev-1", NewUUIDv7(ts)
-	e4, _ := dk.Sign(h, body)
+	e4, _ := dk.Sign(h, body, ch)
 	if _, err := r.Receive(e4.Encode()); err == nil || err.(*Error).Reason != "unknown_key" {
 		t.Errorf("unknown key: %v", err)
+	}
+	// Signed for another topic, or another deployment: the signature does not verify here.
+	for _, elsewhere := range []Channel{{ch.Deployment, "other.topic"}, {"other-deployment", ch.Topic}} {
+		h.ID = NewUUIDv7(ts)
+		e5, _ := sk.Sign(h, body, elsewhere)
+		if _, err := r.Receive(e5.Encode()); err == nil || err.(*Error).Reason != "signature" || err.(*Error).Field != "sig" {
+			t.Errorf("signed for %+v: %v, want signature on sig", elsewhere, err)
+		}
 	}
 }
 
@@ -459,7 +484,7 @@ func TestLenientEnvelopeForms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Rebuild with reversed key order and v as cc 01, round as cf.
+	// Rebuild with reversed key order and v as cc 02, round as cf.
 	b := AppendMapHeader(nil, 12)
 	b = append(AppendStr(b, "sig"), AppendBin(nil, env.Sig)...)
 	b = append(AppendStr(b, "sig_alg"), AppendStr(nil, env.SigAlg)...)
@@ -473,7 +498,7 @@ func TestLenientEnvelopeForms(t *testing.T) {
 	b = append(b, env.Sender...)
 	b = append(AppendStr(b, "id"), AppendBin(nil, env.ID[:])...)
 	b = append(AppendStr(b, "type"), AppendStr(nil, env.Type)...)
-	b = append(AppendStr(b, "v"), 0xcc, 0x01)
+	b = append(AppendStr(b, "v"), 0xcc, byte(env.V))
 	r := newReceiver(t, v)
 	if _, err := r.Receive(b); err != nil {
 		t.Fatalf("non-canonical but valid envelope refused: %v", err)

@@ -25,11 +25,11 @@ from qflare.errors import ProtocolError
 from qflare.identity import Identity, TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics, replay
 from qflare.ml import init_weights, tensor_names
-from qflare.protocol import Decoder, Reassembler, Tensor, seal, seal_chunked, topics
+from qflare.protocol import Channel, Decoder, Reassembler, Tensor, seal, seal_chunked
 from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
-from tests.integration.services.harness import audit_events, read_topic
+from tests.integration.services.harness import audit_events, channel_for, read_topic
 from tests.integration.services.processes import ManagedService, scrape
 
 JOB_CONFIG: dict[str, Any] = {
@@ -81,6 +81,8 @@ class SimDevice:
     device_id: str
     key: KeyFile
     signer: Signer
+    #: The updates topic its records are signed for.
+    channel: Channel
 
     def update(
         self,
@@ -98,7 +100,9 @@ class SimDevice:
         names = names or tensor_names("2nn")
         tensors = tuple(Tensor.of(n, w) for n, w in zip(names, weights, strict=True))
         body = ModelUpdate(job_id, round, self.device_id, base_version, num_examples, tensors, {"loss": loss})
-        return seal_chunked(body, self.signer, sender=self.device_id, round=round, chunk_bytes=chunk_bytes)
+        return seal_chunked(
+            body, self.signer, self.channel, sender=self.device_id, round=round, chunk_bytes=chunk_bytes
+        )
 
 
 @dataclass
@@ -110,7 +114,7 @@ class ControlPlane:
     identities: dict[str, Identity] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.topics = topics(self.kafka.topic_prefix)
+        self.topics = self.kafka.topics
         for name in ("registry", "scheduler", "operator"):
             self.identities[name] = load_identity(name, self.keys_dir)
 
@@ -124,7 +128,7 @@ class ControlPlane:
 
     def _seal(self, who: str, body: Any, round: int | None = None) -> bytes:
         identity = self.identities[who]
-        return seal(body, identity.signer, sender=identity.name, round=round)
+        return seal(body, identity.signer, channel_for(self.topics, body), sender=identity.name, round=round)
 
     async def send(self, topic: str, key: str, *records: bytes) -> None:
         for record in records:
@@ -138,7 +142,7 @@ class ControlPlane:
         now = int(time.time() * 1000)
         record = Device(device_id, status, key.public_key, now, now)
         await self.send(self.topics.devices.name, device_id, self._seal(sender, record))
-        return SimDevice(device_id, key, key.signer())
+        return SimDevice(device_id, key, key.signer(), self.topics.updates.channel)
 
     async def start_job(self, job_id: str, *, sender: str = "operator", **overrides: Any) -> None:
         command = JobCommand(job_id, "start", {**JOB_CONFIG, **overrides})
@@ -188,7 +192,7 @@ def perturbed(seed: int, scale: float = 0.01, model: str = "2nn") -> list[NDArra
 async def round_results(
     kafka: KafkaSettings, keys_dir: Path, until: Callable[[list[RoundComplete]], bool], timeout_s: float = 90
 ) -> list[RoundComplete]:
-    t = topics(kafka.topic_prefix)
+    t = kafka.topics
     bodies = await read_topic(
         kafka,
         t.rounds_complete,
@@ -203,8 +207,10 @@ async def global_model(
     kafka: KafkaSettings, keys_dir: Path, job_id: str, version: int, timeout_s: float = 60
 ) -> GlobalModel:
     """Read (and verify, and reassemble) one version of a job's model from the models topic."""
-    t = topics(kafka.topic_prefix)
-    decoder = Decoder(TrustedKeys(keys_dir), allowed_types=t.models.types, max_age_ms=None)
+    t = kafka.topics
+    decoder = Decoder(
+        TrustedKeys(keys_dir), deployment=kafka.deployment_id, allowed_types=t.models.types, max_age_ms=None
+    )
     reassembler = Reassembler(decoder)
     async with replay(kafka, t.models) as consumer:
         deadline = time.monotonic() + timeout_s
@@ -212,7 +218,7 @@ async def global_model(
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for record in records:
                     try:
-                        whole = reassembler.feed(decoder.decode(record.value))
+                        whole = reassembler.feed(decoder.decode(record.value, record.topic))
                     except ProtocolError:
                         continue
                     body = None if whole is None else whole.body

@@ -15,11 +15,12 @@ from elasticsearch import AsyncElasticsearch
 from qflare.children import ServiceProcess
 from qflare.identity import Identity, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics
-from qflare.protocol import Body, seal, topics
+from qflare.protocol import Body, seal
 from services.audit.chain import Entry
 from services.audit.config import AuditSettings
 from services.audit.indexer import index_base
 from services.audit.store import AuditStore
+from tests.integration.services.harness import channel_for
 from tests.integration.services.processes import ManagedService
 
 ES_URL = AuditSettings().elasticsearch_url
@@ -62,7 +63,7 @@ class Publisher:
     keys_dir: Path
 
     def __post_init__(self) -> None:
-        self.topics = topics(self.kafka.topic_prefix)
+        self.topics = self.kafka.topics
         self.ids: dict[str, Identity] = {}
 
     def identity(self, name: str) -> Identity:
@@ -80,7 +81,7 @@ class Publisher:
 
     def seal(self, who: str, body: Body, round: int | None = None) -> bytes:
         ident = self.identity(who)
-        return seal(body, ident.signer, sender=ident.name, round=round)
+        return seal(body, ident.signer, channel_for(self.topics, body), sender=ident.name, round=round)
 
     async def send(self, topic: str, key: str, *records: bytes) -> None:
         for record in records:

@@ -18,7 +18,7 @@ from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
 from qflare.kafka import KafkaSettings, make_producer, replay
-from qflare.protocol import Decoder, KeyRing, topics
+from qflare.protocol import Body, Channel, Decoder, KeyRing
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics, TopicSpec
 from tests.integration.services.processes import ManagedService, scrape
@@ -67,7 +67,7 @@ class Fleet:
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.topics: Topics = topics(self.kafka.topic_prefix)
+        self.topics: Topics = self.kafka.topics
         self.spool = Spool(self.state_dir / "fleet.spool")
         self.link = Link(self.spool, lambda: make_producer(self.kafka, request_timeout_ms=5000))
 
@@ -98,6 +98,12 @@ class Fleet:
         self.spool.close()
 
 
+def channel_for(t: Topics, body: Body) -> Channel:
+    """The channel of the one topic that carries ``body``'s type: what a test record is signed for."""
+    (spec,) = [s for s in t if body.TYPE in s.types]
+    return spec.channel
+
+
 async def read_topic(
     kafka: KafkaSettings,
     spec: TopicSpec,
@@ -108,7 +114,7 @@ async def read_topic(
     types: set[str] | None = None,
 ) -> list[Any]:
     """Decode (and verify) every record of ``spec`` from the start until ``until(bodies)`` holds."""
-    decoder = Decoder(keys, allowed_types=types, max_age_ms=None)
+    decoder = Decoder(keys, deployment=kafka.deployment_id, allowed_types=types, max_age_ms=None)
     bodies: list[Any] = []
     async with replay(kafka, spec) as consumer:
         deadline = time.monotonic() + timeout_s
@@ -120,7 +126,7 @@ async def read_topic(
                     if record.value is None:
                         continue
                     try:
-                        bodies.append(decoder.decode(record.value).body)
+                        bodies.append(decoder.decode(record.value, record.topic).body)
                     except ProtocolError as exc:
                         bodies.append(exc)
     return bodies
@@ -129,7 +135,7 @@ async def read_topic(
 async def audit_events(
     kafka: KafkaSettings, keys_dir: Path, until: Callable[[list[AuditEvent]], bool], timeout_s: float = 60
 ) -> list[AuditEvent]:
-    t = topics(kafka.topic_prefix)
+    t = kafka.topics
     bodies = await read_topic(
         kafka,
         t.audit,

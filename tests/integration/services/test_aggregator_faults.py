@@ -58,7 +58,7 @@ async def test_each_bad_update_is_rejected_and_the_round_still_closes(
     revoked = await plane.device(f"rv-{unique}")
     await plane.device(revoked.device_id, "revoked", key=revoked.key)
     unknown_key = generate_key()  # never published: the aggregator cannot know it
-    stranger = SimDevice(f"un-{unique}", unknown_key, unknown_key.signer())
+    stranger = SimDevice(f"un-{unique}", unknown_key, unknown_key.signer(), plane.topics.updates.channel)
     await plane.start_job(job)
     await global_model(kafka, keys_dir, job, 0)
     await plane.open_round(job, 1, 0, [d1.device_id, d2.device_id, d3.device_id], min_updates=3)
@@ -93,7 +93,7 @@ async def test_each_bad_update_is_rejected_and_the_round_still_closes(
         "replay": (d1.device_id, first),
         "digest": (d2.device_id, [bytes(tampered_body)]),
         "signature": (d2.device_id, [bytes(tampered_sig)]),
-        "sender_mismatch": (d2.device_id, [seal(spoof, d2.signer, sender=d2.device_id, round=1)]),
+        "sender_mismatch": (d2.device_id, [seal(spoof, d2.signer, d2.channel, sender=d2.device_id, round=1)]),
     }
     for key, records in bad.values():
         await plane.send(updates, key, *records)

@@ -110,7 +110,7 @@ async def test_forged_and_garbage_records_are_recorded_as_rejections(
     t = plane.topics
     stranger = generate_key().signer()
     forged = AuditEvent("device.revoked", "critical", "registry", reason="forged", subject="dev-x")
-    await plane.send(t.audit.name, "registry", seal(forged, stranger, sender="registry"))
+    await plane.send(t.audit.name, "registry", seal(forged, stranger, t.audit.channel, sender="registry"))
     await plane.send(t.audit.name, "registry", b"\x93not an envelope")
     genuine = AuditEvent("device.revoked", "info", "registry", subject="dev-y")
     await plane.send(t.audit.name, "registry", plane.seal("registry", genuine))

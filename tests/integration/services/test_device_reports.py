@@ -30,7 +30,9 @@ def _update(device: SimDevice, job: str, mu: float, *, chunk_bytes: int | None =
     weights = init_weights("2nn", 0)
     tensors = tuple(Tensor.of(n, np.asarray(w)) for n, w in zip(tensor_names("2nn"), weights, strict=True))
     body = ModelUpdate(job, 1, device.device_id, 0, 10, tensors, {"loss": 0.5, "proximal_mu": mu})
-    return seal_chunked(body, device.signer, sender=device.device_id, round=1, chunk_bytes=chunk_bytes)
+    return seal_chunked(
+        body, device.signer, device.channel, sender=device.device_id, round=1, chunk_bytes=chunk_bytes
+    )
 
 
 async def test_reports_show_what_each_device_signed(

@@ -26,7 +26,6 @@ from edge.spool import Spool
 from qflare.backoff import Backoff
 from qflare.errors import is_transient
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
-from qflare.protocol import topics
 from qflare.runner import EXIT_NOT_TRANSIENT, serve_forever
 
 #: Topics made with this record limit refuse the ``BIG`` record the default producer sends.
@@ -36,7 +35,7 @@ BIG = b"x" * (4 * SMALL)
 
 async def _small_topic(kafka: KafkaSettings) -> str:
     small = kafka.model_copy(update={"max_record_bytes": SMALL})
-    spec = topics(kafka.topic_prefix).heartbeats
+    spec = kafka.topics.heartbeats
     admin = make_admin(small)
     await admin.start()
     try:

@@ -78,6 +78,7 @@ async def test_each_bad_input_is_rejected_audited_and_counted(
         seal(
             Enrollment(forged_dev.device_id, forged_dev.key.public_key, token=tokens[2]),
             forged_dev.signer,
+            fleet.topics.enrollments.channel,
             sender=forged_dev.device_id,
         )
     )

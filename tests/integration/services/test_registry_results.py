@@ -102,10 +102,11 @@ async def test_stale_enrolment_is_answered_and_unverified_records_are_not(
         # A device whose clock is 20 minutes slow: signed, so it is told why (step 10).
         stale_id = new_message_id()
         ts_ms = int(time.time() * 1000) - 20 * 60_000
-        stale = seal(body, key.signer(), sender=device_id, ts_ms=ts_ms, msg_id=stale_id)
+        channel = fleet.topics.enrollments.channel
+        stale = seal(body, key.signer(), channel, sender=device_id, ts_ms=ts_ms, msg_id=stale_id)
         # A copy whose signature is broken: its claims are unauthenticated, so no result.
         forged_id = new_message_id()
-        forged = bytearray(seal(body, key.signer(), sender=device_id, msg_id=forged_id))
+        forged = bytearray(seal(body, key.signer(), channel, sender=device_id, msg_id=forged_id))
         forged[-1] ^= 0x01
         topic = fleet.topics.enrollments.name
         for record in (stale, bytes(forged)):
@@ -117,7 +118,7 @@ async def test_stale_enrolment_is_answered_and_unverified_records_are_not(
         # A valid enrolment after both, on the same partition: its result comes after any
         # result of the forged one would have, so by now that one would have been seen.
         good_id = new_message_id()
-        good = seal(body, key.signer(), sender=device_id, msg_id=good_id)
+        good = seal(body, key.signer(), channel, sender=device_id, msg_id=good_id)
         await producer.send_and_wait(topic, good, key=device_id.encode())
         result = await results.wait(device_id, good_id, WAIT_S)
         assert (result.status, result.reason) == ("accepted", "new")

@@ -15,7 +15,7 @@ from qflare.crypto import generate_key
 from qflare.fl import TrainConfig
 from qflare.identity import Identity, TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics
-from qflare.protocol import seal, topics
+from qflare.protocol import seal
 from qflare.protocol.body import Setting
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
@@ -73,7 +73,7 @@ async def _publish(kafka: KafkaSettings, records: list[tuple[str, str, bytes]]) 
 
 
 async def _tasks(kafka: KafkaSettings, keys_dir: Path, count: int, timeout_s: float = 90) -> list[RoundTask]:
-    t = topics(kafka.topic_prefix)
+    t = kafka.topics
     got = await read_topic(
         kafka,
         t.rounds,
@@ -87,18 +87,22 @@ async def _tasks(kafka: KafkaSettings, keys_dir: Path, count: int, timeout_s: fl
 async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
     kafka: KafkaSettings, keys_dir: Path, ids: dict[str, Identity], scheduler: SchedulerProcess, unique: str
 ) -> None:
-    t = topics(kafka.topic_prefix)
+    t = kafka.topics
     reg, op, agg = ids["registry"], ids["operator"], ids["aggregator"]
     now = int(time.time() * 1000)
     names = [f"s{unique}-{i}" for i in range(5)]
     records = []
     for i, name in enumerate(names):
         dev = Device(name, "active", generate_key().public_key, now, now)
-        records.append((t.devices.name, name, seal(dev, reg.signer, sender=reg.name)))
+        records.append((t.devices.name, name, seal(dev, reg.signer, t.devices.channel, sender=reg.name)))
         # The last device is offline: it must never be selected.
         state = "offline" if i == 4 else "online"
         records.append(
-            (t.health.name, name, seal(DeviceHealth(name, state, now), reg.signer, sender=reg.name))
+            (
+                t.health.name,
+                name,
+                seal(DeviceHealth(name, state, now), reg.signer, t.health.channel, sender=reg.name),
+            )
         )
     job = JobCommand(
         f"job-{unique}",
@@ -108,7 +112,7 @@ async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
     await _publish(kafka, records)
     scheduler.start()
     await asyncio.sleep(3)
-    await _publish(kafka, [(t.jobs.name, job.job_id, seal(job, op.signer, sender=op.name))])
+    await _publish(kafka, [(t.jobs.name, job.job_id, seal(job, op.signer, t.jobs.channel, sender=op.name))])
 
     (first,) = await _tasks(kafka, keys_dir, 1)
     assert first.round == 1 and first.model_version == 0 and first.job_id == job.job_id
@@ -123,7 +127,16 @@ async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
     scheduler.start()
     done = RoundComplete(job.job_id, 1, "completed", 1, 2, 1200, included=first.devices)
     await asyncio.sleep(8)
-    await _publish(kafka, [(t.rounds_complete.name, job.job_id, seal(done, agg.signer, sender=agg.name))])
+    await _publish(
+        kafka,
+        [
+            (
+                t.rounds_complete.name,
+                job.job_id,
+                seal(done, agg.signer, t.rounds_complete.channel, sender=agg.name),
+            )
+        ],
+    )
     tasks = await _tasks(kafka, keys_dir, 2, timeout_s=120)
     second = tasks[-1]
     assert second.round == 2 and second.model_version == 1
@@ -135,16 +148,20 @@ async def test_rounds_open_on_healthy_devices_and_resume_after_kill9(
 async def test_quorum_not_met_retries_with_a_fresh_round(
     kafka: KafkaSettings, keys_dir: Path, ids: dict[str, Identity], scheduler: SchedulerProcess, unique: str
 ) -> None:
-    t = topics(kafka.topic_prefix)
+    t = kafka.topics
     reg, op, agg = ids["registry"], ids["operator"], ids["aggregator"]
     now = int(time.time() * 1000)
     records = []
     for i in range(3):
         name = f"q{unique}-{i}"
         dev = Device(name, "active", generate_key().public_key, now, now)
-        records.append((t.devices.name, name, seal(dev, reg.signer, sender=reg.name)))
+        records.append((t.devices.name, name, seal(dev, reg.signer, t.devices.channel, sender=reg.name)))
         records.append(
-            (t.health.name, name, seal(DeviceHealth(name, "online", now), reg.signer, sender=reg.name))
+            (
+                t.health.name,
+                name,
+                seal(DeviceHealth(name, "online", now), reg.signer, t.health.channel, sender=reg.name),
+            )
         )
     config: dict[str, Setting] = {
         "rounds": 1,
@@ -154,12 +171,23 @@ async def test_quorum_not_met_retries_with_a_fresh_round(
         "strategy": {"name": "fedprox", "proximal_mu": 0.3},
     }
     job = JobCommand(f"job-{unique}", "start", config)
-    await _publish(kafka, [*records, (t.jobs.name, job.job_id, seal(job, op.signer, sender=op.name))])
+    await _publish(
+        kafka, [*records, (t.jobs.name, job.job_id, seal(job, op.signer, t.jobs.channel, sender=op.name))]
+    )
     scheduler.start()
     (first,) = await _tasks(kafka, keys_dir, 1)
     # FedProx's μ is in the devices' instructions because the strategy put it there.
     assert first.strategy == "fedprox" and TrainConfig.parse(first.config).proximal_mu == 0.3
     failed = RoundComplete(job.job_id, first.round, "quorum_not_met", 0, 1, 600)
-    await _publish(kafka, [(t.rounds_complete.name, job.job_id, seal(failed, agg.signer, sender=agg.name))])
+    await _publish(
+        kafka,
+        [
+            (
+                t.rounds_complete.name,
+                job.job_id,
+                seal(failed, agg.signer, t.rounds_complete.channel, sender=agg.name),
+            )
+        ],
+    )
     retry = (await _tasks(kafka, keys_dir, 2))[-1]
     assert retry.round == 2 and retry.model_version == 0

@@ -9,7 +9,7 @@ import numpy as np
 
 from qflare.crypto import Signer, signature_backend
 from qflare.crypto.base import MLKEM768_PUBLIC_KEY_BYTES
-from qflare.protocol import Body, Decoder, KeyRing, Tensor
+from qflare.protocol import Body, Channel, Decoder, KeyRing, Tensor
 from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
 from qflare.protocol.devices import (
     Deregistration,
@@ -19,7 +19,7 @@ from qflare.protocol.devices import (
     EnrollmentResult,
     Heartbeat,
 )
-from qflare.protocol.envelope import Chunk, Header, encode_envelope, new_message_id
+from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope, new_message_id
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
 
@@ -27,6 +27,10 @@ NOW = 1_750_000_000_000
 SENDER = "dev-1"
 SIGNER: Signer = signature_backend().signer_from_seed(bytes(range(32)))
 OTHER: Signer = signature_backend().signer_from_seed(bytes(range(1, 33)))
+#: Where the test records are signed for and read from.
+DEPLOYMENT = "test-deploy"
+TOPIC = "test.qflare.device.heartbeats"
+CHANNEL = Channel(DEPLOYMENT, TOPIC)
 
 
 def ring() -> KeyRing:
@@ -38,6 +42,7 @@ def ring() -> KeyRing:
 
 def decoder(**options: Any) -> Decoder:
     options.setdefault("clock", lambda: NOW)
+    options.setdefault("deployment", DEPLOYMENT)
     return Decoder(ring(), **options)
 
 
@@ -88,7 +93,7 @@ def raw_record(
 ) -> bytes:
     """A correctly signed record around arbitrary body bytes (the body need not be valid)."""
     header = Header(
-        v=1,
+        v=PROTOCOL_VERSION,
         type=type_,
         id=msg_id or new_message_id(ts_ms),
         sender=sender,
@@ -99,4 +104,4 @@ def raw_record(
         chunk=chunk,
         sig_alg=signer.alg,
     )
-    return encode_envelope(header, [body], signer.sign(header.signing_bytes()))
+    return encode_envelope(header, [body], signer.sign(header.signing_bytes(CHANNEL)))

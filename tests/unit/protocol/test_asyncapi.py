@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qflare.protocol import TopicSpec, topics
+from qflare.protocol.channel import DEFAULT_DEPLOYMENT
 from qflare.protocol.messages import BODY_TYPES
 
 TEXT = (Path(__file__).resolve().parents[3] / "docs" / "asyncapi.yaml").read_text()
@@ -26,7 +27,7 @@ def test_document_header() -> None:
     assert 'defaultContentType: "application/msgpack"' in TEXT
 
 
-@pytest.mark.parametrize("spec", list(topics()), ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", list(topics(deployment=DEFAULT_DEPLOYMENT)), ids=lambda s: s.name)
 def test_every_topic_is_a_channel_with_its_settings(spec: TopicSpec) -> None:
     block = _channel_block(spec)
     configs = spec.configs()

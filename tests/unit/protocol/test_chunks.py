@@ -14,7 +14,7 @@ from qflare.protocol.devices import Heartbeat
 from qflare.protocol.envelope import Chunk, new_message_id
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.training import ModelUpdate
-from tests.unit.protocol.helpers import NOW, OTHER, SENDER, SIGNER, decoder, raw_record
+from tests.unit.protocol.helpers import CHANNEL, NOW, OTHER, SENDER, SIGNER, TOPIC, decoder, raw_record
 
 
 def _update(n: int = 50_000) -> ModelUpdate:
@@ -24,7 +24,7 @@ def _update(n: int = 50_000) -> ModelUpdate:
 
 
 def _chunks(update: ModelUpdate, chunk_bytes: int = 30_000) -> list[bytes]:
-    return seal_chunked(update, SIGNER, sender=SENDER, round=2, ts_ms=NOW, chunk_bytes=chunk_bytes)
+    return seal_chunked(update, SIGNER, CHANNEL, sender=SENDER, round=2, ts_ms=NOW, chunk_bytes=chunk_bytes)
 
 
 class Clock:
@@ -36,10 +36,10 @@ class Clock:
 
 
 def test_small_bodies_are_not_chunked() -> None:
-    records = seal_chunked(Heartbeat(SENDER, 1), SIGNER, sender=SENDER, ts_ms=NOW)
+    records = seal_chunked(Heartbeat(SENDER, 1), SIGNER, CHANNEL, sender=SENDER, ts_ms=NOW)
     assert len(records) == 1
     d = decoder()
-    msg = Reassembler(d).feed(d.decode(records[0]))
+    msg = Reassembler(d).feed(d.decode(records[0], TOPIC))
     assert msg is not None and msg.body == Heartbeat(SENDER, 1)
 
 
@@ -56,10 +56,10 @@ def test_chunks_reassemble_in_any_order_with_duplicates() -> None:
     for record in shuffled:
         if record in seen:  # a redelivered record is the decoder's to refuse
             with pytest.raises(ReplayError):
-                d.decode(record)
+                d.decode(record, TOPIC)
             continue
         seen.add(record)
-        out = r.feed(d.decode(record))
+        out = r.feed(d.decode(record, TOPIC))
         if out is not None:
             done.append(out)
     assert len(done) == 1
@@ -75,11 +75,11 @@ def test_duplicate_chunk_of_an_open_or_finished_stream_is_ignored() -> None:
     records = _chunks(_update())
     d = decoder()
     r = Reassembler(d)
-    first = d.decode(records[0])
+    first = d.decode(records[0], TOPIC)
     assert r.feed(first) is None
     assert r.feed(first) is None
     for record in records[1:]:
-        out = r.feed(d.decode(record))
+        out = r.feed(d.decode(record, TOPIC))
     assert out is not None
     assert r.feed(first) is None  # stream already completed
     assert r.streams == 0
@@ -88,20 +88,20 @@ def test_duplicate_chunk_of_an_open_or_finished_stream_is_ignored() -> None:
 def test_stream_limit_and_bytes_in_flight() -> None:
     d = decoder()
     r = Reassembler(d, max_streams=1)
-    assert r.feed(d.decode(_chunks(_update())[0])) is None
+    assert r.feed(d.decode(_chunks(_update())[0], TOPIC)) is None
     with pytest.raises(LimitError) as info:
-        r.feed(d.decode(_chunks(_update())[0]))
+        r.feed(d.decode(_chunks(_update())[0], TOPIC))
     assert info.value.field == "chunk.stream"
     r = Reassembler(d, max_streams_per_sender=1)
-    assert r.feed(d.decode(_chunks(_update())[0])) is None
+    assert r.feed(d.decode(_chunks(_update())[0], TOPIC)) is None
     with pytest.raises(LimitError) as info:
-        r.feed(d.decode(_chunks(_update())[0]))
+        r.feed(d.decode(_chunks(_update())[0], TOPIC))
     assert "open streams" in str(info.value)
-    other = seal_chunked(_update(), OTHER, sender="dev-2", ts_ms=NOW, chunk_bytes=30_000)
-    assert r.feed(d.decode(other[0])) is None
+    other = seal_chunked(_update(), OTHER, CHANNEL, sender="dev-2", ts_ms=NOW, chunk_bytes=30_000)
+    assert r.feed(d.decode(other[0], TOPIC)) is None
     r = Reassembler(d, max_bytes_in_flight=100_000)
     with pytest.raises(LimitError) as info:
-        r.feed(d.decode(_chunks(_update(30_000))[0]))
+        r.feed(d.decode(_chunks(_update(30_000))[0], TOPIC))
     assert info.value.field == "body.size"
     assert r.bytes_in_flight == 0
 
@@ -111,7 +111,7 @@ def test_stale_streams_are_evicted_and_reported() -> None:
     d = decoder(clock=clock, max_age_ms=None)
     r = Reassembler(d, timeout_ms=1000)
     records = _chunks(_update())
-    assert r.feed(d.decode(records[0])) is None
+    assert r.feed(d.decode(records[0], TOPIC)) is None
     assert r.bytes_in_flight > 0
     clock.now += 1000
     assert r.drain_timeouts() == []
@@ -133,11 +133,15 @@ def test_chunks_that_disagree_drop_the_stream() -> None:
     r = Reassembler(d)
     digest = b"\x00" * 32
     assert (
-        r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 20, 0, digest, b"a" * 10), stream, 0, 2)))
+        r.feed(
+            d.decode(_chunk_record(ModelChunk("heartbeat", 20, 0, digest, b"a" * 10), stream, 0, 2), TOPIC)
+        )
         is None
     )
     with pytest.raises(ChunkError) as info:
-        r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 21, 10, digest, b"b" * 11), stream, 1, 2)))
+        r.feed(
+            d.decode(_chunk_record(ModelChunk("heartbeat", 21, 10, digest, b"b" * 11), stream, 1, 2), TOPIC)
+        )
     assert info.value.field == "body.size"
     assert r.streams == 0
 
@@ -147,9 +151,11 @@ def test_reassembled_body_must_match_the_digest() -> None:
     d = decoder()
     r = Reassembler(d)
     wrong = hashlib.sha256(b"something else").digest()
-    r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 20, 0, wrong, b"a" * 10), stream, 0, 2)))
+    r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 20, 0, wrong, b"a" * 10), stream, 0, 2), TOPIC))
     with pytest.raises(ChunkError) as info:
-        r.feed(d.decode(_chunk_record(ModelChunk("heartbeat", 20, 10, wrong, b"b" * 10), stream, 1, 2)))
+        r.feed(
+            d.decode(_chunk_record(ModelChunk("heartbeat", 20, 10, wrong, b"b" * 10), stream, 1, 2), TOPIC)
+        )
     assert info.value.field == "body.digest"
 
 
@@ -160,7 +166,8 @@ def test_slice_past_the_end_and_disallowed_inner_type() -> None:
     with pytest.raises(ChunkError) as info:
         r.feed(
             d.decode(
-                _chunk_record(ModelChunk("heartbeat", 20, 15, digest, b"a" * 10), new_message_id(NOW), 0, 2)
+                _chunk_record(ModelChunk("heartbeat", 20, 15, digest, b"a" * 10), new_message_id(NOW), 0, 2),
+                TOPIC,
             )
         )
     assert info.value.field == "body.offset"
@@ -168,7 +175,7 @@ def test_slice_past_the_end_and_disallowed_inner_type() -> None:
     r = Reassembler(only_updates)
     record = _chunk_record(ModelChunk("heartbeat", 20, 0, digest, b"a" * 10), new_message_id(NOW), 0, 2)
     with pytest.raises(SchemaError) as schema:
-        r.feed(only_updates.decode(record))
+        r.feed(only_updates.decode(record, TOPIC))
     assert schema.value.field == "body.inner_type"
 
 
@@ -179,28 +186,32 @@ def test_inner_body_is_validated_after_reassembly() -> None:
     d = decoder()
     with pytest.raises(SchemaError):
         Reassembler(d).feed(
-            d.decode(_chunk_record(ModelChunk("heartbeat", len(inner), 0, digest, inner), stream, 0, 1))
+            d.decode(
+                _chunk_record(ModelChunk("heartbeat", len(inner), 0, digest, inner), stream, 0, 1), TOPIC
+            )
         )
 
 
 def test_seal_chunked_limits() -> None:
     with pytest.raises(LimitError):
-        seal_chunked(_update(), SIGNER, sender=SENDER, chunk_bytes=0)
+        seal_chunked(_update(), SIGNER, CHANNEL, sender=SENDER, chunk_bytes=0)
     with pytest.raises(LimitError) as info:
-        seal_chunked(_update(), SIGNER, sender=SENDER, chunk_bytes=1000, limits=Limits(max_chunks=10))
+        seal_chunked(
+            _update(), SIGNER, CHANNEL, sender=SENDER, chunk_bytes=1000, limits=Limits(max_chunks=10)
+        )
     assert info.value.field == "chunk.count"
     with pytest.raises(LimitError):
         seal_chunked(
-            _update(), SIGNER, sender=SENDER, chunk_bytes=1000, limits=Limits(max_message_bytes=1000)
+            _update(), SIGNER, CHANNEL, sender=SENDER, chunk_bytes=1000, limits=Limits(max_message_bytes=1000)
         )
 
 
 def test_default_limits_send_the_fedavg_cnn_in_one_record() -> None:
     update = _update(1_663_370)
-    records = seal_chunked(update, SIGNER, sender=SENDER, ts_ms=NOW)
+    records = seal_chunked(update, SIGNER, CHANNEL, sender=SENDER, ts_ms=NOW)
     assert len(records) == 1
     assert len(records[0]) <= Limits().max_record_bytes
-    assert decoder().decode(records[0]).body == update
+    assert decoder().decode(records[0], TOPIC).body == update
 
 
 def _pieces(whole: bytes, cuts: list[int]) -> list[ModelChunk]:
@@ -218,7 +229,7 @@ def test_unequal_slices_that_tile_the_body_are_accepted() -> None:
     r = Reassembler(d)
     pieces = _pieces(whole, [0, 3, 4, 20, len(whole)])
     records = [_chunk_record(p, stream, i, len(pieces)) for i, p in enumerate(pieces)]
-    out = [r.feed(d.decode(rec)) for rec in reversed(records)]
+    out = [r.feed(d.decode(rec, TOPIC)) for rec in reversed(records)]
     assert out[:-1] == [None] * (len(records) - 1)
     assert out[-1] is not None and out[-1].body == Heartbeat(SENDER, 9, "idle", {"cpu": 0.5})
 
@@ -235,12 +246,12 @@ def test_slices_must_start_where_the_previous_one_ended() -> None:
     stream = new_message_id(NOW)
     d = decoder()
     r = Reassembler(d)
-    assert r.feed(d.decode(_chunk_record(overlapping[0], stream, 0, 2))) is None
+    assert r.feed(d.decode(_chunk_record(overlapping[0], stream, 0, 2), TOPIC)) is None
     with pytest.raises(ChunkError) as info:
-        r.feed(d.decode(_chunk_record(overlapping[1], stream, 1, 2)))
+        r.feed(d.decode(_chunk_record(overlapping[1], stream, 1, 2), TOPIC))
     assert info.value.field == "body.offset"
     # The stream is closed and remembered: a late chunk of it is ignored.
-    assert r.feed(d.decode(_chunk_record(overlapping[1], stream, 1, 2))) is None
+    assert r.feed(d.decode(_chunk_record(overlapping[1], stream, 1, 2), TOPIC)) is None
 
 
 def test_the_reassembled_message_carries_chunk_zeros_header() -> None:
@@ -252,8 +263,8 @@ def test_the_reassembled_message_carries_chunk_zeros_header() -> None:
     )
     d = decoder()
     r = Reassembler(d)
-    assert r.feed(d.decode(later)) is None
-    msg = r.feed(d.decode(_chunk_record(pieces[0], stream, 0, 2)))
+    assert r.feed(d.decode(later, TOPIC)) is None
+    msg = r.feed(d.decode(_chunk_record(pieces[0], stream, 0, 2), TOPIC))
     assert msg is not None
     assert (msg.header.id, msg.header.ts_ms, msg.header.type) == (stream, NOW, "heartbeat")
     assert msg.header.body_digest == hashlib.sha256(whole).digest()

@@ -19,17 +19,17 @@ from qflare.protocol.envelope import (
     parse_envelope,
 )
 from qflare.protocol.training import GlobalModel
-from tests.unit.protocol.helpers import NOW, SENDER, SIGNER, sample_bodies
+from tests.unit.protocol.helpers import CHANNEL, NOW, SENDER, SIGNER, sample_bodies
 
 
 def _record() -> bytes:
-    return seal(Heartbeat("dev-1", 1), SIGNER, sender=SENDER, round=4, ts_ms=NOW)
+    return seal(Heartbeat("dev-1", 1), SIGNER, CHANNEL, sender=SENDER, round=4, ts_ms=NOW)
 
 
 def test_record_is_a_map_of_exactly_the_twelve_fields_in_order() -> None:
     raw = msgpack.unpackb(_record())
     assert list(raw) == list(FIELDS)
-    assert raw["v"] == 1
+    assert raw["v"] == 2
     assert raw["type"] == "heartbeat"
     assert raw["sender"] == SENDER
     assert raw["key_id"] == SIGNER.key_id
@@ -47,7 +47,9 @@ def test_signed_bytes_are_the_canonical_header_array() -> None:
     expected = msgpack.packb(
         [
             SIGNING_DOMAIN,
-            1,
+            2,
+            CHANNEL.deployment,
+            CHANNEL.topic,
             "heartbeat",
             head.id,
             SENDER,
@@ -59,10 +61,10 @@ def test_signed_bytes_are_the_canonical_header_array() -> None:
             "ML-DSA-65",
         ]
     )
-    assert head.signing_bytes() == expected
-    assert expected[0] == 0x9B
+    assert head.signing_bytes(CHANNEL) == expected
+    assert expected[0] == 0x9D  # fixarray of 13
     chunked = type(head)(**{**{f: getattr(head, f) for f in head.__slots__}, "chunk": Chunk(head.id, 1, 3)})
-    assert msgpack.unpackb(chunked.signing_bytes())[9] == [head.id, 1, 3]
+    assert msgpack.unpackb(chunked.signing_bytes(CHANNEL))[11] == [head.id, 1, 3]
 
 
 def test_message_ids_are_uuid7_with_the_timestamp() -> None:
@@ -79,7 +81,7 @@ def test_every_body_type_survives_a_record(body: object) -> None:
     from qflare.protocol import Body
 
     assert isinstance(body, Body)
-    env = parse_envelope(seal(body, SIGNER, sender=SENDER, ts_ms=NOW))
+    env = parse_envelope(seal(body, SIGNER, CHANNEL, sender=SENDER, ts_ms=NOW))
     assert env.header.type == body.TYPE
     assert type(body).from_body(msgpack.unpackb(bytes(env.body))) == body
 
@@ -92,10 +94,13 @@ def _mutate(**change: object) -> bytes:
 
 def test_unknown_version_is_rejected_before_anything_else() -> None:
     with pytest.raises(VersionError) as info:
-        parse_envelope(msgpack.packb({"v": 2, "something": "else"}))
+        parse_envelope(msgpack.packb({"v": 3, "something": "else"}))
     assert info.value.field == "v"
     with pytest.raises(VersionError):
         parse_envelope(_mutate(v=0))
+    # Version 1 signed neither deployment nor topic, so its records are refused.
+    with pytest.raises(VersionError):
+        parse_envelope(_mutate(v=1))
 
 
 @pytest.mark.parametrize(
@@ -163,5 +168,5 @@ def test_seal_refuses_bodies_that_need_chunking() -> None:
     tiny = Limits(max_record_bytes=64 * 1024)
     model = GlobalModel("job-1", 1, (Tensor.of("w", np.zeros(20_000, dtype=np.float32)),))
     with pytest.raises(LimitError) as info:
-        seal(model, SIGNER, sender=SENDER, limits=tiny)
+        seal(model, SIGNER, CHANNEL, sender=SENDER, limits=tiny)
     assert info.value.field == "body"

@@ -18,7 +18,7 @@ from qflare.protocol import Tensor, seal, wire
 from qflare.protocol.devices import Heartbeat
 from qflare.protocol.training import ModelUpdate
 from tests.unit.protocol import wire_reference
-from tests.unit.protocol.helpers import NOW, SENDER, SIGNER, decoder, small_tensors
+from tests.unit.protocol.helpers import CHANNEL, NOW, SENDER, SIGNER, TOPIC, decoder, small_tensors
 
 LOOSE = wire.WireLimits(1 << 20, 8, 1000, 100, 1000, 1 << 16)
 TIGHT = wire.WireLimits(64, 2, 3, 3, 5, 8)
@@ -100,7 +100,9 @@ def test_reader_names_the_same_field_as_the_reference(data: bytes) -> None:
 
 
 def test_reader_matches_the_reference_on_mutated_records() -> None:
-    record = seal(ModelUpdate("job-1", 3, SENDER, 2, 10, small_tensors()), SIGNER, sender=SENDER, ts_ms=NOW)
+    record = seal(
+        ModelUpdate("job-1", 3, SENDER, 2, 10, small_tensors()), SIGNER, CHANNEL, sender=SENDER, ts_ms=NOW
+    )
     rng = random.Random(7)
     _same_as_reference(record)
     for _ in range(300):
@@ -152,8 +154,8 @@ def test_sealing_passes_tensor_memory_through_to_the_one_copy() -> None:
 
 def test_decoded_tensors_are_views_into_the_record() -> None:
     update = ModelUpdate("job-1", 3, SENDER, 2, 10, small_tensors(), {"loss": 0.5})
-    record = seal(update, SIGNER, sender=SENDER, round=3, ts_ms=NOW)
-    message = decoder().decode(record)
+    record = seal(update, SIGNER, CHANNEL, sender=SENDER, round=3, ts_ms=NOW)
+    message = decoder().decode(record, TOPIC)
     whole = np.frombuffer(record, dtype=np.uint8)
     assert message.body == update
     for tensor in message.body.all_tensors():
@@ -163,4 +165,4 @@ def test_decoded_tensors_are_views_into_the_record() -> None:
 
 def test_heartbeat_still_roundtrips() -> None:
     body = Heartbeat(SENDER, 5, "training", {"cpu": 0.25})
-    assert decoder().decode(seal(body, SIGNER, sender=SENDER, ts_ms=NOW)).body == body
+    assert decoder().decode(seal(body, SIGNER, CHANNEL, sender=SENDER, ts_ms=NOW), TOPIC).body == body

@@ -36,17 +36,34 @@ from qflare.protocol.devices import Heartbeat
 from qflare.protocol.envelope import FIELDS
 from qflare.protocol.messages import BODY_TYPES
 from qflare.protocol.training import ModelUpdate
-from tests.unit.protocol.helpers import NOW, OTHER, SENDER, SIGNER, decoder, raw_record, small_tensors
+from tests.unit.protocol.helpers import (
+    CHANNEL,
+    NOW,
+    OTHER,
+    SENDER,
+    SIGNER,
+    TOPIC,
+    decoder,
+    raw_record,
+    small_tensors,
+)
 
-HEARTBEAT = seal(Heartbeat(SENDER, 1, "idle", {"cpu": 0.5}), SIGNER, sender=SENDER, round=3, ts_ms=NOW)
+HEARTBEAT = seal(
+    Heartbeat(SENDER, 1, "idle", {"cpu": 0.5}), SIGNER, CHANNEL, sender=SENDER, round=3, ts_ms=NOW
+)
 UPDATE = seal(
-    ModelUpdate("job-1", 3, SENDER, 2, 10, small_tensors()), SIGNER, sender=SENDER, round=3, ts_ms=NOW
+    ModelUpdate("job-1", 3, SENDER, 2, 10, small_tensors()),
+    SIGNER,
+    CHANNEL,
+    sender=SENDER,
+    round=3,
+    ts_ms=NOW,
 )
 
 
 def _refused(data: bytes) -> ProtocolError:
     try:
-        decoder().decode(data)
+        decoder().decode(data, TOPIC)
     except ProtocolError as exc:
         return exc
     raise AssertionError("decoder accepted the input")
@@ -164,7 +181,7 @@ bodies = st.recursive(
 def test_correctly_signed_garbage_bodies(type_: str, body: object) -> None:
     record = raw_record(wire.pack(body), type_=type_)
     with contextlib.suppress(ProtocolError):
-        decoder().decode(record)
+        decoder().decode(record, TOPIC)
 
 
 def _with_version(v: int) -> bytes:
@@ -191,7 +208,8 @@ def _replayed() -> bytes:
 
 
 CASES: list[tuple[str, Callable[[], bytes], type[ProtocolError]]] = [
-    ("unknown version", lambda: _with_version(2), VersionError),
+    ("unknown version", lambda: _with_version(3), VersionError),
+    ("version 1 (signed no channel)", lambda: _with_version(1), VersionError),
     (
         "expired timestamp",
         lambda: raw_record(wire.pack(Heartbeat(SENDER, 1).to_body()), ts_ms=NOW - 3_600_000),
@@ -204,12 +222,12 @@ CASES: list[tuple[str, Callable[[], bytes], type[ProtocolError]]] = [
     ),
     (
         "unknown key_id",
-        lambda: seal(Heartbeat(SENDER, 1), generate_key().signer(), sender=SENDER, ts_ms=NOW),
+        lambda: seal(Heartbeat(SENDER, 1), generate_key().signer(), CHANNEL, sender=SENDER, ts_ms=NOW),
         UnknownKeyError,
     ),
     (
         "key of another sender",
-        lambda: seal(Heartbeat(SENDER, 1), OTHER, sender=SENDER, ts_ms=NOW),
+        lambda: seal(Heartbeat(SENDER, 1), OTHER, CHANNEL, sender=SENDER, ts_ms=NOW),
         KeyMismatchError,
     ),
     ("valid signature, other body", _other_body, DigestMismatchError),
@@ -235,6 +253,6 @@ def test_catalogue_of_attacks(name: str, make: Callable[[], bytes], error: type[
 
 def test_replayed_id() -> None:
     d = decoder()
-    d.decode(_replayed())
+    d.decode(_replayed(), TOPIC)
     with pytest.raises(ReplayError):
-        d.decode(_replayed())
+        d.decode(_replayed(), TOPIC)

@@ -6,6 +6,7 @@ import pytest
 
 from qflare.errors import ConfigError
 from qflare.protocol import Limits, topics
+from qflare.protocol.channel import DEFAULT_DEPLOYMENT
 from qflare.protocol.messages import BODY_TYPES
 
 EXPECTED = {
@@ -25,12 +26,12 @@ EXPECTED = {
 
 
 def test_every_topic_is_listed_once() -> None:
-    names = [spec.name for spec in topics()]
+    names = [spec.name for spec in topics(deployment=DEFAULT_DEPLOYMENT)]
     assert sorted(names) == sorted(EXPECTED)
 
 
 def test_compacted_topics_keep_records_forever() -> None:
-    t = topics()
+    t = topics(deployment=DEFAULT_DEPLOYMENT)
     assert {spec.name for spec in t if spec.compacted} == {"qflare.devices", "qflare.models"}
     for spec in t:
         configs = spec.configs()
@@ -43,14 +44,14 @@ def test_compacted_topics_keep_records_forever() -> None:
 
 
 def test_every_message_type_has_a_topic() -> None:
-    carried = set().union(*(spec.types for spec in topics()))
+    carried = set().union(*(spec.types for spec in topics(deployment=DEFAULT_DEPLOYMENT)))
     assert carried == set(BODY_TYPES)
 
 
 def test_prefix_renames_everything_and_lookup_works() -> None:
-    t = topics("test-42.")
+    t = topics("test-42.", deployment=DEFAULT_DEPLOYMENT)
     assert all(spec.name.startswith("test-42.qflare.") for spec in t)
     assert t.by_name("test-42.qflare.updates") == t.updates
-    assert t.updates.types == topics().updates.types
+    assert t.updates.types == topics(deployment=DEFAULT_DEPLOYMENT).updates.types
     with pytest.raises(ConfigError):
         t.by_name("qflare.updates")

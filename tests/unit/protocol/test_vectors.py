@@ -13,7 +13,7 @@ import pytest
 from qflare.crypto import kem_backend, key_id, signature_backends
 from qflare.crypto.keys import parse_key
 from qflare.errors import KeyFormatError, ProtocolError
-from qflare.protocol import Decoder, KeyRing, Reassembler, wire
+from qflare.protocol import Channel, Decoder, KeyRing, Reassembler, wire
 from qflare.protocol.envelope import Chunk, Header, encode_envelope, parse_envelope
 from qflare.protocol.messages import BODY_TYPES
 
@@ -21,6 +21,9 @@ VECTORS = Path(__file__).resolve().parents[2] / "vectors"
 DATA: dict[str, Any] = json.loads((VECTORS / "envelopes.json").read_text())
 TS = DATA["envelopes"][0]["header"]["ts_ms"]
 LIMITS = wire.WireLimits(1 << 20, 16, 1000, 100, 1000, 1 << 20)
+#: Where every vector was signed for; the receiver reads every record from there.
+DEPLOYMENT, TOPIC = DATA["receiver"]["deployment"], DATA["receiver"]["topic"]
+CHANNEL = Channel(DEPLOYMENT, TOPIC)
 
 
 def _header(fields: dict[str, Any]) -> Header:
@@ -54,6 +57,7 @@ def _decoder() -> Decoder:
         max_skew_ms=spec["max_skew_ms"],
         self_signed=spec["self_signed"],
         check_finite=spec["check_finite"],
+        deployment=spec["deployment"],
     )
 
 
@@ -83,13 +87,15 @@ def test_envelope_bytes_are_exact_and_signature_verifies(vector: dict[str, Any])
     typed = BODY_TYPES[header.type].from_body(wire.unpack(body, LIMITS))
     assert wire.pack(typed.to_body()) == body
     assert hashlib.sha256(body).digest() == header.body_digest
-    assert header.signing_bytes().hex() == vector["signing_bytes"]
+    channel = Channel(**vector["channel"])
+    assert channel == CHANNEL
+    assert header.signing_bytes(channel).hex() == vector["signing_bytes"]
     assert encode_envelope(header, [body], sig).hex() == vector["envelope"]
     parsed = parse_envelope(bytes.fromhex(vector["envelope"]))
     assert parsed.header == header
     public = bytes.fromhex(DATA["device_key" if header.type == "enrollment" else "signing_key"]["public_key"])
     for backend in signature_backends().values():
-        assert backend.verify(public, header.signing_bytes(), sig)
+        assert backend.verify(public, header.signing_bytes(channel), sig)
 
 
 def test_vectors_decode_and_the_chunks_reassemble() -> None:
@@ -97,7 +103,7 @@ def test_vectors_decode_and_the_chunks_reassemble() -> None:
     reassembler = Reassembler(decoder)
     out = {}
     for vector in DATA["envelopes"]:
-        message = reassembler.feed(decoder.decode(bytes.fromhex(vector["envelope"])))
+        message = reassembler.feed(decoder.decode(bytes.fromhex(vector["envelope"]), TOPIC))
         out[vector["name"]] = message
     assert out["model_chunk_0"] is None
     whole = out["model_chunk_1"]
@@ -115,9 +121,9 @@ def test_rejection_vectors(case: dict[str, Any]) -> None:
     decoder = _decoder()
     reassembler = Reassembler(decoder)
     for name in case.get("preceded_by", []):  # accepted; a first chunk is held
-        reassembler.feed(decoder.decode(bytes.fromhex(VECTORS_BY_NAME[name]["envelope"])))
+        reassembler.feed(decoder.decode(bytes.fromhex(VECTORS_BY_NAME[name]["envelope"]), TOPIC))
     with pytest.raises(ProtocolError) as info:
-        reassembler.feed(decoder.decode(bytes.fromhex(case["envelope"])))
+        reassembler.feed(decoder.decode(bytes.fromhex(case["envelope"]), TOPIC))
     assert (info.value.reason, info.value.field) == (case["reason"], case["field"]), info.value
 
 
@@ -125,7 +131,7 @@ def test_rejection_vectors(case: dict[str, Any]) -> None:
 def test_acceptance_vectors(case: dict[str, Any]) -> None:
     decoder = _decoder()
     reassembler = Reassembler(decoder)
-    *held, last = [reassembler.feed(decoder.decode(bytes.fromhex(r))) for r in case["records"]]
+    *held, last = [reassembler.feed(decoder.decode(bytes.fromhex(r), TOPIC)) for r in case["records"]]
     assert held == [None] * len(held)
     assert last is not None
     expect = case["expect"]

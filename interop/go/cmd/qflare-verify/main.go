@@ -54,7 +54,18 @@ type outEnvelope struct {
 	Envelope string `json:"envelope"`
 }
 
+type channelJSON struct {
+	Deployment string `json:"deployment"`
+	Topic      string `json:"topic"`
+}
+
+func (c channelJSON) channel() qflare.Channel {
+	return qflare.Channel{Deployment: c.Deployment, Topic: c.Topic}
+}
+
 type signOutput struct {
+	// Channel is what every envelope is signed for; a receiver must read them as from there.
+	Channel   channelJSON   `json:"channel"`
 	Signer    party         `json:"signer"`
 	Device    party         `json:"device"`
 	Stream    string        `json:"stream"`
@@ -131,7 +142,10 @@ func cmdSign(args []string) error {
 	out := fs.String("out", "-", "output file, - for stdout")
 	owner := fs.String("owner", "go-dev-1", "sender signing with signing_key")
 	devOwner := fs.String("device-owner", "go-dev-2", "sender of the self-signed enrolment (device_key)")
+	deployment := fs.String("deployment", "go-interop", "deployment id every signature is bound to")
+	topic := fs.String("topic", "go.qflare.records", "topic every signature is bound to")
 	_ = fs.Parse(args)
+	ch := qflare.Channel{Deployment: *deployment, Topic: *topic}
 
 	vk, sk, dk, err := loadKeys(*vectors)
 	if err != nil {
@@ -142,9 +156,9 @@ func cmdSign(args []string) error {
 		return err
 	}
 	now := uint64(time.Now().UnixMilli())
-	res := signOutput{Signer: partyOf(*owner, sk), Device: partyOf(*devOwner, dk)}
+	res := signOutput{Channel: channelJSON{ch.Deployment, ch.Topic}, Signer: partyOf(*owner, sk), Device: partyOf(*devOwner, dk)}
 	add := func(name string, k *qflare.SigningKey, h qflare.Header, body []byte) error {
-		env, err := k.Sign(h, body)
+		env, err := k.Sign(h, body, ch)
 		if err != nil {
 			return err
 		}
@@ -246,7 +260,7 @@ func cmdSign(args []string) error {
 	if err := ring.Add(*owner, sk.PublicBytes()); err != nil {
 		return err
 	}
-	r := &qflare.Receiver{Keys: ring, AllowSelfSigned: true}
+	r := &qflare.Receiver{Keys: ring, Channel: ch, AllowSelfSigned: true}
 	for _, e := range res.Envelopes {
 		raw, _ := hex.DecodeString(e.Envelope)
 		if _, err := r.Receive(raw); err != nil {
@@ -275,6 +289,8 @@ func cmdVerify(args []string) error {
 	fs := flag.NewFlagSet("verify", flag.ExitOnError)
 	vectors := fs.String("vectors", defaultVectors, "golden vectors file (for the keys)")
 	owner := fs.String("owner", "dev-1", "owner of signing_key")
+	deployment := fs.String("deployment", "", "deployment id the records were signed for (default: the input's channel)")
+	topic := fs.String("topic", "", "topic the records were read from (default: the input's channel)")
 	_ = fs.Parse(args)
 
 	_, sk, _, err := loadKeys(*vectors)
@@ -298,6 +314,12 @@ func cmdVerify(args []string) error {
 	var doc signOutput
 	if json.Unmarshal(data, &doc) == nil && len(doc.Envelopes) > 0 {
 		*owner = doc.Signer.Owner
+		if *deployment == "" {
+			*deployment = doc.Channel.Deployment
+		}
+		if *topic == "" {
+			*topic = doc.Channel.Topic
+		}
 		for _, e := range doc.Envelopes {
 			records = append(records, e.Envelope)
 		}
@@ -314,7 +336,7 @@ func cmdVerify(args []string) error {
 	if err := ring.Add(*owner, sk.PublicBytes()); err != nil {
 		return err
 	}
-	r := &qflare.Receiver{Keys: ring, AllowSelfSigned: true}
+	r := &qflare.Receiver{Keys: ring, Channel: qflare.Channel{Deployment: *deployment, Topic: *topic}, AllowSelfSigned: true}
 	failed := 0
 	for i, h := range records {
 		raw, err := hex.DecodeString(h)

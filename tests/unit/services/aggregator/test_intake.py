@@ -15,12 +15,13 @@ from qflare.kafka import KafkaSettings
 from qflare.keys import DeviceKeys
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor, seal_chunked, topics
+from qflare.protocol.channel import DEFAULT_DEPLOYMENT
 from qflare.protocol.devices import Device
 from qflare.protocol.training import ModelUpdate
 from services.aggregator.cursor import Cursor
 from services.aggregator.intake import Intake
 
-SPEC = topics("").updates
+SPEC = topics("", deployment=DEFAULT_DEPLOYMENT).updates
 LIMITS = KafkaSettings().limits
 
 
@@ -30,7 +31,7 @@ def _records(
     arrays = init_weights("2nn", seed) if weights is None else weights
     tensors = tuple(Tensor.of(n, w) for n, w in zip(tensor_names("2nn"), arrays, strict=True))
     body = ModelUpdate("job", 1, device, 0, 10, tensors, {"loss": 0.1})
-    return seal_chunked(body, key.signer(), sender=device, round=1, chunk_bytes=chunk_bytes)
+    return seal_chunked(body, key.signer(), SPEC.channel, sender=device, round=1, chunk_bytes=chunk_bytes)
 
 
 def _kafka(offset: int, value: bytes) -> ConsumerRecord[Any, Any]:
