@@ -66,6 +66,7 @@ class AggregatorProcess(ManagedService):
         return {
             **os.environ,
             "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "QFLARE_KAFKA_DEPLOYMENT_ID": self.kafka.deployment_id,
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_AGGREGATOR_KEYS_DIR": str(self.keys_dir),
             "QFLARE_AGGREGATOR_EVAL_EXAMPLES": str(self.eval_examples),

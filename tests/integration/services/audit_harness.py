@@ -47,6 +47,7 @@ class AuditProcess(ManagedService):
         return {
             **os.environ,
             "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "QFLARE_KAFKA_DEPLOYMENT_ID": self.kafka.deployment_id,
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_AUDIT_KEYS_DIR": str(self.keys_dir),
             "QFLARE_AUDIT_CHECKPOINT_EVERY": str(self.checkpoint_every),

@@ -14,7 +14,8 @@ from tests.integration.services.harness import Fleet, RegistryProcess
 
 @pytest.fixture
 def kafka(unique: str) -> KafkaSettings:
-    return KafkaSettings(topic_prefix=f"t{unique}.")
+    # A deployment id of its own too: services must sign and verify with the one they are given.
+    return KafkaSettings(topic_prefix=f"t{unique}.", deployment_id=f"test-{unique}")
 
 
 @pytest.fixture

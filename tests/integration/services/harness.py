@@ -44,6 +44,7 @@ class RegistryProcess(ManagedService):
         return {
             **os.environ,
             "QFLARE_KAFKA_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "QFLARE_KAFKA_DEPLOYMENT_ID": self.kafka.deployment_id,
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_REGISTRY_KEYS_DIR": str(self.keys_dir),
             "QFLARE_REGISTRY_GROUP_ID": f"registry-{self.kafka.topic_prefix}",

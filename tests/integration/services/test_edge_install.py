@@ -73,6 +73,7 @@ async def test_edge_only_device_enrols_and_heartbeats(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "QFLARE_"))} | {
         "QFLARE_KAFKA_BOOTSTRAP": kafka.bootstrap,
         "QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "QFLARE_KAFKA_DEPLOYMENT_ID": kafka.deployment_id,
         "QFLARE_DEVICE_TOKEN": token,
     }
     cmd = [str(edge_venv / "bin" / "qflare-edge"), "run", "--device-id", device_id, "--heartbeat-s", "1"]

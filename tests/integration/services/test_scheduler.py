@@ -31,6 +31,7 @@ class SchedulerProcess(ManagedService):
         self._env = {
             **os.environ,
             "QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+            "QFLARE_KAFKA_DEPLOYMENT_ID": kafka.deployment_id,
             "QFLARE_KAFKA_BOOTSTRAP": kafka.bootstrap,
             "QFLARE_SCHEDULER_KEYS_DIR": str(keys_dir),
             "QFLARE_SCHEDULER_DATA_DIR": str(tmp / "faust"),

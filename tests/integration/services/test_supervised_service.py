@@ -32,6 +32,7 @@ def _registry(kafka: KafkaSettings, keys_dir: Path, log: Path, **env: str) -> Se
         "registry",
         {
             "QFLARE_KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+            "QFLARE_KAFKA_DEPLOYMENT_ID": kafka.deployment_id,
             "QFLARE_KAFKA_BOOTSTRAP": kafka.bootstrap,
             "QFLARE_REGISTRY_KEYS_DIR": str(keys_dir),
             "QFLARE_REGISTRY_GROUP_ID": f"registry-{kafka.topic_prefix}",
