@@ -23,7 +23,7 @@ from qflare import operator
 from qflare.crypto import generate_key
 from qflare.errors import ProtocolError, StackError
 from qflare.identity import Identity, TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, make_consumer, make_producer, read_to_end
+from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, read_to_end
 from qflare.protocol import Decoder, topics
 from qflare.protocol.devices import Device, Enrollment
 from tests.hostile.kinds import FLOOD_ALLOWANCE, Arsenal, Hostile, build
@@ -133,6 +133,11 @@ class Attack:
         await consumer.start()
         out: dict[str, list[tuple[bytes | None, bytes]]] = {}
         try:
+            # The first round task is worth replaying: wait (briefly) until the scheduler sent it.
+            rounds = partitions(self.topics.rounds)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not sum((await consumer.end_offsets(rounds)).values()):
+                await asyncio.sleep(1.0)
             parts = [TopicPartition(t.name, p) for t in self.targets for p in range(t.partitions)]
             known = set(await consumer.topics())
             parts = [tp for tp in parts if tp.topic in known]
