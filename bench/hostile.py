@@ -34,6 +34,7 @@ if str(ROOT) not in sys.path:
 
 from qflare_cli.stack import quiet_clients  # noqa: E402
 from tests.hostile.attack import AttackConfig  # noqa: E402
+from tests.hostile.kinds import KINDS  # noqa: E402
 from tests.hostile.report import markdown, untyped  # noqa: E402
 from tests.hostile.run import run_once  # noqa: E402
 from tests.jobs import small_fedavg_job  # noqa: E402
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         help="most seconds to wait for the services to read the attack",
     )
     parser.add_argument("--skip-clean", action="store_true", help="only the attacked run (no comparison)")
+    parser.add_argument(
+        "--kinds", default="", help=f"comma-separated kinds to send (default: {','.join(KINDS)})"
+    )
     args = parser.parse_args(argv)
     quiet_clients()
     console = Console(stderr=True)
@@ -81,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        attack = AttackConfig(total=args.records, rate=args.rate, seed=args.seed)
+        kinds = frozenset(k for k in args.kinds.split(",") if k) or None
+        if kinds is not None and not kinds <= set(KINDS):
+            parser.error(f"unknown kinds: {sorted(kinds - set(KINDS))}")
+        attack = AttackConfig(total=args.records, rate=args.rate, seed=args.seed, kinds=kinds)
         attacked = run_once(
             "attacked",
             attack=attack,
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"- supervisor: {line}")
     problems = attacked.shortfalls() + [f"untyped reason {r}" for r in untyped(attacked.rejections)]
     if sum(attacked.restarts.values()):
-        problems.append(f"{sum(attacked.restarts.values())} restarts")
+        problems.append(f"{sum(attacked.restarts.values())} service restarts or stops")
     if attacked.error or attacked.completed_rounds < args.rounds:
         problems.append(f"the attacked job did not complete: {attacked.error}")
     if not args.skip_clean and clean.final_digest != attacked.final_digest:

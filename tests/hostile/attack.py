@@ -41,6 +41,8 @@ class AttackConfig:
     #: Records per second; the attack is spread over the job rather than burst at its start.
     rate: float = 250.0
     seed: int = 0
+    #: Only these kinds (None: every kind), to find which kind stops which service.
+    kinds: frozenset[str] | None = None
     #: Most seconds to wait for the registry to enrol the attacker's device.
     enrol_timeout_s: float = 120.0
 
@@ -125,7 +127,8 @@ class Attack:
         )
         rng = random.Random(self.cfg.seed)
         # Signing a thousand records takes seconds: off the loop, so the job's progress is still read.
-        self.records = await asyncio.to_thread(build, arsenal, self.cfg.total, rng)
+        records = await asyncio.to_thread(build, arsenal, self.cfg.total, rng)
+        self.records = [h for h in records if self.cfg.kinds is None or h.kind in self.cfg.kinds]
         await self._send()
 
     async def _harvest(self) -> dict[str, list[tuple[bytes | None, bytes]]]:

@@ -56,8 +56,8 @@ class Scraper:
         return out
 
 
-def counted(rejections: Rejections, service: str, target: Target) -> float:
-    label = metric_label(service, target)
+def counted(rejections: Rejections, service: str, label: str) -> float:
+    """Rejections ``service`` counted under the ``topic`` label ``label``, over every reason."""
     return sum(v for (s, t, _), v in rejections.items() if s == service and t == label)
 
 
@@ -85,15 +85,26 @@ class Outcome:
     rejections: Rejections = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
 
+    def judged(self) -> list[tuple[str, str, int, float]]:
+        """(service, topic label, records it must refuse, rejections it counted), by label.
+
+        Topics a service counts under one label (the scheduler's control stream) are summed.
+        """
+        want: Counter[tuple[str, str]] = Counter()
+        roles: dict[tuple[str, str], list[str]] = {}
+        for (service, role), n in self.expected.items():
+            target = next(t for t in self.targets if t.role == role)
+            key = (service, metric_label(service, target))
+            want[key] += n
+            roles.setdefault(key, []).append(role)
+        return [
+            (service, "+".join(sorted(roles[(service, label)])), n, counted(self.rejections, service, label))
+            for (service, label), n in sorted(want.items())
+        ]
+
     def shortfalls(self) -> list[str]:
         """Each (service, topic) that counted fewer rejections than hostile records it must refuse."""
-        out = []
-        for (service, role), want in sorted(self.expected.items()):
-            target = next(t for t in self.targets if t.role == role)
-            got = counted(self.rejections, service, target)
-            if got < want:
-                out.append(f"{service} on {role}: {got:.0f} of {want} counted")
-        return out
+        return [f"{s} on {roles}: {got:.0f} of {n} counted" for s, roles, n, got in self.judged() if got < n]
 
 
 def markdown(clean: Outcome, attacked: Outcome) -> str:
@@ -112,7 +123,7 @@ def _summary(clean: Outcome, attacked: Outcome) -> str:
         f"| rounds completed | {clean.completed_rounds} | {attacked.completed_rounds} |",
         f"| final test accuracy | {_acc(clean)} | {_acc(attacked)} |",
         f"| final model digest equal | | {'yes' if same else 'NO'} |",
-        f"| service restarts | {_restarts(clean)} | {_restarts(attacked)} |",
+        f"| service restarts and stops | {_restarts(clean)} | {_restarts(attacked)} |",
         f"| stopped by | {clean.error or '-'} | {attacked.error or '-'} |",
         f"| wall time | {clean.seconds:.0f} s | {attacked.seconds:.0f} s |",
         f"| hostile records sent | | {sum(attacked.sent.values())} "
@@ -142,9 +153,7 @@ def _sent(o: Outcome) -> str:
 
 def _judged(o: Outcome) -> str:
     rows = ["| service | topic | must refuse | counted | |", "|---|---|---|---|---|"]
-    for (service, role), want in sorted(o.expected.items()):
-        target = next(t for t in o.targets if t.role == role)
-        got = counted(o.rejections, service, target)
+    for service, role, want, got in o.judged():
         rows.append(f"| {service} | {role} | {want} | {got:.0f} | {'ok' if got >= want else 'SHORT'} |")
     return "Rejections counted against the hostile records each service must refuse\n\n" + "\n".join(rows)
 

@@ -20,7 +20,7 @@ from qflare.protocol.training import RoundComplete
 from qflare_cli.demo import KEYS_DIR, Run
 from qflare_cli.supervised import SERVICES, metrics_ports
 from tests.hostile.attack import Attack, AttackConfig
-from tests.hostile.report import Outcome, Scraper, counted
+from tests.hostile.report import Outcome, Scraper
 
 
 class HostileRun(Run):
@@ -84,18 +84,14 @@ class HostileRun(Run):
     async def _drain(self) -> None:
         """Wait until every service counted what it must, or its counts stop moving (bounded)."""
         assert self.attack is not None and self.scraper is not None
-        expected = self.attack.expected()
+        probe = Outcome("drain", expected=self.attack.expected(), targets=self.attack.targets)
         deadline = time.monotonic() + self.drain_s
         last, still_since = -1.0, time.monotonic()
         while time.monotonic() < deadline:
             await asyncio.to_thread(self.scraper.poll)
-            rejections = self.scraper.rejections()
-            short = [
-                key
-                for key, want in expected.items()
-                if counted(rejections, key[0], self.attack.targets_by_role[key[1]]) < want
-            ]
-            total = sum(rejections.values())
+            probe.rejections = self.scraper.rejections()
+            short = probe.shortfalls()
+            total = sum(probe.rejections.values())
             if total != last:
                 last, still_since = total, time.monotonic()
             if not short or time.monotonic() - still_since > 20:
@@ -114,7 +110,8 @@ class HostileRun(Run):
         events = list(self.services.events)
         if self.fleet is not None:
             events += [e for e in self.fleet.supervisor.events]
-        out.restarts.update(e.service for e in events if e.kind == "died")
+        # A death is a restart ("died") or, past the supervisor's patience or for exit 78, a stop.
+        out.restarts.update(e.service for e in events if e.kind in ("died", "gave_up"))
         out.supervisor_lines = [e.text.splitlines()[0] for e in events]
         if self.scraper is not None:
             out.rejections = self.scraper.rejections()
