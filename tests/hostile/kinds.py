@@ -168,7 +168,8 @@ def _nul_strings(arsenal: Arsenal, rng: random.Random) -> Iterator[Hostile]:
         yield Hostile("nul_strings", enrol, device_id.encode(), value, frozenset())
     audit = arsenal.target("audit")
     jobs = arsenal.target("jobs")
-    beats = arsenal.target("heartbeats")
+    # No heartbeat: a registry that escapes NUL would mark the sender online, and the
+    # scheduler would then select a device that never trains.
     for i in range(20):
         event = AuditEvent("probe.nul", "info", "registry", reason=f"x\x00{i}", subject="s\x00", detail={})
         value = sign(event, registry.signer, sender="registry", topic=audit.name)
@@ -176,11 +177,6 @@ def _nul_strings(arsenal: Arsenal, rng: random.Random) -> Iterator[Hostile]:
         cmd = JobCommand(f"{arsenal.job_id}-nul{i}", "start", {"model\x00": "x\x00y"})
         value = sign(cmd, ops.signer, sender=ops.name, topic=jobs.name)
         yield Hostile("nul_strings", jobs, cmd.job_id.encode(), value, frozenset())
-        beat = Heartbeat(arsenal.attacker_id, i + 2, "idle", {f"cpu\x00{rng.randrange(9)}": 0.5})
-        value = sign(beat, arsenal.attacker, sender=arsenal.attacker_id, topic=beats.name)
-        # The attacker must stay offline (unselected), so only this hostile beat may count as liveness
-        # for it; a registry that refuses NUL never marks it online.
-        yield Hostile("nul_strings", beats, arsenal.attacker_id.encode(), value, frozenset())
 
 
 _HUGE = (1 << 31) - 1
