@@ -65,7 +65,6 @@ class Attack:
     def __post_init__(self) -> None:
         self.topics = topics(self.kafka.topic_prefix)
         self.targets: list[Target] = targets(self.topics, self.kafka.topic_prefix)
-        self.targets_by_role = {t.role: t for t in self.targets}
         self.attacker_id = f"evil-{uuid.uuid4().hex[:6]}"
         self.attacker = generate_key()
         self.tokens: list[str] = []

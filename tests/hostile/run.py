@@ -1,8 +1,9 @@
 """A job run as ``qflare demo`` runs it (supervised services, a training fleet), optionally attacked.
 
-``run_once`` runs the job once, clean or under attack, and
-returns both outcomes. Everything talks to 127.0.0.1 only, each run on its own
-topic prefix, and every wait is bounded.
+``run_once`` runs the job once, clean or under attack, and returns its
+``Outcome``; the suite runs it twice with the same job and seed and compares.
+Everything talks to 127.0.0.1 only, each run on its own topic prefix, and every
+wait is bounded.
 """
 
 from __future__ import annotations
