@@ -2,13 +2,17 @@
 VENV ?= $(or $(QFLARE_VENV),/var/cache/qflare/venv)
 BIN := $(VENV)/bin
 
-.PHONY: setup test demo lint docs upgrade-lock stack-up stack-down
+.PHONY: setup test test-long demo lint docs upgrade-lock stack-up stack-down
 
 setup:
 	bash infra/local/setup.sh
 
 test: setup
-	bash infra/local/run-tests.sh
+	bash infra/local/run-tests.sh -m "not long"
+
+# The tests that take minutes each (the hostile-record suite), against the same stack.
+test-long: setup
+	bash infra/local/run-tests.sh -m long
 
 demo: setup
 	$(BIN)/qflare demo
