@@ -24,7 +24,7 @@ from qflare.crypto import generate_key
 from qflare.errors import ProtocolError, StackError
 from qflare.identity import Identity, TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, read_to_end
-from qflare.protocol import Decoder, topics
+from qflare.protocol import Decoder
 from qflare.protocol.devices import Device, Enrollment
 from tests.hostile.kinds import FLOOD_ALLOWANCE, Arsenal, Hostile, build
 from tests.hostile.sealing import sign
@@ -63,7 +63,7 @@ class Attack:
     delivered: list[Hostile] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.topics = topics(self.kafka.topic_prefix)
+        self.topics = self.kafka.topics
         self.targets: list[Target] = targets(self.topics, self.kafka.topic_prefix)
         self.attacker_id = f"evil-{uuid.uuid4().hex[:6]}"
         self.attacker = generate_key()
@@ -88,7 +88,12 @@ class Attack:
         await self._wait_enrolled()
 
     async def _wait_enrolled(self) -> None:
-        decoder = Decoder(TrustedKeys(self.keys_dir), allowed_types={"device"}, max_age_ms=None)
+        decoder = Decoder(
+            TrustedKeys(self.keys_dir),
+            deployment=self.kafka.deployment_id,
+            allowed_types={"device"},
+            max_age_ms=None,
+        )
         consumer = make_consumer(self.kafka, group_id=None, auto_offset_reset="earliest")
         await consumer.start()
         try:
@@ -100,7 +105,7 @@ class Attack:
                         if record.value is None:
                             continue
                         try:
-                            msg = decoder.decode(record.value)
+                            msg = decoder.decode(record.value, record.topic)
                         except ProtocolError:
                             continue
                         if isinstance(msg.body, Device) and msg.body.device_id == self.attacker_id:

@@ -1,16 +1,20 @@
 """The one place the hostile suite signs records.
 
-Signatures will soon bind a deployment id and the topic (a channel argument to
-``seal``/``Decoder``). Every signed hostile record goes through ``sign`` or
-``sign_parts`` here, so that change is a one-line edit in each.
+Signatures bind the deployment id and the topic (protocol v2). The attacker
+signs for the deployment the services run under (``QFLARE_KAFKA_DEPLOYMENT_ID``,
+the same variable they read) and for the topic the record is sent to, so a
+hostile record is refused for what it holds, not for being on the wrong channel.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 
 from qflare.crypto import Signer
+from qflare.kafka import KafkaSettings
 from qflare.protocol import Body, seal, wire
+from qflare.protocol.channel import Channel
 from qflare.protocol.envelope import Chunk, seal_parts
 
 
@@ -24,8 +28,7 @@ def sign(
     ts_ms: int | None = None,
 ) -> bytes:
     """One signed record of ``body`` meant for ``topic``."""
-    del topic  # bound into the signature once the protocol takes a channel
-    return seal(body, signer, sender=sender, round=round, ts_ms=ts_ms)
+    return seal(body, signer, _channel(topic), sender=sender, round=round, ts_ms=ts_ms)
 
 
 def sign_parts(
@@ -38,5 +41,9 @@ def sign_parts(
     chunk: Chunk | None = None,
 ) -> bytes:
     """A signed record of an already-encoded (possibly malformed) body, or one chunk of a stream."""
-    del topic  # as in ``sign``
-    return seal_parts(type_, body, signer, sender=sender, chunk=chunk)
+    return seal_parts(type_, body, signer, _channel(topic), sender=sender, chunk=chunk)
+
+
+@cache
+def _channel(topic: str) -> Channel:
+    return Channel(KafkaSettings().deployment_id, topic)
