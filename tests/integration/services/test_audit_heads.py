@@ -108,7 +108,8 @@ async def test_entries_rewritten_after_the_last_checkpoint_are_detected(
     assert run_verify(stream, keys_dir).returncode == 0
     audit.stop()
 
-    await rewrite_from(stream, last_checkpoint + 2, "nothing to see")
+    # Links recomputed from the first entry no checkpoint covers: the chain alone verifies.
+    await rewrite_from(stream, last_checkpoint + 1, "nothing to see")
     after = run_verify(stream, keys_dir)
     assert after.returncode == 1, after.stdout + after.stderr
     first = last_checkpoint + 1
