@@ -135,19 +135,27 @@ def read_file(path: Path, stream: str, decoder: Decoder) -> Heads:
     the real latest head, and a long file costs one signature check, not one per line.
     """
     out = Heads([], source=str(path))
-    candidates: list[tuple[int, int, bytes]] = []
+    # (claimed seq, line number, byte offset): the records are read again only when tried.
+    candidates: list[tuple[int, int, int]] = []
     with path.open("rb") as handle:
+        offset = 0
         for number, line in enumerate(handle, 1):
             try:
                 doc = json.loads(line)
-                if doc["stream"] != stream:
-                    continue
-                candidates.append((int(doc["seq"]), number, base64.b64decode(doc["record"], validate=True)))
+                if doc["stream"] == stream:
+                    candidates.append((int(doc["seq"]), number, offset))
+            except (ValueError, KeyError, TypeError):
+                out.refused += 1
+            offset += len(line)
+        for _, number, at in sorted(candidates, reverse=True):
+            handle.seek(at)
+            try:
+                raw = base64.b64decode(json.loads(handle.readline())["record"], validate=True)
             except (ValueError, KeyError, TypeError, binascii.Error):
                 out.refused += 1
-    for _, number, raw in sorted(candidates, reverse=True):
-        if _accept(decoder, stream, raw, f"{path}:{number}", out):
-            break
+                continue
+            if _accept(decoder, stream, raw, f"{path}:{number}", out):
+                break
     return out
 
 
