@@ -124,6 +124,10 @@ async def main() -> int:
         fake = AuditEvent(CHECKPOINT, "info", "aggregator", detail={"upto_seq": 1})
         await plane.send(plane.topics.audit.name, "aggregator", plane.seal("aggregator", fake))
         got = await wait_chain(stream, lambda es: any(e.event.reason == "reserved_event" for e in es))
+        # One more event, so that some entries come after the last checkpoint.
+        event = AuditEvent("device.revoked", "info", "registry", subject="dev-last")
+        await plane.send(plane.topics.audit.name, "registry", plane.seal("registry", event))
+        await wait_chain(stream, lambda es: es[-1].event.subject == "dev-last")
         await wait_head(audit, stream)
         refused = next(e for e in got if e.event.reason == "reserved_event")
         print(
@@ -138,6 +142,7 @@ async def main() -> int:
         await plane.stop()
     length = len(await chain(stream))
     last_checkpoint = max(e.seq for e in await chain(stream) if e.event.type == CHECKPOINT)
+    assert last_checkpoint < length, "the chain must end after its last checkpoint"
 
     cases: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         (f"tail deleted (entries {length - 3}..{length})", lambda: _delete(stream, length - 4)),

@@ -215,10 +215,9 @@ def against_heads(
             return Verdict(False, length, verdict.checkpoints, length + 1, problem, head=latest.describe())
         if hashes.get(point.seq) != point.hash:
             first = max((seq for seq in good if seq < point.seq), default=0) + 1
-            problem = (
-                f"entries {first}..{point.seq} were rewritten: the hash at seq {point.seq} differs from "
-                f"the signed head {point.describe()}"
-            )
+            what = f"entry {first} was" if first == point.seq else f"entries {first}..{point.seq} were"
+            problem = f"{what} rewritten: the hash at seq {point.seq} differs from the signed head "
+            problem += point.describe()
             return Verdict(False, length, verdict.checkpoints, first, problem, head=latest.describe())
         good.append(point.seq)
     return replace(verdict, head=latest.describe(), unvouched=length - latest.seq)

@@ -97,7 +97,7 @@ def test_rewritten_and_relinked_entries_are_named_from_the_last_signed_point(key
     assert "entries 10..11 were rewritten" in verdict.problem
     # An older head that still matches narrows it down.
     narrowed = _check(key, rewritten, [_head(entries, 10), _head(entries, 11)])
-    assert narrowed.broken_at == 11 and "entries 11..11 were rewritten" in narrowed.problem
+    assert narrowed.broken_at == 11 and "entry 11 was rewritten" in narrowed.problem
 
 
 def test_a_break_inside_the_chain_is_named_before_the_head(key: KeyFile) -> None:
