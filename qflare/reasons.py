@@ -71,6 +71,16 @@ class Reason(StrEnum):
         "Signed with the key of a device that is revoked or deregistered.",
     )
     UNKNOWN_DEVICE = "unknown_device", "registry", "A command names a device the registry does not know."
+    RESERVED_EVENT = (
+        "reserved_event",
+        "audit",
+        "An audit event uses a name reserved for the audit chain's own entries (audit.*).",
+    )
+    CHAIN_MISMATCH = (
+        "chain_mismatch",
+        "audit",
+        "The audit chain in PostgreSQL is shorter than, or differs from, its latest signed head.",
+    )
 
     # -- enrolment (registry) ----------------------------------------------------------
     TOKEN_MISSING = "token_missing", "registry", "A new device tried to enrol without an enrolment token."

@@ -26,6 +26,7 @@ from devstack.settings import StackSettings
 from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
 from qflare import operator
+from qflare.crypto import read_key
 from qflare.errors import ProtocolError, QflareError, StackError
 from qflare.fl import JobSpec
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, trusted_ring
@@ -321,7 +322,11 @@ class Run:
             f":{sched} (scheduler), :{aud} (audit)",
         )
         # These need the stack: run the demo with --keep-stack (or start it first) to look.
-        table.add_row("audit", f"qflare audit verify --stream {self.kafka.topic_prefix}")
+        audit_key = KEYS_DIR / "audit.key"  # the audit host's own key: here, this machine
+        pin = f"SHA256:{read_key(audit_key).fingerprint}" if audit_key.exists() else "<audit key fingerprint>"
+        table.add_row(
+            "audit", f"qflare audit verify --stream {self.kafka.topic_prefix} --key-fingerprint {pin}"
+        )
         table.add_row(
             "traces",
             "Jaeger UI http://127.0.0.1:16686 (service scheduler, tag qflare.job_id); needs --keep-stack",

@@ -1,4 +1,4 @@
-"""Bodies for operations: audit events and job commands."""
+"""Bodies for operations: audit events, audit chain heads, job and registry commands."""
 
 from __future__ import annotations
 
@@ -132,3 +132,34 @@ class RegistryCommand(Body):
             need = "needs" if command in _DEVICE_COMMANDS else "takes no"
             raise SchemaError(f"{command!r} {need} device_id", field="body.device_id")
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead(Body):
+    """The audit chain's latest entry, signed by the audit service.
+
+    Published to a compacted topic and appended to a file kept apart from the
+    database: a verifier that holds a head knows how long the chain was and what
+    its last hash was, so a deleted tail or an emptied table shows up.
+    """
+
+    TYPE: ClassVar[str] = "audit_head"
+    KEYS: ClassVar[tuple[str, ...]] = ("stream", "seq", "hash", "time_ms")
+    #: The chain: the deployment's topic prefix ("" for none).
+    stream: str
+    #: Sequence number of the last entry (0: an empty chain).
+    seq: int
+    #: That entry's hash (the chain's genesis hash when ``seq`` is 0).
+    hash: bytes
+    #: When the chain reached this head (Unix ms).
+    time_ms: int
+
+    def to_body(self) -> dict[str, Any]:
+        return {"stream": self.stream, "seq": self.seq, "hash": self.hash, "time_ms": self.time_ms}
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data, cls.KEYS)
+        return cls(
+            f.text("stream", max_len=128), f.integer("seq"), f.blob("hash", size=32), f.integer("time_ms")
+        )

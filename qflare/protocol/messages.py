@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from qflare.protocol.body import Body, Fields
-from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
+from qflare.protocol.control import AuditEvent, AuditHead, JobCommand, RegistryCommand
 from qflare.protocol.devices import (
     Deregistration,
     Device,
@@ -71,6 +71,7 @@ BODY_TYPES: dict[str, type[Body]] = {
         ModelUpdate,
         RoundComplete,
         AuditEvent,
+        AuditHead,
         JobCommand,
         RegistryCommand,
     )

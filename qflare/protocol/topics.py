@@ -89,6 +89,7 @@ class Topics:
     updates: TopicSpec
     rounds_complete: TopicSpec
     audit: TopicSpec
+    audit_heads: TopicSpec
     jobs: TopicSpec
     registry_control: TopicSpec
 
@@ -205,6 +206,17 @@ def topics(prefix: str = "", *, deployment: str) -> Topics:
             types={"audit_event"},
             max_age_ms=None,
             description="Rejections and security events from every service.",
+        ),
+        audit_heads=_spec(
+            "qflare.audit.heads",
+            key='stream (the topic prefix; "-" for none)',
+            partitions=1,
+            retention_ms=None,
+            compacted=True,
+            types={"audit_head"},
+            max_age_ms=None,
+            description="The audit service's signed chain heads (last seq and hash). Compaction keeps the "
+            "latest, so a verifier can tell a truncated or emptied chain from a short one.",
         ),
         jobs=_spec(
             "qflare.control.jobs",

@@ -17,9 +17,13 @@ Anything that does not verify (garbage, unknown key, bad signature, wrong type) 
 ``message.rejected`` entry with the decoder's reason: never dropped silently. Re-sent copies of a
 message already accepted in this run (``ReplayError``, e.g. an outbox re-send) are counted only.
 
+Events named ``audit.*`` are refused whoever signed them (``reserved_event``): those names belong
+to the entries this service writes itself.
+
 What it writes: the hash chain in PostgreSQL (schema ``audit``; one chain per topic prefix, the
-``stream``), signed checkpoints every ``checkpoint_every`` entries, and an Elasticsearch index
-derived from the chain (``services.audit.indexer``).
+``stream``), signed checkpoints every ``checkpoint_every`` entries, signed chain heads to the
+compacted ``qflare.audit.heads`` topic and a head file (``services.audit.heads``), and an
+Elasticsearch index derived from the chain (``services.audit.indexer``).
 
 Run it with ``python -m services.audit``; settings are ``QFLARE_AUDIT_*``
 (``services.audit.config``) and ``QFLARE_KAFKA_*``.

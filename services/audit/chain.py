@@ -4,19 +4,26 @@
 fields; ``hash`` = SHA-256(``DOMAIN`` || prev_hash || seq as 8 big-endian bytes || event_digest).
 The first entry of a stream links to ``genesis(stream)``. A checkpoint's signature covers
 ``CHECKPOINT_DOMAIN`` || stream || 0x00 || seq || hash, so it vouches for every entry up to it.
+
+Checkpoints live in the chain, so they cannot show that entries after the last one were deleted
+or rewritten. Signed heads (``services.audit.heads``) live outside it: ``against_heads`` checks
+that the chain still passes through every head the audit service signed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 DOMAIN = b"qflare.audit.chain.v1"
 CHECKPOINT_DOMAIN = b"qflare.audit.checkpoint.v1"
 CHECKPOINT = "audit.checkpoint"
+#: Entry types the audit service writes into its own chain start with this; nobody else may use it.
+RESERVED_PREFIX = "audit."
 OUTCOMES = frozenset({"accepted", "rejected", "info"})
 
 
@@ -101,15 +108,37 @@ class Verdict:
     #: The first sequence number where the chain breaks, and why.
     broken_at: int | None = None
     problem: str = ""
+    #: The latest signed head the chain was compared with, described; "" when none was.
+    head: str = ""
+    #: Entries newer than that head (appended since it was published): not yet vouched for.
+    unvouched: int = 0
 
     def line(self, stream: str) -> str:
         name = stream or "(no prefix)"
-        if self.ok:
-            return (
-                f"audit chain {name}: OK, {self.entries} entries, "
-                f"{self.checkpoints} signed checkpoints verified"
-            )
-        return f"audit chain {name}: BROKEN at seq {self.broken_at}: {self.problem}"
+        if not self.ok:
+            return f"audit chain {name}: BROKEN at seq {self.broken_at}: {self.problem}"
+        text = (
+            f"audit chain {name}: OK, {self.entries} entries, {self.checkpoints} signed checkpoints verified"
+        )
+        if self.head:
+            text += f", matches the signed head {self.head}"
+        if self.unvouched:
+            text += f" ({self.unvouched} newer entries not yet covered by a head)"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Vouched:
+    """A point the chain must pass through: a signed head's seq and hash, and where it was read."""
+
+    seq: int
+    hash: bytes
+    where: str
+    time_ms: int
+
+    def describe(self) -> str:
+        when = datetime.fromtimestamp(self.time_ms / 1000, UTC).isoformat(timespec="seconds")
+        return f"at seq {self.seq} of {when} ({self.where})"
 
 
 def verify(
@@ -150,3 +179,45 @@ def verify(
 
 def _broken(count: int, signed: int, seq: int, problem: str) -> Verdict:
     return Verdict(False, count, signed, seq, problem)
+
+
+def against_heads(
+    stream: str, entries: Sequence[Entry], verdict: Verdict, heads: Sequence[Vouched]
+) -> Verdict:
+    """``verdict`` (of ``verify``) once the chain is also checked against every signed head.
+
+    A head at seq S with hash H says the chain once held S entries ending in H. Fewer entries now
+    means the tail was deleted (or the chain emptied); another hash at S means entries up to S were
+    rewritten, links and all, which the chain alone cannot show after its last checkpoint. The first
+    bad seq is named as precisely as the signed points allow: the entry after the last signed point
+    (checkpoint or head) that still matches.
+    """
+    if not heads:
+        return verdict
+    latest = max(heads, key=lambda v: v.seq)
+    if not verdict.ok:
+        return replace(verdict, head=latest.describe())  # the chain itself names an earlier break
+    hashes = {e.seq: e.hash for e in entries}
+    hashes[0] = genesis(stream)
+    good = [e.seq for e in entries if e.event.type == CHECKPOINT]
+    length = verdict.entries
+    for point in sorted(heads, key=lambda v: v.seq):
+        if point.seq > length:
+            if length == 0:
+                problem = (
+                    f"the chain is empty, but the signed head {latest.describe()} says it held {latest.seq}"
+                )
+            else:
+                problem = (
+                    f"entries {length + 1}..{latest.seq} are missing: the chain ends at seq {length}, "
+                    f"but the signed head {latest.describe()} says it reached seq {latest.seq} (tail deleted)"
+                )
+            return Verdict(False, length, verdict.checkpoints, length + 1, problem, head=latest.describe())
+        if hashes.get(point.seq) != point.hash:
+            first = max((seq for seq in good if seq < point.seq), default=0) + 1
+            what = f"entry {first} was" if first == point.seq else f"entries {first}..{point.seq} were"
+            problem = f"{what} rewritten: the hash at seq {point.seq} differs from the signed head "
+            problem += point.describe()
+            return Verdict(False, length, verdict.checkpoints, first, problem, head=latest.describe())
+        good.append(point.seq)
+    return replace(verdict, head=latest.describe(), unvouched=length - latest.seq)

@@ -1,7 +1,11 @@
 """`qflare audit …`: verify the hash chain, query it, rebuild the Elasticsearch index from it.
 
-The chain is read straight from PostgreSQL (the audit service's schema); checkpoint
-signatures are checked against ``<keys-dir>/trusted/<identity>.pub``.
+The chain is read straight from PostgreSQL (the audit service's schema). ``verify`` checks
+checkpoint signatures and signed heads against ``<keys-dir>/trusted/<identity>.pub``, and only
+when that key has the pinned fingerprint. Its exit status: 0 the chain is intact and holds the
+latest signed head; 1 it is broken, truncated or rewritten (the line names the first bad seq);
+2 the command line is wrong; 3 it cannot be verified (no pinned fingerprint, a key that does not
+match it, no signed head, the heads topic unreachable).
 """
 
 from __future__ import annotations
@@ -10,14 +14,20 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from services.audit.chain import Entry
+from qflare.crypto import KeyFile, read_key
+from qflare.crypto.base import fingerprint
+from qflare.errors import QflareError
+from qflare.kafka import KafkaSettings
+from services.audit.chain import Entry, Verdict
 from services.audit.config import AuditSettings
+from services.audit.heads import Heads, pinned_decoder, pinned_key, read_file, read_topic, vouched
 from services.audit.indexer import ES_ERRORS, Indexer
 from services.audit.store import AuditStore
 from services.audit.verifier import verify_stream
@@ -34,13 +44,80 @@ STREAM = typer.Option(
 KEYS = typer.Option(_DEFAULTS.keys_dir, "--keys-dir", envvar="QFLARE_AUDIT_KEYS_DIR", help="Key directory.")
 
 
+#: ``qflare audit verify`` could not verify: nothing to trust, or nothing to compare with.
+EXIT_UNVERIFIABLE = 3
+
+
 @app.command("verify")
-def verify_cmd(dsn: str = DSN, stream: str = STREAM, keys_dir: Path = KEYS, identity: str = "audit") -> None:
-    """Check every link and checkpoint signature; exit 1 naming the first broken seq."""
-    verdict = asyncio.run(verify_stream(dsn, stream, keys_dir, identity))
+def verify_cmd(
+    dsn: str = DSN,
+    stream: str = STREAM,
+    keys_dir: Path = KEYS,
+    identity: str = "audit",
+    key_fingerprint: str = typer.Option(
+        _DEFAULTS.key_fingerprint,
+        "--key-fingerprint",
+        envvar="QFLARE_AUDIT_KEY_FINGERPRINT",
+        help="SHA-256 fingerprint of the audit key (`qflare keys show`, the audit service's start log).",
+    ),
+    head_file: Path | None = typer.Option(
+        None, "--head-file", help="Compare with the heads in this file instead of the heads topic."
+    ),
+) -> None:
+    """Check links, checkpoints and the latest signed head; exit 1 naming the first bad seq."""
+    pub_path = keys_dir / "trusted" / f"{identity}.pub"
+    if not key_fingerprint:
+        found = f" ({pub_path} has SHA256:{_fingerprint_of(pub_path)})" if pub_path.exists() else ""
+        _unverifiable(
+            "no pinned key: pass --key-fingerprint (or set QFLARE_AUDIT_KEY_FINGERPRINT) with the audit "
+            f"key's fingerprint, taken from the audit host, not from this directory{found}"
+        )
+    try:
+        key = pinned_key(pub_path, key_fingerprint)
+        verdict, heads = asyncio.run(_verify(dsn, stream, key, identity, head_file))
+    except (QflareError, OSError, KafkaError) as exc:
+        _unverifiable(f"{type(exc).__name__}: {exc}")
+    for source in heads:
+        if source.refused:
+            typer.echo(
+                f"ignored {source.refused} records in {source.source}: not heads signed by the pinned key"
+            )
+    if verdict is None:
+        where = head_file or KafkaSettings(topic_prefix=stream).topics.audit_heads.name
+        _unverifiable(
+            f"no signed head of {stream or '(no prefix)'} in {where}: cannot tell whether it was truncated"
+        )
     typer.echo(verdict.line(stream))
     if not verdict.ok:
         raise typer.Exit(1)
+
+
+def _fingerprint_of(path: Path) -> str:
+    try:
+        return fingerprint(read_key(path, check_permissions=False).public_key)
+    except QflareError:
+        return "(unreadable)"
+
+
+def _unverifiable(message: str) -> NoReturn:
+    typer.echo(f"cannot verify: {message}", err=True)
+    raise typer.Exit(EXIT_UNVERIFIABLE)
+
+
+async def _verify(
+    dsn: str, stream: str, key: KeyFile, identity: str, head_file: Path | None
+) -> tuple[Verdict | None, list[Heads]]:
+    kafka = KafkaSettings(topic_prefix=stream)
+    spec = kafka.topics.audit_heads
+    decoder = pinned_decoder(identity, key, spec.deployment)
+    if head_file is not None:
+        sources = [read_file(head_file, stream, decoder, spec.name)]
+    else:
+        sources = [await read_topic(kafka, spec, stream, decoder)]
+    points = vouched(sources)
+    if not points:
+        return None, sources
+    return await verify_stream(dsn, stream, key.public_key, points), sources
 
 
 def _row(e: Entry) -> dict[str, Any]:

@@ -9,35 +9,46 @@ transaction. Positions live in PostgreSQL, not in a Kafka group: on start the pa
 are sought to them, so a kill -9 anywhere re-reads exactly the records whose entries were
 not committed, and no entry is lost or doubled. Elasticsearch is fed by a separate task
 (``services.audit.indexer``) that never holds up intake.
+
+After a committed batch (at most once per ``head_interval_s``) the chain's head is signed and
+published (``services.audit.heads``); at start the stored chain must still hold the last head
+published, or the service refuses to run. Events named ``audit.*`` on the wire are refused
+(``reserved_event``): those names belong to the entries this service writes itself.
 """
 
 from __future__ import annotations
+
+import time
 
 import structlog
 
 from qflare import metrics as shared
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, ReplayError, SchemaError
+from qflare.crypto.base import fingerprint
+from qflare.errors import ProtocolError, Reason, Rejected, ReplayError, SchemaError
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import (
     KafkaSettings,
     Record,
     assign_from_start,
     make_consumer,
+    make_producer,
     partitions,
     prepare_topics,
     read_to_end,
 )
 from qflare.keys import AnyKey, DeviceKeys
 from qflare.protocol import Decoder
+from qflare.protocol.control import AuditEvent
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
 from qflare.protocol.topics import TopicSpec
 from qflare.runner import BatchLoop
 from qflare.tracing import process_span
 from services.audit import events, metrics
-from services.audit.chain import CHECKPOINT, Entry, Event, make_entry
+from services.audit.chain import CHECKPOINT, RESERVED_PREFIX, Entry, Event, make_entry
 from services.audit.config import AuditSettings
+from services.audit.heads import HeadWriter, check_own_key, check_published
 from services.audit.indexer import Indexer
 from services.audit.store import AuditStore
 from services.audit.verifier import verify_forever
@@ -86,11 +97,29 @@ class AuditService(BatchLoop):
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
+        check_own_key(self.identity, self.cfg.key_fingerprint)
         self.store = await AuditStore.connect(self.cfg.postgres_dsn, self.stream)
         self._hold(self.store.close)
         await prepare_topics(self.kafka)
         self.head = await self.store.head()
         metrics.CHAIN_LENGTH.labels(self.stream).set(self.head[0])
+        self.head_writer = HeadWriter(
+            self.identity,
+            self.stream,
+            self.topics.audit_heads,
+            await self._started(make_producer(self.kafka)),
+            self.cfg.head_file,
+        )
+        self.head_writer.published = await check_published(
+            self.store,
+            self.kafka,
+            self.topics.audit_heads,
+            self.identity,
+            self.cfg.head_file,
+            self.cfg.head_scan_records,
+        )
+        self._head_sent_s = 0.0
+        await self._publish_head(force=True)
         self.positions = await self.store.offsets()
         self.device_consumer = await self._started(make_consumer(self.kafka, group_id=None))
         await assign_from_start(self.device_consumer, self.topics.devices)
@@ -116,12 +145,28 @@ class AuditService(BatchLoop):
             checker = verify_forever(
                 self.cfg.postgres_dsn,
                 self.stream,
-                self.cfg.keys_dir,
-                self.cfg.identity,
+                self.identity.key.public_key,
                 self.cfg.verify_interval_s,
+                lambda: self.head_writer.published,
             )
             self._spawn(checker, name="audit-verifier")
-        log.info("audit started", chain_length=self.head[0], devices=len(self.devices), stream=self.stream)
+        log.info(
+            "audit started",
+            chain_length=self.head[0],
+            devices=len(self.devices),
+            stream=self.stream,
+            # What `qflare audit verify --key-fingerprint` pins.
+            key_fingerprint=f"SHA256:{fingerprint(self.identity.key.public_key)}",
+        )
+
+    async def _publish_head(self, *, force: bool = False) -> None:
+        """Sign and publish the head when the chain moved since the last one (rate-limited)."""
+        if self.head_writer.published == self.head:
+            return
+        if not force and time.monotonic() - self._head_sent_s < self.cfg.head_interval_s:
+            return
+        await self.head_writer.publish(self.head[0], self.head[1], now_ms())
+        self._head_sent_s = time.monotonic()
 
     async def _step(self) -> None:
         batches = await self.consumer.getmany(timeout_ms=200, max_records=self.cfg.batch_max_records)
@@ -143,6 +188,7 @@ class AuditService(BatchLoop):
             if highwater is not None:
                 lag = highwater - await self.consumer.position(tp)
                 shared.CONSUMER_LAG.labels(SERVICE, tp.topic).set(max(0, lag))
+        await self._publish_head()
 
     async def _sync_devices(self) -> None:
         """Apply every device record up to the current end; audit those past the stored position."""
@@ -195,6 +241,12 @@ class AuditService(BatchLoop):
             if record.value is None:
                 raise SchemaError("record has no value", field="$")
             msg = self.decoders[record.topic].decode(record.value, record.topic)
+            if isinstance(msg.body, AuditEvent) and msg.body.event.startswith(RESERVED_PREFIX):
+                raise Rejected(
+                    Reason.RESERVED_EVENT,
+                    f"{msg.body.event!r} is reserved for the audit chain's own entries",
+                    field="body.event",
+                )
         except ReplayError:
             metrics.REPLAYS.labels(record.topic).inc()
             return None

@@ -89,6 +89,16 @@ class AuditStore:
         row = await cur.fetchone()
         return (0, genesis(self.stream)) if row is None else (int(row[0]), bytes(row[1]))
 
+    async def hash_at(self, seq: int) -> bytes | None:
+        """The hash of entry ``seq`` (the genesis hash for 0), or None when there is no such entry."""
+        if seq == 0:
+            return genesis(self.stream)
+        cur = await self.conn.execute(
+            "SELECT hash FROM audit.chain WHERE stream = %s AND seq = %s", (self.stream, seq)
+        )
+        row = await cur.fetchone()
+        return None if row is None else bytes(row[0])
+
     async def append(self, entries: list[Entry]) -> None:
         if not entries:
             return

@@ -1,40 +1,42 @@
 """Verifying a stream's hash chain: on demand (`qflare audit verify`) and periodically.
 
-The periodic check runs inside the audit service and exports its verdict as
-metrics (chain intact, failures, time of the last check), which is what the
-"audit verification failure" alert watches.
+Both check every link and checkpoint signature, then compare the chain with signed heads
+(``services.audit.chain.against_heads``): the CLI with the heads on the topic or in a head file,
+under a key pinned by fingerprint; the service with the last head it published itself, under its
+own key. The periodic check exports its verdict as metrics (chain intact, failures, time of the
+last check), which is what the "audit verification failure" alert watches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
 import structlog
 
 from qflare import metrics
-from qflare.crypto import read_key, signature_backend
-from services.audit.chain import Verdict, verify
+from qflare.clock import now_ms
+from qflare.crypto import signature_backend
+from services.audit.chain import Verdict, Vouched, against_heads, verify
 from services.audit.store import AuditStore
 
 log = structlog.get_logger("qflare.audit")
 
 
-async def verify_stream(dsn: str, stream: str, keys_dir: Path, identity: str = "audit") -> Verdict:
-    """Walk the stored chain of ``stream`` and check every link and checkpoint signature."""
-    pub = read_key(keys_dir / "trusted" / f"{identity}.pub")
+async def verify_stream(dsn: str, stream: str, public_key: bytes, heads: Sequence[Vouched] = ()) -> Verdict:
+    """Walk the stored chain of ``stream``: links, checkpoint signatures, then the signed ``heads``."""
     backend = signature_backend()
 
     def check(message: bytes, signature: bytes) -> bool:
-        return backend.verify(pub.public_key, message, signature)
+        return backend.verify(public_key, message, signature)
 
     store = await AuditStore.connect(dsn, stream)
     try:
         entries = [e async for e in store.walk()]
     finally:
         await store.close()
-    return verify(stream, entries, check)
+    return against_heads(stream, entries, verify(stream, entries, check), heads)
 
 
 def record(stream: str, verdict: Verdict) -> None:
@@ -45,7 +47,17 @@ def record(stream: str, verdict: Verdict) -> None:
         log.error("audit chain verification failed", stream=stream, verdict=verdict.line(stream))
 
 
-async def verify_forever(dsn: str, stream: str, keys_dir: Path, identity: str, interval_s: float) -> None:
+async def verify_forever(
+    dsn: str,
+    stream: str,
+    public_key: bytes,
+    interval_s: float,
+    published: Callable[[], tuple[int, bytes] | None],
+) -> None:
+    """Every ``interval_s``, verify the chain against the head this service last published."""
     while True:
         await asyncio.sleep(interval_s)
-        record(stream, await verify_stream(dsn, stream, keys_dir, identity))
+        # Read before the walk: the chain may grow meanwhile, never shrink.
+        head = published()
+        heads = [] if head is None else [Vouched(head[0], head[1], "last published", now_ms())]
+        record(stream, await verify_stream(dsn, stream, public_key, heads))

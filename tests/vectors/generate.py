@@ -27,7 +27,7 @@ from qflare.crypto import generate_key, kem_backend  # noqa: E402
 from qflare.crypto.base import ML_KEM_768  # noqa: E402
 from qflare.protocol import Body, Tensor, wire  # noqa: E402
 from qflare.protocol.body import Setting  # noqa: E402
-from qflare.protocol.control import AuditEvent, JobCommand  # noqa: E402
+from qflare.protocol.control import AuditEvent, AuditHead, JobCommand  # noqa: E402
 from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat  # noqa: E402
 from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
@@ -200,6 +200,7 @@ def build() -> dict[str, Any]:
         "enrolment token was already used",
     )
     add("enrollment_result", "enrollment_result", answer, key, "dev-1")
+    add("audit_head", "audit_head", AuditHead("demo-1.", 42, bytes(range(32)), TS), key, "dev-1")
 
     stranger = generate_key(seed=STRANGER_SEED)
     cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)

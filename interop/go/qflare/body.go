@@ -93,6 +93,7 @@ var bodySchemas = map[string][]fd{
 	"audit_event": {f("event", tEventStr), f("severity", enum("info", "warning", "error", "critical")),
 		f("source", tID), f("reason", strMax(1024)), f("subject", opt(strMax(256))), f("ref_id", opt(tBin16)),
 		f("detail", tScalars)},
+	"audit_head": {f("stream", strMax(128)), f("seq", tInt), f("hash", tBin32), f("time_ms", tInt)},
 	"job_command": {f("job_id", tID), f("command", enum("start", "pause", "resume", "stop")),
 		f("config", tSettings)},
 	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key")), f("device_id", opt(tID)),

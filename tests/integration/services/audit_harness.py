@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from elasticsearch import AsyncElasticsearch
 
 from qflare.children import ServiceProcess
+from qflare.crypto import read_key
 from qflare.identity import Identity, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics
 from qflare.protocol import Body, seal
-from services.audit.chain import Entry
+from services.audit.chain import Entry, genesis, make_entry
 from services.audit.config import AuditSettings
 from services.audit.indexer import index_base
 from services.audit.store import AuditStore
@@ -43,6 +48,11 @@ class AuditProcess(ManagedService):
     proc: ServiceProcess | None = None
     starts: int = 0
 
+    @property
+    def head_file(self) -> Path:
+        """Where this audit service appends its signed heads (next to its log)."""
+        return self.log_path.with_name(f"{self.log_path.stem}.heads.jsonl")
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -51,6 +61,8 @@ class AuditProcess(ManagedService):
             "QFLARE_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "QFLARE_AUDIT_KEYS_DIR": str(self.keys_dir),
             "QFLARE_AUDIT_CHECKPOINT_EVERY": str(self.checkpoint_every),
+            "QFLARE_AUDIT_HEAD_FILE_PATH": str(self.head_file),
+            "QFLARE_AUDIT_HEAD_INTERVAL_S": "0.1",
             "QFLARE_AUDIT_ELASTICSEARCH_URL": self.es_url,
             "QFLARE_AUDIT_INDEX_INTERVAL_S": "0.2",
         }
@@ -87,6 +99,11 @@ class Publisher:
     async def send(self, topic: str, key: str, *records: bytes) -> None:
         for record in records:
             await self.producer.send_and_wait(topic, record, key=key.encode())
+
+
+def audit_fingerprint(keys_dir: Path) -> str:
+    """The audit key's fingerprint as the audit host shows it (read from its private key file)."""
+    return f"SHA256:{read_key(keys_dir / 'audit.key').fingerprint}"
 
 
 async def chain(stream: str) -> list[Entry]:
@@ -135,3 +152,61 @@ async def drop_indices(stream: str) -> None:
         await es.options(ignore_status=404).indices.delete_index_template(name=f"{base}-template")
     finally:
         await es.close()
+
+
+# --- tampering with a stored chain, as someone with write access to the database would -----------
+
+
+def run_verify(
+    stream: str, keys_dir: Path, *extra: str, pin: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """``qflare audit verify`` for ``stream`` in a process of its own, pinned to the audit key."""
+    pinned = ("--key-fingerprint", audit_fingerprint(keys_dir)) if pin else ()
+    args = ("verify", "--stream", stream, "--keys-dir", str(keys_dir), *pinned, *extra)
+    return subprocess.run(
+        [sys.executable, "-c", "from services.audit.cli import app; app()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "QFLARE_AUDIT_KEY_FINGERPRINT"},
+    )
+
+
+def heads_in_file(path: Path) -> list[int]:
+    """The seqs of the heads appended to a head file, in order."""
+    if not path.exists():
+        return []
+    return [int(json.loads(line)["seq"]) for line in path.read_text().splitlines()]
+
+
+async def wait_head(audit: AuditProcess, stream: str, timeout_s: float = 60) -> int:
+    """Wait until the chain is quiet and its last entry is vouched for by a published head."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        length = len(await chain(stream))
+        if length and heads_in_file(audit.head_file)[-1:] == [length]:
+            return length
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no head at seq {length}: {heads_in_file(audit.head_file)[-5:]}")
+        await asyncio.sleep(0.3)
+
+
+def delete_after(stream: str, seq: int) -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("DELETE FROM audit.chain WHERE stream = %s AND seq > %s", (stream, seq))
+
+
+async def rewrite_from(stream: str, seq: int, reason: str) -> None:
+    """Change entry ``seq``'s reason and re-link it and every later entry, so every link holds."""
+    entries = await chain(stream)
+    prev = (seq - 1, entries[seq - 2].hash if seq > 1 else genesis(stream))
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        for old in entries[seq - 1 :]:
+            event = replace(old.event, reason=reason) if old.seq == seq else old.event
+            new = make_entry(prev, event)
+            conn.execute(
+                "UPDATE audit.chain SET reason = %s, event_digest = %s, prev_hash = %s, hash = %s "
+                "WHERE stream = %s AND seq = %s",
+                (event.reason, new.event_digest, new.prev_hash, new.hash, stream, old.seq),
+            )
+            prev = (new.seq, new.hash)

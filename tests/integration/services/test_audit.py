@@ -20,6 +20,7 @@ from tests.integration.services.audit_harness import (
     DSN,
     AuditProcess,
     Publisher,
+    audit_fingerprint,
     drop_indices,
     search,
     wait_chain,
@@ -131,7 +132,7 @@ async def test_verify_names_the_tampered_seq(
         await publish_round(plane, rnd)
     stream = kafka.topic_prefix
     await wait_chain(stream, lambda es: len(es) >= 10)
-    args = ("--stream", stream, "--keys-dir", str(keys_dir))
+    args = ("--stream", stream, "--keys-dir", str(keys_dir), "--key-fingerprint", audit_fingerprint(keys_dir))
     shown = cli("query", "--stream", stream, "--round", "2", "--json")
     assert shown.returncode == 0, shown.stderr
     rows = [json.loads(line) for line in shown.stdout.splitlines()]

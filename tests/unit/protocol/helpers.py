@@ -10,7 +10,7 @@ import numpy as np
 from qflare.crypto import Signer, signature_backend
 from qflare.crypto.base import MLKEM768_PUBLIC_KEY_BYTES
 from qflare.protocol import Body, Channel, Decoder, KeyRing, Tensor
-from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
+from qflare.protocol.control import AuditEvent, AuditHead, JobCommand, RegistryCommand
 from qflare.protocol.devices import (
     Deregistration,
     Device,
@@ -73,6 +73,7 @@ def sample_bodies() -> list[Body]:
         ModelUpdate("job-1", 3, "dev-1", 2, 600, small_tensors(), {"loss": 0.25}),
         RoundComplete("job-1", 3, "completed", 3, 2, 1200, ("dev-1",), b"\x02" * 32, {"acc": 0.9}),
         AuditEvent("message.rejected", "warning", "aggregator", "signature", "dev-9", b"\x03" * 16, {"n": 1}),
+        AuditHead("demo-1.", 42, b"\x08" * 32, NOW),
         JobCommand("job-1", "start", {"rounds": 10, "strategy": {"name": "fedprox", "proximal_mu": 0.01}}),
         RegistryCommand("issue_tokens", None, (b"\x06" * 32, b"\x07" * 32), NOW + 3_600_000, {"site": "lab"}),
         ModelChunk("model_update", 100, 0, b"\x04" * 32, b"\x05" * 10),

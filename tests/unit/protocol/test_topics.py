@@ -19,6 +19,7 @@ EXPECTED = {
     "qflare.updates",
     "qflare.rounds.complete",
     "qflare.audit.events",
+    "qflare.audit.heads",
     "qflare.control.jobs",
     "qflare.control.registry",
     "qflare.device.health",
@@ -32,7 +33,11 @@ def test_every_topic_is_listed_once() -> None:
 
 def test_compacted_topics_keep_records_forever() -> None:
     t = topics(deployment=DEFAULT_DEPLOYMENT)
-    assert {spec.name for spec in t if spec.compacted} == {"qflare.devices", "qflare.models"}
+    assert {spec.name for spec in t if spec.compacted} == {
+        "qflare.devices",
+        "qflare.models",
+        "qflare.audit.heads",
+    }
     for spec in t:
         configs = spec.configs()
         assert configs["cleanup.policy"] == ("compact" if spec.compacted else "delete")
