@@ -41,6 +41,8 @@ class ServiceSettings(BaseSettings):
     identity: str
     #: Where Prometheus scrapes ``/metrics``.
     metrics_port: Port
+    #: A command (job or registry) older than this is refused: orders are for now, not for later.
+    command_max_age_s: float = Field(default=900.0, gt=0)
 
 
 class BatchServiceSettings(ServiceSettings):

@@ -16,8 +16,9 @@ from __future__ import annotations
 import structlog
 
 from qflare import metrics as shared
+from qflare.authority import allowed
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, ReplayError, SchemaError
+from qflare.errors import ProtocolError, Rejected, ReplayError, SchemaError
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import (
     KafkaSettings,
@@ -33,6 +34,7 @@ from qflare.protocol import Decoder, topics
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
 from qflare.protocol.topics import TopicSpec
+from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import process_span
 from services.audit import events, metrics
@@ -173,9 +175,9 @@ class AuditService(BatchLoop):
             )
         event = self._read(record)
         if event is not None and event.outcome != "rejected":
-            if event.actor not in self.cfg.device_senders:
+            if not allowed("device", event.actor):
                 return events.rejection(
-                    SchemaError(f"{event.actor!r} may not publish device records", field="sender"),
+                    Rejected(Reason.SENDER_NOT_ALLOWED, f"{event.actor!r} may not send it", field="sender"),
                     record.value,
                     record.topic,
                     record.partition,

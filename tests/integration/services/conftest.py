@@ -24,7 +24,7 @@ def keys_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def operator_id(keys_dir: Path) -> Identity:
-    return load_identity("operator", keys_dir)
+    return load_identity("operator", keys_dir, create=True)
 
 
 @pytest.fixture
