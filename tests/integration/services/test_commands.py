@@ -60,8 +60,14 @@ def _reasons(source: str, events: list[AuditEvent]) -> set[str]:
 
 
 @pytest.fixture
+def aggregator_id(keys_dir: Path) -> Identity:
+    # Before the registry starts, so its trusted keys include it from the first record on.
+    return load_identity("aggregator", keys_dir, create=True)
+
+
+@pytest.fixture
 def registry(
-    kafka: KafkaSettings, keys_dir: Path, tmp_path: Path, operator_id: Identity
+    kafka: KafkaSettings, keys_dir: Path, tmp_path: Path, operator_id: Identity, aggregator_id: Identity
 ) -> Iterator[RegistryProcess]:
     proc = RegistryProcess(kafka, keys_dir, tmp_path / "registry.log", metrics_port=_free_port())
     proc.start()
@@ -70,11 +76,16 @@ def registry(
 
 
 async def test_registry_obeys_only_fresh_operator_commands_and_each_only_once(
-    kafka: KafkaSettings, keys_dir: Path, operator_id: Identity, registry: RegistryProcess, unique: str
+    kafka: KafkaSettings,
+    keys_dir: Path,
+    operator_id: Identity,
+    aggregator_id: Identity,
+    registry: RegistryProcess,
+    unique: str,
 ) -> None:
     t = topics(kafka.topic_prefix)
     control = t.registry_control.name
-    aggregator = load_identity("aggregator", keys_dir, create=True)
+    aggregator = aggregator_id
     mint = RegistryCommand("issue_tokens", None, (bytes(32),), int(time.time() * 1000) + _HOUR_MS, {})
     revoke = RegistryCommand("revoke", f"d{unique}")
     op = operator_id
