@@ -109,14 +109,16 @@ async def test_registry_obeys_only_fresh_operator_commands_and_each_only_once(
     assert not [e for e in events if e.event == "tokens.issued"]
 
     # Applied once; the same record re-sent after a restart is refused from the database.
-    fresh = seal(mint, op.signer, sender=op.name)
-    await _send(kafka, control, "issue_tokens", fresh)
-    await audit_events(kafka, keys_dir, lambda ev: any(e.event == "tokens.issued" for e in ev))
+    rotate = RegistryCommand("rotate_key", f"r{unique}", (), int(time.time() * 1000) + _HOUR_MS)
+    fresh = seal(rotate, op.signer, sender=op.name)
+    authorised = "device.rotation_authorised"
+    await _send(kafka, control, "rotate_key", fresh)
+    await audit_events(kafka, keys_dir, lambda ev: any(e.event == authorised for e in ev))
     registry.kill9()
     registry.start()
-    await _send(kafka, control, "issue_tokens", fresh)
+    await _send(kafka, control, "rotate_key", fresh)
     events = await audit_events(kafka, keys_dir, lambda ev: "command_replay" in _reasons("registry", ev))
-    assert len([e for e in events if e.event == "tokens.issued"]) == 1
+    assert len([e for e in events if e.event == authorised]) == 1
 
 
 @pytest.fixture
