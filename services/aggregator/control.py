@@ -136,6 +136,8 @@ class Control:
             try:
                 if not isinstance(msg, Message):
                     raise msg
+                if isinstance(msg.body, JobCommand):
+                    await self._admit(msg)
                 # A savepoint: a command refused half-way leaves no row behind, only its report.
                 async with self.store.conn.transaction():
                     if isinstance(msg.body, JobCommand):
@@ -160,14 +162,21 @@ class Control:
             if outcome is not None:
                 await self.closer.close(rnd, outcome)
 
-    async def _job(self, msg: Message, cmd: JobCommand) -> None:
+    async def _admit(self, msg: Message) -> None:
+        """An allowed sender, a fresh command, applied once (``command_replay`` for any copy).
+
+        The id is recorded in the cursor's transaction, so a crash re-reads the record
+        and finds neither, but outside the command's savepoint: a command refused for
+        its content stays spent, and a copy cannot succeed later when the job has changed.
+        """
         now, max_age_s = now_ms(), self.cfg.command_max_age_s
         check_command(msg, max_age_s=max_age_s, now_ms=now)
         keep_after = now - int(max_age_s * 1000) - self.decoders[self.topics.jobs.name].max_skew_ms
-        # In the transaction of the cursor: a crash re-reads the record and finds neither.
         head = msg.header
         if not await self.store.first_application(head.sender, head.id, head.ts_ms, keep_after):
             raise Rejected(Reason.COMMAND_REPLAY, f"command {head.id.hex()} was already applied", field="id")
+
+    async def _job(self, msg: Message, cmd: JobCommand) -> None:
         job = self.jobs.get(cmd.job_id)
         if cmd.command != "start":
             if job is None:

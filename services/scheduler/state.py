@@ -14,6 +14,7 @@ loaded as bytes and judged here instead of failing faust's own decoding.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -50,6 +51,8 @@ class SignedTable:
         #: Refusals not reported yet: (row key, error); the owner drains and audits them.
         self.invalid: list[tuple[str, Rejected]] = []
         self._reported: set[bytes] = set()
+        #: key -> (row bytes, value) of the last row that verified: a row is checked once, not per read.
+        self._verified: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         raw = self.table.get(key.encode())
@@ -60,6 +63,7 @@ class SignedTable:
 
     def __delitem__(self, key: str) -> None:
         self.table.pop(key.encode(), None)
+        self._verified.pop(key, None)
 
     def row_keys(self) -> list[str]:
         """Every row key, verified or not (for pruning, which reads no value)."""
@@ -84,9 +88,13 @@ class SignedTable:
         try:
             if not isinstance(raw, bytes | bytearray | memoryview):
                 raise Rejected(Reason.STATE_INVALID, "row is not a signed state record", field="state")
+            known = self._verified.get(key)
+            if known is not None and known[0] == raw:
+                return copy.deepcopy(known[1])  # callers mutate what they read
             value = open_state(raw, self.signer.public_key, table=self.name, key=key)
             if self.check is not None:
                 self.check(value)
+            self._verified[key] = (bytes(raw), copy.deepcopy(value))
             return value
         except ProtocolError as exc:
             digest = hashlib.sha256(repr((key, raw)).encode()).digest()
