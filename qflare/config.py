@@ -35,7 +35,8 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="QFLARE_", extra="ignore")
 
-    #: Own key ``<keys_dir>/<identity>.key``; trusted public keys in ``<keys_dir>/trusted``.
+    #: Own key ``<keys_dir>/<identity>/<identity>.key`` (never created here: ``qflare keys init``);
+    #: trusted public keys in ``<keys_dir>/trusted``.
     keys_dir: Path = DEFAULT_KEYS_DIR
     #: The service's signing identity: the ``sender`` of everything it publishes.
     identity: str
