@@ -155,9 +155,10 @@ async def test_aggregator_obeys_only_fresh_job_commands_from_allowed_senders_and
     )
     pause = seal(JobCommand(job, "pause"), op.signer, sender=op.name)
     await _send(kafka, jobs, job, pause)
-    await audit_events(
-        kafka, keys_dir, lambda ev: {"sender_not_allowed", "command_expired"} <= _reasons("aggregator", ev)
-    )
+    # A round task for the paused job is refused: proof that the pause was applied.
+    await plane.open_round(job, 1, 0, ["nobody"], deadline_s=1.0)
+    wanted = {"sender_not_allowed", "command_expired", "job_not_running"}
+    await audit_events(kafka, keys_dir, lambda ev: wanted <= _reasons("aggregator", ev))
     # The operator resumes; a copy of the earlier pause, re-sent after a restart, must not pause it again.
     await plane.command(job, "resume")
     aggregator.kill9()

@@ -242,17 +242,18 @@ async def test_job_commands_are_obeyed_only_from_allowed_senders_and_only_once(
     hour_ago = int(time.time() * 1000) - 3_600_000
     stale = JobCommand(f"old-{unique}", "start", config)
     wrong = JobCommand(f"agg-{unique}", "start", config)
+    # An operator's stop, applied once, then replayed after a restart (the decoder's memory is gone).
+    stop = seal(JobCommand(f"stop-{unique}", "stop"), op.signer, sender=op.name)
     scheduler.start()
     await _publish(
         kafka,
         [
             (t.jobs.name, stale.job_id, seal(stale, op.signer, sender=op.name, ts_ms=hour_ago)),
+            (t.jobs.name, f"stop-{unique}", stop),
+            # Refused after the stop was handled (one agent, in order): the restart comes after both.
             (t.jobs.name, wrong.job_id, seal(wrong, agg.signer, sender=agg.name)),
         ],
     )
-    # An operator's stop, applied once, then replayed after a restart (the decoder's memory is gone).
-    stop = seal(JobCommand(f"stop-{unique}", "stop"), op.signer, sender=op.name)
-    await _publish(kafka, [(t.jobs.name, f"stop-{unique}", stop)])
 
     def refused(events: list[AuditEvent]) -> dict[str, str]:
         return {e.reason: e.subject or "" for e in events if e.source == "scheduler"}
@@ -260,7 +261,7 @@ async def test_job_commands_are_obeyed_only_from_allowed_senders_and_only_once(
     await audit_events(
         kafka, keys_dir, lambda ev: {"command_expired", "sender_not_allowed"} <= set(refused(ev))
     )
-    scheduler.kill9()
+    scheduler.stop()
     scheduler.start()
     await _publish(kafka, [(t.jobs.name, f"stop-{unique}", stop)])
     events = await audit_events(kafka, keys_dir, lambda ev: "command_replay" in refused(ev))
