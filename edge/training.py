@@ -20,6 +20,7 @@ from opentelemetry.context import Context
 
 from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
 from edge.runtime import DeviceRuntime
+from qflare.authority import allowed
 from qflare.errors import ConfigError, ProtocolError, SchemaError
 from qflare.fl import TrainConfig
 from qflare.fl.job import builtin_model
@@ -80,12 +81,12 @@ class RoundFollower:
         if msg is None:
             return
         body, sender = msg.body, msg.header.sender
-        if isinstance(body, GlobalModel) and sender == "aggregator":
+        if isinstance(body, GlobalModel) and allowed("model", sender):
             versions = self.models.setdefault(body.job_id, {})
             versions[body.version] = [np.array(t.array, dtype=np.float32) for t in body.tensors]
             for old in sorted(versions)[:-3]:
                 del versions[old]
-        elif isinstance(body, RoundTask) and sender == "scheduler":
+        elif isinstance(body, RoundTask) and allowed("round_task", sender):
             _task_contexts[(body.job_id, body.round)] = extract_context(headers)
             while len(_task_contexts) > _MAX_CONTEXTS:
                 del _task_contexts[next(iter(_task_contexts))]

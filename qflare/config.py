@@ -35,12 +35,15 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="QFLARE_", extra="ignore")
 
-    #: Own key ``<keys_dir>/<identity>.key``; trusted public keys in ``<keys_dir>/trusted``.
+    #: Own key ``<keys_dir>/<identity>/<identity>.key`` (never created here: ``qflare keys init``);
+    #: trusted public keys in ``<keys_dir>/trusted``.
     keys_dir: Path = DEFAULT_KEYS_DIR
     #: The service's signing identity: the ``sender`` of everything it publishes.
     identity: str
     #: Where Prometheus scrapes ``/metrics``.
     metrics_port: Port
+    #: A command (job or registry) older than this is refused: orders are for now, not for later.
+    command_max_age_s: float = Field(default=900.0, gt=0)
 
 
 class BatchServiceSettings(ServiceSettings):

@@ -1,17 +1,27 @@
 """Service and operator identities: their own key, and the public keys they trust.
 
-Every message on every topic is signed. Services and operators sign with a key
-file of their own (``<keys_dir>/<name>.key``, mode 0600) and publish the public
-half as ``<keys_dir>/trusted/<name>.pub``. A service builds the key ring for
-control-plane messages (device records, operator commands) from that trusted
-directory; device keys come only from the compacted device topic.
+Every message on every topic is signed. Each principal keeps its private key in
+a directory of its own, ``<keys_root>/<name>/<name>.key`` (directory 0700, file
+0600), so a volume or mount can hand a service its own key and no other. The
+public halves are shared in ``<keys_root>/trusted/<name>.pub``; a service builds
+the key ring for control-plane messages (device records, operator commands)
+from that directory, and never reads another principal's private key. Device
+keys come only from the compacted device topic.
+
+A missing key is an error, not a reason to make a new one: a regenerated key
+would silently split the deployment (the others still trust the old public key).
+Keys are created explicitly, by ``qflare keys init`` or by a development
+harness (the demo, the test fixtures) that says so in its log.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
 
 from qflare.crypto import KeyFile, Signer, generate_key, read_key, write_key
 from qflare.errors import KeyFileError
@@ -19,6 +29,10 @@ from qflare.protocol import KeyRing
 from qflare.protocol.decoder import KnownKey
 
 DEFAULT_KEYS_DIR = Path(".qflare/keys")
+#: The principals of a deployment: each gets a key directory from ``qflare keys init``.
+PRINCIPALS = ("operator", "registry", "scheduler", "aggregator", "audit")
+
+log = structlog.get_logger("qflare.identity")
 
 
 @dataclass(frozen=True)
@@ -28,17 +42,47 @@ class Identity:
     signer: Signer
 
 
-def load_identity(name: str, keys_dir: Path = DEFAULT_KEYS_DIR, *, create: bool = True) -> Identity:
-    """Read ``<keys_dir>/<name>.key``, creating it (and its trusted .pub) when absent."""
-    path = keys_dir / f"{name}.key"
+def key_path(name: str, keys_dir: Path = DEFAULT_KEYS_DIR) -> Path:
+    """Where ``name``'s private key lives: ``<keys_dir>/<name>/<name>.key``."""
+    if not name or "/" in name or name.startswith(".") or name == "trusted":
+        raise KeyFileError(f"{name!r} cannot name a key directory", field="name")
+    return keys_dir / name / f"{name}.key"
+
+
+def load_identity(name: str, keys_dir: Path = DEFAULT_KEYS_DIR, *, create: bool = False) -> Identity:
+    """Read ``name``'s key; with ``create`` (development harnesses only) make it when absent."""
+    path = key_path(name, keys_dir)
     if not path.exists():
         if not create:
-            raise KeyFileError(f"{path} does not exist; run `qflare keys gen --out {path}`", field="path")
-        keys_dir.mkdir(parents=True, exist_ok=True)
-        write_key(path, generate_key())
+            raise KeyFileError(
+                f"{path} does not exist; create it with `qflare keys init --keys-dir {keys_dir} {name}` "
+                f"(or point QFLARE_KEYS_DIR at the directory that holds {name}/{name}.key)",
+                field="path",
+            )
+        create_identity(name, keys_dir)
     key = read_key(path)
-    publish_trusted(name, key, keys_dir)
+    trusted = keys_dir / "trusted" / f"{name}.pub"
+    if not trusted.exists():
+        publish_trusted(name, key, keys_dir)
     return Identity(name, key, key.signer())
+
+
+def create_identity(name: str, keys_dir: Path = DEFAULT_KEYS_DIR) -> Path:
+    """Write a new key for ``name`` (refusing to replace one) and publish its public half."""
+    path = key_path(name, keys_dir)
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.parent.chmod(0o700)  # mkdir's mode is masked by the umask
+    key = generate_key()
+    write_key(path, key)
+    publish_trusted(name, key, keys_dir)
+    log.warning("created a new key", identity=name, path=str(path), key_id=key.key_id.hex())
+    return path
+
+
+def init_identities(keys_dir: Path, names: Iterable[str] = PRINCIPALS) -> list[Path]:
+    """Create the keys of ``names`` that do not exist yet; returns the new key files."""
+    return [create_identity(n, keys_dir) for n in names if not key_path(n, keys_dir).exists()]
 
 
 def publish_trusted(name: str, key: KeyFile, keys_dir: Path = DEFAULT_KEYS_DIR) -> Path:

@@ -179,5 +179,6 @@ async def read_fleet(kafka: KafkaSettings, keys_dir: Path, *, timeout_s: float =
     return view
 
 
-def operator_identity(keys_dir: Path) -> Identity:
-    return load_identity("operator", keys_dir)
+def operator_identity(keys_dir: Path, *, create: bool = False) -> Identity:
+    """The operator's key; ``create`` only where a development command makes its own stack."""
+    return load_identity("operator", keys_dir, create=create)

@@ -64,7 +64,26 @@ class Reason(StrEnum):
         "aggregator, registry",
         "The body names another device than the one that signed it.",
     )
-    UNAUTHORISED = "unauthorised", "aggregator", "The sender may not send this type of message."
+    SENDER_NOT_ALLOWED = (
+        "sender_not_allowed",
+        "aggregator, registry, scheduler, audit, device",
+        "The sender may not send this message type or command (see `qflare.authority.ALLOWED`).",
+    )
+    COMMAND_EXPIRED = (
+        "command_expired",
+        "aggregator, registry, scheduler",
+        "An operator or job command is older than the receiver's `command_max_age_s`.",
+    )
+    COMMAND_REPLAY = (
+        "command_replay",
+        "aggregator, registry, scheduler",
+        "A command with this (sender, id) was already applied, before a restart or at another offset.",
+    )
+    STATE_INVALID = (
+        "state_invalid",
+        "scheduler",
+        "A row of the scheduler's state table is not a record it signed for that key: dropped on recovery.",
+    )
     REVOKED = (
         "revoked",
         "aggregator, registry",

@@ -29,7 +29,7 @@ from qflare import operator
 from qflare.crypto import read_key
 from qflare.errors import ProtocolError, QflareError, StackError
 from qflare.fl import JobSpec
-from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, trusted_ring
+from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, init_identities, trusted_ring
 from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
 from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
@@ -139,6 +139,9 @@ class Run:
     def execute(self) -> None:
         began = time.monotonic()
         try:
+            # The demo is a development stack: it creates the keys a fresh checkout lacks, and says so.
+            for path in init_identities(KEYS_DIR):
+                console.print(f"created development key {path}")
             start_services(self.services, self.kafka.topic_prefix, Path(".qflare/logs"), console.print)
             asyncio.run(self._main(began))
         finally:

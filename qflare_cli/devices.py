@@ -18,7 +18,7 @@ from qflare_cli.keys import KEYS_DIR
 
 app = typer.Typer(
     help="Manage devices through the registry. Commands are signed with the operator key "
-    "(<keys-dir>/operator.key, created on first use) and sent over Kafka; the registry trusts "
+    "(<keys-dir>/operator/operator.key, made by `qflare keys init`) and sent over Kafka; the registry trusts "
     "<keys-dir>/trusted/*.pub.",
     no_args_is_help=True,
 )

@@ -12,7 +12,7 @@ from rich.table import Table
 from qflare.crypto.base import ML_DSA_65, ML_KEM_768
 from qflare.crypto.keys import KeyFile, generate_key, read_key, write_key
 from qflare.errors import QflareError
-from qflare.identity import DEFAULT_KEYS_DIR
+from qflare.identity import DEFAULT_KEYS_DIR, PRINCIPALS, init_identities, key_path
 
 app = typer.Typer(help="Post-quantum key management.", no_args_is_help=True)
 keys_app = typer.Typer(help="Generate and inspect key files.", no_args_is_help=True)
@@ -53,6 +53,27 @@ def gen(
     except QflareError as exc:
         raise _fail(exc) from exc
     _out.print(_describe(out, key))
+
+
+@keys_app.command("init")
+def init(
+    names: Annotated[
+        list[str] | None, typer.Argument(help=f"Identities to create (default: {', '.join(PRINCIPALS)}).")
+    ] = None,
+    keys_dir: Path = KEYS_DIR,
+) -> None:
+    """Create the missing keys: <keys-dir>/<name>/<name>.key, public half in <keys-dir>/trusted/.
+
+    Existing keys are kept; services never create their own.
+    """
+    chosen = names or list(PRINCIPALS)
+    try:
+        created = init_identities(keys_dir, chosen)
+    except QflareError as exc:
+        raise _fail(exc) from exc
+    for name in chosen:
+        path = key_path(name, keys_dir)
+        _out.print(f"{'created' if path in created else 'kept   '} {path}")
 
 
 @keys_app.command("show")

@@ -13,13 +13,6 @@ class AggregatorSettings(BatchServiceSettings):
 
     identity: str = "aggregator"
     metrics_port: Port = 9102
-    #: Principals (trusted keys in ``<keys_dir>/trusted``) whose messages are obeyed, per kind.
-    #: Devices never appear here: their keys come only from the device topic. The scheduler is a
-    #: job sender because it publishes its own ``resume`` nudges on the jobs topic; refusing them
-    #: would report a false rejection at every scheduler tick.
-    job_senders: frozenset[str] = frozenset({"operator", "scheduler"})
-    round_senders: frozenset[str] = frozenset({"scheduler"})
-    device_senders: frozenset[str] = frozenset({"registry"})
     #: Test examples the new global model is evaluated on (the first N of the test split); 0 disables.
     eval_examples: int = Field(default=10_000, ge=0)
     #: Longest sleep of the deadline timer; it otherwise wakes at the nearest round deadline.

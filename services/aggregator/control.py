@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from qflare.authority import authorise, check_command
 from qflare.clock import now_ms
 from qflare.errors import ProtocolError, QflareError, Rejected, ReplayError
 from qflare.fl import JobSpec, StrategyState
@@ -110,7 +111,7 @@ class Control:
             return
         try:
             msg = self.decoders[record.topic].decode(record.value, record.topic)
-            self._authorised(msg, self.cfg.device_senders)
+            authorise(msg)
             assert isinstance(msg.body, Device)
             self.keys.apply(msg.body)
         except ReplayError:
@@ -139,6 +140,8 @@ class Control:
             try:
                 if not isinstance(msg, Message):
                     raise msg
+                if isinstance(msg.body, JobCommand):
+                    await self._admit(msg)
                 # A savepoint: a command refused half-way leaves no row behind, only its report.
                 async with self.store.conn.transaction():
                     if isinstance(msg.body, JobCommand):
@@ -163,14 +166,21 @@ class Control:
             if outcome is not None:
                 await self.closer.close(rnd, outcome)
 
-    def _authorised(self, msg: Message, allowed: frozenset[str]) -> None:
-        if msg.header.sender not in allowed:
-            raise Rejected(
-                Reason.UNAUTHORISED, f"{msg.header.sender!r} may not send {msg.header.type}", field="sender"
-            )
+    async def _admit(self, msg: Message) -> None:
+        """An allowed sender, a fresh command, applied once (``command_replay`` for any copy).
+
+        The id is recorded in the cursor's transaction, so a crash re-reads the record
+        and finds neither, but outside the command's savepoint: a command refused for
+        its content stays spent, and a copy cannot succeed later when the job has changed.
+        """
+        now, max_age_s = now_ms(), self.cfg.command_max_age_s
+        check_command(msg, max_age_s=max_age_s, now_ms=now)
+        keep_after = now - int(max_age_s * 1000) - self.decoders[self.topics.jobs.name].max_skew_ms
+        head = msg.header
+        if not await self.store.first_application(head.sender, head.id, head.ts_ms, keep_after):
+            raise Rejected(Reason.COMMAND_REPLAY, f"command {head.id.hex()} was already applied", field="id")
 
     async def _job(self, msg: Message, cmd: JobCommand) -> None:
-        self._authorised(msg, self.cfg.job_senders)
         job = self.jobs.get(cmd.job_id)
         if cmd.command != "start":
             if job is None:
@@ -209,7 +219,7 @@ class Control:
         log.info("job started", job_id=job.job_id, model=config.model, strategy=config.strategy.name)
 
     async def _round(self, msg: Message, task: RoundTask) -> None:
-        self._authorised(msg, self.cfg.round_senders)
+        authorise(msg)
         job = self.jobs.get(task.job_id)
         if job is None:
             raise Rejected(Reason.UNKNOWN_JOB, f"no job {task.job_id!r}", field="body.job_id")

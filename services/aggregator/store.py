@@ -238,6 +238,16 @@ class AggregatorStore:
         )
         return await cur.fetchone() is not None
 
+    async def first_application(self, sender: str, message_id: bytes, ts_ms: int, keep_after_ms: int) -> bool:
+        """Record a command as applied; False if it already was. Forgets those before ``keep_after_ms``."""
+        await self.conn.execute("DELETE FROM aggregator.applied_commands WHERE ts_ms < %s", (keep_after_ms,))
+        cur = await self.conn.execute(
+            "INSERT INTO aggregator.applied_commands (sender, message_id, ts_ms) VALUES (%s, %s, %s) "
+            "ON CONFLICT DO NOTHING RETURNING sender",
+            (sender, message_id, ts_ms),
+        )
+        return await cur.fetchone() is not None
+
     # --- consumer positions --------------------------------------------------------------
 
     async def cursors(self, topic: str, now_ms: int) -> dict[int, Cursor]:

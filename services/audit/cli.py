@@ -63,6 +63,12 @@ def verify_cmd(
     head_file: Path | None = typer.Option(
         None, "--head-file", help="Compare with the heads in this file instead of the heads topic."
     ),
+    deployment: str = typer.Option(
+        KafkaSettings().deployment_id,
+        "--deployment",
+        envvar="QFLARE_KAFKA_DEPLOYMENT_ID",
+        help="Deployment id the heads were signed for (protocol v2 binds it into every signature).",
+    ),
 ) -> None:
     """Check links, checkpoints and the latest signed head; exit 1 naming the first bad seq."""
     pub_path = keys_dir / "trusted" / f"{identity}.pub"
@@ -74,7 +80,7 @@ def verify_cmd(
         )
     try:
         key = pinned_key(pub_path, key_fingerprint)
-        verdict, heads = asyncio.run(_verify(dsn, stream, key, identity, head_file))
+        verdict, heads = asyncio.run(_verify(dsn, stream, deployment, key, identity, head_file))
     except (QflareError, OSError, KafkaError) as exc:
         _unverifiable(f"{type(exc).__name__}: {exc}")
     for source in heads:
@@ -105,9 +111,9 @@ def _unverifiable(message: str) -> NoReturn:
 
 
 async def _verify(
-    dsn: str, stream: str, key: KeyFile, identity: str, head_file: Path | None
+    dsn: str, stream: str, deployment: str, key: KeyFile, identity: str, head_file: Path | None
 ) -> tuple[Verdict | None, list[Heads]]:
-    kafka = KafkaSettings(topic_prefix=stream)
+    kafka = KafkaSettings(topic_prefix=stream, deployment_id=deployment)
     spec = kafka.topics.audit_heads
     decoder = pinned_decoder(identity, key, spec.deployment)
     if head_file is not None:

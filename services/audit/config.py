@@ -16,8 +16,6 @@ class AuditSettings(BatchServiceSettings):
     #: Also signs the chain's checkpoints.
     identity: str = "audit"
     metrics_port: Port = 9104
-    #: Principals whose device records (keys) are believed.
-    device_senders: frozenset[str] = frozenset({"registry"})
     #: A signed checkpoint entry after every this many entries.
     checkpoint_every: int = Field(default=100, ge=1)
     elasticsearch_url: str = "http://127.0.0.1:19200"

@@ -23,6 +23,7 @@ import time
 import structlog
 
 from qflare import metrics as shared
+from qflare.authority import allowed
 from qflare.clock import now_ms
 from qflare.crypto.base import fingerprint
 from qflare.errors import ProtocolError, Reason, Rejected, ReplayError, SchemaError
@@ -220,9 +221,9 @@ class AuditService(BatchLoop):
             )
         event = self._read(record)
         if event is not None and event.outcome != "rejected":
-            if event.actor not in self.cfg.device_senders:
+            if not allowed("device", event.actor):
                 return events.rejection(
-                    SchemaError(f"{event.actor!r} may not publish device records", field="sender"),
+                    Rejected(Reason.SENDER_NOT_ALLOWED, f"{event.actor!r} may not send it", field="sender"),
                     record.value,
                     record.topic,
                     record.partition,

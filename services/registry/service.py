@@ -19,6 +19,7 @@ import structlog
 from aiokafka import ConsumerRecord
 
 from qflare import metrics
+from qflare.authority import authorise, check_command
 from qflare.clock import now_ms
 from qflare.errors import ProtocolError, Rejected, UnknownKeyError, is_transient
 from qflare.identity import TrustedKeys, load_identity
@@ -130,6 +131,7 @@ class RegistryService(BatchLoop):
         msg: Message | None = None
         try:
             msg = self._decode(record)
+            authorise(msg)
             body = msg.body
             if isinstance(body, Enrollment):
                 await self._enrol(msg, body)
@@ -195,13 +197,17 @@ class RegistryService(BatchLoop):
         await self._after_retire(row)
 
     async def _command(self, msg: Message, body: RegistryCommand) -> None:
+        check_command(msg, max_age_s=self.cfg.command_max_age_s, now_ms=now_ms())
         if body.command != "issue_tokens" and not body.device_id:
             raise Rejected(Reason.SCHEMA, f"{body.command} needs a device_id", field="body.device_id")
         retired = None
         async with self.store.conn.transaction():
-            # A re-delivered command (same sender and id) was applied already.
+            # Applied ids are kept in PostgreSQL, so a copy is refused even after a restart
+            # (the decoder's replay cache is only in memory).
             if not await self.store.first_application(msg.header.sender, msg.header.id):
-                return
+                raise Rejected(
+                    Reason.COMMAND_REPLAY, f"command {msg.header.id.hex()} was already applied", field="id"
+                )
             if body.command == "issue_tokens":
                 count = await self.store.add_tokens(list(body.token_hashes), body.expires_ms, body.labels)
                 await self.out.queue_audit(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from qflare.errors import ConfigError
+from qflare.errors import ConfigError, SchemaError
 from qflare.fl import JobSpec, build_strategy
 from qflare.types import Scalar
 
@@ -72,7 +72,14 @@ class Progress:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Progress:
-        return cls(**data)
+        names = {f.name for f in fields(cls)}
+        if set(data) - names or {"job_id", "config"} - set(data):
+            raise SchemaError(f"a job state has the fields {sorted(names)}", field="state.value")
+        p = cls(**data)
+        kinds = (p.job_id, str), (p.config, dict), (p.status, str), (p.round, int), (p.selected, list)
+        if not all(isinstance(v, t) for v, t in kinds) or not isinstance(p.history, list):
+            raise SchemaError("a job state field has the wrong type", field="state.value")
+        return p
 
 
 def after_complete(

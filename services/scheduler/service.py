@@ -33,7 +33,9 @@ from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
 from qflare.tracing import process_span, round_span, send_span
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.gate import Gate
 from services.scheduler.logic import Progress, after_complete, overdue, quorum, select, task_config
+from services.scheduler.state import SignedTable
 
 log = structlog.get_logger("qflare.scheduler")
 SERVICE = "scheduler"
@@ -91,9 +93,17 @@ class Scheduler:
         self.control = self._raw(t.jobs.name, t.rounds_complete.name, partitions=1)
         self.jobs_topic = self._raw(t.jobs.name, partitions=1)
         self.rounds_topic = self._raw(t.rounds.name, partitions=t.rounds.partitions)
-        self.health = self.app.Table("device-health", default=str, partitions=t.health.partitions)
-        self.status = self.app.Table("device-status", default=str, partitions=t.devices.partitions)
-        self.progress = self.app.Table("round-progress", default=dict, partitions=1)
+        self.audit_topic = self._raw(t.audit.name, partitions=t.audit.partitions)
+        signer = identity.signer
+        # Every table row is a record this scheduler signed (services/scheduler/state.py).
+        self.health = SignedTable(self.app.Table("device-health", partitions=t.health.partitions), signer)
+        self.status = SignedTable(self.app.Table("device-status", partitions=t.devices.partitions), signer)
+        progress = self.app.Table("round-progress", partitions=1)
+        self.progress = SignedTable(progress, signer, check=Progress.from_dict)
+        #: Job commands applied, by sender and id: a copy is refused even after a restart.
+        self.applied = SignedTable(self.app.Table("applied-commands", partitions=1), signer)
+        self.gate = Gate(cfg, identity, self.decoder, self.audit_topic, t.audit.channel, self.applied)
+        self.gate.tables = (self.health, self.status, self.progress, self.applied)
         self.app.agent(self.health_topic, name="health", concurrency=1)(self._health_agent)
         self.app.agent(self.devices_topic, name="devices", concurrency=1)(self._devices_agent)
         self.app.agent(self.control, name="progress", concurrency=1)(self._progress_agent)
@@ -107,6 +117,10 @@ class Scheduler:
         return self.app.topic(*names, partitions=partitions, key_serializer="raw", value_serializer="raw")
 
     async def _ready(self) -> None:
+        # Tables are recovered by now: rows nobody signed are refused before anything is scheduled.
+        dropped = sum(table.verify_all() for table in self.gate.tables)
+        await self.gate.report_state()
+        log.info("state verified", dropped=dropped)
         health.set_status(SERVICE, "ready")
 
     # -- inputs ----------------------------------------------------------------
@@ -124,14 +138,14 @@ class Scheduler:
     async def _health_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             msg = self._decode(value, self.t.health.name)
-            if msg is not None and isinstance(msg.body, DeviceHealth) and msg.header.sender == "registry":
-                self.health[msg.body.device_id] = msg.body.state
+            if msg is not None and isinstance(msg.body, DeviceHealth) and await self.gate.allowed(msg):
+                self.health[msg.body.device_id] = {"state": msg.body.state}
 
     async def _devices_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             msg = self._decode(value, self.t.devices.name)
-            if msg is not None and isinstance(msg.body, Device) and msg.header.sender == "registry":
-                self.status[msg.body.device_id] = msg.body.status
+            if msg is not None and isinstance(msg.body, Device) and await self.gate.allowed(msg):
+                self.status[msg.body.device_id] = {"status": msg.body.status}
 
     async def _progress_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
@@ -139,11 +153,12 @@ class Scheduler:
             if msg is None:
                 continue
             body = msg.body
-            if isinstance(body, JobCommand) and msg.header.sender in ("operator", self.identity.name):
+            if isinstance(body, JobCommand) and await self.gate.fresh_command(msg):
                 await self._command(body)
-            elif isinstance(body, RoundComplete) and msg.header.sender == "aggregator":
+            elif isinstance(body, RoundComplete) and await self.gate.allowed(msg):
                 with process_span(_record_of(stream), group=self.app.conf.id):
                     await self._completed(body)
+            await self.gate.report_state()
 
     # -- the state machine -------------------------------------------------------
     async def _command(self, cmd: JobCommand) -> None:
@@ -207,7 +222,8 @@ class Scheduler:
         except ProtocolError as exc:  # e.g. a job stored by a version with another schema
             self._stop(p, exc)
             return
-        available = [d for d, s in self.status.items() if s == "active" and self.health.get(d) == "online"]
+        online = {d for d, row in self.health.items() if row.get("state") == "online"}
+        available = [d for d, row in self.status.items() if row.get("status") == "active" and d in online]
         chosen = select(available, cfg, p.round + 1)
         if chosen is None:
             p.status = "waiting_devices"

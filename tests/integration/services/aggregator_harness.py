@@ -117,7 +117,7 @@ class ControlPlane:
     def __post_init__(self) -> None:
         self.topics = self.kafka.topics
         for name in ("registry", "scheduler", "operator"):
-            self.identities[name] = load_identity(name, self.keys_dir)
+            self.identities[name] = load_identity(name, self.keys_dir, create=True)
 
     async def start(self) -> None:
         await prepare_topics(self.kafka)

@@ -81,7 +81,7 @@ class Publisher:
 
     def identity(self, name: str) -> Identity:
         if name not in self.ids:
-            self.ids[name] = load_identity(name, self.keys_dir)
+            self.ids[name] = load_identity(name, self.keys_dir, create=True)
         return self.ids[name]
 
     async def start(self) -> None:

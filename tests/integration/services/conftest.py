@@ -13,9 +13,12 @@ from tests.integration.services.harness import Fleet, RegistryProcess
 
 
 @pytest.fixture
-def kafka(unique: str) -> KafkaSettings:
+def kafka(unique: str, monkeypatch: pytest.MonkeyPatch) -> KafkaSettings:
     # A deployment id of its own too: services must sign and verify with the one they are given.
-    return KafkaSettings(topic_prefix=f"t{unique}.", deployment_id=f"test-{unique}")
+    # Tools the test runs as subprocesses (`qflare audit verify`) read it from the environment.
+    deployment = f"test-{unique}"
+    monkeypatch.setenv("QFLARE_KAFKA_DEPLOYMENT_ID", deployment)
+    return KafkaSettings(topic_prefix=f"t{unique}.", deployment_id=deployment)
 
 
 @pytest.fixture
@@ -25,7 +28,7 @@ def keys_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def operator_id(keys_dir: Path) -> Identity:
-    return load_identity("operator", keys_dir)
+    return load_identity("operator", keys_dir, create=True)
 
 
 @pytest.fixture

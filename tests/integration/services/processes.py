@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from qflare.children import ServiceProcess, wait_ready
+from qflare.identity import init_identities
 
 
 class ManagedService:
@@ -27,12 +28,16 @@ class ManagedService:
     metrics_port: int
     proc: ServiceProcess | None
     starts: int
+    #: The key root: the service's key is created in ``<keys_dir>/<service>/`` before its first start.
+    keys_dir: Path
 
     def env(self) -> dict[str, str]:
         raise NotImplementedError
 
     def start(self, *, wait_s: float = 90) -> None:
         self.starts += 1
+        # Services never create their own key: the harness does, as `qflare keys init` would.
+        init_identities(self.keys_dir, [self.service])
         if self.proc is None:  # one for every start: the port stays the same across restarts
             self.proc = ServiceProcess(self.service, self.env(), self.log_path, self.metrics_port)
             self.metrics_port = self.proc.health_port

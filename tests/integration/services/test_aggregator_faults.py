@@ -162,13 +162,13 @@ async def test_control_messages_are_obeyed_only_from_their_principal(
         }
 
     want = {
-        f"{plane.topics.devices.name}:{forged.device_id}": "unauthorised",
-        f"{plane.topics.jobs.name}:nojob-{unique}": "unauthorised",
+        f"{plane.topics.devices.name}:{forged.device_id}": "sender_not_allowed",
+        f"{plane.topics.jobs.name}:nojob-{unique}": "sender_not_allowed",
         f"{plane.topics.jobs.name}:badcfg-{unique}": "schema",
         f"{plane.topics.jobs.name}:badmu-{unique}": "schema",
         f"{plane.topics.jobs.name}:nomodel-{unique}": "unknown_model",
         f"{plane.topics.rounds.name}:ghost-{unique}:1": "unknown_job",
-        f"{plane.topics.rounds.name}:{job}:1": "unauthorised",
+        f"{plane.topics.rounds.name}:{job}:1": "sender_not_allowed",
         f"{plane.topics.rounds.name}:{job}:2": "wrong_version",
         f"{plane.topics.rounds.name}:{job}:4": "job_not_running",
     }

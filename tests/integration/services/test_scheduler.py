@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -17,11 +18,12 @@ from qflare.identity import Identity, TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics
 from qflare.protocol import seal
 from qflare.protocol.body import Setting
-from qflare.protocol.control import JobCommand
+from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
+from qflare.protocol.state import seal_state
 from qflare.protocol.training import RoundComplete, RoundTask
-from tests.integration.services.harness import read_topic
-from tests.integration.services.processes import ManagedService
+from tests.integration.services.harness import audit_events, read_topic
+from tests.integration.services.processes import ManagedService, scrape
 
 
 class SchedulerProcess(ManagedService):
@@ -39,6 +41,7 @@ class SchedulerProcess(ManagedService):
             "QFLARE_SCHEDULER_GRACE_S": "2",
         }
         self.log_path = tmp / "scheduler.log"
+        self.keys_dir = keys_dir
         self.metrics_port = 0
         self.proc: ServiceProcess | None = None
         self.starts = 0
@@ -46,10 +49,15 @@ class SchedulerProcess(ManagedService):
     def env(self) -> dict[str, str]:
         return self._env
 
+    def metric(self, name: str, **labels: str) -> float:
+        return scrape(self.metrics_port, name, **labels)
+
 
 @pytest.fixture
 def ids(keys_dir: Path) -> dict[str, Identity]:
-    return {name: load_identity(name, keys_dir) for name in ("registry", "operator", "aggregator")}
+    return {
+        name: load_identity(name, keys_dir, create=True) for name in ("registry", "operator", "aggregator")
+    }
 
 
 @pytest.fixture
@@ -192,3 +200,118 @@ async def test_quorum_not_met_retries_with_a_fresh_round(
     )
     retry = (await _tasks(kafka, keys_dir, 2))[-1]
     assert retry.round == 2 and retry.model_version == 0
+
+
+async def test_forged_state_rows_are_dropped_on_recovery_and_no_task_is_built_from_them(
+    kafka: KafkaSettings, keys_dir: Path, ids: dict[str, Identity], scheduler: SchedulerProcess, unique: str
+) -> None:
+    t = kafka.topics
+    reg, op, agg = ids["registry"], ids["operator"], ids["aggregator"]
+    now = int(time.time() * 1000)
+    records = []
+    for i in range(2):
+        name = f"f{unique}-{i}"
+        dev = Device(name, "active", generate_key().public_key, now, now)
+        records.append((t.devices.name, name, seal(dev, reg.signer, t.devices.channel, sender=reg.name)))
+        records.append(
+            (
+                t.health.name,
+                name,
+                seal(DeviceHealth(name, "online", now), reg.signer, t.health.channel, sender=reg.name),
+            )
+        )
+    config: dict[str, Setting] = {"rounds": 2, "min_clients": 2, "deadline_s": 600.0, "model": "builtin:2nn"}
+    job = JobCommand(f"job-{unique}", "start", config)
+    await _publish(
+        kafka, [*records, (t.jobs.name, job.job_id, seal(job, op.signer, t.jobs.channel, sender=op.name))]
+    )
+    scheduler.start()
+    (first,) = await _tasks(kafka, keys_dir, 1)
+    scheduler.kill9()
+
+    # Someone who can write the changelog adds a job of their own, waiting for devices (so the
+    # scheduler would open a round of it at its first tick), and a row sealed with another key.
+    forged = f"forged-{unique}"
+    progress = {
+        "job_id": forged,
+        "config": config,
+        "status": "waiting_devices",
+        "round": 0,
+        "model_version": 0,
+        "completed_rounds": 0,
+        "open": False,
+        "selected": [],
+        "deadline_ms": 0,
+        "attempts": 0,
+        "history": [],
+    }
+    other = f"other-{unique}"
+    changelog = f"qflare-scheduler{kafka.topic_prefix}".rstrip(".") + "-round-progress-changelog"
+    rows = [
+        (changelog, forged, json.dumps(progress).encode()),
+        (changelog, other, seal_state(agg.signer, table="round-progress", key=other, value=progress)),
+    ]
+    await _publish(kafka, rows)
+    scheduler.start()
+
+    def refused(events: list[AuditEvent]) -> dict[str, str]:
+        return {e.subject or "": e.reason for e in events if e.source == "scheduler"}
+
+    want = {f"round-progress/{forged}": "state_invalid", f"round-progress/{other}": "state_invalid"}
+    events = await audit_events(kafka, keys_dir, lambda ev: want.items() <= refused(ev).items())
+    assert want.items() <= refused(events).items()
+    # The real job's state survived: its round 1 completes and round 2 opens.
+    done = RoundComplete(job.job_id, 1, "completed", 1, 2, 1200, included=first.devices)
+    await _publish(
+        kafka,
+        [
+            (
+                t.rounds_complete.name,
+                job.job_id,
+                seal(done, agg.signer, t.rounds_complete.channel, sender=agg.name),
+            )
+        ],
+    )
+    tasks = await _tasks(kafka, keys_dir, 2, timeout_s=120)
+    assert [(r.job_id, r.round) for r in tasks] == [(job.job_id, 1), (job.job_id, 2)]
+    assert scheduler.metric("qflare_rejected_messages_total", reason="state_invalid") >= 2
+
+
+async def test_job_commands_are_obeyed_only_from_allowed_senders_and_only_once(
+    kafka: KafkaSettings, keys_dir: Path, ids: dict[str, Identity], scheduler: SchedulerProcess, unique: str
+) -> None:
+    t = kafka.topics
+    op, agg = ids["operator"], ids["aggregator"]
+    config: dict[str, Setting] = {"rounds": 1, "min_clients": 1, "deadline_s": 600.0, "model": "builtin:2nn"}
+    hour_ago = int(time.time() * 1000) - 3_600_000
+    stale = JobCommand(f"old-{unique}", "start", config)
+    wrong = JobCommand(f"agg-{unique}", "start", config)
+    # An operator's stop, applied once, then replayed after a restart (the decoder's memory is gone).
+    stop = seal(JobCommand(f"stop-{unique}", "stop"), op.signer, t.jobs.channel, sender=op.name)
+    scheduler.start()
+    await _publish(
+        kafka,
+        [
+            (
+                t.jobs.name,
+                stale.job_id,
+                seal(stale, op.signer, t.jobs.channel, sender=op.name, ts_ms=hour_ago),
+            ),
+            (t.jobs.name, f"stop-{unique}", stop),
+            # Refused after the stop was handled (one agent, in order): the restart comes after both.
+            (t.jobs.name, wrong.job_id, seal(wrong, agg.signer, t.jobs.channel, sender=agg.name)),
+        ],
+    )
+
+    def refused(events: list[AuditEvent]) -> dict[str, str]:
+        return {e.reason: e.subject or "" for e in events if e.source == "scheduler"}
+
+    await audit_events(
+        kafka, keys_dir, lambda ev: {"command_expired", "sender_not_allowed"} <= set(refused(ev))
+    )
+    scheduler.stop()
+    scheduler.start()
+    await _publish(kafka, [(t.jobs.name, f"stop-{unique}", stop)])
+    events = await audit_events(kafka, keys_dir, lambda ev: "command_replay" in refused(ev))
+    assert refused(events)["sender_not_allowed"] == agg.name
+    assert refused(events)["command_replay"] == op.name
