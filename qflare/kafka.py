@@ -75,7 +75,8 @@ class KafkaSettings(BaseSettings):
         found = localstack.secrets()
         if found is None or "kafka" not in found:
             if self.security_protocol is None:
-                self.security_protocol = "SASL_SSL" if self.username else "PLAINTEXT"
+                # A stack from before authentication: a principal's name alone logs nobody in.
+                self.security_protocol = "SASL_SSL" if self.password is not None else "PLAINTEXT"
             return self
         if self.security_protocol is None:
             self.security_protocol = "SASL_SSL"

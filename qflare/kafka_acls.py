@@ -15,6 +15,8 @@ prefix: ``stack up`` grants the unprefixed deployment, and a harness or
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -23,6 +25,7 @@ from aiokafka.errors import for_code
 from aiokafka.protocol.admin import CreateAclsRequest
 
 from qflare.errors import TopicSetupError
+from qflare.kafka import KafkaSettings, make_admin
 from qflare.protocol.topics import topics
 
 
@@ -45,6 +48,8 @@ class Op(IntEnum):
 
 
 _ALLOW = 3
+#: The broker has no authorizer (a stack from before authentication): nothing to grant.
+_SECURITY_DISABLED = 54
 SERVICES = ("registry", "scheduler", "aggregator", "audit")
 #: Base topic field -> (writers, readers); "audit" reads every topic to chain it.
 FLOWS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
@@ -117,9 +122,40 @@ async def grant(admin: AIOKafkaAdminClient, prefix: str = "", **names: str) -> i
     for binding in wanted:
         response = await admin._send_request_to_node(node, binding.request())
         for code, message in response.creation_responses:
+            if code == _SECURITY_DISABLED:
+                return 0
             if code != 0:
                 error = for_code(code)
                 raise TopicSetupError(
                     f"{error.__name__}: {message}", field=binding.name, retriable=error.retriable
                 )
     return len(wanted)
+
+
+async def grant_deployment(settings: KafkaSettings | None = None, prefix: str = "", **names: str) -> int:
+    """``grant`` with an admin client of its own (``settings`` must log in as the super user)."""
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        return await grant(admin, prefix, **names)
+    finally:
+        await admin.close()
+
+
+def grant_now(settings: KafkaSettings | None = None, prefix: str = "", **names: str) -> int:
+    """``grant_deployment`` from synchronous code, even inside a running event loop (its own thread)."""
+    result: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(asyncio.run(grant_deployment(settings, prefix, **names)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread, re-raised there
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name="kafka-acls")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
+    return result[0]

@@ -69,3 +69,20 @@ def redis_user_url(user: str | None) -> str:
     secret = password("redis", name)
     auth = "" if secret is None else f"{name}:{secret}@"
     return f"redis://{auth}127.0.0.1:{port}/0"
+
+
+def service_env(service: str) -> dict[str, str]:
+    """Environment that logs ``service`` in with its own principal on every server of the local stack.
+
+    Empty without generated secrets (the service then uses the defaults, as before).
+    """
+    found = secrets()
+    if found is None:
+        return {}
+    env = {"QFLARE_KAFKA_USERNAME": service, "QFLARE_KAFKA_PASSWORD": found["kafka"][service]}
+    prefix = f"QFLARE_{service.upper()}_"
+    if service in POSTGRES_ROLES:
+        env[prefix + "POSTGRES_DSN"] = postgres_user_dsn(service)
+    if service in REDIS_USERS:
+        env[prefix + "REDIS_URL"] = redis_user_url(service)
+    return env

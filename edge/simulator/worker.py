@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import random
 import time
@@ -70,7 +71,12 @@ def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> Non
 
 
 async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
-    kafka = KafkaSettings(bootstrap=spec.bootstrap, topic_prefix=spec.topic_prefix)
+    # Devices log in as the one device principal unless told otherwise (QFLARE_KAFKA_USERNAME).
+    kafka = KafkaSettings(
+        bootstrap=spec.bootstrap,
+        topic_prefix=spec.topic_prefix,
+        username=os.environ.get("QFLARE_KAFKA_USERNAME", "device"),
+    )
     tset = topics(spec.topic_prefix)
     state = Path(spec.state_dir)
     spool = Spool(state / f"worker-{spec.index}.spool")

@@ -57,7 +57,7 @@ def _record_of(stream: faust.StreamT[bytes]) -> _Record:
     return _Record(m.topic, m.partition, m.offset, m.headers)
 
 
-def _credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
+def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
     """The scheduler's own principal, as the factories of qflare.kafka would log in."""
     if kafka.security_protocol in ("SASL_SSL", "SASL_PLAINTEXT"):
         secret = kafka.password
@@ -89,7 +89,7 @@ class Scheduler:
         self.app = faust.App(
             f"{cfg.app_id}{kafka.topic_prefix}".rstrip("."),
             broker=f"kafka://{kafka.bootstrap}",
-            broker_credentials=_credentials(kafka),
+            broker_credentials=faust_credentials(kafka),
             store="memory://",
             datadir=str(cfg.data_dir),
             topic_partitions=1,
