@@ -47,17 +47,17 @@ def main() -> None:
     # A standby blocks here, outside the consumer group, until the leader's lease lapses.
     lease_probe = Lease(aioredis.Redis.from_url(cfg.redis_url), lease_key, cfg.lease_s)
     fence = asyncio.run(lease_probe.acquire())
+    token = lease_probe.token
+    # Renewal runs in its own thread, from now on: importing faust, preparing topics, joining
+    # the group and recovering tables can together take longer than one lease on a busy host.
+    threading.Thread(target=_keep_lease, args=(cfg, lease_key, token, fence), daemon=True).start()
     # faust tables must be co-partitioned with their source topics: create them with
     # the partition counts of qflare.protocol.topics before faust can auto-create any.
     asyncio.run(prepare_topics(kafka))
-    token = lease_probe.token
     log.info("leadership acquired", fence=fence)
     metrics.serve_metrics(cfg.metrics_port)
     scheduler = Scheduler(cfg, kafka, identity, fence)
 
-    # Renewal runs in its own thread: faust's loop can be busy for a while (joining
-    # the group, recovering tables), and the lease must not lapse meanwhile.
-    threading.Thread(target=_keep_lease, args=(cfg, lease_key, token, fence), daemon=True).start()
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     worker = faust.Worker(scheduler.app, loglevel="WARNING", quiet=True)
     sys.exit(worker.execute_from_commandline())
