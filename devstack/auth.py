@@ -114,3 +114,34 @@ def ensure(runtime: Path) -> dict[str, dict[str, str]]:
         found = _new_secrets()
         _write_private(localstack.secrets_file(runtime), json.dumps(found, indent=2).encode())
     return found
+
+
+def compose_env(found: dict[str, dict[str, str]] | None = None) -> dict[str, str]:
+    """The ``.env`` of docker-compose.yml: one variable per password (fresh ones by default)."""
+    found = found or _new_secrets()
+    env = {f"QFLARE_KAFKA_{user.upper()}_PASSWORD": pw for user, pw in found["kafka"].items()}
+    env.update({f"QFLARE_PG_{user.upper()}_PASSWORD": pw for user, pw in found["postgres"].items()})
+    env.update({f"QFLARE_REDIS_{user.upper()}_PASSWORD": pw for user, pw in found["redis"].items()})
+    env["ELASTIC_PASSWORD"] = found["elasticsearch"]["elastic"]
+    env["KIBANA_SYSTEM_PASSWORD"] = token.token_urlsafe(24)
+    env["GRAFANA_ADMIN_PASSWORD"] = token.token_urlsafe(24)
+    return env
+
+
+def main(argv: list[str]) -> None:
+    """``python -m devstack.auth env`` prints a compose .env; ``certs DIR`` writes the CA and broker PEMs."""
+    if argv[:1] == ["env"]:
+        for key, value in compose_env().items():
+            print(f"{key}={value}")
+    elif argv[:1] == ["certs"] and len(argv) == 2:
+        directory = Path(argv[1])
+        if not (directory / "broker.pem").is_file():
+            make_certificates(directory)
+    else:
+        raise SystemExit("usage: python -m devstack.auth env | certs DIR")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -73,6 +73,10 @@ async def migrate(
     conn: psycopg.AsyncConnection[object], schema: str, directory: Path, *, append_only: Iterable[str] = ()
 ) -> int:
     """Apply pending migrations (as the owner when one is known); returns the schema version now in force."""
+    files = migration_files(directory)
+    if files and await _applied(conn, schema) >= {version for version, _ in files}:
+        # Up to date: a service's role that may not run DDL (compose's) starts without trying.
+        return files[-1][0]
     owner = owner_conninfo(conn)
     role = await _user(conn)
     if owner is None:
@@ -83,6 +87,19 @@ async def migrate(
         version = await _apply(owner_conn, schema, directory)
         await _grant(owner_conn, schema, role, append_only)
         return version
+
+
+async def _applied(conn: psycopg.AsyncConnection[object], schema: str) -> set[int]:
+    """Versions recorded in ``<schema>.schema_migrations``; none when it does not exist or is not readable."""
+    try:
+        cur = await conn.execute(f'SELECT version FROM "{schema}".schema_migrations')
+    except (
+        psycopg.errors.UndefinedTable,
+        psycopg.errors.InvalidSchemaName,
+        psycopg.errors.InsufficientPrivilege,
+    ):
+        return set()
+    return {int(row[0]) for row in await cur.fetchall() if isinstance(row, tuple)}
 
 
 async def _grant(
