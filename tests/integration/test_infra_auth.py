@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
+from aiokafka.admin import NewTopic, RecordsToDelete
 from aiokafka.errors import (
     GroupAuthorizationFailedError,
     KafkaConnectionError,
@@ -91,6 +91,36 @@ async def test_only_the_registry_writes_device_records(stack: StackSettings, dep
         await registry.send_and_wait(deployment.devices.name, b"record", key=b"dev-1")
     finally:
         await registry.stop()
+
+
+async def test_only_the_scheduler_writes_its_changelogs_and_round_tasks(
+    stack: StackSettings, deployment: Topics
+) -> None:
+    prefix = deployment.devices.name.removesuffix("qflare.devices")
+    changelog = f"qflare-scheduler{prefix}".rstrip(".") + "-round-progress-changelog"
+    operator = make_admin(KafkaSettings(bootstrap=stack.kafka_bootstrap))
+    await operator.start()
+    try:
+        await operator.create_topics([NewTopic(changelog, 1, 1)])
+    finally:
+        await operator.close()
+    for intruder in ("device", "aggregator", "registry"):
+        producer = make_producer(_as(stack, intruder, prefix))
+        await producer.start()
+        try:
+            for topic in (changelog, deployment.rounds.name):
+                with pytest.raises(TopicAuthorizationFailedError) as denied:
+                    await producer.send_and_wait(topic, b"injected", key=b"job-1")
+            print(f"{intruder} -> changelog/rounds:", denied.value)
+        finally:
+            await producer.stop()
+    scheduler = make_producer(_as(stack, "scheduler", prefix))
+    await scheduler.start()
+    try:
+        await scheduler.send_and_wait(changelog, b"state", key=b"job-1")
+        await scheduler.send_and_wait(deployment.rounds.name, b"task", key=b"job-1:1")
+    finally:
+        await scheduler.stop()
 
 
 async def test_a_device_cannot_delete_records_or_topics(stack: StackSettings, deployment: Topics) -> None:
