@@ -149,6 +149,7 @@ class Kafka(Server):
                     *self._scram_users(),
                 ],
                 "storage format",
+                redact=tuple(self.secrets.values()),
             )
             marker.write_text("\n".join(u for u in self.secrets if u != "controller") + "\n")
 
