@@ -113,8 +113,11 @@ class Server(ABC):
         detail = f"{cause}; last log lines: {tail}" if tail else cause
         return StackError(self.name, detail, log_file=str(self.log_file))
 
-    def run_tool(self, cmd: list[str], what: str) -> str:
-        """Run a set-up tool (initdb, the Kafka storage tool) and name it on failure."""
+    def run_tool(self, cmd: list[str], what: str, *, redact: tuple[str, ...] = ()) -> str:
+        """Run a set-up tool (initdb, the Kafka storage tool) and name it on failure.
+
+        ``redact``: secrets in the command line, written to the log as ``***``.
+        """
         if self.account is not None:
             result = subprocess.run(
                 cmd,
@@ -129,7 +132,10 @@ class Server(ABC):
             result = subprocess.run(cmd, capture_output=True, text=True, cwd=self.data_dir)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "a") as log:
-            log.write(f"\n=== {what}: {' '.join(cmd)}\n{result.stdout}{result.stderr}")
+            shown = " ".join(cmd)
+            for secret in redact:
+                shown = shown.replace(secret, "***")
+            log.write(f"\n=== {what}: {shown}\n{result.stdout}{result.stderr}")
         if result.returncode != 0:
             raise self.fail(f"{what} failed with exit code {result.returncode}")
         return result.stdout

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qflare import localstack
+
 #: Downloads (Kafka jars, the Elasticsearch distribution) and the shared venv live
 #: outside any clone, so a fresh clone reuses them instead of fetching again. It
 #: must be readable by the unprivileged service user, hence not under /root.
@@ -62,13 +64,22 @@ class StackSettings(BaseSettings):
     def kafka_bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafka_port}"
 
+    def _secret(self, server: str, user: str) -> str:
+        """``user:password`` (or ``user``) from the stack's generated secrets."""
+        found = (localstack.secrets(self.runtime) or {}).get(server, {}).get(user)
+        return user if found is None else f"{user}:{found}"
+
     @property
     def postgres_dsn(self) -> str:
-        return f"postgresql://{self.service_user}@127.0.0.1:{self.postgres_port}/{self.postgres_db}"
+        """The admin role, which owns every schema (services log in with their own roles)."""
+        login = self._secret("postgres", "qflare").replace("qflare", self.service_user, 1)
+        return f"postgresql://{login}@127.0.0.1:{self.postgres_port}/{self.postgres_db}"
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        login = self._secret("redis", "admin")
+        auth = f"{login}@" if ":" in login else ""
+        return f"redis://{auth}127.0.0.1:{self.redis_port}/0"
 
     @property
     def jaeger_url(self) -> str:

@@ -9,13 +9,13 @@ The defaults point at the local development stack and follow its
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qflare import localstack
 from qflare.identity import DEFAULT_KEYS_DIR
 
 #: A TCP port; 0 lets the operating system choose (tests run services side by side that way).
@@ -23,11 +23,13 @@ Port = Annotated[int, Field(ge=0, le=65535)]
 
 
 def local_postgres_dsn() -> str:
-    return f"postgresql://qflare@127.0.0.1:{os.environ.get('QFLARE_POSTGRES_PORT', '15432')}/qflare"
+    """The local stack's admin role (with its generated password when the stack has one)."""
+    return localstack.postgres_user_dsn("qflare")
 
 
 def local_redis_url() -> str:
-    return f"redis://127.0.0.1:{os.environ.get('QFLARE_REDIS_PORT', '16379')}/0"
+    """The local stack's Redis as its admin user (when the stack has generated users)."""
+    return localstack.redis_user_url(None)
 
 
 class ServiceSettings(BaseSettings):

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any, TypeAlias
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
-from pydantic import Field, field_validator
+from aiokafka.helpers import create_ssl_context
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from qflare import localstack
 from qflare.errors import TopicSetupError
 from qflare.protocol.body import ID_PATTERN
 from qflare.protocol.channel import DEFAULT_DEPLOYMENT
@@ -60,12 +64,42 @@ class KafkaSettings(BaseSettings):
     #: deployment never verifies in another that shares topic names.
     deployment_id: str = DEFAULT_DEPLOYMENT
 
+    #: None: SASL_SSL as ``admin`` when the local stack has generated secrets (see
+    #: ``qflare.localstack``), PLAINTEXT otherwise.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    #: The Kafka principal; with no password set, the local stack's password of that principal.
+    username: str | None = None
+    password: SecretStr | None = None
+    #: PEM bundle of the CA that signed the broker's certificate (default: the local stack's).
+    ca_file: Path | None = None
+
     @field_validator("deployment_id")
     @classmethod
     def _deployment_id(cls, value: str) -> str:
         if not ID_PATTERN.fullmatch(value):
             raise ValueError(f"must match {ID_PATTERN.pattern}")
         return value
+
+    @model_validator(mode="after")
+    def _local_stack_credentials(self) -> KafkaSettings:
+        if self.security_protocol is not None and self.username is None:
+            return self
+        found = localstack.secrets()
+        if found is None or "kafka" not in found:
+            if self.security_protocol is None:
+                # A stack from before authentication: a principal's name alone logs nobody in.
+                self.security_protocol = "SASL_SSL" if self.password is not None else "PLAINTEXT"
+            return self
+        if self.security_protocol is None:
+            self.security_protocol = "SASL_SSL"
+        if self.username is None:
+            self.username = "admin"
+        if self.password is None and self.username in found["kafka"]:
+            self.password = SecretStr(found["kafka"][self.username])
+        if self.ca_file is None and self.security_protocol in ("SSL", "SASL_SSL"):
+            self.ca_file = localstack.ca_file()
+        return self
 
     @property
     def limits(self) -> Limits:
@@ -75,6 +109,31 @@ class KafkaSettings(BaseSettings):
     def topics(self) -> Topics:
         """This deployment's topics: the prefix applied and every spec bound to ``deployment_id``."""
         return topics(self.topic_prefix, deployment=self.deployment_id)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context: ssl.SSLContext = create_ssl_context(
+            cafile=None if self.ca_file is None else str(self.ca_file)
+        )
+        return context
+
+    def connection(self) -> dict[str, Any]:
+        """aiokafka's connection and authentication options."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.security_protocol,
+            "ssl_context": self.ssl_context(),
+        }
+        if self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.username
+            options["sasl_plain_password"] = (
+                None if self.password is None else self.password.get_secret_value()
+            )
+        return options
 
 
 def _settings(settings: KafkaSettings | None) -> KafkaSettings:
@@ -88,12 +147,10 @@ def make_producer(settings: KafkaSettings | None = None, **overrides: Any) -> AI
     """
     cfg = _settings(settings)
     options: dict[str, Any] = {
-        "bootstrap_servers": cfg.bootstrap,
-        "client_id": cfg.client_id,
+        **cfg.connection(),
         "acks": "all",
         "enable_idempotence": True,
         "max_request_size": cfg.limits.kafka_max_bytes,
-        "request_timeout_ms": cfg.request_timeout_ms,
         # Records are signed msgpack of mostly float data: compression costs CPU for little gain.
         "compression_type": None,
         "linger_ms": 5,
@@ -117,25 +174,20 @@ def make_consumer(
     cfg = _settings(settings)
     fetch = cfg.limits.kafka_max_bytes
     options: dict[str, Any] = {
-        "bootstrap_servers": cfg.bootstrap,
-        "client_id": cfg.client_id,
+        **cfg.connection(),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "isolation_level": "read_committed",
         "max_partition_fetch_bytes": fetch,
         "fetch_max_bytes": max(4 * fetch, 52_428_800),
-        "request_timeout_ms": cfg.request_timeout_ms,
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)
 
 
 def make_admin(settings: KafkaSettings | None = None) -> AIOKafkaAdminClient:
-    cfg = _settings(settings)
-    return AIOKafkaAdminClient(
-        bootstrap_servers=cfg.bootstrap, client_id=cfg.client_id, request_timeout_ms=cfg.request_timeout_ms
-    )
+    return AIOKafkaAdminClient(**_settings(settings).connection())
 
 
 async def ensure_topics(

@@ -8,7 +8,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from qflare import localstack
 from qflare.children import ServiceProcess
+from qflare.kafka_acls import grant_now
 from qflare.supervisor import Supervisor
 from services.aggregator.config import AggregatorSettings
 from services.audit.config import AuditSettings
@@ -36,13 +38,19 @@ def printer(console: Console) -> Callable[[str], None]:
 def start_services(
     supervisor: Supervisor, topic_prefix: str, log_dir: Path, announce: Callable[[str], None]
 ) -> None:
-    """Start every service and wait until each one's /healthz says ready, in order."""
+    """Start every service, each as its own principal, and wait until each one's /healthz says ready."""
+    # The deployment's ACLs name its topics, so a prefix of its own needs its own grants.
+    grant_now(
+        prefix=topic_prefix,
+        registry_group=RegistrySettings().group_id,
+        scheduler_app=SchedulerSettings().app_id,
+    )
     for name in SERVICES:
         announce(f"starting {name} …")
         # /metrics and /healthz on the port the service would use on its own (9101..9104 unless
         # set), or on another free one when some other process holds it.
         port = _SETTINGS[name]().metrics_port
-        env = {"QFLARE_KAFKA_TOPIC_PREFIX": topic_prefix}
+        env = {"QFLARE_KAFKA_TOPIC_PREFIX": topic_prefix, **localstack.service_env(name)}
         supervisor.start(ServiceProcess(name, env, log_dir / f"{name}.log", port, own_session=True))
 
 

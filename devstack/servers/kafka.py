@@ -1,4 +1,12 @@
-"""Apache Kafka, one KRaft node acting as broker and controller."""
+"""Apache Kafka, one KRaft node acting as broker and controller.
+
+Clients connect over SASL_SSL with SCRAM-SHA-512, against the certificate of
+the stack's own CA (``devstack.auth``); the credentials of every principal are
+bootstrapped into the metadata log when the storage is formatted, and the ACLs
+of the unprefixed deployment (``qflare.kafka_acls``) are granted once healthy.
+The controller listener stays on loopback with SASL PLAIN for the broker's own
+login: with PLAINTEXT its anonymous principal would have to be a super user.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,15 @@ import os
 from pathlib import Path
 
 from aiokafka import AIOKafkaClient
+from aiokafka.helpers import create_ssl_context
 
-from devstack import install
+from devstack import auth, install
 from devstack.base import Server
+from qflare import localstack
+from qflare.kafka import KafkaSettings, make_admin
+from qflare.kafka_acls import grant
+
+_MECHANISM = "SCRAM-SHA-512"
 
 
 class Kafka(Server):
@@ -51,16 +65,41 @@ class Kafka(Server):
         )
         partial.rename(self.libs)
 
+    @property
+    def secrets(self) -> dict[str, str]:
+        return auth.ensure(self.cfg.runtime)["kafka"]
+
     def _properties(self) -> str:
         c = self.cfg
+        pw = self.secrets
+        keys = localstack.auth_dir(c.runtime)
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
-                f"listeners=PLAINTEXT://127.0.0.1:{c.kafka_port},CONTROLLER://127.0.0.1:{c.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{c.kafka_port}",
+                f"listeners=SASL_SSL://127.0.0.1:{c.kafka_port},CONTROLLER://127.0.0.1:{c.kafka_controller_port}",
+                f"advertised.listeners=SASL_SSL://127.0.0.1:{c.kafka_port}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_PLAINTEXT",
+                "inter.broker.listener.name=SASL_SSL",
+                f"sasl.mechanism.inter.broker.protocol={_MECHANISM}",
+                "sasl.mechanism.controller.protocol=PLAIN",
+                f"listener.name.sasl_ssl.sasl.enabled.mechanisms={_MECHANISM}",
+                f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram} required "
+                f'username="admin" password="{pw["admin"]}";',
+                "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+                f'listener.name.controller.plain.sasl.jaas.config={plain} required username="controller" '
+                f'password="{pw["controller"]}" user_controller="{pw["controller"]}";',
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={keys / 'broker.pem'}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={keys / 'ca.pem'}",
+                "ssl.client.auth=none",
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "super.users=User:admin;User:controller",
+                "allow.everyone.if.no.acl.found=false",
                 f"controller.quorum.bootstrap.servers=127.0.0.1:{c.kafka_controller_port}",
                 f"log.dirs={self.data_dir / 'log'}",
                 "num.partitions=1",
@@ -83,8 +122,18 @@ class Kafka(Server):
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
+        # The file holds the broker's own passwords.
+        props.touch(mode=0o600)
+        os.chmod(props, 0o600)
         props.write_text(self._properties())
-        if not (self.data_dir / "log" / "meta.properties").exists():
+        marker = self.data_dir / "scram-users"
+        formatted = (self.data_dir / "log" / "meta.properties").exists()
+        if formatted and not marker.exists():
+            raise self.fail(
+                f"{self.data_dir / 'log'} was formatted without SCRAM users (a stack from before "
+                "authentication); remove that directory to format it afresh"
+            )
+        if not formatted:
             cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
             self.run_tool(
                 [
@@ -97,9 +146,29 @@ class Kafka(Server):
                     cluster_id,
                     "-c",
                     str(props),
+                    *self._scram_users(),
                 ],
                 "storage format",
+                redact=tuple(self.secrets.values()),
             )
+            marker.write_text("\n".join(u for u in self.secrets if u != "controller") + "\n")
+
+    def _scram_users(self) -> list[str]:
+        """``--add-scram`` for every principal: KRaft takes SCRAM credentials at format time."""
+        args = []
+        for user, secret in self.secrets.items():
+            if user != "controller":
+                args += ["--add-scram", f"{_MECHANISM}=[name={user},password={secret}]"]
+        return args
+
+    def _admin_settings(self) -> KafkaSettings:
+        return KafkaSettings(
+            bootstrap=self.endpoint,
+            security_protocol="SASL_SSL",
+            username="admin",
+            password=self.secrets["admin"],
+            ca_file=localstack.ca_file(self.cfg.runtime),
+        )
 
     def _java(self) -> str:
         return str(Path(install.java_home(self.name)) / "bin" / "java")
@@ -122,7 +191,15 @@ class Kafka(Server):
         ]
 
     async def probe(self) -> None:
-        client = AIOKafkaClient(bootstrap_servers=self.endpoint, request_timeout_ms=5000)
+        client = AIOKafkaClient(
+            bootstrap_servers=self.endpoint,
+            request_timeout_ms=5000,
+            security_protocol="SASL_SSL",
+            sasl_mechanism=_MECHANISM,
+            sasl_plain_username="admin",
+            sasl_plain_password=self.secrets["admin"],
+            ssl_context=create_ssl_context(cafile=str(localstack.ca_file(self.cfg.runtime))),
+        )
         try:
             await client.bootstrap()
             metadata = await client.fetch_all_metadata()
@@ -130,6 +207,14 @@ class Kafka(Server):
                 raise ConnectionError("metadata response lists no broker")
         finally:
             await client.close()
+
+    async def after_start(self) -> None:
+        admin = make_admin(self._admin_settings())
+        await admin.start()
+        try:
+            await grant(admin)
+        finally:
+            await admin.close()
 
     def version(self) -> str:
         return self.cfg.kafka_version

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import random
 import time
@@ -71,8 +72,12 @@ def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> Non
 
 
 async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
+    # Devices log in as the one device principal unless told otherwise (QFLARE_KAFKA_USERNAME).
     kafka = KafkaSettings(
-        bootstrap=spec.bootstrap, topic_prefix=spec.topic_prefix, deployment_id=spec.deployment_id
+        bootstrap=spec.bootstrap,
+        topic_prefix=spec.topic_prefix,
+        deployment_id=spec.deployment_id,
+        username=os.environ.get("QFLARE_KAFKA_USERNAME", "device"),
     )
     tset = kafka.topics
     state = Path(spec.state_dir)

@@ -73,7 +73,8 @@ class AuditStore:
     @classmethod
     async def connect(cls, dsn: str, stream: str = "") -> AuditStore:
         conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-        await migrate(conn, "audit", SCHEMA_DIR)
+        # The chain is append-only for the service: tampering needs the owner role.
+        await migrate(conn, "audit", SCHEMA_DIR, append_only=("chain",))
         return cls(conn, stream)
 
     async def close(self) -> None:

@@ -59,6 +59,21 @@ def _record_of(stream: faust.StreamT[bytes]) -> _Record:
     return _Record(m.topic, m.partition, m.offset, m.headers)
 
 
+def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | None:
+    """The scheduler's own principal, as the factories of qflare.kafka would log in."""
+    if kafka.security_protocol in ("SASL_SSL", "SASL_PLAINTEXT"):
+        secret = kafka.password
+        return faust.SASLCredentials(
+            username=kafka.username,
+            password=None if secret is None else secret.get_secret_value(),
+            ssl_context=kafka.ssl_context(),
+            mechanism=kafka.sasl_mechanism,
+        )
+    if kafka.security_protocol == "SSL":
+        return faust.SSLCredentials(kafka.ssl_context())
+    return None
+
+
 class Scheduler:
     def __init__(self, cfg: SchedulerSettings, kafka: KafkaSettings, identity: Identity, fence: int) -> None:
         self.cfg = cfg
@@ -77,6 +92,7 @@ class Scheduler:
         self.app = faust.App(
             f"{cfg.app_id}{kafka.topic_prefix}".rstrip("."),
             broker=f"kafka://{kafka.bootstrap}",
+            broker_credentials=faust_credentials(kafka),
             store="memory://",
             datadir=str(cfg.data_dir),
             topic_partitions=1,

@@ -11,9 +11,27 @@ import os
 
 import faust
 
+from qflare.kafka import KafkaSettings
+
+# The stack's own credentials, as every client of qflare.kafka finds them by default. (This
+# script's folder shadows the top-level ``services`` package, so the scheduler's helper is not
+# importable here.)
+kafka = KafkaSettings(bootstrap=os.environ["ECHO_BOOTSTRAP"])
+secret = kafka.password
+credentials = (
+    None
+    if kafka.security_protocol == "PLAINTEXT"
+    else faust.SASLCredentials(
+        username=kafka.username,
+        password=None if secret is None else secret.get_secret_value(),
+        ssl_context=kafka.ssl_context(),
+        mechanism=kafka.sasl_mechanism,
+    )
+)
 app = faust.App(
     os.environ["ECHO_APP"],
     broker=f"kafka://{os.environ['ECHO_BOOTSTRAP']}",
+    broker_credentials=credentials,
     store="memory://",
     topic_partitions=1,
     web_enabled=False,

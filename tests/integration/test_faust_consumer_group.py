@@ -8,17 +8,19 @@ import signal
 import sys
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import TopicPartition
+from aiokafka.admin import NewTopic
 
 from devstack.settings import StackSettings
+from qflare.kafka import KafkaSettings, make_admin, make_consumer, make_producer
 
 WORKER = Path(__file__).with_name("faust_echo.py")
 
 
 async def test_faust_agent_consumes_and_commits(stack: StackSettings, unique: str, tmp_path: Path) -> None:
     app_id, src, out = f"echo-{unique}", f"echo.in.{unique}", f"echo.out.{unique}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    kafka = KafkaSettings(bootstrap=stack.kafka_bootstrap)
+    admin = make_admin(kafka)
     await admin.start()
     await admin.create_topics([NewTopic(src, 1, 1), NewTopic(out, 1, 1)])
     env = {
@@ -32,8 +34,8 @@ async def test_faust_agent_consumes_and_commits(stack: StackSettings, unique: st
     worker = await asyncio.create_subprocess_exec(
         sys.executable, str(WORKER), "worker", "-l", "warn", env=env, cwd=tmp_path, stdout=log, stderr=log
     )
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    consumer = AIOKafkaConsumer(out, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest")
+    producer = make_producer(kafka)
+    consumer = make_consumer(kafka, out, group_id=None)
     await producer.start()
     await consumer.start()
     try:

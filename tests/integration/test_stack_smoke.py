@@ -12,13 +12,16 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
 from devstack.settings import StackSettings
+from qflare.kafka import KafkaSettings
 
 TEN_MB = 10 * 1024 * 1024
 
 
 async def test_kafka_10mb_record_commit_and_reread(stack: StackSettings, unique: str) -> None:
     topic, group = f"smoke.big.{unique}", f"smoke-group-{unique}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    # Raw aiokafka clients (the broker's own limits are under test), logged in as the stack's admin.
+    login = KafkaSettings(bootstrap=stack.kafka_bootstrap).connection()
+    admin = AIOKafkaAdminClient(**login)
     await admin.start()
     try:
         await admin.create_topics(
@@ -28,7 +31,7 @@ async def test_kafka_10mb_record_commit_and_reread(stack: StackSettings, unique:
         await admin.close()
     payload = os.urandom(TEN_MB)
     producer = AIOKafkaProducer(
-        bootstrap_servers=stack.kafka_bootstrap,
+        **login,
         acks="all",
         enable_idempotence=True,
         max_request_size=TEN_MB + 1024 * 1024,
@@ -42,7 +45,7 @@ async def test_kafka_10mb_record_commit_and_reread(stack: StackSettings, unique:
     def consumer() -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             topic,
-            bootstrap_servers=stack.kafka_bootstrap,
+            **login,
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

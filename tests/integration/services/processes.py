@@ -14,6 +14,8 @@ from typing import ClassVar
 
 from qflare.children import ServiceProcess, wait_ready
 from qflare.identity import init_identities
+from qflare.kafka_acls import grant_now
+from qflare.localstack import service_env
 
 
 class ManagedService:
@@ -41,7 +43,14 @@ class ManagedService:
         if self.proc is None:  # one for every start: the port stays the same across restarts
             self.proc = ServiceProcess(self.service, self.env(), self.log_path, self.metrics_port)
             self.metrics_port = self.proc.health_port
-        self.proc.env = self.env()
+        env = self.env()
+        # Each service logs in as its own principal, with the ACLs of this test's topic prefix.
+        grant_now(
+            prefix=env.get("QFLARE_KAFKA_TOPIC_PREFIX", ""),
+            registry_group=env.get("QFLARE_REGISTRY_GROUP_ID", "qflare-registry"),
+            scheduler_app=env.get("QFLARE_SCHEDULER_APP_ID", "qflare-scheduler"),
+        )
+        self.proc.env = {**env, **service_env(self.service)}
         self.proc.spawn()
         wait_ready(self.proc, wait_s)
 

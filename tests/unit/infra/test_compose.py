@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from devstack.auth import compose_env
 
 ROOT = Path(__file__).resolve().parents[3]
 REQUIRED = {"kafka", "postgres", "redis", "elasticsearch", "kibana", "jaeger"}
@@ -44,8 +47,28 @@ def test_docker_compose_config_parses() -> None:
         [docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
         text=True,
+        env=_secrets(),
     )
     assert result.returncode == 0, result.stderr
+
+
+def _secrets() -> dict[str, str]:
+    """The environment with a fresh set of the passwords compose requires (its ``.env``)."""
+    return {**os.environ, **compose_env()}
+
+
+def test_compose_refuses_to_start_without_passwords() -> None:
+    docker = shutil.which("docker")
+    assert docker is not None
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
+    result = subprocess.run(
+        [docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert "PASSWORD" in result.stderr
 
 
 def _config() -> dict[str, Any]:
@@ -68,6 +91,7 @@ def _config() -> dict[str, Any]:
         ],
         capture_output=True,
         text=True,
+        env=_secrets(),
     )
     assert result.returncode == 0, result.stderr
     loaded: dict[str, Any] = json.loads(result.stdout)
@@ -88,14 +112,25 @@ def test_qflare_services_run_from_the_image_against_compose_hostnames() -> None:
         assert env["QFLARE_KAFKA_BOOTSTRAP"] == "kafka:9092"
         assert env["QFLARE_METRICS_ADDR"] == "0.0.0.0"
         assert env[f"QFLARE_{name.upper()}_METRICS_PORT"] == str(port)
-        assert any(v["target"] == "/app/.qflare/keys" and v["source"] == "keys" for v in svc["volumes"])
+        mounts = {v["target"]: v for v in svc["volumes"]}
+        assert mounts[f"/app/.qflare/keys/{name}"]["source"] == f"key-{name}"
+        assert mounts["/app/.qflare/keys/trusted"]["read_only"] is True
+        # No other identity's private key is mounted.
+        assert not [
+            v for v in svc["volumes"] if v["source"].startswith("key-") and v["source"] != f"key-{name}"
+        ]
         assert str(port) in " ".join(svc["healthcheck"]["test"])
         assert svc["depends_on"]["keys"]["condition"] == "service_completed_successfully"
     assert _env(services["registry"])["QFLARE_REGISTRY_POSTGRES_DSN"].endswith("@postgres:5432/qflare")
-    assert _env(services["registry"])["QFLARE_REGISTRY_REDIS_URL"] == "redis://redis:6379/0"
+    assert _env(services["registry"])["QFLARE_REGISTRY_REDIS_URL"].startswith("redis://registry:")
     assert _env(services["aggregator"])["QFLARE_AGGREGATOR_POSTGRES_DSN"].endswith("@postgres:5432/qflare")
-    assert _env(services["scheduler"])["QFLARE_SCHEDULER_REDIS_URL"] == "redis://redis:6379/0"
-    assert _env(services["audit"])["QFLARE_AUDIT_ELASTICSEARCH_URL"] == "http://elasticsearch:9200"
+    assert _env(services["scheduler"])["QFLARE_SCHEDULER_REDIS_URL"].startswith("redis://scheduler:")
+    assert _env(services["audit"])["QFLARE_AUDIT_ELASTICSEARCH_URL"].endswith("@elasticsearch:9200")
+    for name in QFLARE:
+        env = _env(services[name])
+        assert env["QFLARE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env["QFLARE_KAFKA_USERNAME"] == name
+        assert env["QFLARE_KAFKA_PASSWORD"]
 
 
 def test_environment_names_match_the_settings_classes() -> None:
@@ -154,3 +189,33 @@ def test_filebeat_is_an_opt_in_profile() -> None:
     config = yaml.safe_load((ROOT / "infra" / "filebeat" / "filebeat.yml").read_text())
     assert config["output.elasticsearch"]["index"].startswith("qflare-logs-")
     assert config["setup.template.pattern"] == "qflare-logs-*"
+
+
+def test_every_published_port_is_bound_to_loopback() -> None:
+    for name, svc in _config()["services"].items():
+        for port in svc.get("ports", []):
+            assert port["host_ip"] == "127.0.0.1", (name, port)
+
+
+def test_the_servers_require_authentication() -> None:
+    services = _config()["services"]
+    kafka = _env(services["kafka"])
+    assert "PLAINTEXT" not in kafka["KAFKA_LISTENERS"].split(",")[0]
+    assert kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].startswith("SASL_SSL:SASL_SSL")
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    postgres = _env(services["postgres"])
+    assert postgres["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    assert "trust" not in postgres["POSTGRES_INITDB_ARGS"]
+    redis = " ".join(services["redis"]["entrypoint"])
+    assert "user default off" in redis and "--aclfile" in redis
+    assert _env(services["elasticsearch"])["xpack.security.enabled"] == "true"
+    grafana = _env(services["grafana"])
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"]
+
+
+def test_devices_mount_no_private_key() -> None:
+    fleet = _config()["services"]["fleet"]
+    assert not [v for v in fleet["volumes"] if v["source"].startswith("key-")]
+    assert _env(fleet)["QFLARE_KAFKA_USERNAME"] == "device"
