@@ -25,7 +25,7 @@ from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.simulator.worker import TrainSpec, WorkerSpec, train_forever
 from edge.spool import Spool
-from qflare.kafka import KafkaSettings, make_producer
+from qflare.kafka import KafkaSettings, deployment_scope, make_producer
 from qflare.protocol import topics
 from qflare.telemetry import configure_logging
 
@@ -91,7 +91,9 @@ async def run_device(args: argparse.Namespace) -> int:
     link = Link(spool, lambda: make_producer(kafka, request_timeout_ms=10_000, linger_ms=20))
     await link.start()
     device = DeviceRuntime(
-        DeviceConfig(args.device_id, args.token, dict(args.label), args.heartbeat_s),
+        DeviceConfig(
+            args.device_id, args.token, dict(args.label), args.heartbeat_s, scope=deployment_scope(kafka)
+        ),
         key,
         link,
         topics(kafka.topic_prefix),

@@ -233,3 +233,13 @@ async def read_to_end(
         for records in batches.values():
             for record in records:
                 yield record
+
+
+def deployment_scope(settings: KafkaSettings) -> str:
+    """The deployment an enrolment MAC and a rotation proof are bound to.
+
+    ``deployment_id`` when the settings carry one, else the topic prefix, which
+    already tells deployments that share a broker apart.
+    """
+    deployment = getattr(settings, "deployment_id", None)
+    return str(deployment) if deployment else settings.topic_prefix

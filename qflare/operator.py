@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, QflareError, Reason
+from qflare.errors import ProtocolError, QflareError, Reason, Rejected
 from qflare.identity import DEFAULT_KEYS_DIR, Identity, TrustedKeys, load_identity, trusted_ring
 from qflare.kafka import (
     KafkaSettings,
@@ -27,6 +27,7 @@ from qflare.kafka import (
     read_to_end,
     replay,
 )
+from qflare.keys import Revisions, refuse_tombstone
 from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import Device, DeviceHealth
@@ -151,17 +152,27 @@ async def read_fleet(kafka: KafkaSettings, keys_dir: Path, *, timeout_s: float =
     t = topics(kafka.topic_prefix)
     decoder = Decoder(trusted_ring(keys_dir), allowed_types={"device", "device_health"}, max_age_ms=None)
     view = FleetView({}, {}, 0)
+    revisions = Revisions()
     async with replay(kafka, t.devices, t.health) as consumer:
         async for record in read_to_end(consumer, max_records=5000, timeout_s=timeout_s):
-            if record.value is None:
-                continue
             try:
-                body = decoder.decode(record.value).body
+                if record.value is None:
+                    refuse_tombstone(record.key)  # unsigned: the device stays as it was
+                msg = decoder.decode(record.value)
+                body = msg.body
+                if isinstance(body, Device):
+                    if msg.header.sender != "registry":
+                        raise Rejected(Reason.UNAUTHORISED, "only the registry publishes devices")
+                    if not revisions.admit(body):
+                        continue
             except ProtocolError:
                 view.rejected += 1
                 continue
             if isinstance(body, Device):
-                view.devices[body.device_id] = body
+                if body.status == "deleted":
+                    view.devices.pop(body.device_id, None)
+                else:
+                    view.devices[body.device_id] = body
             elif isinstance(body, DeviceHealth):
                 view.health[body.device_id] = body.state
     return view

@@ -25,7 +25,7 @@ from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys
-from qflare.kafka import KafkaSettings, make_producer
+from qflare.kafka import KafkaSettings, deployment_scope, make_producer
 from qflare.protocol import topics
 from qflare.telemetry import configure_logging
 
@@ -92,6 +92,7 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
                 "sim_worker": str(spec.index),
             },
             spec.heartbeat_interval_s,
+            scope=deployment_scope(kafka),
         )
         fleet[device_id] = DeviceRuntime(cfg, key, link, tset)
     if spec.train is not None:

@@ -10,7 +10,6 @@ few records harmlessly: no accepted enrolment is lost and none is duplicated.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from contextlib import nullcontext
 from typing import Any
 
@@ -22,11 +21,12 @@ from qflare import metrics
 from qflare.clock import now_ms
 from qflare.errors import ProtocolError, Rejected, UnknownKeyError, is_transient
 from qflare.identity import TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, make_consumer, make_producer, prepare_topics
-from qflare.keys import DeviceKeys
+from qflare.kafka import KafkaSettings, deployment_scope, make_consumer, make_producer, prepare_topics
+from qflare.keys import DeviceKeys, Revisions, refuse_tombstone
 from qflare.protocol import Decoder, Message, topics
 from qflare.protocol.control import RegistryCommand
-from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, Heartbeat
+from qflare.protocol.decoder import ReplayCache
+from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, Heartbeat
 from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import process_span
@@ -34,7 +34,7 @@ from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
 from services.registry.results import Results
-from services.registry.store import DeviceRow, RegistryStore
+from services.registry.store import DeviceRow, EnrolmentClaim, RegistryStore
 
 log = structlog.get_logger("qflare.registry")
 
@@ -47,6 +47,8 @@ class RegistryService(BatchLoop):
         self.topics = topics(self.kafka.topic_prefix)
         self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
         self.device_keys = DeviceKeys()
+        #: Highest revision read back from the device topic, per device (since this start).
+        self.published = Revisions()
         self.handled = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -81,6 +83,12 @@ class RegistryService(BatchLoop):
             t.registry_control.name: Decoder(
                 operators, allowed_types=t.registry_control.types, max_age_ms=t.registry_control.max_age_ms
             ),
+            # Its own published records, watched so a forged tombstone or a re-published old
+            # record is answered with the current one. No de-duplication: a replayed copy
+            # of an old record is exactly what must be seen.
+            t.devices.name: Decoder(
+                operators, allowed_types=t.devices.types, max_age_ms=None, replay=ReplayCache(max_entries=0)
+            ),
         }
         self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(self.producer, self.store, self.identity, self.topics)
@@ -93,6 +101,7 @@ class RegistryService(BatchLoop):
                 t.enrollments.name,
                 t.heartbeats.name,
                 t.registry_control.name,
+                t.devices.name,
                 group_id=self.cfg.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -122,6 +131,9 @@ class RegistryService(BatchLoop):
         metrics.BYTES_IN.labels(SERVICE).inc(len(record.value or b""))
         msg: Message | None = None
         try:
+            if record.topic == self.topics.devices.name:
+                await self._watch(record)
+                return
             msg = self._decode(record)
             body = msg.body
             if isinstance(body, Enrollment):
@@ -157,11 +169,18 @@ class RegistryService(BatchLoop):
     async def _enrol(self, msg: Message, body: Enrollment) -> None:
         if msg.header.sender != body.device_id:
             raise Rejected(Reason.SENDER_MISMATCH, "sender is not the enrolling device", field="sender")
-        token_hash = hashlib.sha256(body.token.encode()).digest() if body.token else None
+        claim = EnrolmentClaim(
+            scope=deployment_scope(self.kafka),
+            device_id=body.device_id,
+            public_key=body.public_key,
+            kid=msg.header.key_id,
+            labels=body.labels,
+            token_id=body.token_id,
+            token_mac=body.token_mac,
+            rotation_proof=body.rotation_proof,
+        )
         async with self.store.conn.transaction():
-            row, outcome = await self.store.enrol(
-                body.device_id, body.public_key, msg.header.key_id, token_hash, body.labels
-            )
+            row, outcome = await self.store.enrol(claim)
             if outcome != "unchanged":
                 await self.out.queue_device(row)
                 await self.out.queue_audit(
@@ -203,7 +222,7 @@ class RegistryService(BatchLoop):
             elif body.command == "revoke":
                 retired = await self._retire(str(body.device_id), "revoked", msg)
             elif body.command == "rotate_key":
-                await self.store.authorise_rotation(str(body.device_id), body.expires_ms)
+                await self.store.authorise_rotation(str(body.device_id), body.expires_ms, body.key_id)
                 await self.out.queue_audit(
                     "device.rotation_authorised", "info", subject=body.device_id, ref=msg
                 )
@@ -221,6 +240,39 @@ class RegistryService(BatchLoop):
     async def _after_retire(self, row: DeviceRow) -> None:
         self._remember(row)
         await self.live.forget(row.device_id)
+
+    async def _watch(self, record: ConsumerRecord[Any, Any]) -> None:
+        """A record on the device topic: fine if it is the current state, else answered.
+
+        Compaction keeps the last record per key, so a bare tombstone or an old
+        record re-published after the current one would, once compacted, be all
+        that is left. Re-publishing the current record puts it last again.
+        """
+        if record.value is None:
+            await self._republish(record.key.decode(errors="replace") if record.key else None)
+            refuse_tombstone(record.key)
+        msg = self.decoders[record.topic].decode(record.value)
+        body = msg.body
+        assert isinstance(body, Device)
+        if msg.header.sender != self.identity.name:
+            await self._republish(body.device_id)
+            raise Rejected(
+                Reason.UNAUTHORISED, f"{msg.header.sender!r} may not publish device records", field="sender"
+            )
+        row = await self.store.device(body.device_id)
+        if row is None or body.revision >= row.revision:
+            self.published.admit(body)  # already current: cannot be stale
+            return
+        # Behind the database: history not yet caught up (enrol then revoke in one batch), or a
+        # copy of an old record. Either way the current record goes out again (consumers ignore
+        # an equal revision); only an out-of-order one is reported.
+        await self._republish(body.device_id)
+        self.published.admit(body)
+
+    async def _republish(self, device_id: str | None) -> None:
+        row = await self.store.device(device_id) if device_id else None
+        if row is not None:
+            await self.out.queue_device(row)
 
     def _remember(self, row: DeviceRow) -> None:
         self.device_keys.set(row.device_id, row.status, row.public_key)

@@ -31,6 +31,7 @@ from qflare.protocol import Decoder, seal, topics
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
+from qflare.reasons import Reason
 from qflare.tracing import process_span, round_span, send_span
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.logic import Progress, after_complete, overdue, quorum, select, task_config
@@ -92,6 +93,8 @@ class Scheduler:
         self.rounds_topic = self._raw(t.rounds.name, partitions=t.rounds.partitions)
         self.health = self.app.Table("device-health", default=str, partitions=t.health.partitions)
         self.status = self.app.Table("device-status", default=str, partitions=t.devices.partitions)
+        #: The revision of each device's applied record: an older one is refused, even after a restart.
+        self.revision = self.app.Table("device-revision", default=int, partitions=t.devices.partitions)
         self.progress = self.app.Table("round-progress", default=dict, partitions=1)
         self.app.agent(self.health_topic, name="health", concurrency=1)(self._health_agent)
         self.app.agent(self.devices_topic, name="devices", concurrency=1)(self._devices_agent)
@@ -127,9 +130,26 @@ class Scheduler:
 
     async def _devices_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
+            if value is None:
+                # Unsigned: the device keeps its status. Only a signed "deleted" record removes it.
+                self._refused(Reason.TOMBSTONE, "unsigned tombstone ignored")
+                continue
             msg = self._decode(value, self.t.devices.name)
-            if msg is not None and isinstance(msg.body, Device) and msg.header.sender == "registry":
-                self.status[msg.body.device_id] = msg.body.status
+            if msg is None or not isinstance(msg.body, Device) or msg.header.sender != "registry":
+                continue
+            device = msg.body
+            seen = self.revision.get(device.device_id, 0)
+            if device.revision < seen:
+                self._refused(
+                    Reason.STALE_REVISION, f"{device.device_id} revision {device.revision} < {seen}"
+                )
+            elif device.revision > seen:
+                self.revision[device.device_id] = device.revision
+                self.status[device.device_id] = device.status
+
+    def _refused(self, reason: Reason, error: str) -> None:
+        metrics.REJECTED.labels(SERVICE, self.t.devices.name, reason).inc()
+        log.warning("rejected", topic=self.t.devices.name, reason=reason, error=error)
 
     async def _progress_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:

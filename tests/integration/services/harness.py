@@ -17,7 +17,7 @@ from qflare.children import ServiceProcess
 from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
-from qflare.kafka import KafkaSettings, make_producer, replay
+from qflare.kafka import KafkaSettings, deployment_scope, make_producer, replay
 from qflare.protocol import Decoder, KeyRing, topics
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics, TopicSpec
@@ -73,7 +73,13 @@ class Fleet:
 
     def add(self, device_id: str, token: str | None, *, key: KeyFile | None = None) -> DeviceRuntime:
         key = key or load_or_create_key(self.state_dir / "keys" / f"{device_id}.key")
-        cfg = DeviceConfig(device_id, token, {"hardware": "test"}, self.heartbeat_interval_s)
+        cfg = DeviceConfig(
+            device_id,
+            token,
+            {"hardware": "test"},
+            self.heartbeat_interval_s,
+            scope=deployment_scope(self.kafka),
+        )
         device = DeviceRuntime(cfg, key, self.link, self.topics)
         self.devices[device_id] = device
         return device
