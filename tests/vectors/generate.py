@@ -213,7 +213,7 @@ def build() -> dict[str, Any]:
         device.key_id,
         "rejected",
         "token_reused",
-        "body.token",
+        "body.token_id",
         "enrolment token was already used",
     )
     add("enrollment_result", "enrollment_result", answer, key, "dev-1")

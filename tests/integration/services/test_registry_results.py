@@ -64,7 +64,7 @@ async def test_each_enrolment_gets_a_signed_result_with_its_reason(
 
     # Rejected: another device presents the token already used.
     refused = await _refused(fleet, results, f"dev-{unique}-b", t1)
-    assert (refused.registry_reason, refused.field) == ("token_reused", "body.token")
+    assert (refused.registry_reason, refused.field) == ("token_reused", "body.token_id")
     assert t1 not in str(refused)  # every device may read results: tokens are never echoed
 
     # The existing id again, same key, with a fresh token: accepted, nothing changed, token unused.

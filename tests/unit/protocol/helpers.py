@@ -63,7 +63,7 @@ def sample_bodies() -> list[Body]:
             labels={"a": "b"},
         ),
         EnrollmentResult(
-            "dev-1", b"\x08" * 16, b"\x09" * 16, "rejected", "token_reused", "body.token", "used"
+            "dev-1", b"\x08" * 16, b"\x09" * 16, "rejected", "token_reused", "body.token_id", "used"
         ),
         Heartbeat("dev-1", 7, "training", {"cpu": 0.5}),
         Device(
