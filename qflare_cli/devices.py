@@ -69,6 +69,20 @@ def revoke(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
     )
 
 
+@app.command("delete")
+def delete(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
+    """Delete a device: the registry publishes a signed "deleted" record and every service forgets it."""
+    cmd = RegistryCommand("delete", device_id, (), 0, {})
+    _confirm(
+        asyncio.run(
+            operator.send_command(
+                KafkaSettings(), operator.operator_identity(keys_dir), cmd, keys_dir=keys_dir
+            )
+        ),
+        f"{device_id} deleted",
+    )
+
+
 @app.command("rotate-key")
 def rotate_key(
     device_id: str,

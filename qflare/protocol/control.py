@@ -13,9 +13,9 @@ from qflare.types import Scalar
 
 SEVERITIES = frozenset({"info", "warning", "error", "critical"})
 JOB_COMMANDS = frozenset({"start", "pause", "resume", "stop"})
-REGISTRY_COMMANDS = frozenset({"issue_tokens", "revoke", "rotate_key"})
+REGISTRY_COMMANDS = frozenset({"issue_tokens", "revoke", "rotate_key", "delete"})
 #: Commands that act on one device and so must name it.
-_DEVICE_COMMANDS = frozenset({"revoke", "rotate_key"})
+_DEVICE_COMMANDS = frozenset({"revoke", "rotate_key", "delete"})
 _EVENT = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 
 
@@ -98,7 +98,8 @@ class RegistryCommand(Body):
 
     ``issue_tokens`` carries SHA-256 hashes of new enrolment tokens (never the
     tokens; each hash is the key of the token's enrolment MAC), ``revoke``
-    retires ``device_id``, ``rotate_key`` lets ``device_id`` enrol a new key
+    retires ``device_id``, ``delete`` removes it (a signed ``deleted`` record: the
+    only way a device leaves the device topic), ``rotate_key`` lets ``device_id`` enrol a new key
     until ``expires_ms``: the one named by ``key_id``, or, when ``key_id`` is nil,
     one whose enrolment carries a rotation proof by the device's current key.
     """

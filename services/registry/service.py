@@ -221,6 +221,10 @@ class RegistryService(BatchLoop):
                 )
             elif body.command == "revoke":
                 retired = await self._retire(str(body.device_id), "revoked", msg)
+            elif body.command == "delete":
+                # A signed record with status "deleted": consumers forget the device. No tombstone
+                # follows; a bare one would be refused like any other.
+                retired = await self._retire(str(body.device_id), "deleted", msg)
             elif body.command == "rotate_key":
                 await self.store.authorise_rotation(str(body.device_id), body.expires_ms, body.key_id)
                 await self.out.queue_audit(

@@ -97,7 +97,7 @@ var bodySchemas = map[string][]fd{
 		f("detail", tScalars)},
 	"job_command": {f("job_id", tID), f("command", enum("start", "pause", "resume", "stop")),
 		f("config", tSettings)},
-	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key")), f("device_id", opt(tID)),
+	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key", "delete")), f("device_id", opt(tID)),
 		f("token_hashes", arrayOf(tBin32)), f("expires_ms", tInt), f("labels", tLabels),
 		f("key_id", opt(tBin16))},
 	"model_chunk": {f("inner_type", &ft{kind: fInner}), f("size", tInt1), f("offset", tInt), f("digest", tBin32),

@@ -185,6 +185,11 @@ async def test_the_registry_answers_a_forged_tombstone_or_old_record_with_the_cu
     view = await operator.read_fleet(kafka, keys_dir)
     assert view.devices[gone.device_id].status == "revoked"
     assert view.devices[kept.device_id].status == "active"
+    # The one way to remove a device: a signed deletion, which every consumer applies.
+    assert await operator.send_command(
+        kafka, operator_id, RegistryCommand("delete", kept.device_id, (), 0, {}), keys_dir=keys_dir
+    )
+    await _until(kafka, keys_dir, lambda v: kept.device_id not in v.devices)
     assert registry.alive
 
 
