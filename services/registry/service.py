@@ -248,14 +248,21 @@ class RegistryService(BatchLoop):
     async def _watch(self, record: ConsumerRecord[Any, Any]) -> None:
         """A record on the device topic: fine if it is the current state, else answered.
 
-        Compaction keeps the last record per key, so a bare tombstone or an old
-        record re-published after the current one would, once compacted, be all
-        that is left. Re-publishing the current record puts it last again.
+        Compaction keeps the last record per key, so a bare tombstone, an old
+        record or any unverifiable bytes written after the current record would,
+        once compacted, be all that is left. Re-publishing the current record puts
+        it last again.
         """
+        named = record.key.decode(errors="replace") if record.key else None
         if record.value is None:
-            await self._republish(record.key.decode(errors="replace") if record.key else None)
+            await self._republish(named)
             refuse_tombstone(record.key)
-        msg = self.decoders[record.topic].decode(record.value)
+        try:
+            msg = self.decoders[record.topic].decode(record.value)
+        except ProtocolError:
+            # Garbage, a forgery, or a record in an older format: the current one goes after it.
+            await self._republish(named)
+            raise
         body = msg.body
         assert isinstance(body, Device)
         if msg.header.sender != self.identity.name:

@@ -160,6 +160,7 @@ async def test_the_registry_answers_a_forged_tombstone_or_old_record_with_the_cu
     await _until(kafka, keys_dir, lambda v: v.devices[gone.device_id].status == "revoked")
     await _send(kafka, t.devices.name, gone.device_id, first)
     await _send(kafka, t.devices.name, kept.device_id, None)
+    await _send(kafka, t.devices.name, kept.device_id, b"\x93junk")  # unverifiable bytes, too
 
     def healed(last: dict[str, Any]) -> bool:
         k, g = last.get(kept.device_id), last.get(gone.device_id)
