@@ -22,11 +22,10 @@ from qflare.clock import now_ms
 from qflare.errors import ProtocolError, Rejected, UnknownKeyError, is_transient
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, deployment_scope, make_consumer, make_producer, prepare_topics
-from qflare.keys import DeviceKeys, Revisions, refuse_tombstone
+from qflare.keys import DeviceKeys
 from qflare.protocol import Decoder, Message, topics
 from qflare.protocol.control import RegistryCommand
-from qflare.protocol.decoder import ReplayCache
-from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, Heartbeat
+from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, Heartbeat
 from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import process_span
@@ -35,6 +34,7 @@ from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
 from services.registry.results import Results
 from services.registry.store import DeviceRow, EnrolmentClaim, RegistryStore
+from services.registry.watch import DeviceTopicWatch
 
 log = structlog.get_logger("qflare.registry")
 
@@ -47,8 +47,6 @@ class RegistryService(BatchLoop):
         self.topics = topics(self.kafka.topic_prefix)
         self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
         self.device_keys = DeviceKeys()
-        #: Highest revision read back from the device topic, per device (since this start).
-        self.published = Revisions()
         self.handled = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -83,16 +81,11 @@ class RegistryService(BatchLoop):
             t.registry_control.name: Decoder(
                 operators, allowed_types=t.registry_control.types, max_age_ms=t.registry_control.max_age_ms
             ),
-            # Its own published records, watched so a forged tombstone or a re-published old
-            # record is answered with the current one. No de-duplication: a replayed copy
-            # of an old record is exactly what must be seen.
-            t.devices.name: Decoder(
-                operators, allowed_types=t.devices.types, max_age_ms=None, replay=ReplayCache(max_entries=0)
-            ),
         }
         self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(self.producer, self.store, self.identity, self.topics)
         self.results = Results(self.out, self.store, self.identity, self.topics)
+        self.watch = DeviceTopicWatch(t.devices, operators, self.identity.name, self.store, self.out)
         # Records a crash left in the outbox go out before anything new.
         await self.out.flush_outbox()
         self.consumer = await self._started(
@@ -132,7 +125,7 @@ class RegistryService(BatchLoop):
         msg: Message | None = None
         try:
             if record.topic == self.topics.devices.name:
-                await self._watch(record)
+                await self.watch.check(record)
                 return
             msg = self._decode(record)
             body = msg.body
@@ -244,46 +237,6 @@ class RegistryService(BatchLoop):
     async def _after_retire(self, row: DeviceRow) -> None:
         self._remember(row)
         await self.live.forget(row.device_id)
-
-    async def _watch(self, record: ConsumerRecord[Any, Any]) -> None:
-        """A record on the device topic: fine if it is the current state, else answered.
-
-        Compaction keeps the last record per key, so a bare tombstone, an old
-        record or any unverifiable bytes written after the current record would,
-        once compacted, be all that is left. Re-publishing the current record puts
-        it last again.
-        """
-        named = record.key.decode(errors="replace") if record.key else None
-        if record.value is None:
-            await self._republish(named)
-            refuse_tombstone(record.key)
-        try:
-            msg = self.decoders[record.topic].decode(record.value)
-        except ProtocolError:
-            # Garbage, a forgery, or a record in an older format: the current one goes after it.
-            await self._republish(named)
-            raise
-        body = msg.body
-        assert isinstance(body, Device)
-        if msg.header.sender != self.identity.name:
-            await self._republish(body.device_id)
-            raise Rejected(
-                Reason.UNAUTHORISED, f"{msg.header.sender!r} may not publish device records", field="sender"
-            )
-        row = await self.store.device(body.device_id)
-        if row is None or body.revision >= row.revision:
-            self.published.admit(body)  # already current: cannot be stale
-            return
-        # Behind the database: history not yet caught up (enrol then revoke in one batch), or a
-        # copy of an old record. Either way the current record goes out again (consumers ignore
-        # an equal revision); only an out-of-order one is reported.
-        await self._republish(body.device_id)
-        self.published.admit(body)
-
-    async def _republish(self, device_id: str | None) -> None:
-        row = await self.store.device(device_id) if device_id else None
-        if row is not None:
-            await self.out.queue_device(row)
 
     def _remember(self, row: DeviceRow) -> None:
         self.device_keys.set(row.device_id, row.status, row.public_key)
