@@ -2,9 +2,10 @@
 
 Reads enrolments, heartbeats and operator commands; keeps devices in
 PostgreSQL and liveness in Redis; publishes device records (compacted topic)
-and health transitions, and reads the device topic back (``watch.py``). Offsets are committed only after a batch's effects are
-durable, and every handler is idempotent, so a kill -9 at any point replays a
-few records harmlessly: no accepted enrolment is lost and none is duplicated.
+and health transitions, and reads the device topic back (``watch.py``).
+Offsets are committed only after a batch's effects are durable, and every
+handler is idempotent, so a kill -9 at any point replays a few records
+harmlessly: no accepted enrolment is lost and none is duplicated.
 """
 
 from __future__ import annotations
