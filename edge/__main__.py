@@ -91,7 +91,9 @@ async def run_device(args: argparse.Namespace) -> int:
     link = Link(spool, lambda: make_producer(kafka, request_timeout_ms=10_000, linger_ms=20))
     await link.start()
     device = DeviceRuntime(
-        DeviceConfig(args.device_id, args.token, dict(args.label), args.heartbeat_s),
+        DeviceConfig(
+            args.device_id, args.token, dict(args.label), args.heartbeat_s, scope=kafka.deployment_id
+        ),
         key,
         link,
         kafka.topics,

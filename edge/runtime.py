@@ -19,7 +19,8 @@ import structlog
 from edge.app import DeviceApp
 from edge.enrolment import EnrollmentRefused, EnrollmentResults
 from edge.link import Link
-from qflare.crypto import KeyFile, Signer, generate_key, read_key, write_key
+from qflare.crypto import KeyFile, Signer, generate_key, key_id, read_key, write_key
+from qflare.crypto.enrolment import rotation_proof, token_id, token_key, token_mac
 from qflare.protocol import seal
 from qflare.protocol.devices import Deregistration, Enrollment, EnrollmentResult, Heartbeat
 from qflare.protocol.envelope import new_message_id
@@ -36,12 +37,42 @@ def load_or_create_key(path: Path) -> KeyFile:
     return read_key(path)
 
 
+def enrolment(
+    device_id: str,
+    public_key: bytes,
+    token: str | None,
+    scope: str,
+    labels: dict[str, str] | None = None,
+    previous: Signer | None = None,
+) -> Enrollment:
+    """An enrolment body: the token as its id and MAC only, and a rotation proof by ``previous``."""
+    kid = key_id(public_key)
+    tid = mac = proof = None
+    if token:
+        mac_key = token_key(token)
+        tid, mac = token_id(mac_key), token_mac(mac_key, scope, device_id, kid)
+    if previous is not None:
+        proof = rotation_proof(previous, scope, device_id, kid)
+    return Enrollment(
+        device_id=device_id,
+        public_key=public_key,
+        token_id=tid,
+        token_mac=mac,
+        rotation_proof=proof,
+        labels=dict(labels or {}),
+    )
+
+
 @dataclass
 class DeviceConfig:
     device_id: str
+    #: The operator's enrolment token. It never leaves the process: the enrolment
+    #: carries only its id and a MAC bound to ``scope``, the device id and the key id.
     token: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
     heartbeat_interval_s: float = 5.0
+    #: The deployment the MAC binds: ``KafkaSettings.deployment_id``.
+    scope: str = ""
 
 
 class DeviceRuntime:
@@ -77,12 +108,10 @@ class DeviceRuntime:
     def _send(self, topic: str, record: bytes, *, droppable: bool = False) -> None:
         self.link.send(topic, self.device_id.encode(), record, droppable=droppable)
 
-    def enrol(self) -> None:
-        body = Enrollment(
-            device_id=self.device_id,
-            public_key=self.key.public_key,
-            token=self.cfg.token,
-            labels=self.cfg.labels,
+    def enrol(self, *, previous: Signer | None = None) -> None:
+        """Ask to join; ``previous`` (the current key, when rotating to this one) signs the proof."""
+        body = enrolment(
+            self.device_id, self.key.public_key, self.cfg.token, self.cfg.scope, self.cfg.labels, previous
         )
         self.enrollment_id = new_message_id()
         record = seal(

@@ -3,16 +3,63 @@
 No service asks the registry for a key: each replays the device topic from the
 start on every start-up and follows it (the registry itself fills the same
 cache from its database). Only ``active`` records verify. A key that belonged to
-a revoked or deregistered device is remembered, so a rejection can say
+a revoked, deregistered or deleted device is remembered, so a rejection can say
 ``revoked`` instead of ``unknown_key``.
+
+Two rules hold for every reader of the device topic, whatever it keeps:
+
+- a bare tombstone (null value) changes nothing: it carries no signature, so
+  anyone who can write the topic could send one. Only a signed record with
+  status ``deleted`` removes a device (``refuse_tombstone``);
+- a record applies only if its revision is above the highest already applied
+  for that device (``Revisions``), so a re-published old record, read after the
+  newer ones or alone after compaction, cannot undo a revocation. An equal
+  revision is the same state re-sent and changes nothing.
 """
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from qflare.crypto.base import ML_DSA_65, key_id
+from qflare.errors import Rejected
 from qflare.protocol import KeyRing
 from qflare.protocol.decoder import KeyLookup, KnownKey
 from qflare.protocol.devices import Device
+from qflare.reasons import Reason
+
+
+def refuse_tombstone(key: bytes | None) -> NoReturn:
+    """A null-value record on a state topic: refused, and the state it names is kept."""
+    subject = key.decode(errors="replace")[:256] if key else "?"
+    raise Rejected(
+        Reason.TOMBSTONE,
+        f"unsigned tombstone for {subject!r} ignored: only a signed deletion removes state",
+        field="$",
+    )
+
+
+class Revisions:
+    """The highest revision applied per device id."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def admit(self, device: Device) -> bool:
+        """True (and recorded) if ``device`` is newer than what was applied; False if it is the
+        same revision (the registry re-sends a state unchanged, e.g. a repeated revoke);
+        ``Rejected(STALE_REVISION)`` if it is older."""
+        seen = self._seen.get(device.device_id, 0)
+        if device.revision == seen:
+            return False
+        if device.revision < seen:
+            raise Rejected(
+                Reason.STALE_REVISION,
+                f"device {device.device_id} revision {device.revision} is not above {seen}",
+                field="body.revision",
+            )
+        self._seen[device.device_id] = device.revision
+        return True
 
 
 class DeviceKeys:
@@ -24,6 +71,7 @@ class DeviceKeys:
         self._current: dict[str, bytes] = {}
         #: key id -> device id, for keys of retired devices.
         self._retired: dict[bytes, str] = {}
+        self.revisions = Revisions()
 
     def __call__(self, kid: bytes) -> KnownKey | None:
         return self._ring(kid)
@@ -32,8 +80,9 @@ class DeviceKeys:
         return len(self._ring)
 
     def apply(self, device: Device) -> None:
-        """The registry's record of a device (from the topic)."""
-        self.set(device.device_id, device.status, device.public_key, device.sig_alg)
+        """The registry's record of a device (from the topic); ``Rejected`` if it is not newer."""
+        if self.revisions.admit(device):
+            self.set(device.device_id, device.status, device.public_key, device.sig_alg)
 
     def set(self, device_id: str, status: str, public_key: bytes, sig_alg: str = ML_DSA_65) -> None:
         """A device's current key and status, wherever they were read."""
@@ -47,13 +96,6 @@ class DeviceKeys:
             self._ring.add(device_id, public_key, sig_alg)
             self._retired.pop(kid, None)
         else:
-            self._ring.remove(kid)
-            self._retired[kid] = device_id
-
-    def forget(self, device_id: str) -> None:
-        """A tombstone (null record) for the device: it no longer exists."""
-        kid = self._current.pop(device_id, None)
-        if kid is not None:
             self._ring.remove(kid)
             self._retired[kid] = device_id
 

@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from qflare.authority import authorise
 from qflare.clock import now_ms
 from qflare.errors import ProtocolError, QflareError, Reason
 from qflare.identity import DEFAULT_KEYS_DIR, Identity, TrustedKeys, load_identity, trusted_ring
@@ -27,6 +28,7 @@ from qflare.kafka import (
     read_to_end,
     replay,
 )
+from qflare.keys import Revisions, refuse_tombstone
 from qflare.protocol import Decoder, seal
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import Device, DeviceHealth
@@ -163,17 +165,26 @@ async def read_fleet(kafka: KafkaSettings, keys_dir: Path, *, timeout_s: float =
         max_age_ms=None,
     )
     view = FleetView({}, {}, 0)
+    revisions = Revisions()
     async with replay(kafka, t.devices, t.health) as consumer:
         async for record in read_to_end(consumer, max_records=5000, timeout_s=timeout_s):
-            if record.value is None:
-                continue
             try:
-                body = decoder.decode(record.value, record.topic).body
+                if record.value is None:
+                    refuse_tombstone(record.key)  # unsigned: the device stays as it was
+                msg = decoder.decode(record.value, record.topic)
+                body = msg.body
+                if isinstance(body, Device):
+                    authorise(msg)  # only the registry publishes devices
+                    if not revisions.admit(body):
+                        continue
             except ProtocolError:
                 view.rejected += 1
                 continue
             if isinstance(body, Device):
-                view.devices[body.device_id] = body
+                if body.status == "deleted":
+                    view.devices.pop(body.device_id, None)
+                else:
+                    view.devices[body.device_id] = body
             elif isinstance(body, DeviceHealth):
                 view.health[body.device_id] = body.state
     return view

@@ -106,6 +106,29 @@ class Reason(StrEnum):
     TOKEN_UNKNOWN = "token_unknown", "registry", "The enrolment token is not one the operator issued."
     TOKEN_REUSED = "token_reused", "registry", "The enrolment token was already used by another enrolment."
     TOKEN_EXPIRED = "token_expired", "registry", "The enrolment token has expired."
+    TOKEN_MAC = (
+        "token_mac",
+        "registry",
+        "The enrolment's token MAC does not match its deployment, device id and key id.",
+    )
+    ROTATION_UNPROVEN = (
+        "rotation_unproven",
+        "registry",
+        "A key rotation carries no valid proof by the device's current key, and the operator's "
+        "rotate command named no key id or another one.",
+    )
+
+    # -- state topics (every consumer of device records) -------------------------------
+    TOMBSTONE = (
+        "tombstone",
+        "aggregator, audit, scheduler, cli, edge",
+        "A null-value record on a state topic; it changes nothing, as only a signed deletion removes state.",
+    )
+    STALE_REVISION = (
+        "stale_revision",
+        "aggregator, audit, scheduler, cli, edge",
+        "A device record whose revision is not above the highest already applied for that device.",
+    )
 
     # -- jobs and rounds (aggregator control topics) ----------------------------------
     UNKNOWN_JOB = "unknown_job", "aggregator", "A command or round task names a job that was never started."

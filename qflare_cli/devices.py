@@ -69,14 +69,41 @@ def revoke(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
     )
 
 
+@app.command("delete")
+def delete(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
+    """Delete a device: the registry publishes a signed "deleted" record and every service forgets it."""
+    cmd = RegistryCommand("delete", device_id, (), 0, {})
+    _confirm(
+        asyncio.run(
+            operator.send_command(
+                KafkaSettings(), operator.operator_identity(keys_dir), cmd, keys_dir=keys_dir
+            )
+        ),
+        f"{device_id} deleted",
+    )
+
+
 @app.command("rotate-key")
 def rotate_key(
     device_id: str,
     within_s: float = typer.Option(3600.0, min=1, help="How long the device has to enrol its new key."),
+    key_id: str = typer.Option(
+        "",
+        "--key-id",
+        help="The new key's id (32 hex characters). Without it, the device must prove the rotation "
+        "with its current key.",
+    ),
     keys_dir: Path = KEYS_DIR,
 ) -> None:
-    """Allow a device to re-enrol once with a different key."""
-    cmd = RegistryCommand("rotate_key", device_id, (), int((time.time() + within_s) * 1000), {})
+    """Allow a device to re-enrol once with another key: the named one, or one its current key vouches for."""
+    try:
+        named = bytes.fromhex(key_id) if key_id else None
+    except ValueError as exc:
+        raise typer.BadParameter("--key-id must be 32 hex characters") from exc
+    if named is not None and len(named) != 16:
+        raise typer.BadParameter("--key-id must be 32 hex characters")
+    expires_ms = int((time.time() + within_s) * 1000)
+    cmd = RegistryCommand("rotate_key", device_id, (), expires_ms, {}, named)
     _confirm(
         asyncio.run(
             operator.send_command(

@@ -13,9 +13,10 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from qflare.errors import ProtocolError, UnknownKeyError
+from qflare.errors import ProtocolError, Rejected, UnknownKeyError
 from qflare.fl import StrategyParams
 from qflare.kafka import KafkaSettings, make_consumer
+from qflare.keys import Revisions
 from qflare.protocol import Decoder, KeyRing, Reassembler
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.devices import Device
@@ -40,6 +41,7 @@ class DeviceReports:
             limits=kafka.limits,
         )
         self.keys = KeyRing()
+        self.revisions = Revisions()
         self.decoder = Decoder(
             self.keys,
             deployment=kafka.deployment_id,
@@ -105,7 +107,14 @@ class DeviceReports:
             return
         if msg is None or msg.header.sender != REGISTRY:
             return  # only the registry vouches for a device's key
-        if isinstance(msg.body, Device) and msg.body.status == "active":
+        if not isinstance(msg.body, Device):
+            return
+        try:
+            if not self.revisions.admit(msg.body):
+                return
+        except Rejected:
+            return  # an old record re-published: it vouches for nothing
+        if msg.body.status == "active":
             self.keys.add(msg.body.device_id, msg.body.public_key, msg.body.sig_alg)
 
     def _update(self, value: bytes) -> None:

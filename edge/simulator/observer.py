@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer
 
 from qflare.errors import ProtocolError
 from qflare.kafka import KafkaSettings, assign_from_start, make_admin, make_consumer, partitions
+from qflare.keys import Revisions, refuse_tombstone
 from qflare.protocol import Decoder, KeyRing
 from qflare.protocol.devices import Device, DeviceHealth
 
@@ -34,6 +35,7 @@ class FleetObserver:
             max_age_ms=None,
         )
         self.status: dict[str, str] = {}
+        self.revisions = Revisions()
         self.health: dict[str, str] = {}
         self.rejected = 0
         self.lag_max = 0
@@ -61,15 +63,20 @@ class FleetObserver:
                 self._apply(record.value, record.topic)
 
     def _apply(self, value: bytes | None, topic: str) -> None:
-        if value is None:
-            return
         try:
+            if value is None:
+                refuse_tombstone(None)  # unsigned: the device keeps its status
             body = self.decoder.decode(value, topic).body
+            if isinstance(body, Device) and not self.revisions.admit(body):
+                return  # the same state re-sent
         except ProtocolError:
             self.rejected += 1
             return
         if isinstance(body, Device) and body.device_id.startswith(self.prefix):
-            self.status[body.device_id] = body.status
+            if body.status == "deleted":
+                self.status.pop(body.device_id, None)
+            else:
+                self.status[body.device_id] = body.status
         elif isinstance(body, DeviceHealth) and body.device_id.startswith(self.prefix):
             self.health[body.device_id] = body.state
 

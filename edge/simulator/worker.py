@@ -100,6 +100,7 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
                 "sim_worker": str(spec.index),
             },
             spec.heartbeat_interval_s,
+            scope=kafka.deployment_id,
         )
         fleet[device_id] = DeviceRuntime(cfg, key, link, tset)
     if spec.train is not None:

@@ -6,15 +6,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from qflare.crypto.base import KEY_ID_BYTES
 from qflare.errors import SchemaError
 from qflare.protocol.body import Body, Fields, Setting, sorted_map, sorted_settings
 from qflare.types import Scalar
 
 SEVERITIES = frozenset({"info", "warning", "error", "critical"})
 JOB_COMMANDS = frozenset({"start", "pause", "resume", "stop"})
-REGISTRY_COMMANDS = frozenset({"issue_tokens", "revoke", "rotate_key"})
+REGISTRY_COMMANDS = frozenset({"issue_tokens", "revoke", "rotate_key", "delete"})
 #: Commands that act on one device and so must name it.
-_DEVICE_COMMANDS = frozenset({"revoke", "rotate_key"})
+_DEVICE_COMMANDS = frozenset({"revoke", "rotate_key", "delete"})
 _EVENT = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 
 
@@ -96,17 +97,28 @@ class RegistryCommand(Body):
     """An operator instruction to the registry, signed with an operator key.
 
     ``issue_tokens`` carries SHA-256 hashes of new enrolment tokens (never the
-    tokens), ``revoke`` retires ``device_id``, ``rotate_key`` lets ``device_id``
-    enrol a new key until ``expires_ms``.
+    tokens; each hash is the key of the token's enrolment MAC), ``revoke``
+    retires ``device_id``, ``delete`` removes it (a signed ``deleted`` record: the
+    only way a device leaves the device topic), ``rotate_key`` lets ``device_id`` enrol a new key
+    until ``expires_ms``: the one named by ``key_id``, or, when ``key_id`` is nil,
+    one whose enrolment carries a rotation proof by the device's current key.
     """
 
     TYPE: ClassVar[str] = "registry_command"
-    KEYS: ClassVar[tuple[str, ...]] = ("command", "device_id", "token_hashes", "expires_ms", "labels")
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "command",
+        "device_id",
+        "token_hashes",
+        "expires_ms",
+        "labels",
+        "key_id",
+    )
     command: str
     device_id: str | None
     token_hashes: tuple[bytes, ...] = ()
     expires_ms: int = 0
     labels: dict[str, str] = field(default_factory=dict)
+    key_id: bytes | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -115,6 +127,7 @@ class RegistryCommand(Body):
             "token_hashes": list(self.token_hashes),
             "expires_ms": self.expires_ms,
             "labels": sorted_map(self.labels),
+            "key_id": self.key_id,
         }
 
     @classmethod
@@ -127,7 +140,10 @@ class RegistryCommand(Body):
             f.digests("token_hashes"),
             f.integer("expires_ms"),
             f.str_map("labels"),
+            f.opt_blob("key_id", size=KEY_ID_BYTES),
         )
+        if out.key_id is not None and command != "rotate_key":
+            raise SchemaError(f"{command!r} takes no key_id", field="body.key_id")
         if (command in _DEVICE_COMMANDS) != (out.device_id is not None):
             need = "needs" if command in _DEVICE_COMMANDS else "takes no"
             raise SchemaError(f"{command!r} {need} device_id", field="body.device_id")

@@ -10,13 +10,16 @@ from qflare.crypto.base import (
     KEY_ID_BYTES,
     ML_DSA_65,
     MLDSA65_PUBLIC_KEY_BYTES,
+    MLDSA65_SIGNATURE_BYTES,
     MLKEM768_PUBLIC_KEY_BYTES,
     key_id,
 )
+from qflare.crypto.enrolment import TOKEN_ID_BYTES, TOKEN_MAC_BYTES
 from qflare.errors import SchemaError
 from qflare.protocol.body import Body, Fields, sorted_map
 
-DEVICE_STATUSES = frozenset({"active", "revoked", "deregistered"})
+#: ``deleted`` is the signed deletion: consumers forget the device. A bare tombstone changes nothing.
+DEVICE_STATUSES = frozenset({"active", "revoked", "deregistered", "deleted"})
 HEARTBEAT_STATES = frozenset({"idle", "training", "uploading"})
 HEALTH_STATES = frozenset({"online", "stale", "offline"})
 ENROLLMENT_STATUSES = frozenset({"accepted", "rejected"})
@@ -26,7 +29,13 @@ _REASON = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 @dataclass(frozen=True, slots=True)
 class Enrollment(Body):
-    """A device asks to join, signing with the key it presents (proof of possession)."""
+    """A device asks to join, signing with the key it presents (proof of possession).
+
+    The enrolment token itself never travels: ``token_id`` names the token's MAC
+    key and ``token_mac`` binds the deployment, the device id and the key id
+    (``qflare.crypto.enrolment``). ``rotation_proof`` is the current key's
+    signature over the new key id, for a rotation.
+    """
 
     TYPE: ClassVar[str] = "enrollment"
     KEYS: ClassVar[tuple[str, ...]] = (
@@ -34,15 +43,18 @@ class Enrollment(Body):
         "public_key",
         "sig_alg",
         "kem_public_key",
-        "token",
+        "token_id",
+        "token_mac",
+        "rotation_proof",
         "labels",
     )
     device_id: str
     public_key: bytes
     sig_alg: str = ML_DSA_65
     kem_public_key: bytes | None = None
-    #: Bootstrap secret the registry may require; never logged.
-    token: str | None = None
+    token_id: bytes | None = None
+    token_mac: bytes | None = None
+    rotation_proof: bytes | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
     def to_body(self) -> dict[str, Any]:
@@ -51,7 +63,9 @@ class Enrollment(Body):
             "public_key": self.public_key,
             "sig_alg": self.sig_alg,
             "kem_public_key": self.kem_public_key,
-            "token": self.token,
+            "token_id": self.token_id,
+            "token_mac": self.token_mac,
+            "rotation_proof": self.rotation_proof,
             "labels": sorted_map(self.labels),
         }
 
@@ -63,7 +77,9 @@ class Enrollment(Body):
             public_key=f.blob("public_key", size=MLDSA65_PUBLIC_KEY_BYTES),
             sig_alg=f.choice("sig_alg", {ML_DSA_65}),
             kem_public_key=f.opt_blob("kem_public_key", size=MLKEM768_PUBLIC_KEY_BYTES),
-            token=f.opt_text("token", max_len=512),
+            token_id=f.opt_blob("token_id", size=TOKEN_ID_BYTES),
+            token_mac=f.opt_blob("token_mac", size=TOKEN_MAC_BYTES),
+            rotation_proof=f.opt_blob("rotation_proof", size=MLDSA65_SIGNATURE_BYTES),
             labels=f.str_map("labels"),
         )
         return out
@@ -100,7 +116,12 @@ class Heartbeat(Body):
 
 @dataclass(frozen=True, slots=True)
 class Device(Body):
-    """The registry's record of a device (compacted topic, key = device id)."""
+    """The registry's record of a device (compacted topic, key = device id).
+
+    ``revision`` grows with every change of the device (the registry's
+    PostgreSQL counter): consumers keep the highest and refuse lower or equal
+    ones, so a re-published old record changes nothing.
+    """
 
     TYPE: ClassVar[str] = "device"
     KEYS: ClassVar[tuple[str, ...]] = (
@@ -113,12 +134,14 @@ class Device(Body):
         "labels",
         "enrolled_ms",
         "updated_ms",
+        "revision",
     )
     device_id: str
     status: str
     public_key: bytes
     enrolled_ms: int
     updated_ms: int
+    revision: int = 1
     sig_alg: str = ML_DSA_65
     kem_public_key: bytes | None = None
     labels: dict[str, str] = field(default_factory=dict)
@@ -138,6 +161,7 @@ class Device(Body):
             "labels": sorted_map(self.labels),
             "enrolled_ms": self.enrolled_ms,
             "updated_ms": self.updated_ms,
+            "revision": self.revision,
         }
 
     @classmethod
@@ -156,6 +180,7 @@ class Device(Body):
             labels=f.str_map("labels"),
             enrolled_ms=f.integer("enrolled_ms"),
             updated_ms=f.integer("updated_ms"),
+            revision=f.integer("revision", lo=1),
         )
         # Carried for consumers that index by key id; it must agree with the key (checked last).
         if kid != out.key_id:

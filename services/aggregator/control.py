@@ -23,7 +23,7 @@ from qflare.errors import ProtocolError, QflareError, Rejected, ReplayError
 from qflare.fl import JobSpec, StrategyState
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, partitions, read_to_end
-from qflare.keys import DeviceKeys
+from qflare.keys import DeviceKeys, refuse_tombstone
 from qflare.ml import init_weights
 from qflare.protocol import Decoder, Message
 from qflare.protocol.control import JobCommand
@@ -105,11 +105,9 @@ class Control:
     # --- device records (key cache only; re-read from the start on every start-up) ---------
 
     async def _device(self, record: ConsumerRecord[Any, Any]) -> None:
-        if record.value is None:
-            if record.key:
-                self.keys.forget(record.key.decode(errors="replace"))
-            return
         try:
+            if record.value is None:
+                refuse_tombstone(record.key)
             msg = self.decoders[record.topic].decode(record.value, record.topic)
             authorise(msg)
             assert isinstance(msg.body, Device)

@@ -103,7 +103,7 @@ def from_message(msg: Message, topic: str, partition: int, offset: int, key: str
         job = None if key is None else key.rpartition(":")[0] or None
         return Event(type="model.published", outcome="info", job=job, detail=detail, **base)
     if isinstance(body, Device):
-        detail.update(key_id=body.key_id.hex(), labels=dict(body.labels))
+        detail.update(key_id=body.key_id.hex(), labels=dict(body.labels), revision=body.revision)
         return Event(
             type="device.record",
             outcome="info",

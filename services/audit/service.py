@@ -38,7 +38,7 @@ from qflare.kafka import (
     prepare_topics,
     read_to_end,
 )
-from qflare.keys import AnyKey, DeviceKeys
+from qflare.keys import AnyKey, DeviceKeys, refuse_tombstone
 from qflare.protocol import Decoder
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.decoder import KeyLookup
@@ -207,18 +207,11 @@ class AuditService(BatchLoop):
     def _device(self, record: Record) -> Event | None:
         subject = record.key.decode(errors="replace") if record.key else None
         if record.value is None:
-            if subject is not None:
-                self.devices.forget(subject)
-            return Event(
-                time_ms=record.timestamp,
-                actor="unknown",
-                type="device.tombstone",
-                outcome="info",
-                subject=subject,
-                source_topic=record.topic,
-                source_partition=record.partition,
-                source_offset=record.offset,
-            )
+            # Unsigned, so it changes nothing: only a signed record with status "deleted" does.
+            try:
+                refuse_tombstone(record.key)
+            except Rejected as exc:
+                return self._refused(exc, record, subject)
         event = self._read(record)
         if event is not None and event.outcome != "rejected":
             if not allowed("device", event.actor):
@@ -232,8 +225,18 @@ class AuditService(BatchLoop):
                     now_ms(),
                 )
             if self._last_device is not None:
-                self.devices.apply(self._last_device)
+                try:
+                    self.devices.apply(self._last_device)
+                except Rejected as exc:  # an older revision than one already applied
+                    return self._refused(exc, record, subject)
         return event
+
+    def _refused(self, exc: Rejected, record: Record, subject: str | None) -> Event:
+        shared.REJECTED.labels(SERVICE, record.topic, exc.reason).inc()
+        log.warning("rejected", topic=record.topic, offset=record.offset, reason=exc.reason, error=str(exc))
+        return events.rejection(
+            exc, record.value, record.topic, record.partition, record.offset, subject, now_ms()
+        )
 
     def _read(self, record: Record) -> Event | None:
         """The entry for one record: its meaning, a rejection, or None (not audited, or a re-send)."""

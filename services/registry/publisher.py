@@ -36,7 +36,11 @@ class Publisher:
         self.topics = topics
         self._in_flight: list[asyncio.Future[Any]] = []
         metrics.preset_rejections(
-            SERVICE, (t.name for t in (topics.enrollments, topics.heartbeats, topics.registry_control))
+            SERVICE,
+            (
+                t.name
+                for t in (topics.enrollments, topics.heartbeats, topics.registry_control, topics.devices)
+            ),
         )
 
     def seal(self, body: AuditEvent | Device | DeviceHealth, spec: TopicSpec) -> bytes:
@@ -49,6 +53,7 @@ class Publisher:
             public_key=row.public_key,
             enrolled_ms=row.enrolled_ms,
             updated_ms=row.updated_ms,
+            revision=row.revision,
             labels=row.labels,
         )
         await self.store.outbox.queue(

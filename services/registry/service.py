@@ -2,15 +2,15 @@
 
 Reads enrolments, heartbeats and operator commands; keeps devices in
 PostgreSQL and liveness in Redis; publishes device records (compacted topic)
-and health transitions. Offsets are committed only after a batch's effects are
-durable, and every handler is idempotent, so a kill -9 at any point replays a
-few records harmlessly: no accepted enrolment is lost and none is duplicated.
+and health transitions, and reads the device topic back (``watch.py``).
+Offsets are committed only after a batch's effects are durable, and every
+handler is idempotent, so a kill -9 at any point replays a few records
+harmlessly: no accepted enrolment is lost and none is duplicated.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from contextlib import nullcontext
 from typing import Any
 
@@ -35,7 +35,8 @@ from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
 from services.registry.results import Results
-from services.registry.store import DeviceRow, RegistryStore
+from services.registry.store import DeviceRow, EnrolmentClaim, RegistryStore
+from services.registry.watch import DeviceTopicWatch
 
 log = structlog.get_logger("qflare.registry")
 
@@ -93,6 +94,7 @@ class RegistryService(BatchLoop):
         self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(self.producer, self.store, self.identity, self.topics)
         self.results = Results(self.out, self.store, self.identity, self.topics)
+        self.watch = DeviceTopicWatch(t.devices, operators, self.identity.name, self.store, self.out)
         # Records a crash left in the outbox go out before anything new.
         await self.out.flush_outbox()
         self.consumer = await self._started(
@@ -101,6 +103,7 @@ class RegistryService(BatchLoop):
                 t.enrollments.name,
                 t.heartbeats.name,
                 t.registry_control.name,
+                t.devices.name,
                 group_id=self.cfg.group_id,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -130,6 +133,9 @@ class RegistryService(BatchLoop):
         metrics.BYTES_IN.labels(SERVICE).inc(len(record.value or b""))
         msg: Message | None = None
         try:
+            if record.topic == self.topics.devices.name:
+                await self.watch.check(record)
+                return
             msg = self._decode(record)
             authorise(msg)
             body = msg.body
@@ -166,11 +172,18 @@ class RegistryService(BatchLoop):
     async def _enrol(self, msg: Message, body: Enrollment) -> None:
         if msg.header.sender != body.device_id:
             raise Rejected(Reason.SENDER_MISMATCH, "sender is not the enrolling device", field="sender")
-        token_hash = hashlib.sha256(body.token.encode()).digest() if body.token else None
+        claim = EnrolmentClaim(
+            scope=self.kafka.deployment_id,
+            device_id=body.device_id,
+            public_key=body.public_key,
+            kid=msg.header.key_id,
+            labels=body.labels,
+            token_id=body.token_id,
+            token_mac=body.token_mac,
+            rotation_proof=body.rotation_proof,
+        )
         async with self.store.conn.transaction():
-            row, outcome = await self.store.enrol(
-                body.device_id, body.public_key, msg.header.key_id, token_hash, body.labels
-            )
+            row, outcome = await self.store.enrol(claim)
             if outcome != "unchanged":
                 await self.out.queue_device(row)
                 await self.out.queue_audit(
@@ -215,8 +228,12 @@ class RegistryService(BatchLoop):
                 )
             elif body.command == "revoke":
                 retired = await self._retire(str(body.device_id), "revoked", msg)
+            elif body.command == "delete":
+                # A signed record with status "deleted": consumers forget the device. No tombstone
+                # follows; a bare one would be refused like any other.
+                retired = await self._retire(str(body.device_id), "deleted", msg)
             elif body.command == "rotate_key":
-                await self.store.authorise_rotation(str(body.device_id), body.expires_ms)
+                await self.store.authorise_rotation(str(body.device_id), body.expires_ms, body.key_id)
                 await self.out.queue_audit(
                     "device.rotation_authorised", "info", subject=body.device_id, ref=msg
                 )

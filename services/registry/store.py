@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
+from qflare.crypto.enrolment import rotation_proof_ok, token_id, token_mac_ok
 from qflare.errors import Rejected
 from qflare.migrations import migrate
 from qflare.outbox import Outbox
@@ -27,6 +28,31 @@ Conn = psycopg.AsyncConnection[TupleRow]
 
 class EnrollmentRejected(Rejected):
     """An enrolment that is well-formed and signed but not allowed."""
+
+
+@dataclass(frozen=True)
+class EnrolmentClaim:
+    """What a verified enrolment asks for, with the scope its MAC and proof must bind."""
+
+    scope: str
+    device_id: str
+    public_key: bytes
+    kid: bytes
+    labels: dict[str, str]
+    token_id: bytes | None = None
+    token_mac: bytes | None = None
+    rotation_proof: bytes | None = None
+
+    def token_ok(self, mac_key: bytes) -> bool:
+        assert self.token_mac is not None
+        return token_mac_ok(mac_key, self.scope, self.device_id, self.kid, self.token_mac)
+
+    def proven_by(self, current_public_key: bytes) -> bool:
+        if self.rotation_proof is None:
+            return False
+        return rotation_proof_ok(
+            current_public_key, self.scope, self.device_id, self.kid, self.rotation_proof
+        )
 
 
 @dataclass(frozen=True)
@@ -93,72 +119,93 @@ class RegistryStore:
         found = await cur.fetchone()
         return _row(found) if found else None
 
-    async def enrol(
-        self, device_id: str, public_key: bytes, kid: bytes, token_hash: bytes | None, labels: dict[str, str]
-    ) -> tuple[DeviceRow, str]:
+    async def enrol(self, claim: EnrolmentClaim) -> tuple[DeviceRow, str]:
         """Apply one verified enrolment. Returns the row and the outcome
         (``new``, ``unchanged`` or ``rotated``), or raises ``EnrollmentRejected``."""
         async with self.conn.transaction():
             cur = await self.conn.execute(
                 f"SELECT {_COLUMNS} FROM registry.devices WHERE device_id = %s FOR UPDATE",
-                (device_id,),
+                (claim.device_id,),
             )
             found = await cur.fetchone()
             if found is not None:
-                return await self._re_enrol(_row(found), public_key, kid)
-            token_labels = await self._use_token(token_hash, device_id, kid)
+                return await self._re_enrol(_row(found), claim)
+            token_labels = await self._use_token(claim)
             cur = await self.conn.execute(
                 f"INSERT INTO registry.devices (device_id, key_id, public_key, status, labels) "
                 f"VALUES (%s, %s, %s, 'active', %s) RETURNING {_COLUMNS}",
-                (device_id, kid, public_key, json.dumps({**token_labels, **labels})),
+                (claim.device_id, claim.kid, claim.public_key, json.dumps({**token_labels, **claim.labels})),
             )
             inserted = await cur.fetchone()
             assert inserted is not None
             return _row(inserted), "new"
 
-    async def _re_enrol(self, row: DeviceRow, public_key: bytes, kid: bytes) -> tuple[DeviceRow, str]:
+    async def _re_enrol(self, row: DeviceRow, claim: EnrolmentClaim) -> tuple[DeviceRow, str]:
         if row.status != "active":
             raise EnrollmentRejected(
                 Reason.REVOKED, f"device {row.device_id} is {row.status}", field="device_id"
             )
-        if row.key_id == kid:
+        if row.key_id == claim.kid:
             return row, "unchanged"
         cur = await self.conn.execute(
-            "DELETE FROM registry.rotations WHERE device_id = %s AND expires_at > now() RETURNING device_id",
+            "SELECT key_id FROM registry.rotations WHERE device_id = %s AND expires_at > now() FOR UPDATE",
             (row.device_id,),
         )
-        if await cur.fetchone() is None:
+        window = await cur.fetchone()
+        if window is None:
             raise EnrollmentRejected(
                 Reason.KEY_MISMATCH,
                 f"device {row.device_id} is pinned to key {row.key_id.hex()}; an operator must "
                 "authorise a rotation (`qflare devices rotate-key`)",
                 field="public_key",
             )
-        return await self._update(row.device_id, "key_id = %s, public_key = %s", (kid, public_key)), "rotated"
-
-    async def _use_token(self, token_hash: bytes | None, device_id: str, kid: bytes) -> dict[str, str]:
-        if token_hash is None:
+        named = bytes(window[0]) if window[0] is not None else None
+        # The operator named the new key, or the current key vouches for it; a window alone
+        # would let anyone who can sign an enrolment for this id take the device over.
+        if named != claim.kid and not claim.proven_by(row.public_key):
             raise EnrollmentRejected(
-                Reason.TOKEN_MISSING, "a new device needs an enrolment token", field="body.token"
+                Reason.ROTATION_UNPROVEN,
+                f"rotating device {row.device_id} to key {claim.kid.hex()} needs a rotation_proof "
+                "signed by its current key, or an operator rotate command naming this key id",
+                field="body.rotation_proof",
+            )
+        await self.conn.execute("DELETE FROM registry.rotations WHERE device_id = %s", (row.device_id,))
+        update = "key_id = %s, public_key = %s"
+        return await self._update(row.device_id, update, (claim.kid, claim.public_key)), "rotated"
+
+    async def _use_token(self, claim: EnrolmentClaim) -> dict[str, str]:
+        if claim.token_id is None or claim.token_mac is None:
+            raise EnrollmentRejected(
+                Reason.TOKEN_MISSING, "a new device needs an enrolment token", field="body.token_id"
             )
         cur = await self.conn.execute(
-            "SELECT expires_at, used_at, labels FROM registry.tokens WHERE token_hash = %s FOR UPDATE",
-            (token_hash,),
+            "SELECT token_hash, expires_at, used_at, labels FROM registry.tokens WHERE token_id = %s "
+            "FOR UPDATE",
+            (claim.token_id,),
         )
         found = await cur.fetchone()
         if found is None:
-            raise EnrollmentRejected(Reason.TOKEN_UNKNOWN, "enrolment token is not known", field="body.token")
-        expires_at, used_at, labels = found
+            raise EnrollmentRejected(
+                Reason.TOKEN_UNKNOWN, "enrolment token is not known", field="body.token_id"
+            )
+        mac_key, expires_at, used_at, labels = found
+        if not claim.token_ok(bytes(mac_key)):
+            raise EnrollmentRejected(
+                Reason.TOKEN_MAC,
+                "the token MAC does not match this deployment, device id and key id",
+                field="body.token_mac",
+            )
         if used_at is not None:
             raise EnrollmentRejected(
-                Reason.TOKEN_REUSED, "enrolment token was already used", field="body.token"
+                Reason.TOKEN_REUSED, "enrolment token was already used", field="body.token_id"
             )
         if expires_at <= datetime.now(UTC):
-            raise EnrollmentRejected(Reason.TOKEN_EXPIRED, "enrolment token has expired", field="body.token")
+            raise EnrollmentRejected(
+                Reason.TOKEN_EXPIRED, "enrolment token has expired", field="body.token_id"
+            )
         await self.conn.execute(
-            "UPDATE registry.tokens SET used_at = now(), used_by = %s, used_key_id = %s "
-            "WHERE token_hash = %s",
-            (device_id, kid, token_hash),
+            "UPDATE registry.tokens SET used_at = now(), used_by = %s, used_key_id = %s WHERE token_id = %s",
+            (claim.device_id, claim.kid, claim.token_id),
         )
         return dict(labels)
 
@@ -186,18 +233,19 @@ class RegistryStore:
         expires = datetime.fromtimestamp(expires_ms / 1000, UTC)
         async with self.conn.transaction(), self.conn.cursor() as cur:
             await cur.executemany(
-                "INSERT INTO registry.tokens (token_hash, expires_at, labels) VALUES (%s, %s, %s) "
-                "ON CONFLICT (token_hash) DO NOTHING",
-                [(h, expires, json.dumps(labels)) for h in hashes],
+                "INSERT INTO registry.tokens (token_hash, token_id, expires_at, labels) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (token_hash) DO NOTHING",
+                [(h, token_id(h), expires, json.dumps(labels)) for h in hashes],
             )
         return len(hashes)
 
-    async def authorise_rotation(self, device_id: str, expires_ms: int) -> None:
+    async def authorise_rotation(self, device_id: str, expires_ms: int, kid: bytes | None) -> None:
         expires = datetime.fromtimestamp(expires_ms / 1000, UTC)
         await self.conn.execute(
-            "INSERT INTO registry.rotations (device_id, expires_at) VALUES (%s, %s) "
-            "ON CONFLICT (device_id) DO UPDATE SET expires_at = EXCLUDED.expires_at, authorized_at = now()",
-            (device_id, expires),
+            "INSERT INTO registry.rotations (device_id, expires_at, key_id) VALUES (%s, %s, %s) "
+            "ON CONFLICT (device_id) DO UPDATE SET expires_at = EXCLUDED.expires_at, "
+            "key_id = EXCLUDED.key_id, authorized_at = now()",
+            (device_id, expires, kid),
         )
 
     async def first_application(self, sender: str, message_id: bytes) -> bool:

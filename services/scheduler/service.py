@@ -31,6 +31,7 @@ from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
+from qflare.reasons import Reason
 from qflare.tracing import process_span, round_span, send_span
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.gate import Gate
@@ -159,9 +160,27 @@ class Scheduler:
 
     async def _devices_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
+            if value is None:
+                # Unsigned: the device keeps its status. Only a signed "deleted" record removes it.
+                self._refused(Reason.TOMBSTONE, "unsigned tombstone ignored")
+                continue
             msg = self._decode(value, self.t.devices.name)
-            if msg is not None and isinstance(msg.body, Device) and await self.gate.allowed(msg):
-                self.status[msg.body.device_id] = {"status": msg.body.status}
+            if msg is None or not isinstance(msg.body, Device) or not await self.gate.allowed(msg):
+                continue
+            device = msg.body
+            # The revision lives in the signed status row, so it survives a restart with it.
+            row = self.status.get(device.device_id) or {}
+            seen = int(row.get("revision", 0))
+            if device.revision < seen:
+                self._refused(
+                    Reason.STALE_REVISION, f"{device.device_id} revision {device.revision} < {seen}"
+                )
+            elif device.revision > seen:
+                self.status[device.device_id] = {"status": device.status, "revision": device.revision}
+
+    def _refused(self, reason: Reason, error: str) -> None:
+        metrics.REJECTED.labels(SERVICE, self.t.devices.name, reason).inc()
+        log.warning("rejected", topic=self.t.devices.name, reason=reason, error=error)
 
     async def _progress_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:

@@ -19,13 +19,14 @@ from pathlib import Path
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from edge.runtime import enrolment
 from qflare import operator
 from qflare.crypto import generate_key
 from qflare.errors import ProtocolError, StackError
 from qflare.identity import Identity, TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, read_to_end
 from qflare.protocol import Decoder
-from qflare.protocol.devices import Device, Enrollment
+from qflare.protocol.devices import Device
 from tests.hostile.kinds import FLOOD_ALLOWANCE, Arsenal, Hostile, build
 from tests.hostile.sealing import sign
 from tests.hostile.targets import Target, targets
@@ -76,7 +77,7 @@ class Attack:
             self.kafka, ops, 1 + NUL_ENROLMENTS, 3600, {"hostile": self.attacker_id}, keys_dir=self.keys_dir
         )
         self.tokens = tokens[1:]
-        body = Enrollment(self.attacker_id, self.attacker.public_key, token=tokens[0])
+        body = enrolment(self.attacker_id, self.attacker.public_key, tokens[0], self.kafka.deployment_id)
         name = self.topics.enrollments.name
         record = sign(body, self.attacker.signer(), sender=self.attacker_id, topic=name)
         producer = make_producer(self.kafka)

@@ -16,17 +16,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from edge.runtime import enrolment
 from qflare.clock import now_ms
 from qflare.crypto import Signer, generate_key
 from qflare.crypto.base import MLDSA65_SIGNATURE_BYTES
 from qflare.identity import Identity
 from qflare.protocol import Body, wire
 from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
-from qflare.protocol.devices import Device, DeviceHealth, Enrollment, EnrollmentResult, Heartbeat
+from qflare.protocol.devices import Device, DeviceHealth, EnrollmentResult, Heartbeat
 from qflare.protocol.envelope import Chunk, new_message_id
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.training import GlobalModel, RoundComplete, RoundTask
-from tests.hostile.sealing import sign, sign_parts
+from tests.hostile.sealing import deployment, sign, sign_parts
 from tests.hostile.targets import Target
 
 KINDS = (
@@ -163,7 +164,7 @@ def _nul_strings(arsenal: Arsenal, rng: random.Random) -> Iterator[Hostile]:
         # A new device, enrolling with a valid token, its labels carrying NUL (stored by the registry).
         key = generate_key()
         device_id = f"{arsenal.attacker_id}-nul{i}"
-        body = Enrollment(device_id, key.public_key, token=token, labels={"site\x00": f"lab\x00{i}"})
+        body = enrolment(device_id, key.public_key, token, deployment(), labels={"site\x00": f"lab\x00{i}"})
         value = sign(body, key.signer(), sender=device_id, topic=enrol.name)
         yield Hostile("nul_strings", enrol, device_id.encode(), value, frozenset())
     audit = arsenal.target("audit")

@@ -45,5 +45,10 @@ def sign_parts(
 
 
 @cache
+def deployment() -> str:
+    """The deployment id the services run under (enrolment MACs bind it too)."""
+    return KafkaSettings().deployment_id
+
+
 def _channel(topic: str) -> Channel:
-    return Channel(KafkaSettings().deployment_id, topic)
+    return Channel(deployment(), topic)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from qflare.crypto.enrolment import rotation_proof_ok, token_id, token_key, token_mac_ok
 from qflare.errors import ProtocolError
 from qflare.protocol import Decoder, KeyRing, Message, Reassembler, wire
 from qflare.protocol.control import AuditEvent
@@ -142,7 +143,13 @@ def test_python_accepts_envelopes_signed_in_go(go_signed: dict[str, Any]) -> Non
     assert isinstance(en.body, Enrollment)
     assert en.body.device_id == device["owner"]
     assert en.body.public_key == bytes.fromhex(device["public_key"])
-    assert en.body.token == "go-token"
+    # Go's token MAC and rotation proof verify here: the token itself is not in the body.
+    mac_key, kid = token_key("go-token"), bytes.fromhex(device["key_id"])
+    assert en.body.token_id == token_id(mac_key) and en.body.token_mac is not None
+    assert token_mac_ok(mac_key, "go.", device["owner"], kid, en.body.token_mac)
+    assert en.body.rotation_proof is not None
+    signer_public_key = bytes.fromhex(go_signed["signer"]["public_key"])
+    assert rotation_proof_ok(signer_public_key, "go.", device["owner"], kid, en.body.rotation_proof)
     assert en.body.labels == {"site": "go"}
 
     au = decoder.decode(records["audit_event"], _topic(go_signed))

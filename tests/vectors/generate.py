@@ -25,6 +25,14 @@ if str(ROOT) not in sys.path:
 
 from qflare.crypto import generate_key, kem_backend  # noqa: E402
 from qflare.crypto.base import ML_KEM_768  # noqa: E402
+from qflare.crypto.enrolment import (  # noqa: E402
+    ROTATION_DOMAIN,
+    TOKEN_MAC_DOMAIN,
+    binding,
+    token_id,
+    token_key,
+    token_mac,
+)
 from qflare.protocol import Body, Tensor, wire  # noqa: E402
 from qflare.protocol.body import Setting  # noqa: E402
 from qflare.protocol.control import AuditEvent, AuditHead, JobCommand  # noqa: E402
@@ -154,6 +162,10 @@ def _job_command() -> JobCommand:
     return JobCommand("job-1", "start", config)
 
 
+VECTOR_TOKEN = "qft_vector-token-0123456789"
+VECTOR_SCOPE = "vectors."
+
+
 def build() -> dict[str, Any]:
     key = generate_key(seed=SEED)
     device = generate_key(seed=DEVICE_SEED)
@@ -181,8 +193,14 @@ def build() -> dict[str, Any]:
         add(
             f"model_chunk_{index}", "model_chunk", piece, key, "dev-1", round=7, chunk=Chunk(stream, index, 2)
         )
+    mac_key = token_key(VECTOR_TOKEN)
     enrol = Enrollment(
-        "dev-2", device.public_key, kem_public_key=kem_public, token=None, labels={"site": "lab"}
+        "dev-2",
+        device.public_key,
+        kem_public_key=kem_public,
+        token_id=token_id(mac_key),
+        token_mac=token_mac(mac_key, VECTOR_SCOPE, "dev-2", device.key_id),
+        labels={"site": "lab"},
     )
     add("enrollment_self_signed", "enrollment", enrol, device, "dev-2")
     enrol_id = bytes.fromhex(envelopes[-1]["header"]["id"])
@@ -196,7 +214,7 @@ def build() -> dict[str, Any]:
         device.key_id,
         "rejected",
         "token_reused",
-        "body.token",
+        "body.token_id",
         "enrolment token was already used",
     )
     add("enrollment_result", "enrollment_result", answer, key, "dev-1")
@@ -232,6 +250,19 @@ def build() -> dict[str, Any]:
             "public_key": kem_public.hex(),
             "ciphertext": encap.ciphertext.hex(),
             "shared_secret": encap.shared_secret.hex(),
+        },
+        # The enrolment above proves this token without sending it (docs/protocol.md, "Enrolment").
+        "enrolment_token": {
+            "token": VECTOR_TOKEN,
+            "scope": VECTOR_SCOPE,
+            "device_id": "dev-2",
+            "key_id": device.key_id.hex(),
+            "mac_key": mac_key.hex(),
+            "token_id": token_id(mac_key).hex(),
+            "token_mac": token_mac(mac_key, VECTOR_SCOPE, "dev-2", device.key_id).hex(),
+            "mac_input": binding(TOKEN_MAC_DOMAIN, VECTOR_SCOPE, "dev-2", device.key_id).hex(),
+            # What a rotation proof signs: the current key's signature over these bytes.
+            "rotation_input": binding(ROTATION_DOMAIN, VECTOR_SCOPE, "dev-2", device.key_id).hex(),
         },
         "envelopes": envelopes,
         "receiver": RECEIVER,

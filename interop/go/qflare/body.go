@@ -43,6 +43,7 @@ var (
 	tBinAny   = &ft{kind: fBin, n: -1}
 	tPub      = &ft{kind: fBin, n: PublicKeySize}
 	tKEMPub   = &ft{kind: fBin, n: KEMPublicSize}
+	tSig      = &ft{kind: fBin, n: SigSize}
 	tSigAlg   = enum(SigAlg)
 	tLabels   = &ft{kind: fMapStrStr}
 	tFloats   = &ft{kind: fFloats}
@@ -68,16 +69,17 @@ type fd struct {
 // bodySchemas lists every body type of §7 and §9 with its keys in encoder order.
 var bodySchemas = map[string][]fd{
 	"enrollment": {f("device_id", tID), f("public_key", tPub), f("sig_alg", tSigAlg),
-		f("kem_public_key", opt(tKEMPub)), f("token", opt(strMax(512))), f("labels", tLabels)},
+		f("kem_public_key", opt(tKEMPub)), f("token_id", opt(tBin16)), f("token_mac", opt(tBin32)),
+		f("rotation_proof", opt(tSig)), f("labels", tLabels)},
 	"enrollment_result": {f("device_id", tID), f("enrollment_id", tBin16), f("key_id", tBin16),
 		f("status", enum("accepted", "rejected")), f("reason", tReason), f("field", opt(strMax(256))),
 		f("message", strMax(1024))},
 	"deregistration": {f("device_id", tID), f("reason", strMax(256))},
 	"heartbeat": {f("device_id", tID), f("seq", tInt), f("state", enum("idle", "training", "uploading")),
 		f("metrics", tFloats)},
-	"device": {f("device_id", tID), f("status", enum("active", "revoked", "deregistered")),
+	"device": {f("device_id", tID), f("status", enum("active", "revoked", "deregistered", "deleted")),
 		f("public_key", tPub), f("key_id", tBin16), f("sig_alg", tSigAlg), f("kem_public_key", opt(tKEMPub)),
-		f("labels", tLabels), f("enrolled_ms", tInt), f("updated_ms", tInt)},
+		f("labels", tLabels), f("enrolled_ms", tInt), f("updated_ms", tInt), f("revision", tInt1)},
 	"device_health": {f("device_id", tID), f("state", enum("online", "stale", "offline")), f("last_seen_ms", tInt)},
 	"round_task": {f("job_id", tID), f("round", tInt), f("model_version", tInt), f("strategy", tID),
 		f("devices", tIDs), f("deadline_ms", tInt), f("min_updates", tInt1), f("fencing_token", tInt),
@@ -96,8 +98,9 @@ var bodySchemas = map[string][]fd{
 	"audit_head": {f("stream", strMax(128)), f("seq", tInt), f("hash", tBin32), f("time_ms", tInt)},
 	"job_command": {f("job_id", tID), f("command", enum("start", "pause", "resume", "stop")),
 		f("config", tSettings)},
-	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key")), f("device_id", opt(tID)),
-		f("token_hashes", arrayOf(tBin32)), f("expires_ms", tInt), f("labels", tLabels)},
+	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key", "delete")), f("device_id", opt(tID)),
+		f("token_hashes", arrayOf(tBin32)), f("expires_ms", tInt), f("labels", tLabels),
+		f("key_id", opt(tBin16))},
 	"model_chunk": {f("inner_type", &ft{kind: fInner}), f("size", tInt1), f("offset", tInt), f("digest", tBin32),
 		f("data", tBinAny)},
 }
@@ -155,6 +158,9 @@ func ValidateBody(typ string, v Value, allowNonFinite bool) error {
 		issue := get("command").S == "issue_tokens"
 		if issue != (get("device_id").Kind == KNil) {
 			return errf("schema", "body.device_id", "device_id must be nil exactly for issue_tokens")
+		}
+		if get("command").S != "rotate_key" && get("key_id").Kind != KNil {
+			return errf("schema", "body.key_id", "only rotate_key takes a key_id")
 		}
 	}
 	if tv, ok := v.Get("tensors"); ok && !allowNonFinite {

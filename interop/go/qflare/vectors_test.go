@@ -54,6 +54,19 @@ type vectors struct {
 	Rejections      []vecRejection `json:"rejections"`
 	Accepted        []vecAccepted  `json:"accepted"`
 	Receiver        vecReceiver    `json:"receiver"`
+	EnrolmentToken  vecToken       `json:"enrolment_token"`
+}
+
+type vecToken struct {
+	Token         string `json:"token"`
+	Scope         string `json:"scope"`
+	DeviceID      string `json:"device_id"`
+	KeyID         string `json:"key_id"`
+	MACKey        string `json:"mac_key"`
+	TokenID       string `json:"token_id"`
+	TokenMAC      string `json:"token_mac"`
+	MACInput      string `json:"mac_input"`
+	RotationInput string `json:"rotation_input"`
 }
 
 func vectorsPath() string {

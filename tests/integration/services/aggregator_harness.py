@@ -113,6 +113,8 @@ class ControlPlane:
     kafka: KafkaSettings
     keys_dir: Path
     identities: dict[str, Identity] = field(default_factory=dict)
+    #: The last revision published per device.
+    revisions: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.topics = self.kafka.topics
@@ -136,12 +138,21 @@ class ControlPlane:
             await self.producer.send_and_wait(topic, record, key=key.encode())
 
     async def device(
-        self, device_id: str, status: str = "active", key: KeyFile | None = None, *, sender: str = "registry"
+        self,
+        device_id: str,
+        status: str = "active",
+        key: KeyFile | None = None,
+        *,
+        sender: str = "registry",
+        revision: int | None = None,
     ) -> SimDevice:
-        """Publish the registry's record of a device (with a fresh key unless given)."""
+        """Publish the registry's record of a device (with a fresh key unless given); each record
+        of a device gets the next revision unless one is given, as the registry's would."""
         key = key or generate_key()
         now = int(time.time() * 1000)
-        record = Device(device_id, status, key.public_key, now, now)
+        revision = revision or self.revisions.get(device_id, 0) + 1
+        self.revisions[device_id] = max(revision, self.revisions.get(device_id, 0))
+        record = Device(device_id, status, key.public_key, now, now, revision=revision)
         await self.send(self.topics.devices.name, device_id, self._seal(sender, record))
         return SimDevice(device_id, key, key.signer(), self.topics.updates.channel)
 

@@ -74,7 +74,13 @@ class Fleet:
 
     def add(self, device_id: str, token: str | None, *, key: KeyFile | None = None) -> DeviceRuntime:
         key = key or load_or_create_key(self.state_dir / "keys" / f"{device_id}.key")
-        cfg = DeviceConfig(device_id, token, {"hardware": "test"}, self.heartbeat_interval_s)
+        cfg = DeviceConfig(
+            device_id,
+            token,
+            {"hardware": "test"},
+            self.heartbeat_interval_s,
+            scope=self.kafka.deployment_id,
+        )
         device = DeviceRuntime(cfg, key, self.link, self.topics)
         self.devices[device_id] = device
         return device

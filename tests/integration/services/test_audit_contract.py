@@ -115,7 +115,7 @@ async def test_enrolment_results_are_in_the_chain(
     try:
         enrolment = new_message_id()
         result = EnrollmentResult(
-            f"dev-{unique}", enrolment, b"\x07" * 16, "rejected", "token_reused", "body.token", "used"
+            f"dev-{unique}", enrolment, b"\x07" * 16, "rejected", "token_reused", "body.token_id", "used"
         )
         t = plane.topics
         await plane.send(t.enrollment_results.name, result.device_id, plane.seal("registry", result))
@@ -128,4 +128,4 @@ async def test_enrolment_results_are_in_the_chain(
     (event,) = [e.event for e in chain if e.event.type == "device.enrollment_result"]
     assert (event.actor, event.outcome, event.reason) == ("registry", "rejected", "token_reused")
     assert event.subject == result.device_id and event.ref_id == enrolment
-    assert event.detail["field"] == "body.token" and event.detail["key_id"] == "07" * 16
+    assert event.detail["field"] == "body.token_id" and event.detail["key_id"] == "07" * 16

@@ -47,6 +47,7 @@ async def test_enrol_20_revoke_one_rotate_another(
     )
     # Rotation: a new key for ids[1] is refused until an operator authorises it.
     new_key = generate_key()
+    current = fleet.devices[ids[1]].signer
     rotated = fleet.add(ids[1], None, key=new_key)
     rotated.enrol()
     # A device may leave by itself (signed deregistration).
@@ -54,7 +55,10 @@ async def test_enrol_20_revoke_one_rotate_another(
     await audit_events(kafka, keys_dir, lambda ev: any(e.reason == "key_mismatch" for e in ev))
     await operator.send_command(kafka, operator_id, RegistryCommand("rotate_key", ids[1], (), 2**42, {}))
     await audit_events(kafka, keys_dir, lambda ev: any(e.event == "device.rotation_authorised" for e in ev))
+    # The window alone is not enough: the current key must vouch for the new one.
     rotated.enrol()
+    await audit_events(kafka, keys_dir, lambda ev: any(e.reason == "rotation_unproven" for e in ev))
+    rotated.enrol(previous=current)
 
     def settled(v: operator.FleetView) -> bool:
         return (

@@ -14,13 +14,14 @@ import pytest
 from devstack import launcher
 from devstack.servers import Kafka
 from devstack.settings import StackSettings
+from edge.runtime import enrolment
 from qflare import operator
 from qflare.crypto import generate_key
 from qflare.identity import Identity
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import seal
 from qflare.protocol.control import AuditEvent, RegistryCommand
-from qflare.protocol.devices import Enrollment, Heartbeat
+from qflare.protocol.devices import Heartbeat
 from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, read_topic
 
 
@@ -76,7 +77,7 @@ async def test_each_bad_input_is_rejected_audited_and_counted(
     forged_dev = fleet.add(f"bs-{unique}", tokens[2])
     record = bytearray(
         seal(
-            Enrollment(forged_dev.device_id, forged_dev.key.public_key, token=tokens[2]),
+            enrolment(forged_dev.device_id, forged_dev.key.public_key, tokens[2], kafka.deployment_id),
             forged_dev.signer,
             fleet.topics.enrollments.channel,
             sender=forged_dev.device_id,

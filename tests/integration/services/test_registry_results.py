@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from edge.enrolment import EnrollmentRefused, EnrollmentResults
+from edge.runtime import enrolment
 from qflare import operator
 from qflare.crypto import KeyFile, generate_key
 from qflare.identity import Identity, TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import seal
-from qflare.protocol.devices import Enrollment
 from qflare.protocol.envelope import new_message_id
 from tests.integration.services.harness import Fleet, RegistryProcess
 
@@ -64,7 +64,7 @@ async def test_each_enrolment_gets_a_signed_result_with_its_reason(
 
     # Rejected: another device presents the token already used.
     refused = await _refused(fleet, results, f"dev-{unique}-b", t1)
-    assert (refused.registry_reason, refused.field) == ("token_reused", "body.token")
+    assert (refused.registry_reason, refused.field) == ("token_reused", "body.token_id")
     assert t1 not in str(refused)  # every device may read results: tokens are never echoed
 
     # The existing id again, same key, with a fresh token: accepted, nothing changed, token unused.
@@ -95,7 +95,7 @@ async def test_stale_enrolment_is_answered_and_unverified_records_are_not(
     (token,) = await operator.issue_tokens(kafka, operator_id, 1, 600, {}, keys_dir=keys_dir)
     device_id = f"dev-{unique}-clock"
     key = generate_key()
-    body = Enrollment(device_id, key.public_key, token=token)
+    body = enrolment(device_id, key.public_key, token, kafka.deployment_id)
     producer = make_producer(kafka)
     await producer.start()
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from qflare.crypto import Signer, signature_backend
-from qflare.crypto.base import MLKEM768_PUBLIC_KEY_BYTES
+from qflare.crypto.base import MLDSA65_SIGNATURE_BYTES, MLKEM768_PUBLIC_KEY_BYTES
 from qflare.protocol import Body, Channel, Decoder, KeyRing, Tensor
 from qflare.protocol.control import AuditEvent, AuditHead, JobCommand, RegistryCommand
 from qflare.protocol.devices import (
@@ -59,13 +59,21 @@ def sample_bodies() -> list[Body]:
     pk = SIGNER.public_key
     return [
         Enrollment(
-            "dev-1", pk, kem_public_key=b"\x01" * MLKEM768_PUBLIC_KEY_BYTES, token="t", labels={"a": "b"}
+            "dev-1",
+            pk,
+            kem_public_key=b"\x01" * MLKEM768_PUBLIC_KEY_BYTES,
+            token_id=b"\x0a" * 16,
+            token_mac=b"\x0b" * 32,
+            rotation_proof=b"\x0c" * MLDSA65_SIGNATURE_BYTES,
+            labels={"a": "b"},
         ),
         EnrollmentResult(
-            "dev-1", b"\x08" * 16, b"\x09" * 16, "rejected", "token_reused", "body.token", "used"
+            "dev-1", b"\x08" * 16, b"\x09" * 16, "rejected", "token_reused", "body.token_id", "used"
         ),
         Heartbeat("dev-1", 7, "training", {"cpu": 0.5}),
-        Device("dev-1", "active", pk, enrolled_ms=NOW - 10, updated_ms=NOW, labels={"zone": "eu"}),
+        Device(
+            "dev-1", "active", pk, enrolled_ms=NOW - 10, updated_ms=NOW, revision=3, labels={"zone": "eu"}
+        ),
         DeviceHealth("dev-1", "online", NOW),
         Deregistration("dev-1", "retired"),
         RoundTask("job-1", 3, 2, "fedavg", ("dev-1", "dev-2"), NOW + 60_000, 1, 4, {"lr": 0.01, "epochs": 1}),
@@ -76,6 +84,7 @@ def sample_bodies() -> list[Body]:
         AuditHead("demo-1.", 42, b"\x08" * 32, NOW),
         JobCommand("job-1", "start", {"rounds": 10, "strategy": {"name": "fedprox", "proximal_mu": 0.01}}),
         RegistryCommand("issue_tokens", None, (b"\x06" * 32, b"\x07" * 32), NOW + 3_600_000, {"site": "lab"}),
+        RegistryCommand("rotate_key", "dev-1", (), NOW + 600_000, {}, b"\x0d" * 16),
         ModelChunk("model_update", 100, 0, b"\x04" * 32, b"\x05" * 10),
     ]
 

@@ -201,10 +201,21 @@ func cmdSign(args []string) error {
 		return err
 	}
 
+	// The token never travels: its id and a MAC over the scope, device id and key id do (§7).
+	// The proof shows a rotation from the signer's key to the device key.
+	tokenKey := qflare.TokenKey("go-token")
+	tokenID, newKeyID := qflare.TokenID(tokenKey), qflare.KeyID(dk.PublicBytes())
+	proof, err := sk.RotationProof("go.", *devOwner, newKeyID[:])
+	if err != nil {
+		return err
+	}
 	enrol, err := qflare.EncodeBody("enrollment", qflare.MapOf(
 		qflare.E("device_id", qflare.Str(*devOwner)), qflare.E("public_key", qflare.Bin(dk.PublicBytes())),
 		qflare.E("sig_alg", qflare.Str(qflare.SigAlg)), qflare.E("kem_public_key", qflare.Bin(kemPub)),
-		qflare.E("token", qflare.Str("go-token")), qflare.E("labels", qflare.MapOf(qflare.E("site", qflare.Str("go"))))))
+		qflare.E("token_id", qflare.Bin(tokenID[:])),
+		qflare.E("token_mac", qflare.Bin(qflare.TokenMAC(tokenKey, "go.", *devOwner, newKeyID[:]))),
+		qflare.E("rotation_proof", qflare.Bin(proof)),
+		qflare.E("labels", qflare.MapOf(qflare.E("site", qflare.Str("go"))))))
 	if err != nil {
 		return err
 	}
