@@ -64,6 +64,8 @@ FLOWS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "updates": (frozenset({"device"}), frozenset({"aggregator"})),
     "rounds_complete": (frozenset({"aggregator"}), frozenset({"scheduler", "device"})),
     "audit": (frozenset(SERVICES), frozenset()),
+    # Signed chain heads: only the audit service vouches for its chain (verify reads as admin).
+    "audit_heads": (frozenset({"audit"}), frozenset({"audit"})),
     # The scheduler re-queues "resume" for its own jobs; operators write through ``admin``.
     "jobs": (frozenset({"scheduler"}), frozenset({"scheduler", "aggregator"})),
     "registry_control": (frozenset(), frozenset({"registry"})),
