@@ -41,6 +41,11 @@ class ServiceSettings(BaseSettings):
     identity: str
     #: Where Prometheus scrapes ``/metrics``.
     metrics_port: Port
+    #: Poison-record policy (``qflare.poison.Tally``): per topic, sender and reason, the first
+    #: ``rejection_reports_per_window`` rejections of each window are audited one by one; the
+    #: rest are counted and audited as one summary when the window ends.
+    rejection_window_s: float = Field(default=60.0, gt=0)
+    rejection_reports_per_window: int = Field(default=5, ge=1)
 
 
 class BatchServiceSettings(ServiceSettings):
