@@ -25,8 +25,8 @@ from devstack import launcher
 from devstack.settings import StackSettings
 from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
-from qflare import operator
-from qflare.errors import ProtocolError, QflareError, StackError
+from qflare import operator, poison
+from qflare.errors import QflareError, StackError
 from qflare.fl import JobSpec
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, trusted_ring
 from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
@@ -256,7 +256,9 @@ class Run:
             return None
         try:
             msg = decoder.decode(value)
-        except ProtocolError:
+        except Exception as exc:  # whatever a record holds, the demo goes on (qflare.poison)
+            if poison.retry(exc):
+                raise
             return None
         body = msg.body
         if (

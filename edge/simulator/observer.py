@@ -13,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from qflare import poison
 from qflare.errors import ProtocolError
 from qflare.kafka import KafkaSettings, assign_from_start, make_admin, make_consumer, partitions
 from qflare.protocol import Decoder, KeyRing, topics
@@ -53,7 +54,12 @@ class FleetObserver:
         batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
         for records in batches.values():
             for record in records:
-                self._apply(record.value)
+                try:
+                    self._apply(record.value)
+                except Exception as exc:  # whatever a record holds, the observer goes on (qflare.poison)
+                    if poison.retry(exc):
+                        raise
+                    self.rejected += 1
 
     def _apply(self, value: bytes | None) -> None:
         if value is None:

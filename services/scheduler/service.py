@@ -21,7 +21,7 @@ from typing import Any
 import faust
 import structlog
 
-from qflare import health, metrics
+from qflare import health, metrics, poison
 from qflare.clock import now_ms
 from qflare.errors import ConfigError, ProtocolError
 from qflare.fl import JobSpec
@@ -60,6 +60,9 @@ def _record_of(stream: faust.StreamT[bytes]) -> _Record:
 class Scheduler:
     def __init__(self, cfg: SchedulerSettings, kafka: KafkaSettings, identity: Identity, fence: int) -> None:
         self.cfg = cfg
+        self.tally = poison.Tally(
+            SERVICE, window_s=cfg.rejection_window_s, reports_per_window=cfg.rejection_reports_per_window
+        )
         self.t = topics(kafka.topic_prefix)
         self.identity = identity
         self.fence = fence
@@ -109,39 +112,66 @@ class Scheduler:
         health.set_status(SERVICE, "ready")
 
     # -- inputs ----------------------------------------------------------------
+    # Poison records (qflare.poison): whatever a record holds, an agent rejects it and goes on.
+    # An exception that left an agent would crash the worker, and it would meet the same record
+    # again after every restart; only a transient error may leave.
     def _decode(self, value: bytes | None, topic: str) -> Any:
         if value is None:
             return None
         try:
             return self.decoder.decode(value)
         except ProtocolError as exc:
-            metrics.REJECTED.labels(SERVICE, topic, exc.reason).inc()
-            log.warning("rejected", topic=topic, reason=exc.reason, error=str(exc))
+            self._reject(topic, exc, None)
             return None
+
+    def _reject(self, topic: str, exc: BaseException, source: str | None) -> None:
+        """Count and log one refused record, rate-limited (the scheduler writes no audit events)."""
+        refused = poison.rejection(exc)
+        if self.tally.note(topic, source, refused.reason):
+            metrics.REJECTED.labels(SERVICE, topic, refused.reason).inc()
+            log.warning("rejected", topic=topic, reason=refused.reason, error=str(refused))
+        for summary in self.tally.due():
+            log.warning("rejections summarised", source=summary.source, **summary.detail())
 
     async def _health_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            msg = self._decode(value, self.t.health.name)
-            if msg is not None and isinstance(msg.body, DeviceHealth) and msg.header.sender == "registry":
-                self.health[msg.body.device_id] = msg.body.state
+            try:
+                msg = self._decode(value, self.t.health.name)
+                if msg is not None and isinstance(msg.body, DeviceHealth) and msg.header.sender == "registry":
+                    self.health[msg.body.device_id] = msg.body.state
+            except Exception as exc:
+                if poison.retry(exc):
+                    raise
+                self._reject(self.t.health.name, exc, None)
 
     async def _devices_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            msg = self._decode(value, self.t.devices.name)
-            if msg is not None and isinstance(msg.body, Device) and msg.header.sender == "registry":
-                self.status[msg.body.device_id] = msg.body.status
+            try:
+                msg = self._decode(value, self.t.devices.name)
+                if msg is not None and isinstance(msg.body, Device) and msg.header.sender == "registry":
+                    self.status[msg.body.device_id] = msg.body.status
+            except Exception as exc:
+                if poison.retry(exc):
+                    raise
+                self._reject(self.t.devices.name, exc, None)
 
     async def _progress_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            msg = self._decode(value, "control")
-            if msg is None:
-                continue
-            body = msg.body
-            if isinstance(body, JobCommand) and msg.header.sender in ("operator", self.identity.name):
-                await self._command(body)
-            elif isinstance(body, RoundComplete) and msg.header.sender == "aggregator":
-                with process_span(_record_of(stream), group=self.app.conf.id):
-                    await self._completed(body)
+            msg = None
+            try:
+                msg = self._decode(value, "control")
+                if msg is None:
+                    continue
+                body = msg.body
+                if isinstance(body, JobCommand) and msg.header.sender in ("operator", self.identity.name):
+                    await self._command(body)
+                elif isinstance(body, RoundComplete) and msg.header.sender == "aggregator":
+                    with process_span(_record_of(stream), group=self.app.conf.id):
+                        await self._completed(body)
+            except Exception as exc:
+                if poison.retry(exc):
+                    raise
+                self._reject("control", exc, None if msg is None else msg.header.sender)
 
     # -- the state machine -------------------------------------------------------
     async def _command(self, cmd: JobCommand) -> None:
