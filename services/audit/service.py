@@ -285,7 +285,8 @@ class AuditService(BatchLoop):
                     head = (mark.seq, mark.hash)
             if not one_by_one:
                 await self.store.append(entries)
-            await self.store.save_offsets(moved)
+            if moved:
+                await self.store.save_offsets(moved)
         return entries, head
 
     async def _append_one(self, head: tuple[int, bytes], entry: Entry) -> Entry:

@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
 
-from qflare.kafka import KafkaSettings
+from qflare.kafka import KafkaSettings, make_admin, make_consumer, partitions
 from qflare.protocol import Tensor, seal, wire
 from qflare.protocol.envelope import Chunk, new_message_id, seal_parts
 from qflare.protocol.limits import MIB
@@ -33,6 +35,7 @@ from tests.integration.services.aggregator_harness import (
     rejections,
     round_results,
 )
+from tests.integration.services.harness import audit_events
 
 HUGE = (1 << 31) - 1
 
@@ -123,3 +126,41 @@ async def test_poison_records_do_not_stop_the_aggregator_and_the_round_completes
     assert all(e.subject is None or "\x00" not in e.subject for events in found.values() for e in events)
     # 300 garbage records cost a bounded number of audit events (the rest are counted in summaries).
     assert sum(len(v) for v in found.values()) < 40
+
+
+async def test_an_offset_gap_in_the_updates_topic_is_audited(
+    kafka: KafkaSettings, keys_dir: Path, plane: ControlPlane, aggregator: AggregatorProcess
+) -> None:
+    updates = plane.topics.updates.name
+    await plane.send(updates, "k", b"\x93first, refused")  # the aggregator stores its position past it
+    await rejections(kafka, keys_dir, lambda by: "schema" in by)
+    aggregator.stop()
+
+    for i in range(3):  # arrive while it is down, and are deleted before it reads them
+        await plane.send(updates, "k", b"\x93lost " + bytes([i]))
+    probe = make_consumer(kafka, group_id=None)
+    await probe.start()
+    try:
+        ends = await probe.end_offsets(partitions(plane.topics.updates))
+    finally:
+        await probe.stop()
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        deleting = {tp: RecordsToDelete(end) for tp, end in ends.items() if end}
+        await admin.delete_records(deleting, timeout_ms=30_000)
+    finally:
+        await admin.close()
+
+    aggregator.start()
+    events = await audit_events(
+        kafka, keys_dir, lambda ev: any(e.source == "aggregator" and e.event == "offset.gap" for e in ev)
+    )
+    (gap,) = [e for e in events if e.source == "aggregator" and e.event == "offset.gap"]
+    assert gap.subject == updates and gap.severity == "critical"
+    assert gap.detail["skipped"] == 3
+    partition = gap.detail["partition"]
+    assert isinstance(partition, int)
+    tp = TopicPartition(updates, partition)
+    assert gap.detail["resumed_offset"] == ends[tp] and gap.detail["first_offset"] == ends[tp] - 3
+    assert aggregator.alive

@@ -121,3 +121,29 @@ async def test_an_offset_gap_is_audited_with_the_skipped_range(
     tp = TopicPartition(t.audit.name, gap.detail["partition"])
     assert gap.detail["resumed_offset"] == ends[tp]
     assert not any(e.subject and e.subject.startswith("lost-") for e in got)
+
+
+async def test_an_entry_the_database_refuses_is_replaced_and_its_batch_kept(
+    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings
+) -> None:
+    # A signed event whose detail names a round past PostgreSQL's bigint: the insert fails for
+    # good (NumericValueOutOfRange). Before, the batch's transaction failed and audit exited on
+    # it at every restart; now that one entry is replaced by an entry saying so.
+    t = plane.topics
+    before = AuditEvent("device.revoked", "info", "registry", subject="kept-before")
+    huge = AuditEvent("round.note", "info", "registry", subject="huge", detail={"round": 2**64 - 1})
+    after = AuditEvent("device.revoked", "info", "registry", subject="kept-after")
+    records = [plane.seal("registry", body) for body in (before, huge, after)]
+    await plane.send(t.audit.name, "registry", *records)
+
+    got = [
+        e.event
+        for e in await wait_chain(
+            kafka.topic_prefix, lambda es: any(e.event.subject == "kept-after" for e in es)
+        )
+    ]
+    assert [e.subject for e in got if e.type == "device.revoked"] == ["kept-before", "kept-after"]
+    (stand_in,) = [e for e in got if e.type == "entry.unstorable"]
+    assert stand_in.reason == "store_refused" and stand_in.source_topic == t.audit.name
+    assert "NumericValueOutOfRange" in stand_in.detail["error"]
+    assert audit.alive and audit.starts == 1
