@@ -133,7 +133,7 @@ async def test_an_offset_gap_in_the_updates_topic_is_audited(
 ) -> None:
     updates = plane.topics.updates.name
     await plane.send(updates, "k", b"\x93first, refused")  # the aggregator stores its position past it
-    await rejections(kafka, keys_dir, lambda by: "schema" in by)
+    await rejections(kafka, keys_dir, lambda by: "limit" in by)
     aggregator.stop()
 
     for i in range(3):  # arrive while it is down, and are deleted before it reads them
