@@ -121,10 +121,11 @@ class Reassembler:
     ) -> None:
         self.decoder = decoder
         self.max_bytes_in_flight = max_bytes_in_flight
-        # A sender's streams may hold a quarter of the memory by default: one device that
-        # declares huge streams and trickles a chunk now and then cannot shut out the others.
+        # A sender's streams may hold half the memory by default (one body of the message limit):
+        # one device that declares huge streams and trickles a chunk now and then cannot shut out
+        # the others. A receiver that knows its senders' sizes sets less (the aggregator does).
         self.max_bytes_per_sender = (
-            max_bytes_in_flight // 4 if max_bytes_per_sender is None else max_bytes_per_sender
+            max_bytes_in_flight // 2 if max_bytes_per_sender is None else max_bytes_per_sender
         )
         # Keeping a stream alive with a chunk per timeout does not keep it forever.
         self.lifetime_ms = lifetime_ms

@@ -111,6 +111,8 @@ async def test_poison_records_do_not_stop_the_aggregator_and_the_round_completes
     await plane.producer.flush()
     for _ in range(2):
         await plane.send(updates, bad.device_id, _flood_chunk(bad, 256 * MIB))
+    # A selected device declaring a stream that cannot be the job's model: refused before any buffer.
+    await plane.send(updates, good[0].device_id, _flood_chunk(good[0], 8 * MIB))
 
     # The honest devices' updates, one of them chunked, still count.
     await plane.send(updates, good[0].device_id, *good[0].update(job, 1, 0, perturbed(1), 100))
@@ -122,7 +124,7 @@ async def test_poison_records_do_not_stop_the_aggregator_and_the_round_completes
     assert done.status == "completed" and sorted(done.included) == sorted(d.device_id for d in good)
     assert aggregator.alive and aggregator.starts == 1
 
-    found = await rejections(kafka, keys_dir, lambda by: "limit" in by and "quota" in by)
+    found = await rejections(kafka, keys_dir, lambda by: {"limit", "quota", "shape"} <= set(by))
     assert all(e.subject is None or "\x00" not in e.subject for events in found.values() for e in events)
     # 300 garbage records cost a bounded number of audit events (the rest are counted in summaries).
     assert sum(len(v) for v in found.values()) < 40
