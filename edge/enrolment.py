@@ -21,7 +21,8 @@ from collections import OrderedDict
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from qflare.errors import ProtocolError, QflareError, Reason
+from qflare import poison
+from qflare.errors import QflareError, Reason
 from qflare.kafka import KafkaSettings, make_consumer
 from qflare.protocol import Decoder
 from qflare.protocol.decoder import KeyLookup
@@ -69,6 +70,7 @@ class EnrollmentResults:
             registry_keys, deployment=self.spec.deployment, allowed_types=self.spec.types, max_age_ms=None
         )
         self._seen: OrderedDict[_Key, EnrollmentResult] = OrderedDict()
+        self._tally = poison.Tally("edge")
         self._waiting: dict[_Key, asyncio.Future[EnrollmentResult]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -131,15 +133,20 @@ class EnrollmentResults:
         while True:
             for records in (await self._consumer.getmany(timeout_ms=500)).values():
                 for record in records:
-                    if record.value is not None:
+                    if record.value is None:
+                        continue
+                    try:
                         self._accept(record.value, record.topic)
+                    except Exception as exc:  # whatever a record holds, the device goes on (qflare.poison)
+                        if poison.retry(exc):
+                            raise
+                        refused = poison.rejection(exc)
+                        if self._tally.note(record.topic, None, refused.reason):
+                            log.warning("ignored enrolment result", reason=refused.reason, error=str(refused))
 
     def _accept(self, value: bytes, topic: str) -> None:
-        try:
-            msg = self.decoder.decode(value, topic)
-        except ProtocolError as exc:
-            log.warning("ignored enrolment result", reason=exc.reason, error=str(exc))
-            return
+        """Apply one enrolment result; raises for a record to ignore."""
+        msg = self.decoder.decode(value, topic)
         result = msg.body
         if not isinstance(result, EnrollmentResult) or msg.header.sender != self.registry:
             log.warning("ignored enrolment result", sender=msg.header.sender, reason="sender")

@@ -20,8 +20,9 @@ from opentelemetry.context import Context
 
 from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
 from edge.runtime import DeviceRuntime
+from qflare import poison
 from qflare.authority import allowed
-from qflare.errors import ConfigError, ProtocolError, SchemaError
+from qflare.errors import ConfigError, SchemaError
 from qflare.fl import TrainConfig
 from qflare.fl.job import builtin_model
 from qflare.kafka import KafkaSettings, replay
@@ -47,6 +48,8 @@ class RoundFollower:
     #: job id -> version -> weights (only the newest few versions are kept)
     models: dict[str, dict[int, list[npt.NDArray[Any]]]] = field(default_factory=dict)
     tasks: asyncio.Queue[RoundTask] = field(default_factory=asyncio.Queue)
+    #: Rate limit of the "ignored record" log lines (qflare.poison).
+    tally: poison.Tally = field(default_factory=lambda: poison.Tally("edge"))
 
     async def run(self) -> None:
         configure_tracing("edge")
@@ -61,7 +64,14 @@ class RoundFollower:
             while True:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
-                        self._accept(decoder, reassembler, record.value, record.topic, record.headers)
+                        try:
+                            self._accept(decoder, reassembler, record.value, record.topic, record.headers)
+                        except Exception as exc:  # whatever a record holds, the device goes on
+                            if poison.retry(exc):
+                                raise
+                            refused = poison.rejection(exc)
+                            if self.tally.note(record.topic, None, refused.reason):
+                                log.warning("ignored record", reason=refused.reason, error=str(refused))
 
     def _accept(
         self,
@@ -71,13 +81,10 @@ class RoundFollower:
         topic: str,
         headers: Any = None,
     ) -> None:
+        """Apply one record; raises for a record to ignore (``run`` counts and logs it)."""
         if value is None:
             return
-        try:
-            msg = reassembler.feed(decoder.decode(value, topic))
-        except ProtocolError as exc:
-            log.warning("ignored record", reason=exc.reason, error=str(exc))
-            return
+        msg = reassembler.feed(decoder.decode(value, topic))
         if msg is None:
             return
         body, sender = msg.body, msg.header.sender

@@ -46,6 +46,11 @@ class ServiceSettings(BaseSettings):
     metrics_port: Port
     #: A command (job or registry) older than this is refused: orders are for now, not for later.
     command_max_age_s: float = Field(default=900.0, gt=0)
+    #: Poison-record policy (``qflare.poison.Tally``): per topic, sender and reason, the first
+    #: ``rejection_reports_per_window`` rejections of each window are audited one by one; the
+    #: rest are counted and audited as one summary when the window ends.
+    rejection_window_s: float = Field(default=60.0, gt=0)
+    rejection_reports_per_window: int = Field(default=5, ge=1)
 
 
 class BatchServiceSettings(ServiceSettings):

@@ -56,7 +56,28 @@ class Reason(StrEnum):
         "This exact message (sender, id) was already accepted or included.",
     )
     CHUNK = "chunk", DECODER, "Chunks of one stream disagree with each other or with the reassembled body."
-    CHUNK_TIMEOUT = "chunk_timeout", DECODER, "A chunk stream was evicted before all its chunks arrived."
+    CHUNK_TIMEOUT = (
+        "chunk_timeout",
+        DECODER,
+        "A chunk stream was evicted before all its chunks arrived (idle too long, or past its lifetime).",
+    )
+    QUOTA = (
+        "quota",
+        "decoder, aggregator",
+        "The sender's share of the chunk-reassembly memory is used up by its other open streams.",
+    )
+
+    # -- the poison-record policy (every consumer) ------------------------------------
+    UNHANDLED = (
+        "unhandled",
+        "every consumer",
+        "Handling the record raised an error with no finer label; the record was skipped, not retried.",
+    )
+    STORE_REFUSED = (
+        "store_refused",
+        "every consumer with a store",
+        "The database refused for good to store what the record holds; the record was skipped.",
+    )
 
     # -- who may send what ---------------------------------------------------------
     SENDER_MISMATCH = (

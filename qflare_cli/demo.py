@@ -25,9 +25,9 @@ from devstack import launcher
 from devstack.settings import StackSettings
 from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
-from qflare import operator
+from qflare import operator, poison
 from qflare.crypto import read_key
-from qflare.errors import ProtocolError, QflareError, StackError
+from qflare.errors import QflareError, StackError
 from qflare.fl import JobSpec
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, init_identities, trusted_ring
 from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
@@ -265,7 +265,9 @@ class Run:
             return None
         try:
             msg = decoder.decode(value, topic)
-        except ProtocolError:
+        except Exception as exc:  # whatever a record holds, the demo goes on (qflare.poison)
+            if poison.retry(exc):
+                raise
             return None
         body = msg.body
         if (

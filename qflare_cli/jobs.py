@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qflare import operator
-from qflare.errors import ProtocolError, QflareError
+from qflare import operator, poison
+from qflare.errors import QflareError
 from qflare.fl import STRATEGIES, FedProxParams, JobSpec
 from qflare.fl.job import BUILTIN
 from qflare.identity import TrustedKeys
@@ -174,7 +174,9 @@ async def _history(
         async for record in read_to_end(consumer):
             try:
                 body = decoder.decode(record.value, record.topic).body if record.value else None
-            except ProtocolError:
+            except Exception as exc:  # whatever a record holds, the listing goes on (qflare.poison)
+                if poison.retry(exc):
+                    raise
                 continue
             if isinstance(body, RoundTask) and body.job_id == job_id:
                 opened[body.round] = body

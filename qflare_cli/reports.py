@@ -13,7 +13,8 @@ from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 
-from qflare.errors import ProtocolError, Rejected, UnknownKeyError
+from qflare import poison
+from qflare.errors import Rejected, UnknownKeyError
 from qflare.fl import StrategyParams
 from qflare.kafka import KafkaSettings, make_consumer
 from qflare.keys import Revisions
@@ -103,7 +104,9 @@ class DeviceReports:
     def _device(self, record: ConsumerRecord[Any, Any]) -> None:
         try:
             msg = self.registry.decode(record.value, record.topic) if record.value is not None else None
-        except ProtocolError:
+        except Exception as exc:  # whatever a record holds, the report goes on (qflare.poison)
+            if poison.retry(exc):
+                raise
             return
         if msg is None or msg.header.sender != REGISTRY:
             return  # only the registry vouches for a device's key
@@ -124,8 +127,10 @@ class DeviceReports:
         except UnknownKeyError:
             self._waiting.append(value)
             return
-        except ProtocolError:
-            return  # what the aggregator refuses is not a report either
+        except Exception as exc:  # what the aggregator refuses is not a report either
+            if poison.retry(exc):
+                raise
+            return
         if msg is not None and isinstance(msg.body, ModelUpdate) and msg.body.job_id == self.job_id:
             update = msg.body
             if update.device_id == msg.header.sender:

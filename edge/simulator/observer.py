@@ -13,6 +13,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
+from qflare import poison
 from qflare.errors import ProtocolError
 from qflare.kafka import KafkaSettings, assign_from_start, make_admin, make_consumer, partitions
 from qflare.keys import Revisions, refuse_tombstone
@@ -60,7 +61,12 @@ class FleetObserver:
         batches = await self.consumer.getmany(timeout_ms=200, max_records=5000)
         for records in batches.values():
             for record in records:
-                self._apply(record.value, record.topic)
+                try:
+                    self._apply(record.value, record.topic)
+                except Exception as exc:  # whatever a record holds, the observer goes on (qflare.poison)
+                    if poison.retry(exc):
+                        raise
+                    self.rejected += 1
 
     def _apply(self, value: bytes | None, topic: str) -> None:
         try:

@@ -6,8 +6,12 @@ before it touches reassembly memory. Chunks of one body share a stream id
 signed header; the chunk body carries the slice, its offset, and the size and
 SHA-256 of the whole body, checked once the last slice is in.
 
-The ``Reassembler`` bounds memory (bytes in flight, number of streams) and
-time (streams idle past ``timeout_ms`` are evicted and reported).
+The ``Reassembler`` bounds memory (bytes in flight in all and per sender,
+number of streams in all and per sender) and time (streams idle past
+``timeout_ms``, or open longer than ``lifetime_ms`` however busy, are evicted
+and reported). A receiver that knows what size a stream may declare (the
+aggregator knows each job's model layout) passes ``admit`` to refuse any
+other size before the stream holds memory.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 
 from qflare.clock import now_ms
 from qflare.crypto.base import Signer
-from qflare.errors import ChunkError, ChunkTimeoutError, LimitError, ProtocolError, SchemaError
+from qflare.errors import ChunkError, ChunkTimeoutError, LimitError, ProtocolError, Rejected, SchemaError
 from qflare.protocol import wire
 from qflare.protocol.body import Body
 from qflare.protocol.channel import Channel
@@ -28,6 +32,7 @@ from qflare.protocol.decoder import Decoder, Message
 from qflare.protocol.envelope import Chunk, Header, new_message_id, seal_parts
 from qflare.protocol.limits import DEFAULT_LIMITS, MIB, Limits
 from qflare.protocol.messages import ModelChunk
+from qflare.reasons import Reason
 
 #: Room for the chunk body's own fields around the slice.
 _CHUNK_FRAMING = 1024
@@ -96,6 +101,8 @@ class _Stream:
     count: int
     buffer: bytearray
     last_ms: int
+    #: When the stream was opened: its absolute lifetime counts from here, not from the last chunk.
+    opened_ms: int
     #: index -> (offset, length) of each slice received.
     slices: dict[int, tuple[int, int]] = field(default_factory=dict)
 
@@ -111,11 +118,24 @@ class Reassembler:
         max_streams: int = 64,
         max_streams_per_sender: int = 4,
         timeout_ms: int = 120_000,
+        lifetime_ms: int = 600_000,
+        max_bytes_per_sender: int | None = None,
+        admit: Callable[[Message, ModelChunk], None] | None = None,
         remember_completed: int = 4096,
         clock: Callable[[], int] | None = None,
     ) -> None:
         self.decoder = decoder
         self.max_bytes_in_flight = max_bytes_in_flight
+        # A sender's streams may hold half the memory by default (one body of the message limit):
+        # one device that declares huge streams and trickles a chunk now and then cannot shut out
+        # the others. A receiver that knows its senders' sizes sets less (the aggregator does).
+        self.max_bytes_per_sender = (
+            max_bytes_in_flight // 2 if max_bytes_per_sender is None else max_bytes_per_sender
+        )
+        # Keeping a stream alive with a chunk per timeout does not keep it forever.
+        self.lifetime_ms = lifetime_ms
+        #: Raises (a ``ProtocolError``) to refuse a stream whose declared size or round does not fit.
+        self.admit = admit
         self.max_streams = max_streams
         # One misbehaving (but authenticated) device must not take every slot.
         self.max_streams_per_sender = max_streams_per_sender
@@ -126,6 +146,8 @@ class Reassembler:
         self._remember = remember_completed
         self._timeouts: list[ChunkTimeoutError] = []
         self.bytes_in_flight = 0
+        self._sender_bytes: dict[str, int] = {}
+        self._evicted: list[tuple[str, bytes]] = []
 
     @property
     def streams(self) -> int:
@@ -147,13 +169,23 @@ class Reassembler:
         out, self._timeouts = self._timeouts, []
         return out
 
+    def drain_evicted(self) -> list[tuple[str, bytes]]:
+        """(sender, stream) of the streams evicted since the last call, e.g. to forget their offsets."""
+        self.expire()
+        out, self._evicted = self._evicted, []
+        return out
+
     def expire(self) -> None:
-        cutoff = self.clock() - self.timeout_ms
-        for key in [k for k, s in self._streams.items() if s.last_ms < cutoff]:
+        now = self.clock()
+        cutoff, born = now - self.timeout_ms, now - self.lifetime_ms
+        for key in [k for k, s in self._streams.items() if s.last_ms < cutoff or s.opened_ms < born]:
             stream = self._drop(key)
+            if len(self._evicted) < self._remember:  # bounded for callers that never drain it
+                self._evicted.append(key)
             got = f"{len(stream.slices)}/{stream.count}"
+            why = "timed out" if stream.last_ms < cutoff else "outlived its lifetime"
             exc = ChunkTimeoutError(
-                f"stream {key[1].hex()} from {key[0]!r} timed out at {got} chunks", field="chunk.stream"
+                f"stream {key[1].hex()} from {key[0]!r} {why} at {got} chunks", field="chunk.stream"
             )
             self.decoder.count(exc)
             self._timeouts.append(exc)
@@ -161,6 +193,9 @@ class Reassembler:
     def _drop(self, key: tuple[str, bytes]) -> _Stream:
         stream = self._streams.pop(key)
         self.bytes_in_flight -= stream.body.size
+        left = self._sender_bytes.pop(key[0], 0) - stream.body.size
+        if left > 0:
+            self._sender_bytes[key[0]] = left
         return stream
 
     def _open(self, key: tuple[str, bytes], msg: Message, body: ModelChunk, count: int) -> _Stream:
@@ -178,9 +213,21 @@ class Reassembler:
             raise LimitError(
                 f"{body.size} more bytes would exceed {self.max_bytes_in_flight} in flight", field="body.size"
             )
-        stream = _Stream(msg.header, body, msg.channel, count, bytearray(body.size), self.clock())
+        held = self._sender_bytes.get(key[0], 0)
+        if held + body.size > self.max_bytes_per_sender:
+            raise Rejected(
+                Reason.QUOTA,
+                f"{key[0]!r} holds {held} bytes in open streams; {body.size} more exceed its "
+                f"{self.max_bytes_per_sender}",
+                field="body.size",
+            )
+        if self.admit is not None:
+            self.admit(msg, body)  # before the buffer exists: a refused size costs no memory
+        now = self.clock()
+        stream = _Stream(msg.header, body, msg.channel, count, bytearray(body.size), now, now)
         self._streams[key] = stream
         self.bytes_in_flight += body.size
+        self._sender_bytes[key[0]] = held + body.size
         return stream
 
     def _feed(self, msg: Message, chunk: Chunk) -> Message | None:

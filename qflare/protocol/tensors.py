@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from qflare.errors import NonFiniteTensorError, SchemaError, TensorError
+from qflare.errors import LimitError, NonFiniteTensorError, SchemaError, TensorError
 from qflare.protocol import wire
+from qflare.protocol.limits import DEFAULT_LIMITS
 
 #: wire tag -> in-memory numpy dtype. Only these tags are accepted.
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -34,6 +35,8 @@ KEYS = ("name", "dtype", "shape", "data")
 _MAX_DIM = (1 << 31) - 1
 #: More dimensions than any layer needs; bounds the shape array a peer can send.
 MAX_NDIM = 8
+#: Largest extent one tensor may declare: no reassembled body can carry more.
+MAX_TENSOR_BYTES = DEFAULT_LIMITS.max_message_bytes
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -102,10 +105,14 @@ class Tensor:
             raise NonFiniteTensorError("contains NaN or infinity", field=f"{where}.data")
 
 
-def decode_tensor(obj: object, *, where: str, max_ndim: int = MAX_NDIM) -> Tensor:
+def decode_tensor(
+    obj: object, *, where: str, max_ndim: int = MAX_NDIM, max_bytes: int = MAX_TENSOR_BYTES
+) -> Tensor:
     """Build a tensor from its decoded map without copying ``data``.
 
-    Wrong msgpack types are ``schema``; a dtype, shape or length that breaks §8 is ``tensor``.
+    Wrong msgpack types are ``schema``; a dtype, shape or length that breaks §8 is ``tensor``;
+    a shape whose extent (zero dimensions counted as 1) needs more than ``max_bytes`` is
+    ``limit``, refused before numpy sees it.
     """
     if not isinstance(obj, dict):
         raise SchemaError(f"expected a tensor map, got {type(obj).__name__}", field=where)
@@ -122,21 +129,33 @@ def decode_tensor(obj: object, *, where: str, max_ndim: int = MAX_NDIM) -> Tenso
     if len(shape) > max_ndim:
         raise TensorError(f"{len(shape)} dimensions exceed {max_ndim}", field=f"{where}.shape")
     count = 1
+    # The product of the non-zero dimensions: numpy refuses a shape whose extent overflows
+    # even when another dimension is 0 and the array holds no bytes, so it is bounded too.
+    extent = 1
     for i, dim in enumerate(shape):
         if not isinstance(dim, int) or isinstance(dim, bool):
             raise SchemaError(f"expected an int, got {type(dim).__name__}", field=f"{where}.shape[{i}]")
         if not 0 <= dim <= _MAX_DIM:
             raise TensorError(f"dimension {dim} is outside [0, {_MAX_DIM}]", field=f"{where}.shape[{i}]")
         count *= dim
+        extent *= max(dim, 1)
+    dtype = DTYPES[tag]
+    if extent * dtype.itemsize > max_bytes:
+        raise LimitError(
+            f"shape {shape} of {tag} spans {extent * dtype.itemsize} bytes, over {max_bytes}",
+            field=f"{where}.shape",
+        )
     if not isinstance(data, memoryview | bytes):
         raise SchemaError(f"expected bin, got {type(data).__name__}", field=f"{where}.data")
-    dtype = DTYPES[tag]
     if count * dtype.itemsize != len(data):
         raise TensorError(
             f"shape {shape} of {tag} needs {count * dtype.itemsize} bytes, got {len(data)}",
             field=f"{where}.data",
         )
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    except ValueError as exc:  # the bounds above should make this unreachable; never a crash
+        raise TensorError(f"shape {shape} does not fit the data: {exc}", field=f"{where}.shape") from exc
     return Tensor(name, tag, array)
 
 

@@ -144,6 +144,10 @@ class _Reader:
             out = str(self.buf[start : start + n], "utf-8")
         except UnicodeDecodeError as exc:
             raise SchemaError("string is not valid UTF-8", field=self.where()) from exc
+        if "\x00" in out:
+            # PostgreSQL text cannot hold NUL: a string that reached a store with one would make
+            # the insert fail for good, so no string with one gets past decoding.
+            raise SchemaError("string contains a NUL character", field=self.where())
         self.pos = start + n
         return out
 

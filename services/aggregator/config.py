@@ -21,3 +21,11 @@ class AggregatorSettings(BatchServiceSettings):
     chunk_timeout_s: float = Field(default=120.0, gt=0)
     #: Chunked updates reassembled at once (each holds its body in memory until complete).
     max_open_streams: int = Field(default=256, ge=1)
+    #: A chunked update not complete this long after its first chunk is dropped, however busy.
+    chunk_lifetime_s: float = Field(default=600.0, gt=0)
+    #: Memory all chunked updates being reassembled may hold, and one device's share of it.
+    max_stream_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    max_stream_bytes_per_sender: int = Field(default=64 * 1024 * 1024, ge=1024)
+    #: Room for an update body's own fields around its tensor bytes (names, shapes, metrics):
+    #: a declared stream size must lie within this of the job's model layout.
+    update_framing_bytes: int = Field(default=256 * 1024, ge=0)

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from qflare import poison
 from qflare.authority import authorise, check_command
 from qflare.clock import now_ms
 from qflare.errors import ProtocolError, QflareError, Rejected, ReplayError
@@ -114,10 +115,12 @@ class Control:
             self.keys.apply(msg.body)
         except ReplayError:
             return  # the registry re-sent a record (its outbox after a crash): harmless, already applied
-        except (ProtocolError, Rejected) as exc:
+        except Exception as exc:  # whatever one record holds, it is one rejection
+            if poison.retry(exc):
+                raise
             # Not checkpointed: the topic is replayed at each start, so the report repeats then.
             async with self.store.conn.transaction():
-                await self._reject(record, exc)
+                await self._reject(record, poison.rejection(exc))
             await self.out.flush_outbox()
 
     # --- job commands and round tasks ----------------------------------------------------
@@ -130,8 +133,10 @@ class Control:
             if record.value is None:
                 raise Rejected(Reason.SCHEMA, "record has no value", field="$")
             msg = self.decoders[record.topic].decode(record.value, record.topic)
-        except (ProtocolError, Rejected) as exc:
-            msg = exc
+        except Exception as exc:  # whatever one record holds, it is one rejection
+            if poison.retry(exc):
+                raise
+            msg = poison.rejection(exc)
         if isinstance(msg, Message) and isinstance(msg.body, RoundTask):
             await self._close_overdue(msg.body.job_id)
         async with self.store.conn.transaction():
@@ -146,8 +151,10 @@ class Control:
                         await self._job(msg, msg.body)
                     elif isinstance(msg.body, RoundTask):
                         await self._round(msg, msg.body)
-            except (ProtocolError, Rejected) as exc:
-                await self._reject(record, exc)
+            except Exception as exc:  # the savepoint undid what the record changed; report it
+                if poison.retry(exc):
+                    raise
+                await self._reject(record, poison.rejection(exc))
             await self.store.save_cursor(cursor)
         await self.out.flush_outbox()
 
@@ -275,9 +282,12 @@ class Control:
             job.fencing_token = token
 
     async def _reject(self, record: ConsumerRecord[Any, Any], exc: QflareError) -> None:
-        subject = record.key.decode(errors="replace") if record.key else None
         await self.out.queue_rejection(
-            exc, topic=record.topic, partition=record.partition, offset=record.offset, subject=subject
+            exc,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            subject=poison.record_key(record),
         )
 
 

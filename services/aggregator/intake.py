@@ -10,6 +10,7 @@ restart records below the checkpoint are skipped unless they belong to one.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -21,7 +22,8 @@ from qflare.keys import DeviceKeys
 from qflare.protocol import Decoder, Message, Reassembler
 from qflare.protocol.decoder import ReplayCache
 from qflare.protocol.envelope import parse_envelope
-from qflare.protocol.limits import Limits
+from qflare.protocol.limits import MIB, Limits
+from qflare.protocol.messages import ModelChunk
 from qflare.protocol.topics import TopicSpec
 from qflare.protocol.training import ModelUpdate
 from qflare.reasons import Reason
@@ -34,7 +36,17 @@ _REMEMBER_STREAMS = 4096
 
 class Intake:
     def __init__(
-        self, keys: DeviceKeys, spec: TopicSpec, limits: Limits, *, timeout_ms: int, max_streams: int
+        self,
+        keys: DeviceKeys,
+        spec: TopicSpec,
+        limits: Limits,
+        *,
+        timeout_ms: int,
+        max_streams: int,
+        lifetime_ms: int = 600_000,
+        max_bytes: int = 512 * MIB,
+        max_bytes_per_sender: int = 64 * MIB,
+        admit: Callable[[Message, ModelChunk], None] | None = None,
     ) -> None:
         self.keys = keys
         self.limits = limits
@@ -49,7 +61,14 @@ class Intake:
             replay=ReplayCache(max_entries=200_000),
         )
         self.reassembler = Reassembler(
-            self.decoder, timeout_ms=timeout_ms, max_streams=max_streams, remember_completed=_REMEMBER_STREAMS
+            self.decoder,
+            timeout_ms=timeout_ms,
+            lifetime_ms=lifetime_ms,
+            max_streams=max_streams,
+            max_bytes_in_flight=max_bytes,
+            max_bytes_per_sender=max_bytes_per_sender,
+            admit=admit,
+            remember_completed=_REMEMBER_STREAMS,
         )
         self._stream_bytes: dict[StreamKey, int] = {}
         self._finished: OrderedDict[StreamKey, None] = OrderedDict()
@@ -87,12 +106,19 @@ class Intake:
         return msg, size
 
     def expire(self, cursors: list[Cursor]) -> list[ChunkTimeoutError]:
-        """Drop chunk streams idle past the timeout; returns the reassembler's reports of them."""
+        """Drop chunk streams idle past the timeout or open past their lifetime; returns the
+        reassembler's reports of them."""
         cutoff = now_ms() - self.reassembler.timeout_ms
+        timeouts = self.reassembler.drain_timeouts()
+        evicted = self.reassembler.drain_evicted()
         for cursor in cursors:
             for key in cursor.expire(cutoff):
                 self._stream_bytes.pop(key, None)
-        return self.reassembler.drain_timeouts()
+            # A stream evicted for its age (however busy) is done here too.
+            for key in evicted:
+                cursor.stream_done(key)
+                self._stream_bytes.pop(key, None)
+        return timeouts
 
     def _reopens(self, value: bytes, cursor: Cursor) -> bool:
         """After a restart, below the checkpoint: only chunks of streams still open then are fed again."""

@@ -8,6 +8,7 @@ the (reassembled) body it fetched, and the store never needs a second format.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,11 @@ class Layout:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtype: str = MODEL_DTYPE
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of tensor data an update of this layout carries (its body is a little more)."""
+        return sum(math.prod(shape) for shape in self.shapes) * np.dtype(self.dtype).itemsize
 
     @classmethod
     def of(cls, model: ModelName) -> Layout:

@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 from qflare import metrics
 from qflare.errors import QflareError
 from qflare.identity import Identity
+from qflare.poison import Gap, Summary, Tally, printable
 from qflare.protocol import Message, seal, seal_chunked
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.limits import Limits
@@ -35,8 +36,11 @@ class Publisher:
         identity: Identity,
         topics: Topics,
         limits: Limits,
+        tally: Tally | None = None,
     ) -> None:
         self.producer = producer
+        #: Rate limit of rejection reports (the poison-record policy).
+        self.tally = tally or Tally(SERVICE)
         self.store = store
         self.identity = identity
         self.topics = topics
@@ -88,7 +92,7 @@ class Publisher:
             severity=severity,
             source=SERVICE,
             reason=reason[:1024],
-            subject=None if subject is None else subject[:256],
+            subject=None if subject is None else printable(subject),
             ref_id=ref_id,
             detail=detail or {},
         )
@@ -121,8 +125,16 @@ class Publisher:
         subject: str | None,
         ref_id: bytes | None = None,
         context: dict[str, Scalar] | None = None,
+        source: str | None = None,
     ) -> None:
-        """Count, log and audit one refused record (``update.rejected`` on the updates topic)."""
+        """Count, log and audit one refused record (``update.rejected`` on the updates topic).
+
+        ``source`` is the verified sender (None when the record did not verify); past the
+        tally's rate limit for (topic, source, reason) the rejection is only counted, and
+        ``queue_summaries`` reports it with the others left out.
+        """
+        if not self.tally.note(topic, source, exc.reason):
+            return
         metrics.REJECTED.labels(SERVICE, topic, exc.reason).inc()
         log.warning(
             "rejected", topic=topic, offset=offset, reason=exc.reason, error=str(exc), subject=subject
@@ -140,6 +152,22 @@ class Publisher:
         await self.queue_audit(
             event, "warning", reason=exc.reason, subject=subject, ref_id=ref_id, detail=detail
         )
+
+    async def queue_summary(self, summary: Summary) -> None:
+        """The ``rejections.summary`` of a (topic, source, reason) whose window left reports out."""
+        log.warning("rejections summarised", source=summary.source, **summary.detail())
+        await self.queue_audit(
+            "rejections.summary",
+            "warning",
+            reason=summary.reason,
+            subject=summary.source,
+            detail=dict(summary.detail()),
+        )
+
+    async def queue_gap(self, gap: Gap) -> None:
+        """Audit offsets that left the log unread (retention, deleted records): never skipped silently."""
+        log.error("offset gap: records were never read", **gap.detail())
+        await self.queue_audit("offset.gap", "critical", subject=gap.topic, detail=dict(gap.detail()))
 
     async def flush_outbox(self) -> None:
         await self.store.outbox.flush(self.producer, service=SERVICE)

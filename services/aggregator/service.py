@@ -10,19 +10,24 @@ kill -9 anywhere replays only records whose effects were not committed, and
 the fixed-point sums make the result independent of the replay order. Rounds
 close when everyone answered (checked after each batch) or at their deadline
 (a timer task), through ``Closer``.
+
+Poison records (``qflare.poison``): whatever one record holds, it is refused with
+a typed reason and committed past; only a transient error (a server away) stops
+the step. A stored position that left the log is an audited ``offset.gap``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from aiokafka import ConsumerRecord, TopicPartition
 
-from qflare import metrics
+from qflare import metrics, poison
 from qflare.clock import now_ms
 from qflare.errors import InvalidUpdateError, ProtocolError, QflareError, Rejected, is_transient
 from qflare.fl import FixedPoint, JobSpec, Update
@@ -30,7 +35,9 @@ from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
 from qflare.keys import DeviceKeys
 from qflare.protocol import Message
+from qflare.protocol.messages import ModelChunk
 from qflare.protocol.training import ModelUpdate
+from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
 from services.aggregator.checks import check_update, find_round, out_of_range
@@ -65,6 +72,15 @@ class AggregatorService(BatchLoop):
             self.kafka.limits,
             timeout_ms=int(self.cfg.chunk_timeout_s * 1000),
             max_streams=self.cfg.max_open_streams,
+            lifetime_ms=int(self.cfg.chunk_lifetime_s * 1000),
+            max_bytes=self.cfg.max_stream_bytes,
+            max_bytes_per_sender=self.cfg.max_stream_bytes_per_sender,
+            admit=self._admit_stream,
+        )
+        self.tally = poison.Tally(
+            SERVICE,
+            window_s=self.cfg.rejection_window_s,
+            reports_per_window=self.cfg.rejection_reports_per_window,
         )
         self.cursors: dict[int, Cursor] = {}
         self._lock = asyncio.Lock()
@@ -88,7 +104,9 @@ class AggregatorService(BatchLoop):
             if rnd.job_id in self.jobs:
                 self.rounds[rnd.key] = rnd
         self.producer = await self._started(make_producer(self.kafka))
-        self.out = Publisher(self.producer, self.store, self.identity, self.topics, self.kafka.limits)
+        self.out = Publisher(
+            self.producer, self.store, self.identity, self.topics, self.kafka.limits, self.tally
+        )
         await self.out.flush_outbox()  # what a crash left unsent goes out before anything new
         self.control_consumer = await self._started(make_consumer(self.kafka, group_id=None))
         self.closer = Closer(self.store, self.out, Evaluator(self.cfg.eval_examples), self.jobs, self.rounds)
@@ -110,7 +128,8 @@ class AggregatorService(BatchLoop):
 
     async def _assign_updates(self) -> None:
         spec = self.topics.updates
-        self.updates = await self._started(make_consumer(self.kafka, group_id=None))
+        # "none": a stored position that left the log raises, and ``poison.fetch`` audits the gap.
+        self.updates = await self._started(make_consumer(self.kafka, group_id=None, auto_offset_reset="none"))
         parts = partitions(spec)
         self.updates.assign(parts)
         stored = await self.store.cursors(spec.name, now_ms())
@@ -134,10 +153,12 @@ class AggregatorService(BatchLoop):
 
     async def _step(self) -> None:
         """One fetch: control topics first, then the batch, then close the rounds everyone answered."""
-        batches = await self.updates.getmany(timeout_ms=200, max_records=self.cfg.batch_max_records)
+        batches, gaps = await poison.fetch(
+            self.updates, service=SERVICE, timeout_ms=200, max_records=self.cfg.batch_max_records
+        )
         async with self._lock:
             await self.control.sync()
-            await self._handle_batch(batches)
+            await self._handle_batch(batches, gaps)
             await self.closer.close_ready(None)
         for tp in batches:
             highwater = self.updates.highwater(tp)
@@ -161,8 +182,15 @@ class AggregatorService(BatchLoop):
                 log.warning("closing at deadline failed, will retry", error=f"{type(exc).__name__}: {exc}")
 
     # -- one batch, one transaction --------------------------------------------
-    async def _handle_batch(self, batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+    async def _handle_batch(
+        self,
+        batches: dict[TopicPartition, list[ConsumerRecord[Any, Any]]],
+        gaps: list[poison.Gap] | None = None,
+    ) -> None:
         batch = _Batch()
+        gaps = gaps or []
+        for gap in gaps:
+            self._skip(gap)
         for tp, records in batches.items():
             cursor = self.cursors[tp.partition]
             for record in records:
@@ -177,23 +205,37 @@ class AggregatorService(BatchLoop):
                             batch.accepted.append(msg)
                             key = (msg.body.job_id, msg.body.round)
                             self.closer.fanin.setdefault(key, FanIn()).add(record.headers)
-                    except (ProtocolError, Rejected) as exc:
-                        batch.rejected.append((exc, record, msg))
+                    except Exception as exc:  # whatever one record holds, it is one rejection
+                        if poison.retry(exc):
+                            raise
+                        batch.rejected.append((poison.rejection(exc), record, msg))
                 cursor.advance(record.offset)
         timeouts = self.intake.expire(list(self.cursors.values()))
-        if not (batch.touched or batch.rejected or timeouts or any(c.dirty for c in self.cursors.values())):
+        summaries = self.tally.due()
+        if not (
+            batch.touched
+            or batch.rejected
+            or timeouts
+            or gaps
+            or summaries
+            or any(c.dirty for c in self.cursors.values())
+        ):
             return
         async with self.store.conn.transaction():
             for rnd in batch.touched.values():
                 await self.store.checkpoint_round(rnd)
+            for gap in gaps:
+                await self.out.queue_gap(gap)
             for accepted in batch.accepted:
-                await self.out.queue_update_accepted(accepted)
+                await self._isolated(self.out.queue_update_accepted(accepted))
             for error, record, rejected in batch.rejected:
-                await self._report(error, record, rejected)
+                await self._isolated(self._report(error, record, rejected))
             for expired in timeouts:
                 await self.out.queue_rejection(
                     expired, topic=self.topics.updates.name, partition=-1, offset=-1, subject=None
                 )
+            for summary in summaries:
+                await self.out.queue_summary(summary)
             for cursor in self.cursors.values():
                 if cursor.dirty:
                     await self.store.save_cursor(cursor)
@@ -201,6 +243,54 @@ class AggregatorService(BatchLoop):
             rnd.pending.clear()
             rnd.dirty = False
         await self.out.flush_outbox()
+
+    async def _isolated(self, write: Coroutine[Any, Any, None]) -> None:
+        """One record's write in a savepoint: if the database refuses it for good, the batch's
+        other writes stand and only this report is lost (logged); a transient error still
+        aborts the whole transaction, to be retried."""
+        try:
+            async with self.store.conn.transaction():
+                await write
+        except Exception as exc:
+            if poison.retry(exc):
+                raise
+            refused = poison.rejection(exc)
+            log.error("a report of the batch could not be stored", reason=refused.reason, error=str(refused))
+
+    def _skip(self, gap: poison.Gap) -> None:
+        """Move the partition's cursor past a gap; streams that began inside it can never finish."""
+        cursor = self.cursors[gap.partition]
+        for key, (first, _) in list(cursor.open_streams.items()):
+            if first < gap.resumed:
+                cursor.stream_done(key)
+        if gap.resumed > 0:
+            cursor.advance(gap.resumed - 1)
+        cursor.dirty = True
+
+    def _admit_stream(self, msg: Message, chunk: ModelChunk) -> None:
+        """A chunked update may open a stream only for a round it was selected for, with the
+        size the round's model layout gives (within the body's own framing)."""
+        sender, round_ = msg.header.sender, msg.header.round
+        rounds = [r for r in self.rounds.values() if r.round == round_]
+        if not rounds:
+            raise Rejected(
+                Reason.WRONG_ROUND, f"no open round {round_} to stream an update to", field="round"
+            )
+        mine = [r for r in rounds if sender in r.devices]
+        if not mine:
+            raise Rejected(Reason.UNSELECTED, f"{sender!r} was not selected for round {round_}")
+        for rnd in mine:
+            job = self.jobs.get(rnd.job_id)
+            if job is None:
+                continue
+            floor = job.layout.data_bytes
+            if floor <= chunk.size <= floor + self.cfg.update_framing_bytes:
+                return
+        raise Rejected(
+            Reason.SHAPE,
+            f"a stream of {chunk.size} bytes does not fit the model of round {round_}",
+            field="body.size",
+        )
 
     def _include(self, msg: Message, update: ModelUpdate, size: int, batch: _Batch) -> None:
         """Check the update and fold it into its round's sum, or raise ``Rejected`` (counted per round)."""
@@ -240,15 +330,15 @@ class AggregatorService(BatchLoop):
         elif record.value is not None:
             # Not verified: no id or job can be believed, but the bytes can be named.
             context = {"record_sha256": hashlib.sha256(record.value).hexdigest()}
-        subject = record.key.decode(errors="replace") if record.key else None
         await self.out.queue_rejection(
             exc,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
-            subject=subject,
+            subject=poison.record_key(record),
             ref_id=ref,
             context=context,
+            source=None if msg is None else msg.header.sender,
         )
 
 

@@ -10,6 +10,7 @@ import hashlib
 from typing import Any
 
 from qflare.errors import ProtocolError
+from qflare.poison import Gap, Summary, printable
 from qflare.protocol import Message
 from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
 from qflare.protocol.devices import Deregistration, Device, DeviceHealth, Enrollment, EnrollmentResult
@@ -182,4 +183,55 @@ def rejection(
         source_partition=partition,
         source_offset=offset,
         detail=detail,
+    )
+
+
+def gap(g: Gap, now_ms: int) -> Event:
+    """The entry for offsets that left a log before audit read them: the chain says what it missed."""
+    return Event(
+        time_ms=now_ms,
+        actor="audit",
+        type="offset.gap",
+        outcome="info",
+        subject=g.topic,
+        source_topic=g.topic,
+        source_partition=g.partition,
+        source_offset=g.first,
+        detail=dict(g.detail()),
+    )
+
+
+def summary(s: Summary, now_ms: int) -> Event:
+    """The entry for a window's refused records of one (topic, reason) that got no entry each."""
+    return Event(
+        time_ms=now_ms,
+        actor="audit",
+        type="rejections.summary",
+        outcome="rejected",
+        reason=s.reason,
+        subject=s.source,
+        source_topic=s.topic,
+        source_partition=-1,
+        source_offset=-1,
+        detail=dict(s.detail()),
+    )
+
+
+def unstorable(event: Event, exc: ProtocolError, now_ms: int) -> Event:
+    """What stands in the chain for an entry the database refused: where it came from, and why."""
+    return Event(
+        time_ms=now_ms,
+        actor="audit",
+        type="entry.unstorable",
+        outcome="rejected",
+        reason=exc.reason,
+        subject=None,
+        source_topic=printable(event.source_topic),
+        source_partition=event.source_partition,
+        source_offset=event.source_offset,
+        detail={
+            "error": str(exc)[:500],
+            "event_digest": event.digest().hex(),
+            "event_type": printable(event.type),
+        },
     )

@@ -14,6 +14,12 @@ After a committed batch (at most once per ``head_interval_s``) the chain's head 
 published (``services.audit.heads``); at start the stored chain must still hold the last head
 published, or the service refuses to run. Events named ``audit.*`` on the wire are refused
 (``reserved_event``): those names belong to the entries this service writes itself.
+
+Poison records (``qflare.poison``): whatever a record holds it becomes at most one entry and
+never stops the loop. Refused records are rate-limited: per topic and reason the first few of
+a window get an entry each, the rest one ``rejections.summary`` entry. An entry the database
+refuses for good is replaced by an entry saying so, and a stored position that left the log
+becomes an ``offset.gap`` entry.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ import time
 import structlog
 
 from qflare import metrics as shared
+from qflare import poison
 from qflare.authority import allowed
 from qflare.clock import now_ms
 from qflare.crypto.base import fingerprint
-from qflare.errors import ProtocolError, Reason, Rejected, ReplayError, SchemaError
+from qflare.errors import Reason, Rejected, ReplayError, SchemaError
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import (
     KafkaSettings,
@@ -95,6 +102,11 @@ class AuditService(BatchLoop):
         shared.preset_rejections(SERVICE, self.decoders)
         self.positions: dict[tuple[str, int], int] = {}
         self._last_device: Device | None = None
+        self.tally = poison.Tally(
+            SERVICE,
+            window_s=self.cfg.rejection_window_s,
+            reports_per_window=self.cfg.rejection_reports_per_window,
+        )
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -124,7 +136,10 @@ class AuditService(BatchLoop):
         self.positions = await self.store.offsets()
         self.device_consumer = await self._started(make_consumer(self.kafka, group_id=None))
         await assign_from_start(self.device_consumer, self.topics.devices)
-        self.consumer = await self._started(make_consumer(self.kafka, group_id=None))
+        # "none": a stored position that left the log raises, and ``poison.fetch`` audits the gap.
+        self.consumer = await self._started(
+            make_consumer(self.kafka, group_id=None, auto_offset_reset="none")
+        )
         parts = partitions(*self.audited)
         self.consumer.assign(parts)
         for tp in parts:
@@ -170,10 +185,12 @@ class AuditService(BatchLoop):
         self._head_sent_s = time.monotonic()
 
     async def _step(self) -> None:
-        batches = await self.consumer.getmany(timeout_ms=200, max_records=self.cfg.batch_max_records)
+        batches, gaps = await poison.fetch(
+            self.consumer, service=SERVICE, timeout_ms=200, max_records=self.cfg.batch_max_records
+        )
         await self._sync_devices()
-        found: list[Event] = []
-        moved: dict[tuple[str, int], int] = {}
+        found: list[Event] = [events.gap(g, now_ms()) for g in gaps]
+        moved: dict[tuple[str, int], int] = {(g.topic, g.partition): g.resumed for g in gaps}
         for tp, records in batches.items():
             for record in records:
                 # Continues the trace the record carries (e.g. a round's), so the audit of a
@@ -183,6 +200,7 @@ class AuditService(BatchLoop):
                 if event is not None:
                     found.append(event)
                 moved[(tp.topic, tp.partition)] = record.offset + 1
+        found += [events.summary(s, now_ms()) for s in self.tally.due()]
         await self._commit(found, moved)
         for tp in batches:
             highwater = self.consumer.highwater(tp)
@@ -205,7 +223,7 @@ class AuditService(BatchLoop):
         await self._commit(found, moved)
 
     def _device(self, record: Record) -> Event | None:
-        subject = record.key.decode(errors="replace") if record.key else None
+        subject = poison.record_key(record)
         if record.value is None:
             # Unsigned, so it changes nothing: only a signed record with status "deleted" does.
             try:
@@ -231,16 +249,20 @@ class AuditService(BatchLoop):
                     return self._refused(exc, record, subject)
         return event
 
-    def _refused(self, exc: Rejected, record: Record, subject: str | None) -> Event:
+    def _refused(self, exc: Rejected, record: Record, subject: str | None) -> Event | None:
+        """The entry for a device record refused here, within the rejection rate limit."""
         shared.REJECTED.labels(SERVICE, record.topic, exc.reason).inc()
+        if not self.tally.note(record.topic, None, exc.reason):
+            return None  # counted in the window's summary
         log.warning("rejected", topic=record.topic, offset=record.offset, reason=exc.reason, error=str(exc))
         return events.rejection(
             exc, record.value, record.topic, record.partition, record.offset, subject, now_ms()
         )
 
     def _read(self, record: Record) -> Event | None:
-        """The entry for one record: its meaning, a rejection, or None (not audited, or a re-send)."""
-        key = record.key.decode(errors="replace") if record.key else None
+        """The entry for one record: its meaning, a rejection, or None (not audited, a re-send, or a
+        rejection past the rate limit, which the window's summary counts)."""
+        key = poison.record_key(record)
         try:
             if record.value is None:
                 raise SchemaError("record has no value", field="$")
@@ -251,40 +273,48 @@ class AuditService(BatchLoop):
                     f"{msg.body.event!r} is reserved for the audit chain's own entries",
                     field="body.event",
                 )
+            self._last_device = msg.body if isinstance(msg.body, Device) else None
+            event = events.from_message(msg, record.topic, record.partition, record.offset, key)
         except ReplayError:
             metrics.REPLAYS.labels(record.topic).inc()
             return None
-        except ProtocolError as exc:
-            shared.REJECTED.labels(SERVICE, record.topic, exc.reason).inc()
+        except Exception as exc:  # whatever one record holds, it is one rejection
+            if poison.retry(exc):
+                raise
+            refused = poison.rejection(exc)
+            # The sender of a record that did not verify is unknown: all such share one budget.
+            if not self.tally.note(record.topic, None, refused.reason):
+                return None
+            shared.REJECTED.labels(SERVICE, record.topic, refused.reason).inc()
             log.warning(
-                "rejected", topic=record.topic, offset=record.offset, reason=exc.reason, error=str(exc)
+                "rejected",
+                topic=record.topic,
+                offset=record.offset,
+                reason=refused.reason,
+                error=str(refused),
             )
             return events.rejection(
-                exc, record.value, record.topic, record.partition, record.offset, key, now_ms()
+                refused, record.value, record.topic, record.partition, record.offset, key, now_ms()
             )
-        self._last_device = msg.body if isinstance(msg.body, Device) else None
         shared.ACCEPTED.labels(SERVICE, msg.header.type).inc()
-        return events.from_message(msg, record.topic, record.partition, record.offset, key)
+        return event
 
     async def _commit(self, found: list[Event], moved: dict[tuple[str, int], int]) -> None:
-        """Link ``found`` after the head and store them with the positions ``moved``, in one transaction."""
-        if not moved:
+        """Link ``found`` after the head and store them with the positions ``moved``, in one transaction.
+
+        When the database refuses the batch for good (a value it cannot store), the batch is
+        stored again entry by entry, each in a savepoint, and an entry refused again is replaced
+        by one that says so: the other entries of the batch are kept, and the chain stays linked.
+        """
+        if not moved and not found:
             return
-        entries: list[Entry] = []
-        head = self.head
-        for event in found:
-            entry = make_entry(head, event)
-            entries.append(entry)
-            head = (entry.seq, entry.hash)
-            if entry.seq % self.cfg.checkpoint_every == 0:
-                mark = make_entry(
-                    head, self._checkpoint(entry), sign=self.identity.signer.sign, stream=self.stream
-                )
-                entries.append(mark)
-                head = (mark.seq, mark.hash)
-        async with self.store.conn.transaction():
-            await self.store.append(entries)
-            await self.store.save_offsets(moved)
+        try:
+            entries, head = await self._store(found, moved, one_by_one=False)
+        except Exception as exc:
+            if poison.retry(exc):
+                raise
+            log.error("a batch of entries was refused; storing it entry by entry", error=str(exc))
+            entries, head = await self._store(found, moved, one_by_one=True)
         self.head = head
         self.positions.update(moved)
         for entry in entries:
@@ -292,6 +322,48 @@ class AuditService(BatchLoop):
             if entry.event.type == CHECKPOINT:
                 metrics.CHECKPOINTS.inc()
         metrics.CHAIN_LENGTH.labels(self.stream).set(head[0])
+
+    async def _store(
+        self, found: list[Event], moved: dict[tuple[str, int], int], *, one_by_one: bool
+    ) -> tuple[list[Entry], tuple[int, bytes]]:
+        entries: list[Entry] = []
+        head = self.head
+        async with self.store.conn.transaction():
+            for event in found:
+                entry = make_entry(head, event)
+                if one_by_one:
+                    entry = await self._append_one(head, entry)
+                entries.append(entry)
+                head = (entry.seq, entry.hash)
+                if entry.seq % self.cfg.checkpoint_every == 0:
+                    mark = make_entry(
+                        head, self._checkpoint(entry), sign=self.identity.signer.sign, stream=self.stream
+                    )
+                    if one_by_one:
+                        await self.store.append([mark])
+                    entries.append(mark)
+                    head = (mark.seq, mark.hash)
+            if not one_by_one:
+                await self.store.append(entries)
+            if moved:
+                await self.store.save_offsets(moved)
+        return entries, head
+
+    async def _append_one(self, head: tuple[int, bytes], entry: Entry) -> Entry:
+        """Store ``entry`` in a savepoint; if refused for good, store in its place an entry saying so."""
+        try:
+            async with self.store.conn.transaction():
+                await self.store.append([entry])
+            return entry
+        except Exception as exc:
+            if poison.retry(exc):
+                raise
+            refused = poison.rejection(exc)
+            shared.REJECTED.labels(SERVICE, entry.event.source_topic, refused.reason).inc()
+            log.error("an entry was refused by the store", reason=refused.reason, error=str(refused))
+            stand_in = make_entry(head, events.unstorable(entry.event, refused, now_ms()))
+            await self.store.append([stand_in])
+            return stand_in
 
     def _checkpoint(self, last: Entry) -> Event:
         return Event(

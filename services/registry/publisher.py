@@ -13,9 +13,10 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from qflare import metrics
+from qflare import metrics, poison
 from qflare.errors import QflareError
 from qflare.identity import Identity
+from qflare.poison import Summary, Tally
 from qflare.protocol import Message, seal
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.devices import Device, DeviceHealth
@@ -28,9 +29,16 @@ SERVICE = "registry"
 
 class Publisher:
     def __init__(
-        self, producer: AIOKafkaProducer, store: RegistryStore, identity: Identity, topics: Topics
+        self,
+        producer: AIOKafkaProducer,
+        store: RegistryStore,
+        identity: Identity,
+        topics: Topics,
+        tally: Tally | None = None,
     ) -> None:
         self.producer = producer
+        #: Rate limit of rejection reports (the poison-record policy).
+        self.tally = tally or Tally(SERVICE)
         self.store = store
         self.identity = identity
         self.topics = topics
@@ -100,11 +108,20 @@ class Publisher:
             self.topics.health.name, self.seal(event, self.topics.health), key=event.device_id.encode()
         )
 
-    async def reject(self, record: ConsumerRecord[Any, Any], exc: QflareError) -> None:
+    async def reject(
+        self, record: ConsumerRecord[Any, Any], exc: QflareError, *, source: str | None = None
+    ) -> None:
         """Count, log and audit a rejected record. Nothing changed, so no outbox is needed:
-        a replay after a crash rejects (and reports) it again."""
+        a replay after a crash rejects (and reports) it again.
+
+        ``source`` is the verified sender (None when the record did not verify); past the
+        tally's rate limit for (topic, source, reason) the rejection is only counted, and the
+        window's ``summary`` reports it with the others left out.
+        """
+        if not self.tally.note(record.topic, source, exc.reason):
+            return
         metrics.REJECTED.labels(SERVICE, record.topic, exc.reason).inc()
-        subject = record.key.decode(errors="replace")[:256] if record.key else None
+        subject = poison.record_key(record)
         log.warning(
             "rejected",
             topic=record.topic,
@@ -127,5 +144,18 @@ class Publisher:
                 "error": str(exc)[:500],
                 **exc.detail,
             },
+        )
+        await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body, self.topics.audit))
+
+    async def summary(self, summary: Summary) -> None:
+        """The ``rejections.summary`` of a (topic, source, reason) whose window left reports out."""
+        log.warning("rejections summarised", source=summary.source, **summary.detail())
+        body = AuditEvent(
+            event="rejections.summary",
+            severity="warning",
+            source=SERVICE,
+            reason=summary.reason,
+            subject=summary.source,
+            detail=dict(summary.detail()),
         )
         await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body, self.topics.audit))

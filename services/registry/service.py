@@ -18,10 +18,10 @@ import redis.asyncio as aioredis
 import structlog
 from aiokafka import ConsumerRecord
 
-from qflare import metrics
+from qflare import metrics, poison
 from qflare.authority import authorise, check_command
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, Rejected, UnknownKeyError, is_transient
+from qflare.errors import Rejected, UnknownKeyError, is_transient
 from qflare.identity import TrustedKeys, load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, prepare_topics
 from qflare.keys import DeviceKeys
@@ -92,7 +92,12 @@ class RegistryService(BatchLoop):
             ),
         }
         self.producer = await self._started(make_producer(self.kafka))
-        self.out = Publisher(self.producer, self.store, self.identity, self.topics)
+        tally = poison.Tally(
+            SERVICE,
+            window_s=self.cfg.rejection_window_s,
+            reports_per_window=self.cfg.rejection_reports_per_window,
+        )
+        self.out = Publisher(self.producer, self.store, self.identity, self.topics, tally)
         self.results = Results(self.out, self.store, self.identity, self.topics)
         self.watch = DeviceTopicWatch(t.devices, operators, self.identity.name, self.store, self.out)
         # Records a crash left in the outbox go out before anything new.
@@ -123,6 +128,8 @@ class RegistryService(BatchLoop):
                 with process_span(record, group=self.cfg.group_id) if traced else nullcontext():
                     await self._handle(record, seen)
         await self.live.beat(seen)
+        for summary in self.out.tally.due():
+            await self.out.summary(summary)
         if batches:
             await self.out.flush_outbox()
             await self.out.settle()
@@ -148,9 +155,12 @@ class RegistryService(BatchLoop):
             elif isinstance(body, RegistryCommand):
                 await self._command(msg, body)
             metrics.ACCEPTED.labels(SERVICE, msg.header.type).inc()
-        except ProtocolError as exc:  # the decoder's, and the registry's own Rejected
-            await self.out.reject(record, exc)
-            await self.results.rejected(record, exc, msg)
+        except Exception as exc:  # whatever one record holds, it is one rejection (qflare.poison)
+            if poison.retry(exc):
+                raise
+            refused = poison.rejection(exc)  # the decoder's, the registry's own Rejected, a store's
+            await self.out.reject(record, refused, source=None if msg is None else msg.header.sender)
+            await self.results.rejected(record, refused, msg)
 
     def _decode(self, record: ConsumerRecord[Any, Any]) -> Message:
         if record.value is None:

@@ -21,12 +21,13 @@ from typing import Any
 import faust
 import structlog
 
-from qflare import health, metrics
+from qflare import health, metrics, poison
 from qflare.clock import now_ms
-from qflare.errors import ConfigError, ProtocolError
+from qflare.errors import ConfigError, ProtocolError, Rejected
 from qflare.fl import JobSpec
 from qflare.identity import Identity, TrustedKeys
 from qflare.kafka import KafkaSettings
+from qflare.keys import refuse_tombstone
 from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
@@ -78,6 +79,9 @@ def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | N
 class Scheduler:
     def __init__(self, cfg: SchedulerSettings, kafka: KafkaSettings, identity: Identity, fence: int) -> None:
         self.cfg = cfg
+        self.tally = poison.Tally(
+            SERVICE, window_s=cfg.rejection_window_s, reports_per_window=cfg.rejection_reports_per_window
+        )
         self.t = kafka.topics
         self.identity = identity
         self.fence = fence
@@ -141,6 +145,9 @@ class Scheduler:
         health.set_status(SERVICE, "ready")
 
     # -- inputs ----------------------------------------------------------------
+    # Poison records (qflare.poison): whatever a record holds, an agent rejects it and goes on.
+    # An exception that left an agent would crash the worker, and it would meet the same record
+    # again after every restart; only a transient error may leave.
     def _decode(self, value: bytes | None, topic: str, read_from: str | None = None) -> Any:
         """``topic`` labels the metrics; ``read_from`` (default: ``topic``) is the record's topic."""
         if value is None:
@@ -148,52 +155,74 @@ class Scheduler:
         try:
             return self.decoder.decode(value, read_from or topic)
         except ProtocolError as exc:
-            metrics.REJECTED.labels(SERVICE, topic, exc.reason).inc()
-            log.warning("rejected", topic=topic, reason=exc.reason, error=str(exc))
+            self._reject(topic, exc, None)
             return None
+
+    def _reject(self, topic: str, exc: BaseException, source: str | None) -> None:
+        """Count and log one refused record, rate-limited (the scheduler writes no audit events)."""
+        refused = poison.rejection(exc)
+        # Counted always; only the log line is rate-limited.
+        metrics.REJECTED.labels(SERVICE, topic, refused.reason).inc()
+        if self.tally.note(topic, source, refused.reason):
+            log.warning("rejected", topic=topic, reason=refused.reason, error=str(refused))
+        for summary in self.tally.due():
+            log.warning("rejections summarised", source=summary.source, **summary.detail())
 
     async def _health_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            msg = self._decode(value, self.t.health.name)
-            if msg is not None and isinstance(msg.body, DeviceHealth) and await self.gate.allowed(msg):
-                self.health[msg.body.device_id] = {"state": msg.body.state}
+            try:
+                msg = self._decode(value, self.t.health.name)
+                if msg is not None and isinstance(msg.body, DeviceHealth) and await self.gate.allowed(msg):
+                    self.health[msg.body.device_id] = {"state": msg.body.state}
+            except Exception as exc:
+                if poison.retry(exc):
+                    raise
+                self._reject(self.t.health.name, exc, None)
 
     async def _devices_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            if value is None:
-                # Unsigned: the device keeps its status. Only a signed "deleted" record removes it.
-                self._refused(Reason.TOMBSTONE, "unsigned tombstone ignored")
-                continue
-            msg = self._decode(value, self.t.devices.name)
-            if msg is None or not isinstance(msg.body, Device) or not await self.gate.allowed(msg):
-                continue
-            device = msg.body
-            # The revision lives in the signed status row, so it survives a restart with it.
-            row = self.status.get(device.device_id) or {}
-            seen = int(row.get("revision", 0))
-            if device.revision < seen:
-                self._refused(
-                    Reason.STALE_REVISION, f"{device.device_id} revision {device.revision} < {seen}"
-                )
-            elif device.revision > seen:
-                self.status[device.device_id] = {"status": device.status, "revision": device.revision}
-
-    def _refused(self, reason: Reason, error: str) -> None:
-        metrics.REJECTED.labels(SERVICE, self.t.devices.name, reason).inc()
-        log.warning("rejected", topic=self.t.devices.name, reason=reason, error=error)
+            try:
+                if value is None:
+                    # Unsigned: the device keeps its status. Only a signed "deleted" record removes it.
+                    refuse_tombstone(None)
+                msg = self._decode(value, self.t.devices.name)
+                if msg is None or not isinstance(msg.body, Device) or not await self.gate.allowed(msg):
+                    continue
+                device = msg.body
+                # The revision lives in the signed status row, so it survives a restart with it.
+                row = self.status.get(device.device_id) or {}
+                seen = int(row.get("revision", 0))
+                if device.revision < seen:
+                    raise Rejected(
+                        Reason.STALE_REVISION,
+                        f"{device.device_id} revision {device.revision} < {seen}",
+                        field="body.revision",
+                    )
+                if device.revision > seen:
+                    self.status[device.device_id] = {"status": device.status, "revision": device.revision}
+            except Exception as exc:
+                if poison.retry(exc):
+                    raise
+                self._reject(self.t.devices.name, exc, None)
 
     async def _progress_agent(self, stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
-            msg = self._decode(value, "control", _record_of(stream).topic)
-            if msg is None:
-                continue
-            body = msg.body
-            if isinstance(body, JobCommand) and await self.gate.fresh_command(msg):
-                await self._command(body)
-            elif isinstance(body, RoundComplete) and await self.gate.allowed(msg):
-                with process_span(_record_of(stream), group=self.app.conf.id):
-                    await self._completed(body)
-            await self.gate.report_state()
+            msg = None
+            try:
+                msg = self._decode(value, "control", _record_of(stream).topic)
+                if msg is None:
+                    continue
+                body = msg.body
+                if isinstance(body, JobCommand) and await self.gate.fresh_command(msg):
+                    await self._command(body)
+                elif isinstance(body, RoundComplete) and await self.gate.allowed(msg):
+                    with process_span(_record_of(stream), group=self.app.conf.id):
+                        await self._completed(body)
+                await self.gate.report_state()
+            except Exception as exc:
+                if poison.retry(exc):
+                    raise
+                self._reject("control", exc, None if msg is None else msg.header.sender)
 
     # -- the state machine -------------------------------------------------------
     async def _command(self, cmd: JobCommand) -> None:

@@ -445,6 +445,9 @@ func (p *parser) str(n int, path string) (Value, error) {
 	if !utf8.Valid(raw) {
 		return Value{}, errf("schema", path, "str is not valid UTF-8")
 	}
+	if bytes.IndexByte(raw, 0) >= 0 {
+		return Value{}, errf("schema", path, "str contains a NUL character")
+	}
 	return Str(string(raw)), nil
 }
 

@@ -54,6 +54,9 @@ func CheckTensor(x Value, path string) (*Tensor, error) {
 	t := &Tensor{Name: name.S, DType: dtype.S}
 	want := uint64(size)
 	overflow := false
+	// The extent counts a zero dimension as 1: a shape whose other dimensions overflow is
+	// refused even when the tensor holds no bytes.
+	extent := uint64(size)
 	for i, d := range shape.Arr {
 		if d.Kind != KInt {
 			return nil, errf("schema", joinIndex(path+".shape", i), "not an int")
@@ -66,6 +69,16 @@ func CheckTensor(x Value, path string) (*Tensor, error) {
 			overflow = true
 		}
 		want *= d.U
+		if d.U > 1 {
+			if extent > MaxMessage {
+				extent = MaxMessage + 1
+			} else {
+				extent *= d.U
+			}
+		}
+	}
+	if extent > MaxMessage {
+		return nil, errf("limit", path+".shape", "shape spans more than %d bytes", MaxMessage)
 	}
 	if data.Kind != KBin {
 		return nil, errf("schema", path+".data", "not bin")

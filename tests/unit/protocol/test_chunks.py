@@ -8,12 +8,13 @@ import random
 import numpy as np
 import pytest
 
-from qflare.errors import ChunkError, ChunkTimeoutError, LimitError, ReplayError, SchemaError
+from qflare.errors import ChunkError, ChunkTimeoutError, LimitError, Rejected, ReplayError, SchemaError
 from qflare.protocol import Limits, Reassembler, Tensor, seal_chunked, wire
 from qflare.protocol.devices import Heartbeat
-from qflare.protocol.envelope import Chunk, new_message_id
+from qflare.protocol.envelope import Chunk, new_message_id, parse_envelope
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.training import ModelUpdate
+from qflare.reasons import Reason
 from tests.unit.protocol.helpers import CHANNEL, NOW, OTHER, SENDER, SIGNER, TOPIC, decoder, raw_record
 
 
@@ -268,3 +269,48 @@ def test_the_reassembled_message_carries_chunk_zeros_header() -> None:
     assert msg is not None
     assert (msg.header.id, msg.header.ts_ms, msg.header.type) == (stream, NOW, "heartbeat")
     assert msg.header.body_digest == hashlib.sha256(whole).digest()
+
+
+def test_one_senders_stream_flood_leaves_room_for_another_sender() -> None:
+    # Each stream declares ~200 KB and sends one small chunk: before per-sender quotas, two such
+    # streams from one device held the whole budget and every other device's update was refused.
+    d = decoder()
+    r = Reassembler(d, max_bytes_in_flight=500_000, max_bytes_per_sender=300_000)
+    flood = [_chunks(_update(50_000 + i))[0] for i in range(2)]
+    assert r.feed(d.decode(flood[0], TOPIC)) is None
+    with pytest.raises(Rejected) as info:
+        r.feed(d.decode(flood[1], TOPIC))
+    assert info.value.reason == Reason.QUOTA and info.value.field == "body.size"
+    other = seal_chunked(_update(), OTHER, CHANNEL, sender="dev-2", ts_ms=NOW, chunk_bytes=30_000)
+    done = [r.feed(d.decode(record, TOPIC)) for record in other]
+    assert done[-1] is not None and done[-1].header.sender == "dev-2"
+
+
+def test_a_trickled_stream_is_evicted_at_its_lifetime() -> None:
+    clock = Clock()
+    d = decoder(clock=clock, max_age_ms=None)
+    r = Reassembler(d, timeout_ms=1000, lifetime_ms=2500)
+    records = _chunks(_update())
+    for record in records[:3]:  # one chunk per 900 ms keeps it from ever idling out
+        assert r.feed(d.decode(record, TOPIC)) is None
+        clock.now += 900
+    assert r.streams == 1
+    # 2700 ms after it opened, 900 ms after its last chunk
+    (timeout,) = r.drain_timeouts()
+    assert isinstance(timeout, ChunkTimeoutError) and "lifetime" in str(timeout)
+    assert r.streams == 0 and r.bytes_in_flight == 0
+    chunk = parse_envelope(records[0], Limits()).header.chunk
+    assert chunk is not None and r.drain_evicted() == [(SENDER, chunk.stream)]
+
+
+def test_admit_refuses_a_declared_size_before_any_buffer() -> None:
+    d = decoder()
+
+    def admit(msg: object, body: ModelChunk) -> None:
+        if body.size > 1000:
+            raise Rejected(Reason.SHAPE, "too big for the job", field="body.size")
+
+    r = Reassembler(d, admit=admit)
+    with pytest.raises(Rejected) as info:
+        r.feed(d.decode(_chunks(_update())[0], TOPIC))
+    assert info.value.reason == Reason.SHAPE and r.bytes_in_flight == 0 and r.streams == 0

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from qflare.errors import NonFiniteTensorError, SchemaError, TensorError
+from qflare.errors import LimitError, NonFiniteTensorError, SchemaError, TensorError
 from qflare.protocol import Tensor, wire
 from qflare.protocol.tensors import bf16_to_float32, decode_tensor, float32_to_bf16
 
@@ -177,3 +177,26 @@ def test_tag_must_match_array() -> None:
         Tensor("x", "<f4", np.zeros(2, dtype=np.float16))
     with pytest.raises(TensorError):
         Tensor("x", "f32", np.zeros(2, dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        [0, (1 << 31) - 1, (1 << 31) - 1, (1 << 31) - 1],  # numpy cannot even describe this extent
+        [0, 1 << 20, 1 << 20],
+        [(1 << 31) - 1, 0],
+    ],
+)
+def test_an_absurd_shape_with_no_data_is_a_typed_rejection(shape: list[int]) -> None:
+    # The length check passes (0 elements, 0 bytes); before the extent bound, reshape raised a
+    # plain ValueError that no consumer caught, and the aggregator exited on every restart.
+    obj = {"name": "w", "dtype": "<f4", "shape": shape, "data": b""}
+    with pytest.raises(LimitError) as info:
+        decode_tensor(wire.unpack(wire.pack(obj), LIMITS), where="t")
+    assert info.value.field == "t.shape"
+
+
+def test_an_empty_tensor_of_sane_shape_still_decodes() -> None:
+    obj = {"name": "w", "dtype": "<f4", "shape": [0, 128, 3], "data": b""}
+    tensor = decode_tensor(wire.unpack(wire.pack(obj), LIMITS), where="t")
+    assert tensor.array.shape == (0, 128, 3)

@@ -17,17 +17,22 @@ LIMITS = wire.WireLimits(
     max_bytes=1 << 20, max_depth=8, max_array_len=1000, max_map_len=100, max_str_len=1000, max_bin_len=1 << 16
 )
 
+#: Any character but NUL, which no str on the wire may hold (see ``test_nul_in_any_str_is_refused``).
+NO_NUL = st.characters(exclude_characters="\x00", exclude_categories=["Cs"])
 scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(1 << 63), max_value=(1 << 64) - 1)
     | st.floats(allow_nan=False)
-    | st.text(max_size=300)
+    | st.text(alphabet=NO_NUL, max_size=300)
     | st.binary(max_size=300)
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(max_size=10), inner, max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=20)
+        | st.dictionaries(st.text(alphabet=NO_NUL, max_size=10), inner, max_size=10)
+    ),
     max_leaves=40,
 )
 
@@ -162,3 +167,11 @@ def test_writer_refuses_unencodable_values() -> None:
         wire.pack(1 << 64)
     with pytest.raises(LimitError):
         wire.pack(-(1 << 63) - 1)
+
+
+@pytest.mark.parametrize("value", [{"label": "a\x00b"}, ["ok", "\x00"], {"k\x00": 1}])
+def test_nul_in_any_str_is_refused(value: object) -> None:
+    # PostgreSQL text refuses NUL, so a str holding one would stop whichever service stored it.
+    with pytest.raises(SchemaError, match="NUL") as info:
+        wire.unpack(wire.pack(value), LIMITS)
+    assert info.value.field in ("label", "[1]", "$")

@@ -101,6 +101,8 @@ class _Reader:
             out = str(self.buf[self.pos : self.pos + n], "utf-8")
         except UnicodeDecodeError as exc:
             raise SchemaError("string is not valid UTF-8", field=self.where()) from exc
+        if "\x00" in out:  # the one rule added since (protocol §6: no NUL in a str)
+            raise SchemaError("string contains a NUL character", field=self.where())
         self.pos += n
         return out
 
