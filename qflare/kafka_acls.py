@@ -57,7 +57,8 @@ FLOWS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "enrollments": (frozenset({"device"}), frozenset({"registry"})),
     "enrollment_results": (frozenset({"registry"}), frozenset({"device"})),
     "heartbeats": (frozenset({"device"}), frozenset({"registry"})),
-    "devices": (frozenset({"registry"}), frozenset({"scheduler", "aggregator", "device"})),
+    # The registry reads its own records back, answering a forged or stale one with the current.
+    "devices": (frozenset({"registry"}), frozenset({"registry", "scheduler", "aggregator", "device"})),
     "health": (frozenset({"registry"}), frozenset({"scheduler", "device"})),
     "rounds": (frozenset({"scheduler"}), frozenset({"aggregator", "device"})),
     "models": (frozenset({"aggregator"}), frozenset({"device", "scheduler"})),
