@@ -192,7 +192,7 @@ class Run:
         self._summary(results, time.monotonic() - began)
 
     async def _start_job(self, ident: Any) -> None:
-        command = JobCommand(f"job-{self.run_id}", "start", self.job.to_wire())
+        command = JobCommand(self.job_id, "start", self.job.to_wire())
         producer = make_producer(self.kafka)
         await producer.start()
         try:
@@ -203,7 +203,7 @@ class Run:
             )
         finally:
             await producer.stop()
-        console.print(f"job job-{self.run_id} started: {json.dumps(self.job.to_wire())}")
+        console.print(f"job {self.job_id} started: {json.dumps(self.job.to_wire())}")
 
     async def _follow(self, began: float) -> list[RoundComplete]:
         decoder = Decoder(
@@ -308,7 +308,7 @@ class Run:
         best = max((r.metrics.get("test_accuracy", 0.0) for r in completed), default=0.0)
         table = Table(title="QFLARE demo", show_header=False)
         table.add_row(
-            "job", f"job-{self.run_id} ({self.job.model}, {self.job.strategy.name}, {self.devices} devices)"
+            "job", f"{self.job_id} ({self.job.model}, {self.job.strategy.name}, {self.devices} devices)"
         )
         table.add_row("rounds", f"{len(completed)} completed, {len(results) - len(completed)} retried")
         table.add_row(

@@ -41,6 +41,9 @@ class HostileRun(Run):
             devices=devices, processes=2, seed=seed, job=job, as_json=False, on_round=self.rounds.append
         )
         self.attack_cfg, self.timeout_s, self.drain_s = attack, timeout_s, drain_s
+        # One job id for the clean and the attacked run (each has topics of its own): the global
+        # model's bytes carry the job id, so the final digests compare only if it is the same.
+        self.job_id = f"job-hostile-{seed}"
         self.progress = progress
         self.attack: Attack | None = None
         self.scraper: Scraper | None = None
