@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qflare import operator
+from qflare import localstack, operator
 from qflare.identity import Identity
 from qflare.kafka import KafkaSettings
 from tests.integration.services.harness import RegistryProcess
@@ -76,6 +76,15 @@ async def test_edge_only_device_enrols_and_heartbeats(
         "QFLARE_KAFKA_DEPLOYMENT_ID": kafka.deployment_id,
         "QFLARE_DEVICE_TOKEN": token,
     }
+    # Configured like a real device: the device principal's login and the CA, nothing found on disk.
+    secret = localstack.password("kafka", "device")
+    if secret is not None:
+        env |= {
+            "QFLARE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "QFLARE_KAFKA_USERNAME": "device",
+            "QFLARE_KAFKA_PASSWORD": secret,
+            "QFLARE_KAFKA_CA_FILE": str(localstack.ca_file()),
+        }
     cmd = [str(edge_venv / "bin" / "qflare-edge"), "run", "--device-id", device_id, "--heartbeat-s", "1"]
     cmd += ["--state-dir", str(tmp_path / "device"), "--duration-s", "300", "--label", "site=edge"]
     device = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
