@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from qflare.crypto import generate_key, read_key, signature_backend, write_key  # noqa: E402
+from qflare.identity import key_path  # noqa: E402
 from qflare.kafka import KafkaSettings  # noqa: E402
 from qflare.protocol.control import AuditEvent  # noqa: E402
 from services.audit.chain import CHECKPOINT, verify  # noqa: E402
@@ -55,7 +56,7 @@ def _show(title: str, done: subprocess.CompletedProcess[str]) -> None:
 
 async def _chain_only(stream: str, keys_dir: Path) -> str:
     """The verdict of the chain alone: links and checkpoints, no head."""
-    public = read_key(keys_dir / "audit.key").public_key
+    public = read_key(key_path("audit", keys_dir)).public_key
     backend = signature_backend()
     verdict = verify(stream, await chain(stream), lambda m, s: backend.verify(public, m, s))
     return verdict.line(stream)

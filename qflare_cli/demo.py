@@ -29,7 +29,7 @@ from qflare import operator, poison
 from qflare.crypto import read_key
 from qflare.errors import QflareError, StackError
 from qflare.fl import JobSpec
-from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, init_identities, trusted_ring
+from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, init_identities, key_path, trusted_ring
 from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
 from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
@@ -327,7 +327,7 @@ class Run:
             f":{sched} (scheduler), :{aud} (audit)",
         )
         # These need the stack: run the demo with --keep-stack (or start it first) to look.
-        audit_key = KEYS_DIR / "audit.key"  # the audit host's own key: here, this machine
+        audit_key = key_path("audit", KEYS_DIR)  # the audit host's own key: here, this machine
         pin = f"SHA256:{read_key(audit_key).fingerprint}" if audit_key.exists() else "<audit key fingerprint>"
         table.add_row(
             "audit", f"qflare audit verify --stream {self.kafka.topic_prefix} --key-fingerprint {pin}"

@@ -18,7 +18,7 @@ from elasticsearch import AsyncElasticsearch
 
 from qflare.children import ServiceProcess
 from qflare.crypto import read_key
-from qflare.identity import Identity, load_identity
+from qflare.identity import Identity, key_path, load_identity
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics
 from qflare.protocol import Body, seal
 from services.audit.chain import Entry, genesis, make_entry
@@ -103,7 +103,7 @@ class Publisher:
 
 def audit_fingerprint(keys_dir: Path) -> str:
     """The audit key's fingerprint as the audit host shows it (read from its private key file)."""
-    return f"SHA256:{read_key(keys_dir / 'audit.key').fingerprint}"
+    return f"SHA256:{read_key(key_path('audit', keys_dir)).fingerprint}"
 
 
 async def chain(stream: str) -> list[Entry]:

@@ -25,6 +25,7 @@ from edge.link import Link
 from edge.spool import Spool
 from qflare.backoff import Backoff
 from qflare.errors import is_transient
+from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, ensure_topics, make_admin, make_producer
 from qflare.runner import EXIT_NOT_TRANSIENT, serve_forever
 
@@ -152,6 +153,7 @@ async def test_the_edge_link_keeps_retrying_a_broker_that_is_away(tmp_path: Path
 
 def test_a_service_that_cannot_create_its_topics_exits_at_once(keys_dir: Path, tmp_path: Path) -> None:
     """The real aggregator process: an invalid topic prefix is refused by the broker, not retried."""
+    load_identity("aggregator", keys_dir, create=True)  # keys are never made silently
     env = {
         **os.environ,
         "QFLARE_KAFKA_TOPIC_PREFIX": "not a valid prefix!",
