@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,9 @@ from qflare_cli.demo import KEYS_DIR, Run
 from qflare_cli.supervised import SERVICES, metrics_ports
 from tests.hostile.attack import Attack, AttackConfig
 from tests.hostile.report import Outcome, Scraper
+
+#: Shared by the runs of one process (see ``HostileRun.job_id``).
+_PAIR = uuid.uuid4().hex[:6]
 
 
 class HostileRun(Run):
@@ -41,9 +45,10 @@ class HostileRun(Run):
             devices=devices, processes=2, seed=seed, job=job, as_json=False, on_round=self.rounds.append
         )
         self.attack_cfg, self.timeout_s, self.drain_s = attack, timeout_s, drain_s
-        # One job id for the clean and the attacked run (each has topics of its own): the global
-        # model's bytes carry the job id, so the final digests compare only if it is the same.
-        self.job_id = f"job-hostile-{seed}"
+        # One job id for the clean and the attacked run of this process (each has topics of its
+        # own): the global model's bytes carry the job id, so the final digests compare only if it
+        # is the same. New per process, since the aggregator's database outlives a run.
+        self.job_id = f"job-hostile-{_PAIR}-{seed}"
         self.progress = progress
         self.attack: Attack | None = None
         self.scraper: Scraper | None = None
