@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"{sum(attacked.restarts.values())} service restarts or stops")
     if attacked.error or attacked.completed_rounds < args.rounds:
         problems.append(f"the attacked job did not complete: {attacked.error}")
-    if not args.skip_clean and clean.final_digest != attacked.final_digest:
-        problems.append("the attacked job's model differs from the clean run's")
+    if not args.skip_clean and clean.trajectory != attacked.trajectory:
+        problems.append("the attacked job's round metrics differ from the clean run's")
     for p in problems:
         print(f"- FAILED: {p}")
     return 1 if problems else 0

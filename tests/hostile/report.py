@@ -74,7 +74,10 @@ class Outcome:
     label: str
     completed_rounds: int = 0
     final_accuracy: float | None = None
-    final_digest: bytes | None = None
+    #: Every completed round's evaluation metrics, in order. The two runs' job ids differ (the
+    #: aggregator's database outlives a run), and the model bytes carry the job id, so the runs
+    #: are compared on what the model does: the same metrics, round by round, to the last digit.
+    trajectory: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     error: str | None = None
     restarts: Counter[str] = field(default_factory=Counter)
     supervisor_lines: list[str] = field(default_factory=list)
@@ -116,13 +119,13 @@ def _acc(o: Outcome) -> str:
 
 
 def _summary(clean: Outcome, attacked: Outcome) -> str:
-    same = clean.final_digest is not None and clean.final_digest == attacked.final_digest
+    same = bool(clean.trajectory) and clean.trajectory == attacked.trajectory
     rows = [
         "| | clean run | under attack |",
         "|---|---|---|",
         f"| rounds completed | {clean.completed_rounds} | {attacked.completed_rounds} |",
         f"| final test accuracy | {_acc(clean)} | {_acc(attacked)} |",
-        f"| final model digest equal | | {'yes' if same else 'NO'} |",
+        f"| every round's metrics equal | | {'yes' if same else 'NO'} |",
         f"| service restarts and stops | {_restarts(clean)} | {_restarts(attacked)} |",
         f"| stopped by | {clean.error or '-'} | {attacked.error or '-'} |",
         f"| wall time | {clean.seconds:.0f} s | {attacked.seconds:.0f} s |",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,9 +22,6 @@ from qflare_cli.demo import KEYS_DIR, Run
 from qflare_cli.supervised import SERVICES, metrics_ports
 from tests.hostile.attack import Attack, AttackConfig
 from tests.hostile.report import Outcome, Scraper
-
-#: Shared by the runs of one process (see ``HostileRun.job_id``).
-_PAIR = uuid.uuid4().hex[:6]
 
 
 class HostileRun(Run):
@@ -45,10 +41,6 @@ class HostileRun(Run):
             devices=devices, processes=2, seed=seed, job=job, as_json=False, on_round=self.rounds.append
         )
         self.attack_cfg, self.timeout_s, self.drain_s = attack, timeout_s, drain_s
-        # One job id for the clean and the attacked run of this process (each has topics of its
-        # own): the global model's bytes carry the job id, so the final digests compare only if it
-        # is the same. New per process, since the aggregator's database outlives a run.
-        self.job_id = f"job-hostile-{_PAIR}-{seed}"
         self.progress = progress
         self.attack: Attack | None = None
         self.scraper: Scraper | None = None
@@ -115,7 +107,7 @@ class HostileRun(Run):
         out = Outcome(label, completed_rounds=len(completed), error=error, seconds=seconds)
         if completed:
             out.final_accuracy = completed[-1].metrics.get("test_accuracy")
-            out.final_digest = completed[-1].model_digest
+            out.trajectory = [(r.round, dict(sorted(r.metrics.items()))) for r in completed]
         events = list(self.services.events)
         if self.fleet is not None:
             events += [e for e in self.fleet.supervisor.events]
