@@ -115,9 +115,8 @@ async def main() -> int:
         await wait_chain(stream, lambda es: sum(e.event.type != CHECKPOINT for e in es) >= EVENTS)
         await wait_head(audit, stream)
         print(f"stream {stream}: {EVENTS} events, a signed checkpoint every {audit.checkpoint_every} entries")
-        print(
-            f"audit key SHA256:{read_key(keys_dir / 'audit.key').fingerprint} (pinned by --key-fingerprint)\n"
-        )
+        pin = read_key(key_path("audit", keys_dir)).fingerprint
+        print(f"audit key SHA256:{pin} (pinned by --key-fingerprint)\n")
 
         print("fake checkpoint (the aggregator's key signs an event named audit.checkpoint)")
         before = run_verify(stream, keys_dir)
