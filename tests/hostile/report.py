@@ -74,9 +74,10 @@ class Outcome:
     label: str
     completed_rounds: int = 0
     final_accuracy: float | None = None
-    #: Every completed round's evaluation metrics, in order. The two runs' job ids differ (the
-    #: aggregator's database outlives a run), and the model bytes carry the job id, so the runs
-    #: are compared on what the model does: the same metrics, round by round, to the last digit.
+    #: Every completed round's evaluation metrics (test loss, accuracy, examples), in order. The
+    #: two runs' job ids differ (the aggregator's database outlives a run), and the model bytes
+    #: carry the job id, so the runs are compared on what the model does: the same evaluation,
+    #: round by round, to the last digit.
     trajectory: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     error: str | None = None
     restarts: Counter[str] = field(default_factory=Counter)

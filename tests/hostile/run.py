@@ -107,7 +107,11 @@ class HostileRun(Run):
         out = Outcome(label, completed_rounds=len(completed), error=error, seconds=seconds)
         if completed:
             out.final_accuracy = completed[-1].metrics.get("test_accuracy")
-            out.trajectory = [(r.round, dict(sorted(r.metrics.items()))) for r in completed]
+            # Only the evaluation: a round's other metrics are wall-clock durations and byte counts.
+            out.trajectory = [
+                (r.round, {k: v for k, v in sorted(r.metrics.items()) if k.startswith("test_")})
+                for r in completed
+            ]
         events = list(self.services.events)
         if self.fleet is not None:
             events += [e for e in self.fleet.supervisor.events]
