@@ -14,7 +14,7 @@ from edge.simulator.fleet import start_fleet
 from qflare import health
 from qflare.children import ServiceProcess, wait_ready
 from qflare.errors import StackError
-from qflare.identity import Identity
+from qflare.identity import Identity, load_identity
 from qflare.kafka import KafkaSettings
 from qflare.supervisor import Supervisor, SupervisorSettings
 
@@ -28,6 +28,7 @@ def _until(cond: Callable[[], bool], what: str, timeout_s: float = 120) -> None:
 
 
 def _registry(kafka: KafkaSettings, keys_dir: Path, log: Path, **env: str) -> ServiceProcess:
+    load_identity("registry", keys_dir, create=True)  # a service never makes its own key
     return ServiceProcess(
         "registry",
         {
