@@ -29,6 +29,8 @@ async def test_faust_agent_consumes_and_commits(stack: StackSettings, unique: st
         "ECHO_BOOTSTRAP": stack.kafka_bootstrap,
         "ECHO_IN": src,
         "ECHO_OUT": out,
+        # The worker runs in its own folder, so it finds the stack's credentials by absolute path.
+        "QFLARE_RUNTIME_DIR": str(stack.runtime_dir.resolve()),
     }
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
     worker = await asyncio.create_subprocess_exec(
