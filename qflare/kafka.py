@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -277,6 +277,10 @@ async def replay(settings: KafkaSettings | None, *specs: TopicSpec) -> AsyncIter
         await consumer.stop()
 
 
+#: Fetches records of the given partitions, as ``AIOKafkaConsumer.getmany`` does.
+Fetch: TypeAlias = Callable[[list[TopicPartition]], Awaitable[dict[TopicPartition, list[Record]]]]
+
+
 async def read_to_end(
     consumer: AIOKafkaConsumer,
     parts: Iterable[TopicPartition] | None = None,
@@ -284,12 +288,15 @@ async def read_to_end(
     max_records: int = 1000,
     timeout_ms: int = 200,
     timeout_s: float | None = None,
+    fetch: Fetch | None = None,
 ) -> AsyncIterator[Record]:
     """The records of ``parts`` (default: all assigned) up to the end offsets seen when called.
 
     The read ends once every partition reached those offsets, however fast the
     topic grows (the last fetch may carry a few records past them), or, quietly,
     once ``timeout_s`` passed: a view that is as complete as it could get in time.
+    ``fetch`` replaces the plain ``getmany`` of the partitions still behind (for
+    example ``qflare.poison.fetch``, which turns positions that left the log into gaps).
     """
     wanted = list(consumer.assignment()) if parts is None else list(parts)
     end = await consumer.end_offsets(wanted)
@@ -298,7 +305,10 @@ async def read_to_end(
     while behind := [tp for tp in wanted if await consumer.position(tp) < end[tp]]:
         if deadline is not None and loop.time() > deadline:
             return
-        batches = await consumer.getmany(*behind, timeout_ms=timeout_ms, max_records=max_records)
+        if fetch is None:
+            batches = await consumer.getmany(*behind, timeout_ms=timeout_ms, max_records=max_records)
+        else:
+            batches = await fetch(behind)
         for records in batches.values():
             for record in records:
                 yield record

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.errors import OffsetOutOfRangeError
+from aiokafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
 from prometheus_client import Counter
 
 from qflare.clock import now_ms
@@ -226,16 +226,29 @@ Batches = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
 async def fetch(
-    consumer: AIOKafkaConsumer, *, service: str, timeout_ms: int, max_records: int
+    consumer: AIOKafkaConsumer,
+    *parts: TopicPartition,
+    service: str,
+    timeout_ms: int,
+    max_records: int,
 ) -> tuple[Batches, list[Gap]]:
-    """``getmany``, plus the gaps met: partitions whose position left the log, moved to its start.
+    """``getmany`` (of ``parts``, default all), plus the gaps met: positions that left the log.
 
     The consumer must be made with ``auto_offset_reset="none"``, so that the
-    client raises instead of resetting on its own. The caller records each gap
-    (an audit event) in the same transaction as the positions that move past it.
+    client raises instead of resetting on its own. A partition with no position at
+    all (a consumer group's first start) starts at the beginning: nothing was
+    skipped. A position outside the log moves to its start and becomes a ``Gap``,
+    which the caller records (an audit event) in the same transaction as the
+    positions that move past it.
     """
     try:
-        return await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records), []
+        return await consumer.getmany(*parts, timeout_ms=timeout_ms, max_records=max_records), []
+    except NoOffsetForPartitionError as exc:
+        fresh = [tp for tp in exc.args if isinstance(tp, TopicPartition)]
+        if not fresh:
+            raise
+        await consumer.seek_to_beginning(*fresh)
+        return {}, []
     except OffsetOutOfRangeError as exc:
         lost: dict[TopicPartition, int] = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
         if not lost:

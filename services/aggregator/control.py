@@ -37,7 +37,7 @@ from services.aggregator.config import AggregatorSettings
 from services.aggregator.cursor import Cursor
 from services.aggregator.jobs import Job
 from services.aggregator.models import encode
-from services.aggregator.publisher import Publisher
+from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import OpenRound
 from services.aggregator.store import AggregatorStore
 
@@ -90,7 +90,7 @@ class Control:
     async def sync(self) -> None:
         """Handle every control record up to the current end of each partition."""
         held: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
-        async for record in read_to_end(self.consumer, self.parts):
+        async for record in read_to_end(self.consumer, self.parts, fetch=self._fetch):
             if record.topic == self.topics.devices.name:
                 await self._device(record)
             else:
@@ -102,6 +102,21 @@ class Control:
         jobs = self.topics.jobs.name
         for record in heapq.merge(*held.values(), key=lambda r: (r.timestamp, r.topic != jobs)):
             await self._logged(record)
+
+    async def _fetch(self, parts: list[TopicPartition]) -> poison.Batches:
+        batches, gaps = await poison.fetch(
+            self.consumer, *parts, service=SERVICE, timeout_ms=200, max_records=1000
+        )
+        for gap in gaps:
+            # The positions move past the gap together with its audit record.
+            cursor = self.cursors.get(TopicPartition(gap.topic, gap.partition))
+            async with self.store.conn.transaction():
+                await self.out.queue_gap(gap)
+                if cursor is not None:  # the device topic is re-read from its start, never checkpointed
+                    cursor.resume_at(gap.resumed)
+                    await self.store.save_cursor(cursor)
+            await self.out.flush_outbox()
+        return batches
 
     # --- device records (key cache only; re-read from the start on every start-up) ---------
 

@@ -43,6 +43,10 @@ class Cursor:
             self.next_offset = offset + 1
             self.dirty = True
 
+    def resume_at(self, offset: int) -> None:
+        """Continue at ``offset`` after a gap: the records before it left the log unread."""
+        self.next_offset, self.dirty = offset, True
+
     def chunk_seen(self, key: StreamKey, offset: int, now_ms: int) -> None:
         first = self.open_streams.get(key, (offset, now_ms))[0]
         self.open_streams[key] = (min(first, offset), now_ms)

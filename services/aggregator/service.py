@@ -108,7 +108,10 @@ class AggregatorService(BatchLoop):
             self.producer, self.store, self.identity, self.topics, self.kafka.limits, self.tally
         )
         await self.out.flush_outbox()  # what a crash left unsent goes out before anything new
-        self.control_consumer = await self._started(make_consumer(self.kafka, group_id=None))
+        # "none" here too: a checkpointed position of a control topic that left the log is a gap.
+        self.control_consumer = await self._started(
+            make_consumer(self.kafka, group_id=None, auto_offset_reset="none")
+        )
         self.closer = Closer(self.store, self.out, Evaluator(self.cfg.eval_examples), self.jobs, self.rounds)
         self.control = Control(
             self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from qflare import metrics, poison
 from qflare.errors import QflareError
 from qflare.identity import Identity
-from qflare.poison import Summary, Tally
+from qflare.poison import Gap, Summary, Tally
 from qflare.protocol import Message, seal
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.devices import Device, DeviceHealth
@@ -144,6 +144,18 @@ class Publisher:
                 "error": str(exc)[:500],
                 **exc.detail,
             },
+        )
+        await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body, self.topics.audit))
+
+    async def gap(self, gap: Gap) -> None:
+        """Audit offsets that left the log unread (retention, deleted records): never skipped silently."""
+        log.error("offset gap: records were never read", **gap.detail())
+        body = AuditEvent(
+            event="offset.gap",
+            severity="critical",
+            source=SERVICE,
+            subject=gap.topic,
+            detail=dict(gap.detail()),
         )
         await self.send(self.topics.audit.name, SERVICE.encode(), self.seal(body, self.topics.audit))
 

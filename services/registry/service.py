@@ -111,7 +111,8 @@ class RegistryService(BatchLoop):
                 t.devices.name,
                 group_id=self.cfg.group_id,
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
+                # "none": a committed position that left the log raises, and is audited as a gap.
+                auto_offset_reset="none",
             )
         )
         self._spawn(self._sweep_forever(), name="registry-sweep")
@@ -119,7 +120,11 @@ class RegistryService(BatchLoop):
 
     # -- the loop ------------------------------------------------------------
     async def _step(self) -> None:
-        batches = await self.consumer.getmany(timeout_ms=500, max_records=self.cfg.batch_max_records)
+        batches, gaps = await poison.fetch(
+            self.consumer, service=SERVICE, timeout_ms=500, max_records=self.cfg.batch_max_records
+        )
+        for gap in gaps:
+            await self.out.gap(gap)
         seen: dict[str, int] = {}
         for records in batches.values():
             for record in records:
@@ -130,7 +135,7 @@ class RegistryService(BatchLoop):
         await self.live.beat(seen)
         for summary in self.out.tally.due():
             await self.out.summary(summary)
-        if batches:
+        if batches or gaps:
             await self.out.flush_outbox()
             await self.out.settle()
             await self.consumer.commit()

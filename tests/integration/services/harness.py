@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
+
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
@@ -17,7 +20,7 @@ from qflare.children import ServiceProcess
 from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
-from qflare.kafka import KafkaSettings, make_producer, replay
+from qflare.kafka import KafkaSettings, make_admin, make_consumer, make_producer, partitions, replay
 from qflare.protocol import Body, Channel, Decoder, KeyRing
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics, TopicSpec
@@ -151,3 +154,22 @@ async def audit_events(
         timeout_s=timeout_s,
     )
     return [b for b in bodies if isinstance(b, AuditEvent)]
+
+
+async def delete_to_end(kafka: KafkaSettings, spec: TopicSpec) -> dict[TopicPartition, int]:
+    """Delete every record of ``spec`` now in Kafka (deleteRecords); returns each partition's end."""
+    probe = make_consumer(kafka, group_id=None)
+    await probe.start()
+    try:
+        ends: dict[TopicPartition, int] = await probe.end_offsets(partitions(spec))
+    finally:
+        await probe.stop()
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        await admin.delete_records(
+            {tp: RecordsToDelete(end) for tp, end in ends.items() if end}, timeout_ms=30_000
+        )
+    finally:
+        await admin.close()
+    return ends

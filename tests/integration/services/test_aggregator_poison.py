@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
 
-from qflare.kafka import KafkaSettings, make_admin, make_consumer, partitions
+from qflare.kafka import KafkaSettings
 from qflare.protocol import Tensor, seal, wire
+from qflare.protocol.control import AuditEvent
 from qflare.protocol.envelope import Chunk, new_message_id, seal_parts
 from qflare.protocol.limits import MIB
 from qflare.protocol.messages import ModelChunk
@@ -35,7 +35,7 @@ from tests.integration.services.aggregator_harness import (
     rejections,
     round_results,
 )
-from tests.integration.services.harness import audit_events
+from tests.integration.services.harness import audit_events, delete_to_end
 
 HUGE = (1 << 31) - 1
 
@@ -141,19 +141,7 @@ async def test_an_offset_gap_in_the_updates_topic_is_audited(
 
     for i in range(3):  # arrive while it is down, and are deleted before it reads them
         await plane.send(updates, "k", b"\x93lost " + bytes([i]))
-    probe = make_consumer(kafka, group_id=None)
-    await probe.start()
-    try:
-        ends = await probe.end_offsets(partitions(plane.topics.updates))
-    finally:
-        await probe.stop()
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        deleting = {tp: RecordsToDelete(end) for tp, end in ends.items() if end}
-        await admin.delete_records(deleting, timeout_ms=30_000)
-    finally:
-        await admin.close()
+    ends = await delete_to_end(kafka, plane.topics.updates)
 
     aggregator.start()
     events = await audit_events(
@@ -167,3 +155,38 @@ async def test_an_offset_gap_in_the_updates_topic_is_audited(
     tp = TopicPartition(updates, partition)
     assert gap.detail["resumed_offset"] == ends[tp] and gap.detail["first_offset"] == ends[tp] - 3
     assert aggregator.alive
+
+
+async def test_an_offset_gap_in_a_control_topic_is_audited(
+    kafka: KafkaSettings, keys_dir: Path, plane: ControlPlane, aggregator: AggregatorProcess
+) -> None:
+    jobs = plane.topics.jobs.name
+    await plane.send(jobs, "k", b"\x93first, refused")  # its position is checkpointed past it
+    await audit_events(kafka, keys_dir, lambda ev: any(_refused(e, jobs) for e in ev))
+    aggregator.stop()
+
+    for i in range(3):  # arrive while it is down, and are deleted before it reads them
+        await plane.send(jobs, "k", b"\x93lost " + bytes([i]))
+    ends = await delete_to_end(kafka, plane.topics.jobs)
+
+    aggregator.start()
+    events = await audit_events(
+        kafka, keys_dir, lambda ev: any(e.source == "aggregator" and e.event == "offset.gap" for e in ev)
+    )
+    (gap,) = [e for e in events if e.source == "aggregator" and e.event == "offset.gap"]
+    assert gap.subject == jobs and gap.severity == "critical" and gap.detail["skipped"] == 3
+    partition = gap.detail["partition"]
+    assert isinstance(partition, int)
+    assert gap.detail["resumed_offset"] == ends[TopicPartition(jobs, partition)]
+
+    # The position moved past the gap with its audit record: a restart does not report it again.
+    aggregator.stop()
+    aggregator.start()
+    await plane.send(jobs, "k", b"\x93after the restart")
+    later = await audit_events(kafka, keys_dir, lambda ev: sum(_refused(e, jobs) for e in ev) >= 2)
+    assert [e.event for e in later if e.source == "aggregator"].count("offset.gap") == 1
+    assert aggregator.alive
+
+
+def _refused(event: AuditEvent, topic: str) -> bool:
+    return event.source == "aggregator" and event.reason == "limit" and event.detail.get("topic") == topic

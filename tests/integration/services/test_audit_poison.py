@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.admin import RecordsToDelete
 
-from qflare.kafka import KafkaSettings, make_admin, make_consumer, partitions
+from qflare.kafka import KafkaSettings
 from qflare.protocol.control import AuditEvent
 from services.audit.chain import Entry
 from tests.integration.services.audit_harness import AuditProcess, Publisher, drop_indices, wait_chain
+from tests.integration.services.harness import delete_to_end
 
 
 @dataclass
@@ -92,20 +92,7 @@ async def test_an_offset_gap_is_audited_with_the_skipped_range(
     for i in range(3):
         lost = AuditEvent("device.revoked", "info", "registry", subject=f"lost-{i}")
         await plane.send(t.audit.name, "registry", plane.seal("registry", lost))
-    probe = make_consumer(kafka, group_id=None)
-    await probe.start()
-    try:
-        ends = await probe.end_offsets(partitions(t.audit))
-    finally:
-        await probe.stop()
-    admin = make_admin(kafka)
-    await admin.start()
-    try:
-        await admin.delete_records(
-            {tp: RecordsToDelete(end) for tp, end in ends.items() if end}, timeout_ms=30_000
-        )
-    finally:
-        await admin.close()
+    ends = await delete_to_end(kafka, t.audit)
     after = AuditEvent("device.revoked", "info", "registry", subject="after-gap")
     await plane.send(t.audit.name, "registry", plane.seal("registry", after))
 

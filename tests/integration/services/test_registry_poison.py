@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from edge.runtime import enrolment
 from qflare import operator
@@ -17,7 +17,7 @@ from qflare.crypto import generate_key
 from qflare.identity import Identity
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.protocol import seal
-from tests.integration.services.harness import Fleet, RegistryProcess, audit_events
+from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, delete_to_end
 from tests.integration.services.test_registry import _fleet_state
 
 
@@ -56,3 +56,36 @@ async def test_nul_in_a_label_or_key_is_rejected_and_the_registry_goes_on(
     assert refused.detail["field"] == "body.labels.site"
     assert refused.subject is not None and "\x00" not in refused.subject
     assert registry.alive and registry.starts == 1
+
+
+async def _send(kafka: KafkaSettings, topic: str, value: bytes) -> None:
+    producer: AIOKafkaProducer = make_producer(kafka)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=b"k")
+    finally:
+        await producer.stop()
+
+
+async def test_an_offset_gap_in_the_registry_group_is_audited(
+    kafka: KafkaSettings, keys_dir: Path, registry: RegistryProcess
+) -> None:
+    beats = kafka.topics.heartbeats
+    await _send(kafka, beats.name, b"\x93first, refused")  # the group commits its position past it
+    await audit_events(kafka, keys_dir, lambda ev: any(e.source == "registry" for e in ev))
+    registry.stop()
+
+    for i in range(3):  # arrive while it is down, and are deleted before it reads them
+        await _send(kafka, beats.name, b"\x93lost " + bytes([i]))
+    ends = await delete_to_end(kafka, beats)
+
+    registry.start()
+    events = await audit_events(
+        kafka, keys_dir, lambda ev: any(e.source == "registry" and e.event == "offset.gap" for e in ev)
+    )
+    (gap,) = [e for e in events if e.source == "registry" and e.event == "offset.gap"]
+    assert gap.subject == beats.name and gap.severity == "critical" and gap.detail["skipped"] == 3
+    partition = gap.detail["partition"]
+    assert isinstance(partition, int)
+    assert gap.detail["resumed_offset"] == ends[TopicPartition(beats.name, partition)]
+    assert registry.alive
