@@ -39,6 +39,19 @@ def refuse_tombstone(key: bytes | None) -> NoReturn:
     )
 
 
+def newer(device: Device, seen: int) -> bool:
+    """True if ``device`` is above revision ``seen``; False if it is the same revision (the
+    registry re-sends a state unchanged, e.g. a repeated revoke); ``Rejected(STALE_REVISION)``
+    if it is older: a replayed signed record must not roll a device back."""
+    if device.revision < seen:
+        raise Rejected(
+            Reason.STALE_REVISION,
+            f"device {device.device_id} revision {device.revision} is not above {seen}",
+            field="body.revision",
+        )
+    return device.revision > seen
+
+
 class Revisions:
     """The highest revision applied per device id."""
 
@@ -46,18 +59,9 @@ class Revisions:
         self._seen: dict[str, int] = {}
 
     def admit(self, device: Device) -> bool:
-        """True (and recorded) if ``device`` is newer than what was applied; False if it is the
-        same revision (the registry re-sends a state unchanged, e.g. a repeated revoke);
-        ``Rejected(STALE_REVISION)`` if it is older."""
-        seen = self._seen.get(device.device_id, 0)
-        if device.revision == seen:
+        """``newer`` than what was applied for the device; recorded if so."""
+        if not newer(device, self._seen.get(device.device_id, 0)):
             return False
-        if device.revision < seen:
-            raise Rejected(
-                Reason.STALE_REVISION,
-                f"device {device.device_id} revision {device.revision} is not above {seen}",
-                field="body.revision",
-            )
         self._seen[device.device_id] = device.revision
         return True
 

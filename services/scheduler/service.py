@@ -23,16 +23,15 @@ import structlog
 
 from qflare import health, metrics, poison
 from qflare.clock import now_ms
-from qflare.errors import ConfigError, ProtocolError, Rejected
+from qflare.errors import ConfigError, ProtocolError
 from qflare.fl import JobSpec
 from qflare.identity import Identity, TrustedKeys
 from qflare.kafka import KafkaSettings
-from qflare.keys import refuse_tombstone
+from qflare.keys import newer, refuse_tombstone
 from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
-from qflare.reasons import Reason
 from qflare.tracing import process_span, round_span, send_span
 from services.scheduler.config import SchedulerSettings
 from services.scheduler.gate import Gate
@@ -191,14 +190,7 @@ class Scheduler:
                 device = msg.body
                 # The revision lives in the signed status row, so it survives a restart with it.
                 row = self.status.get(device.device_id) or {}
-                seen = int(row.get("revision", 0))
-                if device.revision < seen:
-                    raise Rejected(
-                        Reason.STALE_REVISION,
-                        f"{device.device_id} revision {device.revision} < {seen}",
-                        field="body.revision",
-                    )
-                if device.revision > seen:
+                if newer(device, int(row.get("revision", 0))):
                     self.status[device.device_id] = {"status": device.status, "revision": device.revision}
             except Exception as exc:
                 if poison.retry(exc):
