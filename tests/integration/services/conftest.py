@@ -1,4 +1,4 @@
-"""Fixtures: a registry process and a device fleet, each test with its own topics."""
+"""Fixtures: the services as processes, a control plane and a device fleet, each test with its own topics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import pytest
 
 from qflare.identity import Identity, load_identity
 from qflare.kafka import KafkaSettings
+from tests.integration.services.aggregator_harness import AggregatorProcess, ControlPlane
+from tests.integration.services.audit_harness import AuditProcess, Publisher, drop_indices
 from tests.integration.services.harness import Fleet, RegistryProcess
 
 
@@ -47,3 +49,39 @@ async def fleet(kafka: KafkaSettings, tmp_path: Path) -> AsyncIterator[Fleet]:
     await made.link.start()
     yield made
     await made.close()
+
+
+@pytest.fixture
+def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AggregatorProcess]:
+    proc = AggregatorProcess(kafka, keys_dir, tmp_path / "aggregator.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def audit(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AuditProcess]:
+    proc = AuditProcess(kafka, keys_dir, tmp_path / "audit.log")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
+    """Signs as the operator, scheduler and registry would, and as devices."""
+    made = ControlPlane(kafka, keys_dir)
+    await made.start()
+    yield made
+    await made.stop()
+    await drop_indices(kafka.topic_prefix)  # the audit service's, where one ran
+
+
+@pytest.fixture
+async def publisher(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[Publisher]:
+    """Publishes signed records of any sender, for the audit service to read."""
+    made = Publisher(kafka, keys_dir)
+    await made.start()
+    yield made
+    await made.stop()
+    await drop_indices(kafka.topic_prefix)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -28,14 +28,6 @@ def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator
     proc.start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
 
 
 async def test_deadline_with_and_without_quorum_then_retry(

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from aiokafka import TopicPartition
 
 from qflare.kafka import KafkaSettings
@@ -38,22 +36,6 @@ from tests.integration.services.aggregator_harness import (
 from tests.integration.services.harness import audit_events, delete_to_end
 
 HUGE = (1 << 31) - 1
-
-
-@pytest.fixture
-def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AggregatorProcess]:
-    proc = AggregatorProcess(kafka, keys_dir, tmp_path / "aggregator.log")
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
 
 
 class _AbsurdUpdate(ModelUpdate):

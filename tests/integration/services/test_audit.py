@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from qflare.crypto import generate_key
 from qflare.kafka import KafkaSettings
@@ -21,7 +19,6 @@ from tests.integration.services.audit_harness import (
     AuditProcess,
     Publisher,
     audit_fingerprint,
-    drop_indices,
     search,
     wait_chain,
 )
@@ -29,27 +26,10 @@ from tests.integration.services.audit_harness import (
 JOB = "job-audit"
 
 
-@pytest.fixture
-def audit(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AuditProcess]:
-    proc = AuditProcess(kafka, keys_dir, tmp_path / "audit.log")
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[Publisher]:
-    made = Publisher(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
-    await drop_indices(kafka.topic_prefix)
-
-
-async def publish_round(plane: Publisher, rnd: int) -> None:
-    t = plane.topics
+async def publish_round(publisher: Publisher, rnd: int) -> None:
+    t = publisher.topics
     task = RoundTask(JOB, rnd, rnd - 1, "fedavg", ("dev-a", "dev-b"), 2_000_000_000_000, 2, 1)
-    await plane.send(t.rounds.name, f"{JOB}:{rnd}", plane.seal("scheduler", task, rnd))
+    await publisher.send(t.rounds.name, f"{JOB}:{rnd}", publisher.seal("scheduler", task, rnd))
     event = AuditEvent(
         "update.rejected",
         "warning",
@@ -58,9 +38,9 @@ async def publish_round(plane: Publisher, rnd: int) -> None:
         subject="dev-a",
         detail={"job_id": JOB, "round": rnd},
     )
-    await plane.send(t.audit.name, "registry", plane.seal("registry", event))
+    await publisher.send(t.audit.name, "registry", publisher.seal("registry", event))
     done = RoundComplete(JOB, rnd, "completed", rnd, 2, 100, ("dev-a", "dev-b"), b"\x01" * 32)
-    await plane.send(t.rounds_complete.name, JOB, plane.seal("aggregator", done, rnd))
+    await publisher.send(t.rounds_complete.name, JOB, publisher.seal("aggregator", done, rnd))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,10 +53,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_signed_events_are_chained_in_order_and_indexed(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings
 ) -> None:
     for rnd in (1, 2):
-        await publish_round(plane, rnd)
+        await publish_round(publisher, rnd)
     stream = kafka.topic_prefix
     got = await wait_chain(stream, lambda es: sum(e.event.type != "audit.checkpoint" for e in es) >= 6)
     events = [e for e in got if e.event.type != "audit.checkpoint"]
@@ -106,15 +86,15 @@ async def test_signed_events_are_chained_in_order_and_indexed(
 
 
 async def test_forged_and_garbage_records_are_recorded_as_rejections(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings
 ) -> None:
-    t = plane.topics
+    t = publisher.topics
     stranger = generate_key().signer()
     forged = AuditEvent("device.revoked", "critical", "registry", reason="forged", subject="dev-x")
-    await plane.send(t.audit.name, "registry", seal(forged, stranger, t.audit.channel, sender="registry"))
-    await plane.send(t.audit.name, "registry", b"\x93not an envelope")
+    await publisher.send(t.audit.name, "registry", seal(forged, stranger, t.audit.channel, sender="registry"))
+    await publisher.send(t.audit.name, "registry", b"\x93not an envelope")
     genuine = AuditEvent("device.revoked", "info", "registry", subject="dev-y")
-    await plane.send(t.audit.name, "registry", plane.seal("registry", genuine))
+    await publisher.send(t.audit.name, "registry", publisher.seal("registry", genuine))
     got = await wait_chain(kafka.topic_prefix, lambda es: len(es) >= 3)
     rejected = [e.event for e in got if e.event.type == "message.rejected"]
     assert len(rejected) == 2
@@ -126,10 +106,10 @@ async def test_forged_and_garbage_records_are_recorded_as_rejections(
 
 
 async def test_verify_names_the_tampered_seq(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings, keys_dir: Path
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings, keys_dir: Path
 ) -> None:
     for rnd in (1, 2, 3):
-        await publish_round(plane, rnd)
+        await publish_round(publisher, rnd)
     stream = kafka.topic_prefix
     await wait_chain(stream, lambda es: len(es) >= 10)
     args = ("--stream", stream, "--keys-dir", str(keys_dir), "--key-fingerprint", audit_fingerprint(keys_dir))

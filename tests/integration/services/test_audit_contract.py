@@ -3,10 +3,7 @@ enrolment result, with the real aggregator and audit services."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-
-import pytest
 
 from qflare.kafka import KafkaSettings
 from qflare.protocol import wire
@@ -24,31 +21,6 @@ from tests.integration.services.audit_harness import AuditProcess, Publisher, dr
 
 #: What an update entry may say: metadata only, never a tensor.
 UPDATE_DETAIL = {"message_type", "severity", "source", "event_id", "job_id", "round"}
-
-
-@pytest.fixture
-def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AggregatorProcess]:
-    proc = AggregatorProcess(kafka, keys_dir, tmp_path / "aggregator.log")
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def audit(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AuditProcess]:
-    proc = AuditProcess(kafka, keys_dir, tmp_path / "audit.log")
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
-    await drop_indices(kafka.topic_prefix)
 
 
 def _updates(entries: list[Entry]) -> list[Entry]:

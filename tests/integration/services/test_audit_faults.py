@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-import pytest
 
 from qflare.crypto import read_key, signature_backend
 from qflare.kafka import KafkaSettings
@@ -17,19 +14,9 @@ from tests.integration.services.audit_harness import (
     AuditProcess,
     Publisher,
     chain,
-    drop_indices,
     search,
     wait_chain,
 )
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[Publisher]:
-    made = Publisher(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
-    await drop_indices(kafka.topic_prefix)
 
 
 def _event(i: int) -> AuditEvent:
@@ -48,17 +35,17 @@ def _events_only(entries: list[Entry]) -> list[Entry]:
 
 
 async def test_kill9_mid_stream_keeps_each_event_exactly_once(
-    plane: Publisher, kafka: KafkaSettings, keys_dir: Path, tmp_path: Path
+    publisher: Publisher, kafka: KafkaSettings, keys_dir: Path, tmp_path: Path
 ) -> None:
     audit = AuditProcess(kafka, keys_dir, tmp_path / "audit.log", checkpoint_every=7)
     audit.start()
     total = 300
     try:
         sender = asyncio.create_task(
-            plane.send(
-                plane.topics.audit.name,
+            publisher.send(
+                publisher.topics.audit.name,
                 "aggregator",
-                *(plane.seal("aggregator", _event(i)) for i in range(total)),
+                *(publisher.seal("aggregator", _event(i)) for i in range(total)),
             )
         )
         await wait_chain(kafka.topic_prefix, lambda es: len(es) >= 40)
@@ -84,14 +71,16 @@ async def test_kill9_mid_stream_keeps_each_event_exactly_once(
 
 
 async def test_intake_continues_while_elasticsearch_is_down_and_index_catches_up(
-    plane: Publisher, kafka: KafkaSettings, keys_dir: Path, tmp_path: Path
+    publisher: Publisher, kafka: KafkaSettings, keys_dir: Path, tmp_path: Path
 ) -> None:
     stream = kafka.topic_prefix
     audit = AuditProcess(kafka, keys_dir, tmp_path / "audit.log", es_url="http://127.0.0.1:1")
     audit.start()
     try:
         for i in range(12):
-            await plane.send(plane.topics.audit.name, "aggregator", plane.seal("aggregator", _event(i)))
+            await publisher.send(
+                publisher.topics.audit.name, "aggregator", publisher.seal("aggregator", _event(i))
+            )
         got = await wait_chain(stream, lambda es: len(_events_only(es)) >= 12)
         assert await search(stream, {"match_all": {}}, timeout_s=2) == []
         assert "elasticsearch unavailable" in audit.log_path.read_text()

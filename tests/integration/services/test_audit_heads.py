@@ -7,10 +7,7 @@ existed, deleting the tail, emptying the chain or rewriting the entries after th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-
-import pytest
 
 from qflare.crypto import generate_key, write_key
 from qflare.kafka import KafkaSettings
@@ -25,7 +22,6 @@ from tests.integration.services.audit_harness import (
     Publisher,
     chain,
     delete_after,
-    drop_indices,
     rewrite_from,
     run_verify,
     wait_chain,
@@ -33,34 +29,17 @@ from tests.integration.services.audit_harness import (
 )
 
 
-@pytest.fixture
-def audit(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AuditProcess]:
-    proc = AuditProcess(kafka, keys_dir, tmp_path / "audit.log")
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[Publisher]:
-    made = Publisher(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
-    await drop_indices(kafka.topic_prefix)
-
-
-async def publish_events(plane: Publisher, count: int) -> None:
+async def publish_events(publisher: Publisher, count: int) -> None:
     for i in range(count):
         event = AuditEvent("device.revoked", "info", "registry", subject=f"dev-{i}")
-        await plane.send(plane.topics.audit.name, "registry", plane.seal("registry", event))
+        await publisher.send(publisher.topics.audit.name, "registry", publisher.seal("registry", event))
 
 
 async def test_deleted_tail_and_emptied_chain_are_detected(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings, keys_dir: Path
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings, keys_dir: Path
 ) -> None:
     stream = kafka.topic_prefix
-    await publish_events(plane, 11)
+    await publish_events(publisher, 11)
     await wait_chain(stream, lambda es: len(es) >= 13)  # 11 events, 2 checkpoints (every 5)
     length = await wait_head(audit, stream)
     before = run_verify(stream, keys_dir)
@@ -79,8 +58,8 @@ async def test_deleted_tail_and_emptied_chain_are_detected(
     # A forged head (a stranger's key, claiming to be the audit service) vouches for nothing.
     stranger = generate_key().signer()
     head = AuditHead(stream, 7, (await chain(stream))[-1].hash, 1)
-    forged = seal(head, stranger, plane.topics.audit_heads.channel, sender="audit")
-    await plane.producer.send_and_wait(plane.topics.audit_heads.name, forged, key=head_key(stream))
+    forged = seal(head, stranger, publisher.topics.audit_heads.channel, sender="audit")
+    await publisher.producer.send_and_wait(publisher.topics.audit_heads.name, forged, key=head_key(stream))
     still = run_verify(stream, keys_dir)
     assert still.returncode == 1 and "BROKEN at seq 8" in still.stdout
     assert "ignored 1 records" in still.stdout
@@ -98,10 +77,10 @@ async def test_deleted_tail_and_emptied_chain_are_detected(
 
 
 async def test_entries_rewritten_after_the_last_checkpoint_are_detected(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings, keys_dir: Path
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings, keys_dir: Path
 ) -> None:
     stream = kafka.topic_prefix
-    await publish_events(plane, 8)
+    await publish_events(publisher, 8)
     await wait_chain(stream, lambda es: len(es) >= 9)  # 8 events, a checkpoint at seq 6
     length = await wait_head(audit, stream)
     last_checkpoint = max(e.seq for e in await chain(stream) if e.event.type == CHECKPOINT)
@@ -119,10 +98,10 @@ async def test_entries_rewritten_after_the_last_checkpoint_are_detected(
 
 
 async def test_reserved_event_names_are_refused_and_never_break_verification(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings, keys_dir: Path
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings, keys_dir: Path
 ) -> None:
     stream = kafka.topic_prefix
-    await publish_events(plane, 2)
+    await publish_events(publisher, 2)
     await wait_chain(stream, lambda es: len(es) >= 2)
     await wait_head(audit, stream)
     assert run_verify(stream, keys_dir).returncode == 0
@@ -130,7 +109,7 @@ async def test_reserved_event_names_are_refused_and_never_break_verification(
     # A trusted service signs events named like the chain's own checkpoints and heads.
     for name in ("audit.checkpoint", "audit.head"):
         fake = AuditEvent(name, "info", "aggregator", detail={"upto_seq": 1})
-        await plane.send(plane.topics.audit.name, "aggregator", plane.seal("aggregator", fake))
+        await publisher.send(publisher.topics.audit.name, "aggregator", publisher.seal("aggregator", fake))
     got = await wait_chain(stream, lambda es: sum(e.event.reason == "reserved_event" for e in es) == 2)
     refused = [e.event for e in got if e.event.reason == "reserved_event"]
     assert {(e.type, e.outcome, e.actor) for e in refused} == {("message.rejected", "rejected", "aggregator")}
@@ -141,10 +120,10 @@ async def test_reserved_event_names_are_refused_and_never_break_verification(
 
 
 async def test_the_verifier_refuses_a_key_that_does_not_match_its_pin(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings, keys_dir: Path
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings, keys_dir: Path
 ) -> None:
     stream = kafka.topic_prefix
-    await publish_events(plane, 1)
+    await publish_events(publisher, 1)
     await wait_chain(stream, lambda es: len(es) >= 1)
     await wait_head(audit, stream)
     assert run_verify(stream, keys_dir).returncode == 0

@@ -10,7 +10,7 @@ without a trace.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from qflare.kafka import KafkaSettings
 from qflare.protocol.control import AuditEvent
 from services.audit.chain import Entry
-from tests.integration.services.audit_harness import AuditProcess, Publisher, drop_indices, wait_chain
+from tests.integration.services.audit_harness import AuditProcess, Publisher, wait_chain
 from tests.integration.services.harness import delete_to_end
 
 
@@ -40,26 +40,17 @@ def audit(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[Audi
     proc.stop()
 
 
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[Publisher]:
-    made = Publisher(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
-    await drop_indices(kafka.topic_prefix)
-
-
 async def test_nul_keys_and_a_thousand_garbage_records_cost_a_bounded_chain(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings
 ) -> None:
-    t = plane.topics
+    t = publisher.topics
     rng = random.Random(3)
     for i in range(1000):
         junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 120)))
-        await plane.producer.send(t.audit.name, junk, key=b"dev\x00" + str(i % 7).encode())
-    await plane.producer.flush()
+        await publisher.producer.send(t.audit.name, junk, key=b"dev\x00" + str(i % 7).encode())
+    await publisher.producer.flush()
     genuine = AuditEvent("device.revoked", "info", "registry", subject="dev-y")
-    await plane.send(t.audit.name, "registry", plane.seal("registry", genuine))
+    await publisher.send(t.audit.name, "registry", publisher.seal("registry", genuine))
 
     def settled(entries: list[Entry]) -> bool:
         got = [e.event for e in entries]
@@ -80,21 +71,21 @@ async def test_nul_keys_and_a_thousand_garbage_records_cost_a_bounded_chain(
 
 
 async def test_an_offset_gap_is_audited_with_the_skipped_range(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings
 ) -> None:
-    t = plane.topics
+    t = publisher.topics
     first = AuditEvent("device.revoked", "info", "registry", subject="before-gap")
-    await plane.send(t.audit.name, "registry", plane.seal("registry", first))
+    await publisher.send(t.audit.name, "registry", publisher.seal("registry", first))
     await wait_chain(kafka.topic_prefix, lambda es: any(e.event.subject == "before-gap" for e in es))
     audit.stop()
 
     # While audit is down, records arrive and are deleted before it reads them.
     for i in range(3):
         lost = AuditEvent("device.revoked", "info", "registry", subject=f"lost-{i}")
-        await plane.send(t.audit.name, "registry", plane.seal("registry", lost))
+        await publisher.send(t.audit.name, "registry", publisher.seal("registry", lost))
     ends = await delete_to_end(kafka, t.audit)
     after = AuditEvent("device.revoked", "info", "registry", subject="after-gap")
-    await plane.send(t.audit.name, "registry", plane.seal("registry", after))
+    await publisher.send(t.audit.name, "registry", publisher.seal("registry", after))
 
     audit.start()
     got = [
@@ -111,17 +102,17 @@ async def test_an_offset_gap_is_audited_with_the_skipped_range(
 
 
 async def test_an_entry_the_database_refuses_is_replaced_and_its_batch_kept(
-    audit: AuditProcess, plane: Publisher, kafka: KafkaSettings
+    audit: AuditProcess, publisher: Publisher, kafka: KafkaSettings
 ) -> None:
     # A signed event whose detail names a round past PostgreSQL's bigint: the insert fails for
     # good (NumericValueOutOfRange). Before, the batch's transaction failed and audit exited on
     # it at every restart; now that one entry is replaced by an entry saying so.
-    t = plane.topics
+    t = publisher.topics
     before = AuditEvent("device.revoked", "info", "registry", subject="kept-before")
     huge = AuditEvent("round.note", "info", "registry", subject="huge", detail={"round": 2**64 - 1})
     after = AuditEvent("device.revoked", "info", "registry", subject="kept-after")
-    records = [plane.seal("registry", body) for body in (before, huge, after)]
-    await plane.send(t.audit.name, "registry", *records)
+    records = [publisher.seal("registry", body) for body in (before, huge, after)]
+    await publisher.send(t.audit.name, "registry", *records)
 
     got = [
         e.event

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -125,22 +125,6 @@ async def test_registry_obeys_only_fresh_operator_commands_and_each_only_once(
     await _send(kafka, control, "rotate_key", fresh)
     events = await audit_events(kafka, keys_dir, lambda ev: "command_replay" in _reasons("registry", ev))
     assert len([e for e in events if e.event == authorised]) == 1
-
-
-@pytest.fixture
-def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AggregatorProcess]:
-    proc = AggregatorProcess(kafka, keys_dir, tmp_path / "aggregator.log", metrics_port=_free_port())
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
 
 
 async def test_aggregator_obeys_only_fresh_job_commands_from_allowed_senders_and_each_only_once(

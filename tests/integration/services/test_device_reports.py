@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from qflare.fl import FedProxParams, JobSpec
 from qflare.identity import TrustedKeys
@@ -16,14 +14,6 @@ from qflare.protocol import Tensor, seal_chunked
 from qflare.protocol.training import ModelUpdate
 from qflare_cli.reports import DeviceReports, describe
 from tests.integration.services.aggregator_harness import ControlPlane, SimDevice
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
 
 
 def _update(device: SimDevice, job: str, mu: float, *, chunk_bytes: int | None = None) -> list[bytes]:

@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from qflare import operator
 from qflare.crypto import generate_key
@@ -44,22 +41,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-@pytest.fixture
-def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AggregatorProcess]:
-    proc = AggregatorProcess(kafka, keys_dir, tmp_path / "aggregator.log", metrics_port=_free_port())
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
 
 
 async def _send(kafka: KafkaSettings, topic: str, key: str, value: bytes | None) -> None:
