@@ -17,8 +17,9 @@ from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, prepare_topics
 from qflare.telemetry import configure_logging
 from services.scheduler.config import SchedulerSettings
+from services.scheduler.gaps import audit_gaps
 from services.scheduler.leader import Lease
-from services.scheduler.service import Scheduler
+from services.scheduler.service import Scheduler, app_id
 
 log = structlog.get_logger("qflare.scheduler")
 
@@ -56,6 +57,8 @@ def main() -> None:
     # the partition counts of qflare.protocol.topics before faust can auto-create any.
     asyncio.run(prepare_topics(kafka))
     log.info("leadership acquired", fence=fence)
+    # Before faust joins the group: it would reset a position that left the log without a word.
+    asyncio.run(audit_gaps(kafka, app_id(cfg, kafka), identity))
     metrics.serve_metrics(cfg.metrics_port)
     scheduler = Scheduler(cfg, kafka, identity, fence)
 

@@ -34,12 +34,11 @@ from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.training import RoundComplete, RoundTask
 from qflare.tracing import process_span, round_span, send_span
 from services.scheduler.config import SchedulerSettings
-from services.scheduler.gate import Gate
+from services.scheduler.gate import SERVICE, Gate
 from services.scheduler.logic import Progress, after_complete, overdue, quorum, select, task_config
 from services.scheduler.state import SignedTable
 
 log = structlog.get_logger("qflare.scheduler")
-SERVICE = "scheduler"
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,11 @@ def faust_credentials(kafka: KafkaSettings) -> faust.types.auth.CredentialsT | N
     return None
 
 
+def app_id(cfg: SchedulerSettings, kafka: KafkaSettings) -> str:
+    """The faust app id, which is also the consumer group's id."""
+    return f"{cfg.app_id}{kafka.topic_prefix}".rstrip(".")
+
+
 class Scheduler:
     def __init__(self, cfg: SchedulerSettings, kafka: KafkaSettings, identity: Identity, fence: int) -> None:
         self.cfg = cfg
@@ -94,7 +98,7 @@ class Scheduler:
         )
         metrics.preset_rejections(SERVICE, (t.health.name, t.devices.name, "control"))
         self.app = faust.App(
-            f"{cfg.app_id}{kafka.topic_prefix}".rstrip("."),
+            app_id(cfg, kafka),
             broker=f"kafka://{kafka.bootstrap}",
             broker_credentials=faust_credentials(kafka),
             store="memory://",

@@ -10,19 +10,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 
 from qflare.children import ServiceProcess
 from qflare.crypto import generate_key
 from qflare.fl import TrainConfig
 from qflare.identity import Identity, TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, make_producer, prepare_topics
+from qflare.kafka import KafkaSettings, make_admin, make_producer, prepare_topics
 from qflare.protocol import seal
 from qflare.protocol.body import Setting
 from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.state import seal_state
 from qflare.protocol.training import RoundComplete, RoundTask
-from tests.integration.services.harness import audit_events, read_topic
+from services.scheduler.config import SchedulerSettings
+from services.scheduler.service import app_id
+from tests.integration.services.harness import audit_events, delete_to_end, read_topic
 from tests.integration.services.processes import ManagedService, scrape
 
 
@@ -315,3 +318,43 @@ async def test_job_commands_are_obeyed_only_from_allowed_senders_and_only_once(
     events = await audit_events(kafka, keys_dir, lambda ev: "command_replay" in refused(ev))
     assert refused(events)["sender_not_allowed"] == agg.name
     assert refused(events)["command_replay"] == op.name
+
+
+async def _committed(kafka: KafkaSettings, group: str, topic: str) -> int:
+    admin = make_admin(kafka)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset > 0)
+
+
+async def test_an_offset_gap_in_the_scheduler_group_is_audited_before_faust_resets_it(
+    kafka: KafkaSettings, keys_dir: Path, ids: dict[str, Identity], scheduler: SchedulerProcess
+) -> None:
+    health = kafka.topics.health
+    group = app_id(SchedulerSettings(), kafka)
+    scheduler.start()
+    await _publish(kafka, [(health.name, "k", b"\x93first, refused")])
+    for _ in range(120):  # until the group committed its position past the refused record
+        if await _committed(kafka, group, health.name) >= 1:
+            break
+        await asyncio.sleep(0.5)
+    else:
+        raise AssertionError("the scheduler never committed its position on the health topic")
+    scheduler.stop()
+
+    # Records arrive while it is down and are deleted before it reads them.
+    await _publish(kafka, [(health.name, "k", b"\x93lost " + bytes([i])) for i in range(3)])
+    ends = await delete_to_end(kafka, health)
+    scheduler.start()
+    events = await audit_events(
+        kafka, keys_dir, lambda ev: any(e.source == "scheduler" and e.event == "offset.gap" for e in ev)
+    )
+    (gap,) = [e for e in events if e.source == "scheduler" and e.event == "offset.gap"]
+    assert gap.subject == health.name and gap.severity == "critical" and gap.detail["skipped"] == 3
+    partition = gap.detail["partition"]
+    assert isinstance(partition, int)
+    assert gap.detail["resumed_offset"] == ends[TopicPartition(health.name, partition)]
+    assert scheduler.alive
