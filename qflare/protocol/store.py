@@ -73,7 +73,9 @@ class StoredModel(Body):
         for i, tensor in enumerate(tensors):
             # The exact sums the aggregator keeps are of float32 values.
             if tensor.dtype != "<f4":
-                raise TensorError(f"{tensor.name!r} is {tensor.dtype}, not <f4", field=f"body.tensors[{i}].dtype")
+                raise TensorError(
+                    f"{tensor.name!r} is {tensor.dtype}, not <f4", field=f"body.tensors[{i}].dtype"
+                )
         if (fmt == "onnx") != (graph is not None):
             raise SchemaError("an ONNX import carries its graph, and only an ONNX import", field="body.graph")
         return out

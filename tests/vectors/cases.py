@@ -219,9 +219,12 @@ def body_rejections(c: Cases) -> list[dict[str, Any]]:
     not_utf8 = packed.replace(b"\xa3seq", b"\xa3\xff\xfe\xfd", 1)
     nan = _f4(float("nan"), 0.0, 0.0, 0.0)
     depth = "body.metrics.x" + "[0]" * 14
+
     def sm(change: dict[str, Any], dtype: str = "<f4") -> bytes:
-        tensor = {"name": "w", "dtype": dtype, "shape": [2], "data": _f4(0.5, 1.0)[: 2 * (4 if dtype == "<f4" else 2)]}
-        body = {"name": "m", "version": "1", "format": "torch", "tensors": [tensor], "graph": None, "metadata": {}}
+        data = _f4(0.5, 1.0)[: 2 * (4 if dtype == "<f4" else 2)]
+        tensor = {"name": "w", "dtype": dtype, "shape": [2], "data": data}
+        body: dict[str, Any] = {"name": "m", "version": "1", "format": "torch", "tensors": [tensor]}
+        body |= {"graph": None, "metadata": {}}
         return c.seal("stored_model", wire.pack(body | change))
 
     return [
