@@ -144,7 +144,8 @@ async def _job_model(kafka: KafkaSettings, keys_dir: Path, job_ref: str) -> tupl
 
 
 def _fail(exc: QflareError) -> typer.Exit:
-    console.print(f"[red]refused:[/red] {exc}")
+    # Plain text on stderr, unwrapped: the message names a file path and a regular expression.
+    typer.echo(f"refused: {exc}", err=True)
     return typer.Exit(2)
 
 

@@ -18,7 +18,7 @@ def sample_tensors(seed: int = 0) -> OrderedDict[str, NDArray[np.float32]]:
     rng = np.random.default_rng(seed)
     out: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
     out["encoder.weight"] = rng.standard_normal((8, 5)).astype(np.float32)
-    out["encoder.bias"] = np.array([-0.0, 1e-38, 3.5, -2.25, 1e30, 0, 7, -1], dtype=np.float32)
+    out["encoder.bias"] = np.array([-0.0, 1e-38, 3.5, -2.25, 100.0, 0, 7, -1], dtype=np.float32)
     out["head.weight"] = rng.standard_normal((3, 8)).astype(np.float32)
     out["head.bias"] = rng.standard_normal(3).astype(np.float32)
     return out
