@@ -7,6 +7,7 @@ PostgreSQL model store. Every comparison of tensors is of their bytes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,9 @@ async def test_jobs_on_imported_models_start_from_their_tensors_and_export_back(
     aggregator: AggregatorProcess,
     unique: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("QFLARE_KAFKA_TOPIC_PREFIX", kafka.topic_prefix)  # for the CLI's own settings
     sources = _sources(tmp_path)
     refs = {
         fmt: await import_model(kafka, keys_dir, path, f"net-{fmt}", exclude=EXCLUDE[fmt])
@@ -86,7 +89,12 @@ async def test_jobs_on_imported_models_start_from_their_tensors_and_export_back(
 
     for fmt, ref in refs.items():
         job = f"job-{fmt}-{unique}"
-        await plane.start_job(job, model=ref)
+        if fmt == "torch":  # the operator's command, as typed (in a thread: it runs its own event loop)
+            args = ["jobs", "start", "--job-id", job, "--model", ref, "--keys-dir", str(keys_dir)]
+            result = await asyncio.to_thread(CliRunner().invoke, app, args)
+            assert result.exit_code == 0, result.output
+        else:
+            await plane.start_job(job, model=ref)
         imported = read_model(sources[fmt], exclude=EXCLUDE[fmt])
         v0 = await global_model(kafka, keys_dir, job, 0)
         assert v0.metadata["model"] == ref
