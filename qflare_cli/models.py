@@ -28,6 +28,7 @@ from qflare.ml.formats import (
     Format,
     ImportedModel,
     format_for,
+    parse_format,
     read_model,
     write_model,
 )
@@ -53,7 +54,7 @@ def stored_of(model: ImportedModel, name: str, version: str) -> StoredModel:
 
 def imported_of(stored: StoredModel) -> ImportedModel:
     tensors = {t.name: np.asarray(t.array, dtype="<f4") for t in stored.tensors}
-    return ImportedModel(tensors, stored.format, stored.graph, stored.metadata)  # type: ignore[arg-type]
+    return ImportedModel(tensors, parse_format(stored.format), stored.graph, stored.metadata)
 
 
 def next_version(taken: list[str]) -> str:
@@ -73,7 +74,8 @@ async def import_model(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> str:
     """Read ``file`` and publish it to the model store; returns ``NAME@VERSION``."""
-    model = read_model(file, fmt=fmt, exclude=exclude or (), max_bytes=max_bytes)  # type: ignore[arg-type]
+    kind = "auto" if fmt == "auto" else parse_format(fmt)
+    model = read_model(file, fmt=kind, exclude=exclude or (), max_bytes=max_bytes)
     taken = [m.version for m in await stored_models(kafka, keys_dir) if m.name == name]
     version = version or next_version(taken)
     if version in taken:
@@ -106,16 +108,14 @@ async def export_model(
         if not found:
             raise ModelFormatError(f"no model {ref!r} in the model store", field="ref")
         model, label = imported_of(found[0]), ref
-    kind = fmt if fmt != "auto" else (format_for(out) or model.format)
+    kind = parse_format(fmt) if fmt != "auto" else (format_for(out) or model.format)
     if kind == "onnx" and model.graph is None:
         raise ModelFormatError(
             f"{label} was not imported from ONNX, so there is no graph to write; "
             f"export it as {' or '.join(f for f in FORMATS if f != 'onnx')}",
             field="format",
         )
-    if kind not in FORMATS:
-        raise ModelFormatError(f"unknown format {kind!r}; use one of {', '.join(FORMATS)}", field="format")
-    return write_model(model, out, fmt=kind)  # type: ignore[arg-type]
+    return write_model(model, out, fmt=kind)
 
 
 async def _job_model(kafka: KafkaSettings, keys_dir: Path, job_ref: str) -> tuple[ImportedModel, str]:
@@ -140,7 +140,7 @@ async def _job_model(kafka: KafkaSettings, keys_dir: Path, job_ref: str) -> tupl
     if not imports:  # a built-in: its tensors alone
         return ImportedModel(tensors, "safetensors"), label
     origin = imports[0]
-    return ImportedModel(tensors, origin.format, origin.graph, origin.metadata), label  # type: ignore[arg-type]
+    return ImportedModel(tensors, parse_format(origin.format), origin.graph, origin.metadata), label
 
 
 def _fail(exc: QflareError) -> typer.Exit:

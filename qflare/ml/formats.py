@@ -116,6 +116,13 @@ def write_model(model: ImportedModel, path: Path | str, *, fmt: Format | None = 
     return file
 
 
+def parse_format(value: str) -> Format:
+    """``value`` as a ``Format``, or ``ModelFormatError`` naming the choices."""
+    if value not in FORMATS:
+        raise ModelFormatError(f"unknown format {value!r}; use one of {', '.join(FORMATS)}", field="format")
+    return cast(Format, value)
+
+
 def format_for(path: Path | str) -> Format | None:
     """The format a file name's extension suggests, if any."""
     suffix = Path(path).suffix.lower()

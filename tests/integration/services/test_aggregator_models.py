@@ -141,7 +141,16 @@ async def test_a_trained_onnx_model_exports_with_its_graph(
         plane.topics.updates.name, device.device_id, *device.update(job, 1, 0, trained, 100, names=names)
     )
     v1 = await global_model(kafka, keys_dir, job, 1)
-    out = await export_model(kafka, keys_dir, f"job:{job}", tmp_path / "trained.onnx")
+    # After a restart the job comes back from PostgreSQL with the stored model's layout.
+    aggregator.stop()
+    aggregator.start()
+    await plane.open_round(job, 2, 1, [device.device_id], min_updates=1)
+    again = [t.array + np.float32(0.25) for t in v1.tensors]
+    await plane.send(
+        plane.topics.updates.name, device.device_id, *device.update(job, 2, 1, again, 100, names=names)
+    )
+    await global_model(kafka, keys_dir, job, 2)
+    out = await export_model(kafka, keys_dir, f"job:{job}@1", tmp_path / "trained.onnx")
     onnx.checker.check_model(str(out))
     model = read_model(out, exclude=["^shape$"])
     assert list(model.tensors) == names

@@ -11,7 +11,7 @@ import pytest
 from numpy.typing import NDArray
 
 from qflare.errors import ModelFormatError
-from qflare.ml.formats import ImportedModel, format_for, read_model, write_model
+from qflare.ml.formats import ImportedModel, format_for, parse_format, read_model, write_model
 from tests.model_samples import sample_tensors, write_onnx, write_safetensors, write_torch
 
 
@@ -75,6 +75,10 @@ def test_other_formats_by_choice(tmp_path: Path) -> None:
     model = read_model(write_torch(tmp_path / "m.pt"))
     _same(read_model(write_model(model, tmp_path / "m.st", fmt="safetensors")), sample_tensors())
     assert format_for("x.ONNX") == "onnx" and format_for("x.pth") == "torch" and format_for("x.bin") is None
+    assert parse_format("torch") == "torch"
+    with pytest.raises(ModelFormatError, match="unknown format 'keras'") as info:
+        parse_format("keras")
+    assert info.value.field == "format"
 
 
 def test_a_non_float32_tensor_is_refused_by_name_unless_left_out(tmp_path: Path) -> None:
