@@ -52,8 +52,10 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "round_task": frozenset({SCHEDULER}),
     "round_complete": frozenset({AGGREGATOR}),
     "model": frozenset({AGGREGATOR}),
-    # Chunks carry a global model (aggregator) or a device's update.
-    "model_chunk": frozenset({AGGREGATOR, DEVICE}),
+    # Chunks carry a global model (aggregator), an imported model (operator) or a device's update.
+    "model_chunk": frozenset({AGGREGATOR, OPERATOR, DEVICE}),
+    # An imported model: the operator fills the aggregator's model store.
+    "stored_model": frozenset({OPERATOR}),
     "model_update": frozenset({DEVICE}),
     "enrollment": frozenset({DEVICE}),
     "deregistration": frozenset({DEVICE}),

@@ -226,6 +226,14 @@ class DatasetError(QflareError):
     reason = Reason.DATASET
 
 
+class ModelFormatError(QflareError):
+    """A model file cannot be imported or exported: not a supported format, a tensor that is not
+    float32, or over the size limit. The message names the file; ``field`` the tensor when one is at fault.
+    """
+
+    reason = Reason.MODEL_FORMAT
+
+
 class AggregationError(QflareError):
     """Aggregation state is corrupt or inconsistent (e.g. a checkpoint that does not decode)."""
 

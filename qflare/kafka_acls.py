@@ -70,6 +70,8 @@ FLOWS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     # The scheduler re-queues "resume" for its own jobs; operators write through ``admin``.
     "jobs": (frozenset({"scheduler"}), frozenset({"scheduler", "aggregator"})),
     "registry_control": (frozenset(), frozenset({"registry"})),
+    # Operators import models through ``admin``; only the aggregator keeps a model store.
+    "model_store": (frozenset(), frozenset({"aggregator"})),
 }
 
 

@@ -168,6 +168,11 @@ class Reason(StrEnum):
         "aggregator",
         "A start command names a model this aggregator does not have.",
     )
+    MODEL_CONFLICT = (
+        "model_conflict",
+        "aggregator",
+        "An imported model reuses a name and version the model store holds with other content.",
+    )
 
     # -- model updates (aggregator) -------------------------------------------------
     WRONG_ROUND = (
@@ -220,6 +225,12 @@ class Reason(StrEnum):
         "A dataset file is missing or malformed, or a request to load one is invalid.",
     )
     AGGREGATION = "aggregation", "library", "Aggregation state is corrupt or inconsistent."
+    MODEL_FORMAT = (
+        "model_format",
+        "library",
+        "A model file is not safetensors, a state_dict or ONNX, holds a tensor that is not float32, "
+        "or is over the size limit.",
+    )
     INVALID_UPDATE = "invalid_update", "library", "An update cannot be aggregated (wrong tensors or values)."
     UNCONFIRMED = "unconfirmed", "cli", "The registry did not confirm an operator command in time."
     HANDLER_MISSING = "handler_missing", "device", "No @app.train or @app.evaluate handler is registered."

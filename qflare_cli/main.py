@@ -21,6 +21,7 @@ from qflare_cli.demo import demo
 from qflare_cli.devices import app as devices_app
 from qflare_cli.jobs import app as jobs_app
 from qflare_cli.keys import keys_app
+from qflare_cli.models import app as models_app
 from qflare_cli.simulate import simulate
 from qflare_cli.stack import app as stack_app
 
@@ -33,6 +34,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(keys_app, name="keys")
 app.add_typer(devices_app, name="devices")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(models_app, name="models")
 app.command(name="demo")(demo)
 app.command(name="simulate")(simulate)
 

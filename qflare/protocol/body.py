@@ -148,6 +148,11 @@ class Fields:
             raise SchemaError(f"expected bin, got {type(value).__name__}", field=self._name(key))
         return memoryview(value)
 
+    def opt_view(self, key: str) -> memoryview | None:
+        if self._get(key) is None:
+            return None
+        return self.view(key)
+
     def opt_blob(self, key: str, *, size: int) -> bytes | None:
         if self._get(key) is None:
             return None

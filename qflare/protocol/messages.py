@@ -15,6 +15,7 @@ from qflare.protocol.devices import (
     EnrollmentResult,
     Heartbeat,
 )
+from qflare.protocol.store import StoredModel
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
 
 
@@ -74,6 +75,7 @@ BODY_TYPES: dict[str, type[Body]] = {
         AuditHead,
         JobCommand,
         RegistryCommand,
+        StoredModel,
     )
 }
 #: Types whose bodies may be split into chunks (anything but a chunk itself).

@@ -92,6 +92,7 @@ class Topics:
     audit_heads: TopicSpec
     jobs: TopicSpec
     registry_control: TopicSpec
+    model_store: TopicSpec
 
     def __iter__(self) -> Iterator[TopicSpec]:
         for f in fields(self):
@@ -236,6 +237,17 @@ def topics(prefix: str = "", *, deployment: str) -> Topics:
             max_age_ms=_DAY,
             description="Operator commands to the registry: issue enrolment tokens, revoke a device, "
             "authorise a key rotation. Signed with operator keys the registry trusts.",
+        ),
+        model_store=_spec(
+            "qflare.model_store",
+            key="<name>@<version>:<chunk index> (0 when unchunked)",
+            partitions=1,
+            retention_ms=None,
+            compacted=True,
+            types={"stored_model", "model_chunk"},
+            max_age_ms=None,
+            description="Models imported by an operator, for the aggregator's model store. Each chunk "
+            "position has its own key, so compaction keeps every slice of every version.",
         ),
     )
     return Topics(*(replace(spec, name=prefix + spec.name, deployment=deployment) for spec in base))

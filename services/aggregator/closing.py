@@ -119,7 +119,12 @@ class Closer:
             parent=rnd.model_version,
         )
         aggregated = time.perf_counter()
-        evaluation = await self.evaluator.evaluate_async(job.model, job.config.dataset, weights)
+        # Central evaluation needs the architecture's code: built-ins only (a stored model is data).
+        evaluation = (
+            await self.evaluator.evaluate_async(job.builtin, job.config.dataset, weights)
+            if job.builtin is not None
+            else {}
+        )
         # Where a round's time goes, for ops and the benchmark: finalising the sum and
         # encoding the model, then the held-out evaluation.
         timing = {"aggregate_s": aggregated - began, "eval_s": time.perf_counter() - aggregated}

@@ -1,4 +1,4 @@
-"""The control topics: device records (keys), job commands and round tasks.
+"""The control topics: device records (keys), imported models, job commands and round tasks.
 
 ``sync`` reads every control partition up to the end offsets it sees when
 called. The service calls it after fetching a batch of updates and before
@@ -25,7 +25,6 @@ from qflare.fl import JobSpec, StrategyState
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, partitions, read_to_end
 from qflare.keys import DeviceKeys, refuse_tombstone
-from qflare.ml import init_weights
 from qflare.protocol import Decoder, Message
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Device
@@ -36,6 +35,7 @@ from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.cursor import Cursor
 from services.aggregator.jobs import Job
+from services.aggregator.model_store import Imports, ModelStore
 from services.aggregator.models import encode
 from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import OpenRound
@@ -54,12 +54,15 @@ class Control:
         out: Publisher,
         keys: DeviceKeys,
         closer: Closer,
+        models: ModelStore,
     ) -> None:
         self.cfg, self.kafka, self.topics = cfg, kafka, topics
         self.store, self.out, self.keys = store, out, keys
         self.closer = closer
         self.jobs, self.rounds = closer.jobs, closer.rounds
+        self.models = models
         trusted = TrustedKeys(cfg.keys_dir)
+        self.imports = Imports(topics.model_store, trusted, kafka.limits, models, out)
         self.decoders = {
             spec.name: Decoder(
                 trusted,
@@ -73,10 +76,11 @@ class Control:
         self.cursors: dict[TopicPartition, Cursor] = {}
 
     async def start(self, consumer: AIOKafkaConsumer) -> None:
-        """Assign every control partition: devices from the start, the others from the checkpoint."""
+        """Assign every control partition: devices and imported models from the start, the others
+        from the checkpoint."""
         t = self.topics
         self.consumer = consumer
-        devices, logged = partitions(t.devices), partitions(t.jobs, t.rounds)
+        devices, logged = partitions(t.devices, t.model_store), partitions(t.jobs, t.rounds)
         consumer.assign([*devices, *logged])
         await consumer.seek_to_beginning(*devices)
         now = now_ms()
@@ -93,6 +97,9 @@ class Control:
         async for record in read_to_end(self.consumer, self.parts, fetch=self._fetch):
             if record.topic == self.topics.devices.name:
                 await self._device(record)
+            elif record.topic == self.topics.model_store.name:
+                # Before any job command of this sync: a model imported before a job's start is known.
+                await self.imports.record(record)
             else:
                 held.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
         # Records of different topics come in fetch order, not in the order they were produced
@@ -217,7 +224,9 @@ class Control:
                     Reason.JOB_CONFLICT, f"job {cmd.job_id!r} exists with another config", field="body.config"
                 )
             return  # a repeated start changes nothing
-        job = Job(cmd.job_id, config, "running")  # refuses a model this aggregator does not have
+        stored = None if config.builtin is not None else await self.models.get(config.model)
+        # Refuses a model this aggregator does not have (``unknown_model``).
+        job = Job(cmd.job_id, config, "running", stored=stored)
         if not await self.store.insert_job(job.job_id, dict(cmd.config), job.strategy_state):
             raise Rejected(Reason.JOB_CONFLICT, f"job id {cmd.job_id!r} is taken", field="body.job_id")
         if await self.store.latest_version(job.job_id) is None:
@@ -225,7 +234,7 @@ class Control:
             model = encode(
                 job.job_id,
                 0,
-                init_weights(job.model, config.seed),
+                job.initial_weights(),
                 layout.names,
                 round=None,
                 model=job.model,

@@ -45,6 +45,11 @@ class Layout:
         entries = layout(model)
         return cls(tuple(n for n, _ in entries), tuple(tuple(s) for _, s in entries))
 
+    @classmethod
+    def of_tensors(cls, tensors: Sequence[Tensor]) -> Layout:
+        """The layout of a stored model: its tensors' names and shapes, in its order."""
+        return cls(tuple(t.name for t in tensors), tuple(tuple(t.array.shape) for t in tensors))
+
 
 @dataclass(frozen=True, slots=True)
 class EncodedModel:

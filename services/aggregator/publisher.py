@@ -46,7 +46,11 @@ class Publisher:
         self.topics = topics
         self.limits = limits
         metrics.preset_rejections(
-            SERVICE, (t.name for t in (topics.updates, topics.devices, topics.jobs, topics.rounds))
+            SERVICE,
+            (
+                t.name
+                for t in (topics.updates, topics.devices, topics.jobs, topics.rounds, topics.model_store)
+            ),
         )
 
     async def queue_model(self, model: EncodedModel) -> None:

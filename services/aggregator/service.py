@@ -48,6 +48,7 @@ from services.aggregator.cursor import Cursor
 from services.aggregator.evaluation import Evaluator
 from services.aggregator.intake import Intake
 from services.aggregator.jobs import Job
+from services.aggregator.model_store import ModelStore
 from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import Included, OpenRound
 from services.aggregator.store import AggregatorStore
@@ -90,12 +91,14 @@ class AggregatorService(BatchLoop):
         self.store = await AggregatorStore.connect(self.cfg.postgres_dsn, self.kafka.topic_prefix)
         self._hold(self.store.close)
         await prepare_topics(self.kafka)
+        self.models = ModelStore(self.store, self.kafka.limits)
         # The truth is rebuilt from PostgreSQL, never carried over in memory.
         for row in await self.store.jobs():
             try:
                 spec = JobSpec.parse(row.config)
+                stored = None if spec.builtin is not None else await self.models.get(spec.model)
                 self.jobs[row.job_id] = Job(
-                    row.job_id, spec, row.status, row.strategy_state, row.fencing_token
+                    row.job_id, spec, row.status, row.strategy_state, row.fencing_token, stored
                 )
             except (ProtocolError, Rejected) as exc:
                 # Stored by an older version with another schema: left out, not fatal to every other job.
@@ -114,7 +117,7 @@ class AggregatorService(BatchLoop):
         )
         self.closer = Closer(self.store, self.out, Evaluator(self.cfg.eval_examples), self.jobs, self.rounds)
         self.control = Control(
-            self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer
+            self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer, self.models
         )
         await self.control.start(self.control_consumer)
         await self.control.sync()

@@ -219,7 +219,19 @@ def body_rejections(c: Cases) -> list[dict[str, Any]]:
     not_utf8 = packed.replace(b"\xa3seq", b"\xa3\xff\xfe\xfd", 1)
     nan = _f4(float("nan"), 0.0, 0.0, 0.0)
     depth = "body.metrics.x" + "[0]" * 14
+
+    def sm(change: dict[str, Any], dtype: str = "<f4") -> bytes:
+        data = _f4(0.5, 1.0)[: 2 * (4 if dtype == "<f4" else 2)]
+        tensor = {"name": "w", "dtype": dtype, "shape": [2], "data": data}
+        body: dict[str, Any] = {"name": "m", "version": "1", "format": "torch", "tensors": [tensor]}
+        body |= {"graph": None, "metadata": {}}
+        return c.seal("stored_model", wire.pack(body | change))
+
     return [
+        _rej("stored model of float16", sm({}, "<f2"), "tensor", "body.tensors[0].dtype"),
+        _rej("stored model without tensors", sm({"tensors": []}), "schema", "body.tensors"),
+        _rej("ONNX import without its graph", sm({"format": "onnx"}), "schema", "body.graph"),
+        _rej("stored model version with a space", sm({"version": "v 1"}), "schema", "body.version"),
         _rej("two unexpected body keys", hb(hb_body(zeta=1, alpha=2)), "schema", "body.zeta"),
         _rej("missing body key", hb(missing), "schema", "body.metrics"),
         _rej("two bad values", hb(hb_body(seq=-1, state="sleeping")), "schema", "body.seq"),

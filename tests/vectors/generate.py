@@ -39,6 +39,7 @@ from qflare.protocol.control import AuditEvent, AuditHead, JobCommand  # noqa: E
 from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat  # noqa: E402
 from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
+from qflare.protocol.store import StoredModel  # noqa: E402
 from qflare.protocol.training import ModelUpdate, RoundTask  # noqa: E402
 from qflare.types import Scalar  # noqa: E402
 from tests.vectors.accepted import acceptances  # noqa: E402
@@ -150,6 +151,15 @@ def _round_task() -> RoundTask:
     return RoundTask("job-1", 7, 6, "fedprox", ("dev-1", "dev-2"), TS + 60_000, 2, 3, config)
 
 
+def _stored_model() -> StoredModel:
+    """An ONNX import: float32 tensors in graph order, and the graph bytes (opaque here)."""
+    tensors = (
+        Tensor.of("fc.weight", np.array([[0.5, -1.25, 2.0]], dtype=np.float32)),
+        Tensor.of("fc.bias", np.array([-0.0], dtype=np.float32)),
+    )
+    return StoredModel("mnist-mlp", "1", "onnx", tensors, b"\x08\x09\x12\x04test", {"source": "vectors"})
+
+
 def _job_command() -> JobCommand:
     """A start command: the job's settings, with the strategy's parameters as the one nested map."""
     config: dict[str, Setting] = {
@@ -219,6 +229,7 @@ def build() -> dict[str, Any]:
     )
     add("enrollment_result", "enrollment_result", answer, key, "dev-1")
     add("audit_head", "audit_head", AuditHead("demo-1.", 42, bytes(range(32)), TS), key, "dev-1")
+    add("stored_model", "stored_model", _stored_model(), key, "dev-1")
 
     stranger = generate_key(seed=STRANGER_SEED)
     cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)

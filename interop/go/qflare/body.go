@@ -53,6 +53,9 @@ var (
 	tTensors  = &ft{kind: fTensors}
 	tEventStr = &ft{kind: fStr, n: 64, re: eventRe}
 	tReason   = &ft{kind: fStr, n: 64, re: reasonRe}
+	// A stored model's name and version (§7.3), as a job's model "<name>@<version>" names them.
+	modelNameRe    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	modelVersionRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 )
 
 func enum(vs ...string) *ft   { return &ft{kind: fEnum, enum: vs} }
@@ -101,6 +104,10 @@ var bodySchemas = map[string][]fd{
 	"registry_command": {f("command", enum("issue_tokens", "revoke", "rotate_key", "delete")), f("device_id", opt(tID)),
 		f("token_hashes", arrayOf(tBin32)), f("expires_ms", tInt), f("labels", tLabels),
 		f("key_id", opt(tBin16))},
+	"stored_model": {f("name", &ft{kind: fStr, n: 128, re: modelNameRe}),
+		f("version", &ft{kind: fStr, n: 64, re: modelVersionRe}),
+		f("format", enum("safetensors", "torch", "onnx")), f("tensors", tTensors), f("graph", opt(tBinAny)),
+		f("metadata", tLabels)},
 	"model_chunk": {f("inner_type", &ft{kind: fInner}), f("size", tInt1), f("offset", tInt), f("digest", tBin32),
 		f("data", tBinAny)},
 }
@@ -161,6 +168,19 @@ func ValidateBody(typ string, v Value, allowNonFinite bool) error {
 		}
 		if get("command").S != "rotate_key" && get("key_id").Kind != KNil {
 			return errf("schema", "body.key_id", "only rotate_key takes a key_id")
+		}
+	case "stored_model":
+		tensors := get("tensors").Arr
+		if len(tensors) == 0 {
+			return errf("schema", "body.tensors", "a model needs at least one tensor")
+		}
+		for i, x := range tensors {
+			if dtype, _ := x.Get("dtype"); dtype.S != "<f4" {
+				return errf("tensor", joinIndex("body.tensors", i)+".dtype", "a stored model is float32 only")
+			}
+		}
+		if (get("format").S == "onnx") != (get("graph").Kind != KNil) {
+			return errf("schema", "body.graph", "an ONNX import carries its graph, and only an ONNX import")
 		}
 	}
 	if tv, ok := v.Get("tensors"); ok && !allowNonFinite {

@@ -21,6 +21,7 @@ from qflare.protocol.devices import (
 )
 from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope, new_message_id
 from qflare.protocol.messages import ModelChunk
+from qflare.protocol.store import StoredModel
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
 
 NOW = 1_750_000_000_000
@@ -86,6 +87,14 @@ def sample_bodies() -> list[Body]:
         RegistryCommand("issue_tokens", None, (b"\x06" * 32, b"\x07" * 32), NOW + 3_600_000, {"site": "lab"}),
         RegistryCommand("rotate_key", "dev-1", (), NOW + 600_000, {}, b"\x0d" * 16),
         ModelChunk("model_update", 100, 0, b"\x04" * 32, b"\x05" * 10),
+        StoredModel(
+            "mnist-mlp",
+            "1",
+            "onnx",
+            (Tensor.of("fc.weight", np.array([[0.5, -1.0]], dtype=np.float32)),),
+            graph=b"\x08\x07",
+            metadata={"source": "test"},
+        ),
     ]
 
 

@@ -23,6 +23,7 @@ EXPECTED = {
     "qflare.control.jobs",
     "qflare.control.registry",
     "qflare.device.health",
+    "qflare.model_store",
 }
 
 
@@ -37,6 +38,7 @@ def test_compacted_topics_keep_records_forever() -> None:
         "qflare.devices",
         "qflare.models",
         "qflare.audit.heads",
+        "qflare.model_store",
     }
     for spec in t:
         configs = spec.configs()

@@ -8,7 +8,10 @@ import pytest
 
 from qflare.errors import Rejected, SchemaError
 from qflare.fl import FedAvg, FedProx, JobSpec
+from qflare.protocol import Tensor
+from qflare.protocol.store import StoredModel
 from services.aggregator.jobs import Job
+from tests.model_samples import sample_tensors
 
 GOOD: dict[str, Any] = {
     "model": "builtin:cnn",
@@ -59,3 +62,25 @@ def test_bad_values_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(SchemaError) as caught:
         JobSpec.parse({**GOOD, key: value}, where="body.config")
     assert caught.value.field is not None and caught.value.field.startswith(f"body.config.{key}")
+
+
+def _stored(name: str = "my-net", version: str = "1") -> StoredModel:
+    tensors = tuple(Tensor.of(n, a) for n, a in sample_tensors().items())
+    return StoredModel(name, version, "safetensors", tensors)
+
+
+def test_a_stored_model_gives_the_layout_and_version_0() -> None:
+    stored = _stored()
+    job = Job("j", JobSpec.parse({**GOOD, "model": "my-net@1"}), "running", stored=stored)
+    assert job.builtin is None and job.model == "my-net@1"
+    assert job.layout.names == tuple(sample_tensors())
+    assert job.layout.shapes == tuple(a.shape for a in sample_tensors().values())
+    for got, expected in zip(job.initial_weights(), sample_tensors().values(), strict=True):
+        assert got.tobytes() == expected.tobytes()
+
+
+def test_a_stored_model_of_another_name_or_version_is_no_match() -> None:
+    for other in (_stored(version="2"), _stored(name="their-net")):
+        with pytest.raises(Rejected) as info:
+            Job("j", JobSpec.parse({**GOOD, "model": "my-net@1"}), "running", stored=other)
+        assert info.value.reason == "unknown_model"
