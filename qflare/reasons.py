@@ -168,6 +168,11 @@ class Reason(StrEnum):
         "aggregator",
         "A start command names a model this aggregator does not have.",
     )
+    NO_EVALUATOR = (
+        "no_evaluator",
+        "aggregator",
+        "A start command asks for central evaluation of a model the aggregator has no code to evaluate.",
+    )
 
     # -- model updates (aggregator) -------------------------------------------------
     WRONG_ROUND = (

@@ -1,4 +1,8 @@
-"""Test accuracy and loss of a new global model on the held-out split of the job's dataset.
+"""Evaluation of a job's global model: central (here) or federated (the devices').
+
+Central: test accuracy and loss of a new global model on the held-out split of
+the job's dataset. Federated: the round's devices evaluated the version they
+were given; ``federated`` combines what they reported (``qflare.fl.evaluation``).
 
 torch is imported on first use only, so an aggregator that never closes a
 round (or has evaluation off) starts quickly and stays small. The test split
@@ -15,8 +19,12 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from qflare.errors import ConfigError, DatasetError
+from qflare.errors import ConfigError, DatasetError, Rejected
+from qflare.fl import JobSpec
 from qflare.ml import DatasetName, ModelName, load_dataset, to_float
+from qflare.reasons import Reason
+from services.aggregator.jobs import Job
+from services.aggregator.rounds import OpenRound
 
 log = structlog.get_logger("qflare.aggregator")
 
@@ -60,3 +68,34 @@ class Evaluator:
     ) -> dict[str, float]:
         """``evaluate`` in a worker thread, so the event loop keeps serving Kafka meanwhile."""
         return await asyncio.to_thread(self.evaluate, model, dataset, weights)
+
+
+def check_evaluation(spec: JobSpec) -> None:
+    """Refuse a job whose evaluation this aggregator cannot run.
+
+    Central evaluation runs the model's code, which the aggregator has only for
+    the built-in models; a model-store model is evaluated by the devices.
+    """
+    if spec.evaluation == "central" and spec.builtin is None:
+        raise Rejected(
+            Reason.NO_EVALUATOR,
+            f"model {spec.model!r} has no evaluation entry point here; use evaluation 'federated'",
+            field="body.config.evaluation",
+        )
+
+
+def central(evaluation: dict[str, float], version: int) -> str | None:
+    """Mark a central evaluation of ``version`` as such, in place; "central", or None if it did not run."""
+    if "test_examples" not in evaluation:
+        return None
+    evaluation["evaluated_examples"] = evaluation["test_examples"]
+    evaluation["evaluated_version"] = float(version)
+    return "central"
+
+
+def federated(job: Job, rnd: OpenRound) -> tuple[str | None, dict[str, float]]:
+    """The devices' combined evaluation of ``rnd``'s version, for a federated job; (None, {}) if none."""
+    if job.config.evaluation != "federated":
+        return None, {}
+    found = rnd.federated_evaluation()
+    return ("federated", found) if found else (None, {})
