@@ -9,15 +9,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from qflare.fl.evaluation import DeviceEvaluation
+from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
+from edge.training import train_and_send
+from qflare.fl import JobSpec, TrainConfig, build_strategy
+from qflare.fl.evaluation import DeviceEvaluation, evaluation_round
 from qflare.kafka import KafkaSettings
+from qflare.ml import tensor_names
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.training import RoundComplete
 from qflare.types import Scalar
 from tests.integration.services.aggregator_harness import (
+    JOB_CONFIG,
     AggregatorProcess,
     ControlPlane,
     global_model,
@@ -25,7 +32,7 @@ from tests.integration.services.aggregator_harness import (
     rejections,
     round_results,
 )
-from tests.integration.services.harness import audit_events
+from tests.integration.services.harness import Fleet, audit_events
 
 #: What the scheduler sends for a federated job's final round (only the two keys matter here).
 EVALUATE_ONLY: dict[str, Scalar] = {"train": False, "evaluate_global": True}
@@ -117,3 +124,69 @@ async def test_central_evaluation_of_a_stored_model_is_refused_at_start(
 
     (event,) = refused(await audit_events(kafka, keys_dir, lambda ev: bool(refused(ev))))
     assert event.reason == "no_evaluator" and event.detail["field"] == "body.config.evaluation"
+
+
+def _app(accuracy: float | None) -> DeviceApp:
+    """A numpy-only app; its evaluation reports ``accuracy`` + 0.1 per model version, or raises."""
+    app = DeviceApp()
+
+    @app.train
+    def train(task: TrainTask) -> TrainResult:
+        return TrainResult([w + np.float32(0.001) for w in task.weights], 20, {"loss": 0.4})
+
+    @app.evaluate
+    def evaluate(task: EvaluateTask) -> EvaluateResult:
+        if accuracy is None:
+            raise RuntimeError("this device's held-out data is unreadable")
+        return EvaluateResult(40, 1.0 - accuracy, {"accuracy": accuracy + 0.1 * task.model_version})
+
+    return app
+
+
+async def test_a_device_whose_evaluate_handler_fails_is_left_out_and_the_rounds_complete(
+    kafka: KafkaSettings,
+    keys_dir: Path,
+    plane: ControlPlane,
+    aggregator: AggregatorProcess,
+    fleet: Fleet,
+    unique: str,
+) -> None:
+    job = f"job-{unique}"
+    apps = {"good1": _app(0.5), "good2": _app(0.7), "broken": _app(None)}
+    devices = []
+    for name, app in apps.items():
+        device = fleet.add(f"{name}-{unique}", None)
+        device.app = app
+        await plane.device(device.device_id, key=device.key)
+        devices.append(device)
+    ids = [d.device_id for d in devices]
+    overrides: dict[str, Any] = {"evaluation": "federated", "rounds": 1}
+    spec = JobSpec.parse({**JOB_CONFIG, **overrides})
+    await plane.start_job(job, **overrides)
+    train = build_strategy(spec).train_config(1)
+    names = tensor_names("2nn")
+
+    async def run_round(round: int, version: int, config: TrainConfig) -> list[object]:
+        task = await plane.open_round(job, round, version, ids, min_updates=3, config=config.to_config())
+        model = await global_model(kafka, keys_dir, job, version)
+        weights = [t.array.copy() for t in model.tensors]
+        return [await train_and_send(d, task, weights, names) for d in devices]
+
+    # A training round: the broken device's update still counts, without an evaluation.
+    outcomes = await run_round(1, 0, train)
+    assert all(isinstance(o, TrainResult) for o in outcomes)
+    first = await _result(kafka, keys_dir, job, 1)
+    assert first.status == "completed" and first.num_updates == 3 and first.evaluation == "federated"
+    assert first.metrics["evaluated_devices"] == 2 and first.metrics["evaluated_examples"] == 80
+    assert first.metrics["test_accuracy"] == pytest.approx(0.6)  # (0.5 + 0.7) / 2, version 0
+    assert first.metrics["evaluated_version"] == 0
+
+    # The evaluation-only round: the broken device's failed reply lets the round close at once.
+    outcomes = await run_round(2, 1, evaluation_round(spec, train))
+    assert [type(o) for o in outcomes] == [EvaluateResult, EvaluateResult, Failure]
+    final = await _result(kafka, keys_dir, job, 2)
+    assert final.status == "completed" and sorted(final.included) == sorted(ids)
+    assert final.metrics["evaluated_devices"] == 2 and final.metrics["evaluated_version"] == 1
+    assert final.metrics["test_accuracy"] == pytest.approx(0.7)  # (0.6 + 0.8) / 2, version 1
+    assert final.metrics["test_loss"] == pytest.approx(0.4)
+    assert aggregator.alive
