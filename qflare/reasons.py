@@ -171,7 +171,7 @@ class Reason(StrEnum):
     NO_EVALUATOR = (
         "no_evaluator",
         "aggregator",
-        "A start command asks for central evaluation of a model the aggregator has no code to evaluate.",
+        "A start command asks for central evaluation of a model with no evaluation entry point here.",
     )
 
     # -- model updates (aggregator) -------------------------------------------------

@@ -125,7 +125,7 @@ class Closer:
         )
         aggregated = time.perf_counter()
         if job.config.evaluation == "central":
-            evaluation = await self.evaluator.evaluate_async(job.model, job.config.dataset, weights)
+            evaluation = await self.evaluator.evaluate_job_async(job, weights)
             evaluated = central(evaluation, model.body.version)
         else:
             evaluated, evaluation = federated(job, rnd)

@@ -35,7 +35,6 @@ from qflare.reasons import Reason
 from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.cursor import Cursor
-from services.aggregator.evaluation import check_evaluation
 from services.aggregator.jobs import Job
 from services.aggregator.models import encode
 from services.aggregator.publisher import Publisher
@@ -203,7 +202,7 @@ class Control:
                     Reason.JOB_CONFLICT, f"job {cmd.job_id!r} exists with another config", field="body.config"
                 )
             return  # a repeated start changes nothing
-        check_evaluation(config)  # central evaluation needs the model's code
+        self.closer.evaluator.check(config)  # central evaluation needs the model's code
         job = Job(cmd.job_id, config, "running")  # refuses a model this aggregator does not have
         if not await self.store.insert_job(job.job_id, dict(cmd.config), job.strategy_state):
             raise Rejected(Reason.JOB_CONFLICT, f"job id {cmd.job_id!r} is taken", field="body.job_id")

@@ -110,7 +110,13 @@ class AggregatorService(BatchLoop):
         )
         await self.out.flush_outbox()  # what a crash left unsent goes out before anything new
         self.control_consumer = await self._started(make_consumer(self.kafka, group_id=None))
-        self.closer = Closer(self.store, self.out, Evaluator(self.cfg.eval_examples), self.jobs, self.rounds)
+        self.closer = Closer(
+            self.store,
+            self.out,
+            Evaluator(self.cfg.eval_examples, self.cfg.evaluators),
+            self.jobs,
+            self.rounds,
+        )
         self.control = Control(
             self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer
         )

@@ -8,8 +8,6 @@ import pytest
 
 from qflare.errors import Rejected, SchemaError
 from qflare.fl import FedAvg, FedProx, JobSpec
-from qflare.reasons import Reason
-from services.aggregator.evaluation import check_evaluation
 from services.aggregator.jobs import Job
 
 GOOD: dict[str, Any] = {
@@ -61,12 +59,3 @@ def test_bad_values_name_the_key(key: str, value: Any) -> None:
     with pytest.raises(SchemaError) as caught:
         JobSpec.parse({**GOOD, key: value}, where="body.config")
     assert caught.value.field is not None and caught.value.field.startswith(f"body.config.{key}")
-
-
-def test_central_evaluation_of_a_stored_model_is_refused_naming_the_key() -> None:
-    check_evaluation(JobSpec.parse({"model": "builtin:cnn"}))
-    check_evaluation(JobSpec.parse({"model": "my-net@1"}))  # federated by default
-    with pytest.raises(Rejected) as info:
-        check_evaluation(JobSpec.parse({"model": "my-net@1", "evaluation": "central"}))
-    assert info.value.reason == Reason.NO_EVALUATOR and info.value.field == "body.config.evaluation"
-    assert "my-net@1" in str(info.value)
