@@ -25,6 +25,7 @@ from qflare import poison
 from qflare.authority import allowed
 from qflare.errors import ConfigError, SchemaError
 from qflare.fl import TrainConfig
+from qflare.fl.evaluation import PREFIX as EVAL_PREFIX
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.fl.job import builtin_model
 from qflare.kafka import KafkaSettings, replay
@@ -141,28 +142,24 @@ async def _train_and_send(
         log.warning("round task refused", device=device.device_id, reason=exc.reason, error=str(exc))
         return Failure(exc.reason, str(exc))
     evaluated: EvaluateResult | Failure | None = None
-    metrics: dict[str, float] = {}
+    # The federated evaluation's eval_* metrics: the platform's keys, which the app's cannot override.
+    reported: dict[str, float] = {}
     if config.evaluate_global:
         # The version as given, before training: what federated evaluation reports.
         evaluated = await evaluate_global(device, task, weights, config)
         if isinstance(evaluated, EvaluateResult):
-            metrics.update(
-                DeviceEvaluation(evaluated.num_examples, evaluated.loss, evaluated.metrics).to_metrics()
-            )
+            found = DeviceEvaluation(evaluated.num_examples, evaluated.loss, evaluated.metrics)
+            reported = found.to_metrics()
     if not config.train:
         # An evaluation-only round: a reply without weights, and without eval_* when it failed.
-        _send(
-            device,
-            task,
-            parent,
-            ModelUpdate(task.job_id, task.round, device.device_id, task.model_version, 0, (), metrics),
-        )
+        reply = ModelUpdate(task.job_id, task.round, device.device_id, task.model_version, 0, (), reported)
+        _send(device, task, parent, reply)
         return evaluated or Failure(Reason.SCHEMA, "an evaluation-only round without evaluate_global")
     result = await device.app.run_train(TrainTask(task.round, task.model_version, weights, config))
     if isinstance(result, Failure):
         log.warning("training failed", device=device.device_id, reason=result.reason, error=result.message)
         return result
-    metrics.update({k: float(v) for k, v in result.metrics.items()})
+    metrics = {k: float(v) for k, v in result.metrics.items() if not k.startswith(EVAL_PREFIX)}
     if config.evaluate and device.app.handles("evaluate"):
         checked = await device.app.run_evaluate(
             EvaluateTask(task.round, task.model_version, result.weights, config)
@@ -180,7 +177,7 @@ async def _train_and_send(
             Tensor.of(n, np.ascontiguousarray(w, dtype=np.float32))
             for n, w in zip(names, result.weights, strict=True)
         ),
-        metrics=metrics,
+        metrics={**metrics, **reported},
     )
     _send(device, task, parent, update)
     return result
