@@ -10,6 +10,7 @@ its signed update (chunked when large) through its link.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,8 @@ from qflare import poison
 from qflare.authority import allowed
 from qflare.errors import ConfigError, SchemaError
 from qflare.fl import TrainConfig
+from qflare.fl.evaluation import PREFIX as EVAL_PREFIX
+from qflare.fl.evaluation import DeviceEvaluation
 from qflare.fl.job import builtin_model
 from qflare.kafka import KafkaSettings, replay
 from qflare.ml.arch import ModelName, check_model_name
@@ -31,6 +34,7 @@ from qflare.protocol import Decoder, Reassembler, Tensor, seal_chunked
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.topics import Topics
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundTask
+from qflare.reasons import Reason
 from qflare.tracing import configure_tracing, extract_context, round_headers, send_span, tracer
 
 log = structlog.get_logger("qflare.edge.training")
@@ -112,8 +116,13 @@ class RoundFollower:
 
 async def train_and_send(
     device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], names: list[str]
-) -> TrainResult | Failure:
-    """Run the device's train handler and send its signed update, in the round's trace."""
+) -> TrainResult | EvaluateResult | Failure:
+    """Run the device's handlers for the task and send its signed reply, in the round's trace.
+
+    A training round's reply is the update; an evaluation-only round's is the evaluation
+    alone (docs/protocol.md, "Federated evaluation"). What is returned is the train
+    handler's result, or in an evaluation-only round the evaluate handler's.
+    """
     attrs = {"qflare.job_id": task.job_id, "qflare.round": str(task.round), "qflare.device": device.device_id}
     parent = _task_contexts.get((task.job_id, task.round))
     with tracer().start_as_current_span(f"train {task.round}", context=parent, attributes=attrs):
@@ -126,17 +135,31 @@ async def _train_and_send(
     weights: list[npt.NDArray[Any]],
     names: list[str],
     parent: Context | None,
-) -> TrainResult | Failure:
+) -> TrainResult | EvaluateResult | Failure:
     try:
         config = TrainConfig.parse(task.config)
     except SchemaError as exc:
         log.warning("round task refused", device=device.device_id, reason=exc.reason, error=str(exc))
         return Failure(exc.reason, str(exc))
+    evaluated: EvaluateResult | Failure | None = None
+    # The federated evaluation's eval_* metrics: the platform's keys, which the app's cannot override.
+    reported: dict[str, float] = {}
+    if config.evaluate_global:
+        # The version as given, before training: what federated evaluation reports.
+        evaluated = await evaluate_global(device, task, weights, config)
+        if isinstance(evaluated, EvaluateResult):
+            found = DeviceEvaluation(evaluated.num_examples, evaluated.loss, evaluated.metrics)
+            reported = found.to_metrics()
+    if not config.train:
+        # An evaluation-only round: a reply without weights, and without eval_* when it failed.
+        reply = ModelUpdate(task.job_id, task.round, device.device_id, task.model_version, 0, (), reported)
+        _send(device, task, parent, reply)
+        return evaluated or Failure(Reason.SCHEMA, "an evaluation-only round without evaluate_global")
     result = await device.app.run_train(TrainTask(task.round, task.model_version, weights, config))
     if isinstance(result, Failure):
         log.warning("training failed", device=device.device_id, reason=result.reason, error=result.message)
         return result
-    metrics = {k: float(v) for k, v in result.metrics.items()}
+    metrics = {k: float(v) for k, v in result.metrics.items() if not k.startswith(EVAL_PREFIX)}
     if config.evaluate and device.app.handles("evaluate"):
         checked = await device.app.run_evaluate(
             EvaluateTask(task.round, task.model_version, result.weights, config)
@@ -154,15 +177,35 @@ async def _train_and_send(
             Tensor.of(n, np.ascontiguousarray(w, dtype=np.float32))
             for n, w in zip(names, result.weights, strict=True)
         ),
-        metrics=metrics,
+        metrics={**metrics, **reported},
     )
+    _send(device, task, parent, update)
+    return result
+
+
+async def evaluate_global(
+    device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], config: TrainConfig
+) -> EvaluateResult | Failure:
+    """The app's evaluation of the task's model version; a failure is logged and returned, never raised."""
+    result = await device.app.run_evaluate(EvaluateTask(task.round, task.model_version, weights, config))
+    if isinstance(result, EvaluateResult):
+        values = (result.loss, *result.metrics.values())
+        if result.num_examples < 1:
+            result = Failure(Reason.NUM_EXAMPLES, f"evaluated {result.num_examples} examples")
+        elif not all(math.isfinite(v) for v in values):
+            result = Failure(Reason.NON_FINITE, "the evaluation's loss or a metric is NaN or infinite")
+    if isinstance(result, Failure):
+        log.warning("evaluation failed", device=device.device_id, reason=result.reason, error=result.message)
+    return result
+
+
+def _send(device: DeviceRuntime, task: RoundTask, parent: Context | None, reply: ModelUpdate) -> None:
     topic, key = device.topics.updates.name, device.device_id.encode()
     for record in seal_chunked(
-        update, device.signer, device.topics.updates.channel, sender=device.device_id, round=task.round
+        reply, device.signer, device.topics.updates.channel, sender=device.device_id, round=task.round
     ):
         with send_span(topic, key=key) as headers:
             device.link.send(topic, key, record, headers=headers + round_headers(parent))
-    return result
 
 
 def builtin_arch(config: TrainConfig) -> ModelName:

@@ -173,6 +173,11 @@ class Reason(StrEnum):
         "aggregator",
         "An imported model reuses a name and version the model store holds with other content.",
     )
+    NO_EVALUATOR = (
+        "no_evaluator",
+        "aggregator",
+        "A start command asks for central evaluation of a model with no evaluation entry point here.",
+    )
 
     # -- model updates (aggregator) -------------------------------------------------
     WRONG_ROUND = (

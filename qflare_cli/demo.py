@@ -35,7 +35,15 @@ from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
 from qflare.supervisor import Supervisor
-from qflare_cli.jobs import MU_HELP, STRATEGY_HELP, model_ref, strategy_params
+from qflare_cli.jobs import (
+    EVALUATION_HELP,
+    MU_HELP,
+    STRATEGY_HELP,
+    evaluated,
+    evaluation_setting,
+    model_ref,
+    strategy_params,
+)
 from qflare_cli.reports import DeviceReports, describe
 from qflare_cli.stack import quiet_clients
 from qflare_cli.supervised import metrics_ports, printer, start_services
@@ -66,6 +74,7 @@ def demo(
     dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
     processes: int = typer.Option(2, min=1, max=16, help="Worker processes for the simulated fleet."),
     seed: int = typer.Option(0, help="Seed for model init, data partition and selection."),
+    evaluation: str | None = typer.Option(None, help=EVALUATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per round on stdout."),
     keep_stack: bool = typer.Option(False, help="Leave the stack running when the demo ends."),
 ) -> None:
@@ -86,6 +95,7 @@ def demo(
                 "seed": seed,
                 "dataset": dataset,
                 "partition": partition,
+                **evaluation_setting(evaluation),
             }
         )
     except QflareError as exc:
@@ -216,7 +226,8 @@ class Run:
         await consumer.start()
         await assign_from_start(consumer, self.topics.rounds_complete)
         done: list[RoundComplete] = []
-        total = self.job.rounds
+        # A federated job ends with one evaluation-only round, of the final model.
+        total = self.job.rounds + (self.job.evaluation == "federated")
         # The strategy's own parameters, as the devices report having trained with them.
         reports = DeviceReports.of(self.kafka, trusted_ring(KEYS_DIR), self.job_id, self.job.strategy)
         if reports is not None:
@@ -241,7 +252,7 @@ class Run:
                                 continue
                             done.append(rc)
                             on_devices: dict[str, list[float]] = {}
-                            if reports is not None and rc.status == "completed":
+                            if reports is not None and rc.status == "completed" and rc.num_examples:
                                 on_devices = await reports.values(rc.round, rc.num_updates)
                             self._print_round(rc, on_devices)
                             if self.on_round is not None:
@@ -289,6 +300,9 @@ class Run:
             "seconds": round(m.get("duration_s", float("nan")), 2),
             "bytes_in": int(m.get("bytes_in", 0)),
             "model_version": rc.model_version,
+            "evaluation": rc.evaluation,
+            "evaluated_version": m.get("evaluated_version"),
+            "evaluated_examples": m.get("evaluated_examples"),
         }
         if on_devices:
             row["on_devices"] = on_devices
@@ -297,8 +311,8 @@ class Run:
         else:
             console.print(
                 f"round {rc.round:>3}  {rc.status:<14} participants {rc.num_updates:>3}  "
-                f"accuracy {row['accuracy']:.4f}  loss {row['loss']:.4f}  {row['seconds']:>7.2f} s  "
-                f"{row['bytes_in'] / 1e6:8.2f} MB in"
+                f"accuracy {row['accuracy']:.4f} ({evaluated(rc)})  loss {row['loss']:.4f}  "
+                f"{row['seconds']:>7.2f} s  {row['bytes_in'] / 1e6:8.2f} MB in"
             )
             for line in describe(on_devices, rc.num_updates):
                 console.print(f"          {line}")
@@ -311,8 +325,10 @@ class Run:
             "job", f"{self.job_id} ({self.job.model}, {self.job.strategy.name}, {self.devices} devices)"
         )
         table.add_row("rounds", f"{len(completed)} completed, {len(results) - len(completed)} retried")
+        final = completed[-1] if completed else None
         table.add_row(
-            "final accuracy", f"{completed[-1].metrics.get('test_accuracy', 0.0):.4f}" if completed else "-"
+            "final accuracy",
+            f"{final.metrics.get('test_accuracy', 0.0):.4f} ({evaluated(final)})" if final else "-",
         )
         table.add_row("best accuracy", f"{best:.4f}")
         table.add_row("wall time", f"{seconds:.1f} s")

@@ -70,6 +70,26 @@ MU_HELP = (
 )
 
 
+EVALUATION_HELP = (
+    "central (the aggregator, on the dataset's test split) or federated (the devices, on their own "
+    "held-out data, and once more on the final model); default: central for a built-in model, "
+    "federated for a stored one."
+)
+
+
+def evaluation_setting(evaluation: str | None) -> dict[str, str]:
+    """The job spec's ``evaluation`` key when the option was given (else the spec's default applies)."""
+    return {} if evaluation is None else {"evaluation": evaluation}
+
+
+def evaluated(rc: RoundComplete) -> str:
+    """Who evaluated which version, as a round's report shows it: ``federated v3``, or ``-``."""
+    version = rc.metrics.get("evaluated_version")
+    if rc.evaluation is None or version is None:
+        return "-"
+    return f"{rc.evaluation} v{int(version)}"
+
+
 @app.command()
 def start(
     job_id: str = typer.Option("", help="Job id (default: a fresh one)."),
@@ -85,6 +105,7 @@ def start(
     seed: int = typer.Option(0),
     dataset: str = typer.Option("mnist"),
     proximal_mu: float | None = typer.Option(None, min=0.0, help=MU_HELP),
+    evaluation: str | None = typer.Option(None, help=EVALUATION_HELP),
     keys_dir: Path = KEYS,
 ) -> None:
     """Start a job: the scheduler opens rounds on healthy devices until ROUNDS complete."""
@@ -103,6 +124,7 @@ def start(
                 "lr": lr,
                 "seed": seed,
                 "dataset": dataset,
+                **evaluation_setting(evaluation),
             }
         )
     except QflareError as exc:
@@ -139,6 +161,8 @@ def status(job_id: str, keys_dir: Path = KEYS, as_json: bool = typer.Option(Fals
                 "participants": done.num_updates if done else None,
                 "accuracy": done.metrics.get("test_accuracy") if done else None,
                 "loss": done.metrics.get("train_loss") if done else None,
+                "evaluated": evaluated(done) if done else None,
+                "evaluated_examples": done.metrics.get("evaluated_examples") if done else None,
             }
         )
     if as_json:
@@ -146,13 +170,22 @@ def status(job_id: str, keys_dir: Path = KEYS, as_json: bool = typer.Option(Fals
             typer.echo(json.dumps(row))
         return
     table = Table(
-        "round", "status", "selected", "participants", "model version", "accuracy", "train loss", title=job_id
+        "round",
+        "status",
+        "selected",
+        "participants",
+        "model version",
+        "accuracy",
+        "train loss",
+        "evaluated",
+        title=job_id,
     )
+    keys = ("round", "status", "selected", "participants", "model_version", "accuracy", "loss", "evaluated")
     for r in rows:
         table.add_row(
             *(
                 ("-" if r[k] is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])))
-                for k in ("round", "status", "selected", "participants", "model_version", "accuracy", "loss")
+                for k in keys
             )
         )
     console.print(table)

@@ -29,6 +29,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from qflare.errors import ConfigError, SchemaError
@@ -37,6 +38,8 @@ from qflare.types import Scalar
 
 #: How a simulated fleet splits the training set (``qflare.ml.partition``).
 PartitionName = Literal["iid", "pathological", "dirichlet"]
+#: Who evaluates the global model: the aggregator on the dataset's test split, or the devices.
+EvaluationMode = Literal["central", "federated"]
 #: A job setting on the wire: a scalar, or one level of named scalars (the strategy's parameters).
 Setting = Scalar | dict[str, Scalar]
 
@@ -162,6 +165,20 @@ class JobSpec(_Parsed):
     seed: int = Field(0, ge=0)
     #: Ask devices to evaluate the trained model on their local validation split.
     evaluate_local: bool = True
+    #: "central": the aggregator evaluates each new version on the dataset's test split.
+    #: "federated": the selected devices evaluate the version they are given on their own
+    #: held-out data (docs/protocol.md, "Federated evaluation"). Left out, it is central for a
+    #: built-in model and federated for a model-store one (whose code the aggregator lacks).
+    evaluation: EvaluationMode = "central"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_evaluation(cls, data: object) -> object:
+        if isinstance(data, dict) and "evaluation" not in data:
+            model = data.get("model", BUILTIN)
+            store = isinstance(model, str) and not model.startswith(BUILTIN)
+            return {**data, "evaluation": "federated" if store else "central"}
+        return data
 
     @field_validator("strategy", mode="plain")
     @classmethod
@@ -197,6 +214,11 @@ class TrainConfig(_Parsed):
     proximal_mu: float = Field(ge=0)
     #: Evaluate the trained model on the device's local validation split.
     evaluate: bool
+    #: Evaluate the received global model on the device's held-out data before anything else,
+    #: and report it with the reply (``eval_*`` metrics): federated evaluation.
+    evaluate_global: bool
+    #: False in an evaluation-only round: the device evaluates and replies without weights.
+    train: bool
 
     def to_config(self) -> dict[str, Scalar]:
         return self.model_dump()

@@ -160,6 +160,8 @@ class Strategy(ABC):
             lr=job.lr,
             proximal_mu=0.0,
             evaluate=job.evaluate_local,
+            evaluate_global=job.evaluation == "federated",
+            train=True,
         )
 
     def begin_round(

@@ -131,6 +131,11 @@ class Fields:
             raise SchemaError(f"{value!r} is not one of {sorted(allowed)}", field=self._name(key))
         return value
 
+    def opt_choice(self, key: str, allowed: Collection[str]) -> str | None:
+        if self._get(key) is None:
+            return None
+        return self.choice(key, allowed)
+
     def blob(self, key: str, *, size: int | None = None, max_len: int = 1 << 20) -> bytes:
         value = self._get(key)
         if not isinstance(value, bytes | memoryview):

@@ -10,6 +10,8 @@ from qflare.protocol.tensors import Tensor
 from qflare.types import Scalar
 
 ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed"})
+#: Who evaluated the model a round's ``test_*`` metrics describe.
+EVALUATIONS = frozenset({"central", "federated"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,7 @@ class RoundComplete(Body):
         "included",
         "model_digest",
         "metrics",
+        "evaluation",
     )
     job_id: str
     round: int
@@ -187,6 +190,8 @@ class RoundComplete(Body):
     #: SHA-256 of the new model's body, so anyone can check what they fetched.
     model_digest: bytes | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    #: "central" or "federated" when ``metrics`` holds an evaluation (``test_*``), else None.
+    evaluation: str | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -199,6 +204,7 @@ class RoundComplete(Body):
             "included": list(self.included),
             "model_digest": self.model_digest,
             "metrics": sorted_map(self.metrics),
+            "evaluation": self.evaluation,
         }
 
     @classmethod
@@ -214,5 +220,6 @@ class RoundComplete(Body):
             included=f.ids("included"),
             model_digest=f.opt_blob("model_digest", size=32),
             metrics=f.float_map("metrics"),
+            evaluation=f.opt_choice("evaluation", EVALUATIONS),
         )
         return out

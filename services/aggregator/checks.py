@@ -47,6 +47,28 @@ def check_update(
     update: ModelUpdate, *, message_id: bytes, rnd: OpenRound, layout: Layout, fmt: FixedPoint
 ) -> None:
     """Raise ``Rejected`` unless ``update`` may be added to ``rnd``, whose model has ``layout``."""
+    check_answer(update, message_id=message_id, rnd=rnd)
+    if not 1 <= update.num_examples <= fmt.capacity:
+        raise Rejected(Reason.NUM_EXAMPLES, f"must be in [1, {fmt.capacity}]", field="body.num_examples")
+    check_tensors(update, layout)
+
+
+def check_evaluation_reply(update: ModelUpdate, *, message_id: bytes, rnd: OpenRound) -> None:
+    """Raise ``Rejected`` unless ``update`` is a reply to the evaluation-only round ``rnd``:
+    no weights, no training examples (its evaluation, if any, is in its metrics)."""
+    check_answer(update, message_id=message_id, rnd=rnd)
+    if update.tensors:
+        raise Rejected(
+            Reason.SHAPE, f"round {rnd.round} only evaluates: a reply has no tensors", field="body.tensors"
+        )
+    if update.num_examples != 0:
+        raise Rejected(
+            Reason.NUM_EXAMPLES, "an evaluation reply trains on no examples", field="body.num_examples"
+        )
+
+
+def check_answer(update: ModelUpdate, *, message_id: bytes, rnd: OpenRound) -> None:
+    """The checks of any answer to ``rnd``: selected, from the round's version, once."""
     if update.device_id not in rnd.devices:
         raise Rejected(Reason.UNSELECTED, f"{update.device_id!r} was not selected for round {rnd.round}")
     if update.base_version != rnd.model_version:
@@ -60,9 +82,6 @@ def check_update(
         if earlier.message_id == message_id:
             raise Rejected(Reason.REPLAY, f"update {message_id.hex()} is already included", field="id")
         raise Rejected(Reason.DUPLICATE, f"{update.device_id!r} already has an update in round {rnd.round}")
-    if not 1 <= update.num_examples <= fmt.capacity:
-        raise Rejected(Reason.NUM_EXAMPLES, f"must be in [1, {fmt.capacity}]", field="body.num_examples")
-    check_tensors(update, layout)
 
 
 def check_tensors(update: ModelUpdate, layout: Layout) -> None:

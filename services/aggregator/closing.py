@@ -21,7 +21,7 @@ from qflare.fl import StrategyState
 from qflare.metrics import record_round_closed
 from qflare.protocol.training import RoundComplete
 from qflare.tracing import FanIn, tracer
-from services.aggregator.evaluation import Evaluator
+from services.aggregator.evaluation import Evaluator, central, federated
 from services.aggregator.jobs import Job
 from services.aggregator.models import EncodedModel, decode, encode, weights_of
 from services.aggregator.publisher import Publisher
@@ -69,11 +69,15 @@ class Closer:
         closed_ms = now_ms()
         model: EncodedModel | None = None
         carried: StrategyState | None = None
-        if outcome == COMPLETED:
-            model, carried, metrics = await self._aggregate(job, rnd, closed_ms)
-            done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics)
+        if outcome == COMPLETED and not rnd.evaluate_only:
+            model, carried, metrics, evaluated = await self._aggregate(job, rnd, closed_ms)
+            done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated)
         else:
-            done = self._report(rnd, outcome, rnd.model_version, None, round_metrics(rnd, closed_ms))
+            # An evaluation-only round, or one without a quorum: no new version, but whatever the
+            # devices evaluated of the round's version is reported.
+            evaluated, found = federated(job, rnd)
+            metrics = round_metrics(rnd, closed_ms, found)
+            done = self._report(rnd, outcome, rnd.model_version, None, metrics, evaluated)
         result = {k: v for k, v in asdict(done).items() if k != "model_digest"}
         result["model_digest"] = None if done.model_digest is None else done.model_digest.hex()
         async with self.store.conn.transaction():
@@ -101,8 +105,9 @@ class Closer:
 
     async def _aggregate(
         self, job: Job, rnd: OpenRound, closed_ms: int
-    ) -> tuple[EncodedModel, StrategyState, dict[str, float]]:
-        """The new version (parent: the round's version), the state to carry, and the round's metrics."""
+    ) -> tuple[EncodedModel, StrategyState, dict[str, float], str | None]:
+        """The new version (parent: the round's version), the state to carry, the round's metrics,
+        and who evaluated (None: nobody)."""
         layout = job.layout
         base = await self.store.model(rnd.job_id, rnd.model_version)
         if base is None:  # the round was opened on this version; only a damaged store lacks it
@@ -119,16 +124,15 @@ class Closer:
             parent=rnd.model_version,
         )
         aggregated = time.perf_counter()
-        # Central evaluation needs the architecture's code: built-ins only (a stored model is data).
-        evaluation = (
-            await self.evaluator.evaluate_async(job.builtin, job.config.dataset, weights)
-            if job.builtin is not None
-            else {}
-        )
+        if job.config.evaluation == "central":
+            evaluation = await self.evaluator.evaluate_job_async(job, weights)
+            evaluated = central(evaluation, model.body.version)
+        else:
+            evaluated, evaluation = federated(job, rnd)
         # Where a round's time goes, for ops and the benchmark: finalising the sum and
         # encoding the model, then the held-out evaluation.
         timing = {"aggregate_s": aggregated - began, "eval_s": time.perf_counter() - aggregated}
-        return model, carried, round_metrics(rnd, closed_ms, {**evaluation, **timing})
+        return model, carried, round_metrics(rnd, closed_ms, {**evaluation, **timing}), evaluated
 
     async def _store_version(
         self, rnd: OpenRound, model: EncodedModel, carried: StrategyState, metrics: dict[str, float]
@@ -146,7 +150,13 @@ class Closer:
         await self.out.queue_model(model)
 
     def _report(
-        self, rnd: OpenRound, status: str, version: int, digest: bytes | None, metrics: dict[str, float]
+        self,
+        rnd: OpenRound,
+        status: str,
+        version: int,
+        digest: bytes | None,
+        metrics: dict[str, float],
+        evaluation: str | None,
     ) -> RoundComplete:
         included = sorted(rnd.included)
         return RoundComplete(
@@ -159,4 +169,5 @@ class Closer:
             included=tuple(included),
             model_digest=digest,
             metrics=metrics,
+            evaluation=evaluation,
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from qflare.config import BatchServiceSettings, Port
+from services.aggregator.entrypoints import check_targets
 
 
 class AggregatorSettings(BatchServiceSettings):
@@ -15,6 +16,15 @@ class AggregatorSettings(BatchServiceSettings):
     metrics_port: Port = 9102
     #: Test examples the new global model is evaluated on (the first N of the test split); 0 disables.
     eval_examples: int = Field(default=10_000, ge=0)
+    #: Central evaluation of model-store models: ``{"NAME@VERSION": "package.module:function"}``
+    #: (JSON), the owners' entry points installed on this host (services/aggregator/entrypoints.py).
+    evaluators: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("evaluators")
+    @classmethod
+    def _targets(cls, value: dict[str, str]) -> dict[str, str]:
+        return dict(check_targets(value))
+
     #: Longest sleep of the deadline timer; it otherwise wakes at the nearest round deadline.
     deadline_tick_s: float = Field(default=1.0, gt=0)
     #: A chunked update whose next chunk does not arrive within this time is dropped.

@@ -225,6 +225,7 @@ class Control:
                 )
             return  # a repeated start changes nothing
         stored = None if config.builtin is not None else await self.models.get(config.model)
+        self.closer.evaluator.check(config)  # central evaluation needs the model's code
         # Refuses a model this aggregator does not have (``unknown_model``).
         job = Job(cmd.job_id, config, "running", stored=stored)
         if not await self.store.insert_job(job.job_id, dict(cmd.config), job.strategy_state):

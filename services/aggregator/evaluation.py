@@ -1,4 +1,8 @@
-"""Test accuracy and loss of a new global model on the held-out split of the job's dataset.
+"""Evaluation of a job's global model: central (here) or federated (the devices').
+
+Central: test accuracy and loss of a new global model on the held-out split of
+the job's dataset. Federated: the round's devices evaluated the version they
+were given; ``federated`` combines what they reported (``qflare.fl.evaluation``).
 
 torch is imported on first use only, so an aggregator that never closes a
 round (or has evaluation off) starts quickly and stays small. The test split
@@ -8,24 +12,32 @@ is read once per dataset and kept as float32, already normalised.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from qflare.errors import ConfigError, DatasetError
+from qflare.errors import ConfigError, DatasetError, Rejected
+from qflare.fl import JobSpec
 from qflare.ml import DatasetName, ModelName, load_dataset, to_float
+from qflare.reasons import Reason
+from services.aggregator import entrypoints
+from services.aggregator.jobs import Job
+from services.aggregator.rounds import OpenRound
 
 log = structlog.get_logger("qflare.aggregator")
 
 
 class Evaluator:
-    def __init__(self, examples: int) -> None:
+    def __init__(self, examples: int, evaluators: Mapping[str, str] | None = None) -> None:
         #: How many test examples to use (the first N); 0 turns evaluation off.
         self.examples = examples
+        #: Model-store key -> ``package.module:function`` of its owner's central evaluation.
+        self.evaluators = dict(evaluators or {})
         self._test: dict[str, tuple[NDArray[np.float32], NDArray[np.int64]]] = {}
+        self._loaded: dict[str, entrypoints.EntryPoint] = {}
 
     def _split(self, dataset: DatasetName) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         if dataset not in self._test:
@@ -60,3 +72,67 @@ class Evaluator:
     ) -> dict[str, float]:
         """``evaluate`` in a worker thread, so the event loop keeps serving Kafka meanwhile."""
         return await asyncio.to_thread(self.evaluate, model, dataset, weights)
+
+    def entry_point(self, ref: str) -> entrypoints.EntryPoint:
+        """The registered central evaluation of model-store model ``ref`` (``ConfigError`` if none)."""
+        if ref not in self._loaded:
+            target = self.evaluators.get(ref)
+            if target is None:
+                raise ConfigError(f"no evaluator is registered for {ref!r}", field=entrypoints.SETTING)
+            self._loaded[ref] = entrypoints.load(ref, target)
+        return self._loaded[ref]
+
+    def evaluate_stored(
+        self, ref: str, names: Sequence[str], weights: Sequence[NDArray[Any]]
+    ) -> dict[str, float]:
+        """A model-store model's central evaluation by its registered entry point; {} if it fails."""
+        try:
+            return entrypoints.run(ref, self.entry_point(ref), names, weights)
+        except (ConfigError, ValueError, RuntimeError, ArithmeticError, MemoryError) as exc:
+            # The owner's code failing must not stop training: the round closes without test metrics.
+            log.warning("evaluation failed", model=ref, error=f"{type(exc).__name__}: {exc}")
+            return {}
+
+    async def evaluate_job_async(self, job: Job, weights: Sequence[NDArray[Any]]) -> dict[str, float]:
+        """The central evaluation of ``job``'s new model, in a worker thread."""
+        if job.builtin is None:
+            return await asyncio.to_thread(self.evaluate_stored, job.config.model, job.layout.names, weights)
+        return await self.evaluate_async(job.builtin, job.config.dataset, weights)
+
+    def check(self, spec: JobSpec) -> None:
+        """Refuse a job whose evaluation this aggregator cannot run.
+
+        Central evaluation runs the model's code, which the aggregator has for the
+        built-in models and for model-store models whose owner registered an entry
+        point here; any other model is evaluated by its devices.
+        """
+        if spec.evaluation != "central" or spec.builtin is not None:
+            return
+        if spec.model not in self.evaluators:
+            raise Rejected(
+                Reason.NO_EVALUATOR,
+                f"model {spec.model!r} has no evaluation entry point here ({entrypoints.SETTING}); "
+                "use evaluation 'federated'",
+                field="body.config.evaluation",
+            )
+        try:
+            self.entry_point(spec.model)
+        except ConfigError as exc:
+            raise Rejected(Reason.NO_EVALUATOR, str(exc), field="body.config.evaluation") from exc
+
+
+def central(evaluation: dict[str, float], version: int) -> str | None:
+    """Mark a central evaluation of ``version`` as such, in place; "central", or None if it did not run."""
+    if "test_examples" not in evaluation:
+        return None
+    evaluation["evaluated_examples"] = evaluation["test_examples"]
+    evaluation["evaluated_version"] = float(version)
+    return "central"
+
+
+def federated(job: Job, rnd: OpenRound) -> tuple[str | None, dict[str, float]]:
+    """The devices' combined evaluation of ``rnd``'s version, for a federated job; (None, {}) if none."""
+    if job.config.evaluation != "federated":
+        return None, {}
+    found = rnd.federated_evaluation()
+    return ("federated", found) if found else (None, {})

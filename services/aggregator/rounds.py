@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from qflare.fl import StrategyState
+from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round
 from qflare.protocol.training import RoundTask
 
 COMPLETED = "completed"
@@ -27,6 +28,8 @@ class Included:
     message_id: bytes
     num_examples: int
     loss: float | None
+    #: The device's evaluation of the round's model version (federated evaluation), if any.
+    evaluation: DeviceEvaluation | None = None
 
 
 @dataclass(slots=True)
@@ -48,6 +51,8 @@ class OpenRound:
     #: Updates accepted since the last checkpoint (written as ``included`` rows).
     pending: list[Included] = field(default_factory=list)
     dirty: bool = False
+    #: An evaluation-only round: replies carry evaluations, no weights, and make no new version.
+    evaluate_only: bool = False
 
     @classmethod
     def from_task(cls, task: RoundTask, task_id: bytes, opened_ms: int, state: StrategyState) -> OpenRound:
@@ -62,6 +67,7 @@ class OpenRound:
             min_updates=task.min_updates,
             opened_ms=opened_ms,
             state=state,
+            evaluate_only=is_evaluation_round(task.config),
         )
 
     @property
@@ -71,6 +77,11 @@ class OpenRound:
     @property
     def num_examples(self) -> int:
         return sum(i.num_examples for i in self.included.values())
+
+    def federated_evaluation(self) -> dict[str, float]:
+        """The included devices' evaluations of the round's model version, combined (empty if none)."""
+        found = {d: i.evaluation for d, i in self.included.items() if i.evaluation is not None}
+        return combine(found, self.model_version)
 
     def include(self, entry: Included) -> None:
         self.included[entry.device_id] = entry

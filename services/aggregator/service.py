@@ -31,6 +31,7 @@ from qflare import metrics, poison
 from qflare.clock import now_ms
 from qflare.errors import InvalidUpdateError, ProtocolError, QflareError, Rejected, is_transient
 from qflare.fl import FixedPoint, JobSpec, Update
+from qflare.fl.evaluation import DeviceEvaluation
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
 from qflare.keys import DeviceKeys
@@ -40,7 +41,7 @@ from qflare.protocol.training import ModelUpdate
 from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
-from services.aggregator.checks import check_update, find_round, out_of_range
+from services.aggregator.checks import check_evaluation_reply, check_update, find_round, out_of_range
 from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.control import Control
@@ -115,7 +116,13 @@ class AggregatorService(BatchLoop):
         self.control_consumer = await self._started(
             make_consumer(self.kafka, group_id=None, auto_offset_reset="none")
         )
-        self.closer = Closer(self.store, self.out, Evaluator(self.cfg.eval_examples), self.jobs, self.rounds)
+        self.closer = Closer(
+            self.store,
+            self.out,
+            Evaluator(self.cfg.eval_examples, self.cfg.evaluators),
+            self.jobs,
+            self.rounds,
+        )
         self.control = Control(
             self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer, self.models
         )
@@ -309,18 +316,24 @@ class AggregatorService(BatchLoop):
         try:
             rnd = find_round(update, sender=head.sender, header_round=head.round, rounds=self.rounds)
             job = self.jobs[rnd.job_id]
-            check_update(update, message_id=head.id, rnd=rnd, layout=job.layout, fmt=self.fixed_point)
-            try:
-                job.strategy.accumulate(
-                    rnd.state, Update([t.array for t in update.tensors], update.num_examples)
-                )
-            except InvalidUpdateError as exc:  # the sum's own range and capacity checks
-                raise out_of_range(exc, job.layout) from exc
+            if rnd.evaluate_only:
+                check_evaluation_reply(update, message_id=head.id, rnd=rnd)
+            else:
+                check_update(update, message_id=head.id, rnd=rnd, layout=job.layout, fmt=self.fixed_point)
+                try:
+                    job.strategy.accumulate(
+                        rnd.state, Update([t.array for t in update.tensors], update.num_examples)
+                    )
+                except InvalidUpdateError as exc:  # the sum's own range and capacity checks
+                    raise out_of_range(exc, job.layout) from exc
         except Rejected as exc:
             if claimed is not None:
                 claimed.count(f"rejected_{exc.reason}")
             raise
-        rnd.include(Included(update.device_id, head.id, update.num_examples, update.metrics.get("loss")))
+        # A reply without a usable evaluation still counts as an answer; it is left out of the combination.
+        evaluation = DeviceEvaluation.from_metrics(update.metrics)
+        loss = update.metrics.get("loss")
+        rnd.include(Included(update.device_id, head.id, update.num_examples, loss, evaluation))
         metrics.ACCEPTED.labels(SERVICE, update.TYPE).inc()
 
     async def _report(self, exc: QflareError, record: ConsumerRecord[Any, Any], msg: Message | None) -> None:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from qflare.fl import StrategyState
+from qflare.fl.evaluation import DeviceEvaluation, is_evaluation_round
 from qflare.migrations import migrate
 from qflare.outbox import Outbox
 from services.aggregator.cursor import Cursor
@@ -167,7 +168,7 @@ class AggregatorStore:
     async def open_rounds(self) -> list[OpenRound]:
         cur = await self.conn.execute(
             "SELECT job_id, round, task_id, model_version, strategy, devices, deadline_ms, min_updates, "
-            "(extract(epoch FROM opened_at) * 1000)::bigint, state, stats "
+            "(extract(epoch FROM opened_at) * 1000)::bigint, state, stats, rounds.config "
             "FROM aggregator.rounds JOIN aggregator.jobs USING (job_id) "
             "WHERE rounds.status = 'open' AND jobs.scope = %s ORDER BY job_id, round",
             (self.scope,),
@@ -185,6 +186,7 @@ class AggregatorStore:
             opened,
             state,
             stats,
+            config,
         ) in await cur.fetchall():
             rounds.append(
                 OpenRound(
@@ -199,16 +201,19 @@ class AggregatorStore:
                     opened_ms=int(opened),
                     state=StrategyState.from_bytes(bytes(state)),
                     stats=Counter({str(k): int(v) for k, v in dict(stats).items()}),
+                    evaluate_only=is_evaluation_round(dict(config)),
                 )
             )
         for r in rounds:
             cur = await self.conn.execute(
-                "SELECT device_id, message_id, num_examples, loss FROM aggregator.included "
+                "SELECT device_id, message_id, num_examples, loss, evaluation FROM aggregator.included "
                 "WHERE job_id = %s AND round = %s",
                 (r.job_id, r.round),
             )
-            for device, msg_id, n, loss in await cur.fetchall():
-                r.included[str(device)] = Included(str(device), bytes(msg_id), int(n), loss)
+            for device, msg_id, n, loss, evaluation in await cur.fetchall():
+                r.included[str(device)] = Included(
+                    str(device), bytes(msg_id), int(n), loss, _evaluation(evaluation)
+                )
         return rounds
 
     async def checkpoint_round(self, rnd: OpenRound) -> None:
@@ -221,10 +226,18 @@ class AggregatorStore:
             async with self.conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO aggregator.included "
-                    "(job_id, round, device_id, message_id, num_examples, loss) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    "(job_id, round, device_id, message_id, num_examples, loss, evaluation) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                     [
-                        (rnd.job_id, rnd.round, i.device_id, i.message_id, i.num_examples, i.loss)
+                        (
+                            rnd.job_id,
+                            rnd.round,
+                            i.device_id,
+                            i.message_id,
+                            i.num_examples,
+                            i.loss,
+                            None if i.evaluation is None else json.dumps(i.evaluation.to_metrics()),
+                        )
                         for i in rnd.pending
                     ],
                 )
@@ -267,3 +280,10 @@ class AggregatorStore:
             (c.topic, c.partition, c.next_offset, c.resume_offset, json.dumps(c.streams_json())),
         )
         c.dirty = False
+
+
+def _evaluation(stored: object) -> DeviceEvaluation | None:
+    """An ``included`` row's evaluation (its ``eval_*`` metrics as JSON), or None."""
+    if not isinstance(stored, dict):
+        return None
+    return DeviceEvaluation.from_metrics({str(k): float(v) for k, v in stored.items()})

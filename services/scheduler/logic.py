@@ -15,14 +15,18 @@ from typing import Any
 
 from qflare.errors import ConfigError, SchemaError
 from qflare.fl import JobSpec, build_strategy
+from qflare.fl.evaluation import evaluation_round
 from qflare.types import Scalar
 
 
-def task_config(spec: JobSpec, round_no: int, devices: list[str]) -> dict[str, Scalar]:
+def task_config(
+    spec: JobSpec, round_no: int, devices: list[str], *, evaluate_only: bool = False
+) -> dict[str, Scalar]:
     """``RoundTask.config``: the instructions the job's strategy gives the selected devices.
 
     A round task carries one config for all its devices, so a strategy that gives
     devices different instructions cannot be sent yet; the job is refused then.
+    ``evaluate_only``: the instructions of a federated job's final evaluation round.
     """
     configs = set(build_strategy(spec).configure_round(round_no, devices).values())
     if len(configs) != 1:
@@ -31,7 +35,8 @@ def task_config(spec: JobSpec, round_no: int, devices: list[str]) -> dict[str, S
             "which a round task cannot carry yet",
             field="config.strategy",
         )
-    return configs.pop().to_config()
+    config = configs.pop()
+    return (evaluation_round(spec, config) if evaluate_only else config).to_config()
 
 
 def select(available: list[str], cfg: JobSpec, round_no: int) -> list[str] | None:
@@ -66,6 +71,8 @@ class Progress:
     deadline_ms: int = 0
     attempts: int = 0
     history: list[dict[str, Scalar]] = field(default_factory=list)
+    #: The training rounds are done and the open (or next) round evaluates the final model.
+    evaluating: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +83,14 @@ class Progress:
         if set(data) - names or {"job_id", "config"} - set(data):
             raise SchemaError(f"a job state has the fields {sorted(names)}", field="state.value")
         p = cls(**data)
-        kinds = (p.job_id, str), (p.config, dict), (p.status, str), (p.round, int), (p.selected, list)
+        kinds = (
+            (p.job_id, str),
+            (p.config, dict),
+            (p.status, str),
+            (p.round, int),
+            (p.selected, list),
+            (p.evaluating, bool),
+        )
         if not all(isinstance(v, t) for v, t in kinds) or not isinstance(p.history, list):
             raise SchemaError("a job state field has the wrong type", field="state.value")
         return p
@@ -94,16 +108,24 @@ def after_complete(
             "round": round_no,
             "status": status,
             "model_version": model_version,
-            **{k: v for k, v in metrics.items() if k in ("test_accuracy", "train_loss")},
+            **{k: v for k, v in metrics.items() if k in ("test_accuracy", "train_loss", "evaluated_version")},
         }
     )
     if status == "completed":
         p.model_version = model_version
-        p.completed_rounds += 1
         p.attempts = 0
-        if p.completed_rounds >= JobSpec.parse(p.config).rounds:
+        if p.evaluating:  # the final model is evaluated: the job is done
             p.status = "done"
             return False
+        p.completed_rounds += 1
+        spec = JobSpec.parse(p.config)
+        if p.completed_rounds >= spec.rounds:
+            # A federated job's devices evaluated each version they trained from; one more
+            # round, evaluation only, evaluates the final one (docs/protocol.md).
+            p.evaluating = spec.evaluation == "federated"
+            if not p.evaluating:
+                p.status = "done"
+            return p.evaluating
         return True
     p.attempts += 1  # quorum not met or failed: retry with a fresh selection
     return True

@@ -292,7 +292,7 @@ class Scheduler:
             return
         try:
             # The job's strategy says what devices do this round.
-            config = task_config(cfg, p.round + 1, chosen)
+            config = task_config(cfg, p.round + 1, chosen, evaluate_only=p.evaluating)
         except ConfigError as exc:
             self._stop(p, exc)
             return

@@ -147,6 +147,8 @@ def _round_task() -> RoundTask:
         "lr": 0.05,
         "proximal_mu": 0.01,
         "evaluate": True,
+        "evaluate_global": False,
+        "train": True,
     }
     return RoundTask("job-1", 7, 6, "fedprox", ("dev-1", "dev-2"), TS + 60_000, 2, 3, config)
 

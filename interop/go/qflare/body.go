@@ -94,7 +94,7 @@ var bodySchemas = map[string][]fd{
 	"round_complete": {f("job_id", tID), f("round", tInt),
 		f("status", enum("completed", "quorum_not_met", "failed")), f("model_version", tInt),
 		f("num_updates", tInt), f("num_examples", tInt), f("included", tIDs), f("model_digest", opt(tBin32)),
-		f("metrics", tFloats)},
+		f("metrics", tFloats), f("evaluation", opt(enum("central", "federated")))},
 	"audit_event": {f("event", tEventStr), f("severity", enum("info", "warning", "error", "critical")),
 		f("source", tID), f("reason", strMax(1024)), f("subject", opt(strMax(256))), f("ref_id", opt(tBin16)),
 		f("detail", tScalars)},

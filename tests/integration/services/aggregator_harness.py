@@ -29,6 +29,7 @@ from qflare.protocol import Channel, Decoder, Reassembler, Tensor, seal, seal_ch
 from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+from qflare.types import Scalar
 from tests.integration.services.harness import audit_events, channel_for, read_topic
 from tests.integration.services.processes import ManagedService, scrape
 
@@ -96,14 +97,31 @@ class SimDevice:
         loss: float = 0.5,
         names: Sequence[str] | None = None,
         chunk_bytes: int | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> list[bytes]:
-        """The signed record(s) of one update (several when ``chunk_bytes`` splits it)."""
+        """The signed record(s) of one update (several when ``chunk_bytes`` splits it); ``metrics``
+        are added to its training loss."""
         names = names or tensor_names("2nn")
         tensors = tuple(Tensor.of(n, w) for n, w in zip(names, weights, strict=True))
-        body = ModelUpdate(job_id, round, self.device_id, base_version, num_examples, tensors, {"loss": loss})
+        body = ModelUpdate(
+            job_id,
+            round,
+            self.device_id,
+            base_version,
+            num_examples,
+            tensors,
+            {"loss": loss, **(metrics or {})},
+        )
         return seal_chunked(
             body, self.signer, self.channel, sender=self.device_id, round=round, chunk_bytes=chunk_bytes
         )
+
+    def evaluation_reply(
+        self, job_id: str, round: int, version: int, metrics: dict[str, float]
+    ) -> list[bytes]:
+        """The signed reply to an evaluation-only round: no weights, the evaluation in ``metrics``."""
+        body = ModelUpdate(job_id, round, self.device_id, version, 0, (), metrics)
+        return seal_chunked(body, self.signer, self.channel, sender=self.device_id, round=round)
 
 
 @dataclass
@@ -177,6 +195,7 @@ class ControlPlane:
         min_updates: int = 1,
         sender: str = "scheduler",
         fencing_token: int = 1,
+        config: dict[str, Scalar] | None = None,
     ) -> RoundTask:
         deadline_ms = int((time.time() + deadline_s) * 1000)
         task = RoundTask(
@@ -188,7 +207,7 @@ class ControlPlane:
             deadline_ms,
             min_updates,
             fencing_token,
-            {},
+            config or {},
         )
         await self.send(self.topics.rounds.name, f"{job_id}:{round}", self._seal(sender, task, round))
         return task

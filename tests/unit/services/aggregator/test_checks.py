@@ -7,11 +7,13 @@ import pytest
 
 from qflare.errors import InvalidUpdateError, Rejected
 from qflare.fl import FedAvg, FixedPoint, Update
+from qflare.fl.evaluation import DeviceEvaluation
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor
 from qflare.protocol.training import ModelUpdate, RoundTask
 from qflare.reasons import Reason
-from services.aggregator.checks import check_update, find_round, out_of_range
+from qflare.types import Scalar
+from services.aggregator.checks import check_evaluation_reply, check_update, find_round, out_of_range
 from services.aggregator.models import Layout
 from services.aggregator.rounds import Included, OpenRound
 
@@ -101,3 +103,37 @@ def test_values_are_not_read_here_the_decoder_and_the_sum_own_them() -> None:
     rejected = out_of_range(caught.value, LAYOUT)
     assert rejected.reason == Reason.OUT_OF_RANGE and rejected.field == "body.tensors[4].data"
     assert rnd.state.accumulator is not None and rnd.state.accumulator.count == 0
+
+
+def _evaluation_round() -> OpenRound:
+    config: dict[str, Scalar] = {"train": False, "evaluate_global": True}
+    task = RoundTask("job", 3, 2, "fedavg", ("a", "b"), 10_000, 1, 1, config)
+    state = FedAvg().begin_round(FedAvg().initial_state(), 3, LAYOUT.shapes, LAYOUT.names)
+    return OpenRound.from_task(task, b"\x00" * 16, 0, state)
+
+
+def test_an_evaluation_round_takes_replies_without_weights_only() -> None:
+    rnd = _evaluation_round()
+    assert rnd.evaluate_only and not _round().evaluate_only
+    reply = ModelUpdate("job", 3, "a", 2, 0, (), {"eval_examples": 5.0, "eval_loss": 0.3})
+    check_evaluation_reply(reply, message_id=MSG_ID, rnd=rnd)
+    with pytest.raises(Rejected) as caught:
+        check_evaluation_reply(_update(n=0), message_id=MSG_ID, rnd=rnd)
+    assert caught.value.reason == Reason.SHAPE and caught.value.field == "body.tensors"
+    with pytest.raises(Rejected) as caught:
+        check_evaluation_reply(ModelUpdate("job", 3, "a", 2, 7, (), {}), message_id=MSG_ID, rnd=rnd)
+    assert caught.value.reason == Reason.NUM_EXAMPLES
+    with pytest.raises(Rejected) as caught:
+        check_evaluation_reply(ModelUpdate("job", 3, "c", 2, 0, (), {}), message_id=MSG_ID, rnd=rnd)
+    assert caught.value.reason == Reason.UNSELECTED
+    # A training update without weights is refused as a bad layout.
+    assert _reason(ModelUpdate("job", 3, "a", 2, 10, (), {})) == Reason.SHAPE
+
+
+def test_the_round_combines_only_the_devices_that_evaluated() -> None:
+    rnd = _evaluation_round()
+    rnd.include(Included("a", b"1" * 16, 0, None, DeviceEvaluation(30, 1.0, {"accuracy": 0.5})))
+    rnd.include(Included("b", b"2" * 16, 0, None, None))  # its evaluation failed
+    got = rnd.federated_evaluation()
+    assert got["test_accuracy"] == 0.5 and got["evaluated_examples"] == 30
+    assert got["evaluated_devices"] == 1 and got["evaluated_version"] == 2

@@ -74,3 +74,20 @@ def test_overdue_only_after_deadline_plus_grace() -> None:
     assert not overdue(p, 1500, 1000)
     assert overdue(p, 2001, 1000)
     assert Progress.from_dict(p.to_dict()) == p
+
+
+def test_a_federated_job_ends_with_an_evaluation_round_of_its_final_model() -> None:
+    p = Progress("j", {"rounds": 1, "evaluation": "federated"}, round=1, open=True)
+    assert after_complete(p, 1, "completed", 1, {"test_accuracy": 0.1, "evaluated_version": 0})
+    assert p.evaluating and p.status == "running" and p.completed_rounds == 1
+    spec = JobSpec.parse(p.config)
+    config = task_config(spec, 2, ["a", "b"], evaluate_only=p.evaluating)
+    assert config["train"] is False and config["evaluate_global"] is True
+    p.round, p.open = 2, True
+    assert after_complete(p, 2, "quorum_not_met", 1, {})  # the evaluation round is retried
+    assert p.evaluating and p.completed_rounds == 1
+    p.round, p.open = 3, True
+    assert not after_complete(p, 3, "completed", 1, {"test_accuracy": 0.8, "evaluated_version": 1})
+    assert p.status == "done" and p.model_version == 1 and p.completed_rounds == 1
+    assert p.history[-1]["evaluated_version"] == 1
+    assert Progress.from_dict(p.to_dict()) == p

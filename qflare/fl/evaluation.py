@@ -1,0 +1,99 @@
+"""Federated evaluation as pure functions: what a device reports, and how the aggregator combines it.
+
+A device evaluates the global model version it was given with its app's
+``@app.evaluate`` handler and puts the result in its reply's metrics under
+``eval_``: ``eval_examples`` (how many held-out examples), ``eval_loss`` and
+``eval_<metric>`` for each metric of the handler. A reply without them is a
+device whose evaluation failed or that has no held-out data: it is left out.
+
+The aggregator combines the devices' results weighted by examples and reports
+them under the keys central evaluation uses (``test_loss``, ``test_accuracy``,
+``test_<metric>``), with ``evaluated_examples``, ``evaluated_devices`` and
+``evaluated_version``. A metric only some devices report is averaged over
+those devices' examples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from qflare.errors import ConfigError
+from qflare.fl.job import JobSpec, TrainConfig
+
+#: Prefix of a device's evaluation of the global model in its reply's metrics.
+PREFIX = "eval_"
+EXAMPLES = PREFIX + "examples"
+LOSS = PREFIX + "loss"
+#: Prefix of the combined metrics in ``RoundComplete.metrics`` (the same as central evaluation's).
+TEST = "test_"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvaluation:
+    """One device's evaluation of one model version on its own held-out data."""
+
+    num_examples: int
+    loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_metrics(self) -> dict[str, float]:
+        """The reply's ``eval_*`` metrics."""
+        out = {EXAMPLES: float(self.num_examples), LOSS: self.loss}
+        out.update({PREFIX + k: v for k, v in self.metrics.items()})
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, float]) -> DeviceEvaluation | None:
+        """The evaluation a reply's metrics carry, or None (none, no examples, or not finite)."""
+        examples, loss = metrics.get(EXAMPLES), metrics.get(LOSS)
+        if examples is None or loss is None or examples < 1 or examples != int(examples):
+            return None
+        own = {
+            k.removeprefix(PREFIX): v
+            for k, v in metrics.items()
+            if k.startswith(PREFIX) and k not in (EXAMPLES, LOSS)
+        }
+        if not all(math.isfinite(v) for v in (loss, *own.values())):
+            return None
+        return cls(int(examples), loss, own)
+
+
+def combine(evaluations: Mapping[str, DeviceEvaluation], version: int) -> dict[str, float]:
+    """The devices' evaluations of model ``version`` (by device id), weighted by examples.
+
+    Summed in device-id order, so a replay after a crash reports the same floats.
+    Empty when no device evaluated.
+    """
+    ordered = [evaluations[d] for d in sorted(evaluations)]
+    total = sum(e.num_examples for e in ordered)
+    if not total:
+        return {}
+    out = {
+        TEST + "loss": _weighted([(e.loss, e.num_examples) for e in ordered]),
+        "evaluated_examples": float(total),
+        "evaluated_devices": float(len(ordered)),
+        "evaluated_version": float(version),
+    }
+    for name in sorted({k for e in ordered for k in e.metrics}):
+        out[TEST + name] = _weighted(
+            [(e.metrics[name], e.num_examples) for e in ordered if name in e.metrics]
+        )
+    return out
+
+
+def _weighted(pairs: Sequence[tuple[float, int]]) -> float:
+    return sum(v * n for v, n in pairs) / sum(n for _, n in pairs)
+
+
+def evaluation_round(spec: JobSpec, train: TrainConfig) -> TrainConfig:
+    """The instructions of the evaluation-only round that follows a federated job's last round."""
+    if spec.evaluation != "federated":
+        raise ConfigError("only a federated job has an evaluation round", field="config.evaluation")
+    return train.model_copy(update={"evaluate_global": True, "train": False, "evaluate": False})
+
+
+def is_evaluation_round(config: Mapping[str, object]) -> bool:
+    """Whether a round task's config asks for evaluation only (``train`` is false)."""
+    return config.get("train") is False
