@@ -38,13 +38,14 @@ whose true total never wraps (the capacity above). A device can quantise with
 the public (F, R), multiply by its ``n`` and add a mask modulo 2**128; masks that
 cancel across devices leave exactly ``S``, bit for bit what this class computes
 from the clear values, because int128 limb addition is addition modulo 2**128.
-The checkpoint stores each element as little-endian two's complement int128, the
-same ring.
 
-Checkpoint bytes: msgpack with ``v`` = 2 and each tensor's sum as 16 bytes an
-element. Version-1 states (int64 sums, F=28, R=8 by default) still load: their
-values are sign-extended and the round continues on its own (F, R), so a round in
-flight across an upgrade closes with the same result it would have had.
+Checkpoint bytes: msgpack with ``v`` = 2 and each tensor's sum as its low limbs
+(uint64) and its high limbs (int64) in the narrowest of 1, 2, 4 or 8 bytes that
+holds them all (``int128.to_bytes``): about 9 bytes a parameter for a model's
+weights, and still a function of the values alone. Version-1 states (int64 sums,
+F=28, R=8 by default) still load: their values are sign-extended and the round
+continues on its own (F, R), so a round in flight across an upgrade closes with
+the same result it would have had; any other version is refused (field ``v``).
 
 Memory is two 64-bit limbs per parameter (16 bytes), whatever the number of
 updates.
@@ -181,7 +182,7 @@ class FixedPointAccumulator:
     # --- checkpointing --------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Serialise (msgpack, sums as little-endian int128) for the aggregator's checkpoint."""
+        """Serialise (msgpack; sums as ``int128.to_bytes`` lays them out) for the aggregator's checkpoint."""
         doc = {
             "v": _STATE_VERSION,
             "frac_bits": self.fmt.frac_bits,
@@ -223,15 +224,20 @@ class FixedPointAccumulator:
         out = cls(names, [tuple(s) for s in shapes], FixedPoint(doc["frac_bits"], doc["range_bits"]))
         if not (isinstance(sums, list) and len(sums) == len(names)):
             raise AggregationError("must hold one byte string per tensor", field="sums")
-        width = 8 if version == 1 else 16
         for i, (raw, shape) in enumerate(zip(sums, out.shapes, strict=True)):
             size = int(np.prod(shape, dtype=np.int64))
-            if not isinstance(raw, bytes) or len(raw) != width * size:
-                raise AggregationError(f"tensor {names[i]!r} has the wrong byte length", field="sums")
+            wrong = AggregationError(f"tensor {names[i]!r} has the wrong byte length", field="sums")
+            if not isinstance(raw, bytes):
+                raise wrong
             if version == 1:
+                if len(raw) != 8 * size:
+                    raise wrong
                 out.sums[i] = int128.from_int64(np.frombuffer(raw, dtype="<i8").astype(np.int64))
-            else:
+                continue
+            try:
                 out.sums[i] = int128.from_bytes(raw, size)
+            except ValueError as exc:
+                raise wrong from exc
         out.total_weight, out.count = doc["total_weight"], doc["count"]
         if out.total_weight > out.fmt.capacity or (out.count == 0) != (out.total_weight == 0):
             raise AggregationError("total weight and count are inconsistent", field="total_weight")
