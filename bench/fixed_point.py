@@ -20,7 +20,8 @@ round's total weight).
 Speed. Adding one update of the FedAvg CNN's size (1,663,370 float32 values,
 weights-like values ~ N(0, 0.05), n = 600), both formats in the same run,
 interleaved over ``--reps`` rounds; the median time of each and the ratio
-v2 / v1 (above 1: v2 is slower).
+v2 / v1 (above 1: v2 is slower). Also the size of the v2 checkpoint of that sum,
+in bytes a parameter (v1 wrote 8).
 
 The last line is one JSON object for scripts.
 """
@@ -137,7 +138,16 @@ def speed(reps: int) -> dict[str, float]:
             acc.add(x, 600)
             times[name].append(time.perf_counter() - t0)
     v1, v2 = statistics.median(times["v1"]), statistics.median(times["v2"])
-    return {"add_ms_v1": v1 * 1e3, "add_ms_v2": v2 * 1e3, "add_time_ratio_v2_over_v1": v2 / v1}
+    state = sums["v2"]
+    assert isinstance(state, V2Sum)
+    return {
+        "add_ms_v1": v1 * 1e3,
+        "add_ms_v2": v2 * 1e3,
+        "add_time_ratio_v2_over_v1": v2 / v1,
+        # Version 1 stored 8 bytes (one int64) a parameter.
+        "state_bytes_per_param_v1": 8.0,
+        "state_bytes_per_param_v2": len(state.acc.to_bytes()) / CNN_PARAMS,
+    }
 
 
 def _fmt(cell: dict[str, Any]) -> str:
@@ -170,6 +180,7 @@ def main() -> None:
         f"add one CNN-sized update (n=600): v1 {result['add_ms_v1']:.1f} ms, v2 {result['add_ms_v2']:.1f} ms,"
         f" v2/v1 time ratio {result['add_time_ratio_v2_over_v1']:.2f}"
     )
+    print(f"checkpoint bytes a parameter: v1 8, v2 {result['state_bytes_per_param_v2']:.2f}")
     v2_ok = [c for c in cells if c["format"] == "v2" and "refused" not in c]
     summary = {
         "errors": cells,
