@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
 from qflare.errors import AggregationError, InvalidUpdateError
-from qflare.fl import FixedPoint, FixedPointAccumulator
+from qflare.fl import FedAvg, FixedPoint, FixedPointAccumulator, StrategyState, Update
 from qflare.fl.arrays import NDArrays
 
 SHAPES = [(3, 4), (5,)]
@@ -176,3 +176,15 @@ def test_an_unknown_version_is_refused_clearly() -> None:
     with pytest.raises(AggregationError) as info:
         FixedPointAccumulator.from_bytes(msgpack.packb(doc, use_bin_type=True))
     assert info.value.field == "sums"
+
+
+def test_a_strategy_checkpoint_written_before_the_upgrade_resumes_its_round() -> None:
+    rng = np.random.default_rng(10)
+    updates = [([rng.standard_normal(s).astype(np.float32) for s in SHAPES], n) for n in (4, 6)]
+    doc = {"v": 1, "strategy": "fedavg", "round": 3, "accumulator": _old_state(updates[:1]), "arrays": {}}
+    state = StrategyState.from_bytes(msgpack.packb(doc | {"scalars": {}}, use_bin_type=True))
+    FedAvg().accumulate(state, Update(*updates[1]))
+    fresh = FixedPointAccumulator(NAMES, SHAPES, FixedPoint(28, 8))
+    for w, n in updates:
+        fresh.add(w, n)
+    assert state.accumulator is not None and state.accumulator.to_bytes() == fresh.to_bytes()
