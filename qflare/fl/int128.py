@@ -9,9 +9,9 @@ true sums never wrap.
 
 Only what the fixed-point sum needs is here: turn scaled floats into integers
 ``q = a * 2**40 + b``, add ``q * m * 2**shift`` for a small multiplier ``m``,
-convert to float64, serialise. Every function works
-on one block of elements; the caller walks a tensor block by block so that the
-temporaries stay in cache (Python loops per block, never per element).
+convert to float64, serialise. Every function works on one block of elements;
+the caller walks a tensor block by block so that the temporaries stay in cache
+(Python loops per block, never per element).
 """
 
 from __future__ import annotations
