@@ -5,28 +5,50 @@ a different order (as happens when the aggregator is killed and replays Kafka
 from its checkpoint) can give a different global model. Here every value is
 turned into an integer first, and integer addition is associative and exact:
 
-    q = rint(x * 2**F)            exact in float64 for float32/float16 input
-    S += q * n                    int64, n = the update's num_examples
+    q = rint(x * 2**F)            exact in float64 for float16/32/64 input
+    S += q * n                    signed 128-bit, n = the update's num_examples
     mean = S / W * 2**-F -> f32   W = sum of n
 
 so the stored sum, its serialised bytes and the final mean are bit-identical for
-any arrival order.
+any arrival order and any checkpoint/restore in between. ``S`` is a signed
+128-bit integer per parameter, held as two 64-bit limbs with explicit carries
+(``qflare.fl.int128``); ``q * n`` is formed from pieces that each fit 64 bits
+(``q = a * 2**40 + b``, ``n`` in 24-bit pieces), so nothing is ever rounded.
 
-Range. An update is rejected (``InvalidUpdateError``) unless every ``|x| <= 2**R``
-and values are finite. Then ``|q * n| <= 2**(F+R) * n`` and the sum cannot overflow
-int64 while ``W <= capacity = (2**63 - 1) // 2**(F+R)``; an update that would
-exceed the capacity is rejected too. Defaults F=28, R=8: values up to 256, and
-2**27 (about 134 million) examples per round.
+Range. An update is rejected (``InvalidUpdateError`` naming the tensor) unless
+every value is finite with ``|x| <= 2**R``. Then ``|q| <= 2**(F+R)`` and
+``|S| <= 2**(F+R) * W``, which fits 127 bits while ``W <= capacity =
+min((2**127 - 1) >> (F+R), 2**48 - 1)``; an update that would take ``W`` past the
+capacity is rejected too (field ``num_examples``). ``2**48`` is where ``n`` stops
+fitting two 24-bit pieces. ``F + R <= 78`` keeps ``a * piece`` inside int64.
+Defaults F=56, R=20: values up to 2**20 = 1,048,576 in magnitude, steps of
+2**-56 (1.4e-17), and up to 2**48 - 1 (2.8e14) examples per round.
 
 Precision. With ``m`` the exact (real-number) weighted mean, the result ``r``
 satisfies ``|r - m| <= 2**-(F+1) + 2**-24 * |m|`` (plus float64 rounding of
-relative size 2**-52): rounding to the grid moves each value at most half a step
-and a weighted mean of such errors is no larger; the final float32 cast adds half
-an ulp. So the relative error is ``<= 2**-24 + 2**-(F+1) / |m|``; with the
-defaults the absolute term is 1.9e-9, below a float32 ulp for ``|m| > 0.016``.
+relative size about 2**-51): rounding to the grid moves each value at most half a
+step and a weighted mean of such errors is no larger; the final float32 cast adds
+half an ulp. So the relative error is ``<= 2**-24 + 2**-(F+1) / |m|``: with the
+defaults 6.0e-8 + 7e-10 at |m| = 1e-8, within 1e-6 down to |m| of about 7e-12.
+The grid is fixed by (F, R), not chosen from the data, so no round-start scale has
+to be agreed, stored or trusted.
 
-Memory is one int64 array per tensor (8 bytes a parameter), whatever the number
-of updates.
+Secure aggregation. The sum is plain integer addition modulo 2**128 on values
+whose true total never wraps (the capacity above). A device can quantise with
+the public (F, R), multiply by its ``n`` and add a mask modulo 2**128; masks that
+cancel across devices leave exactly ``S``, bit for bit what this class computes
+from the clear values, because int128 limb addition is addition modulo 2**128.
+
+Checkpoint bytes: msgpack with ``v`` = 2 and each tensor's sum as its low limbs
+(uint64) and its high limbs (int64) in the narrowest of 1, 2, 4 or 8 bytes that
+holds them all (``int128.to_bytes``): about 9 bytes a parameter for a model's
+weights, and still a function of the values alone. Version-1 states (int64 sums,
+F=28, R=8 by default) still load: their values are sign-extended and the round
+continues on its own (F, R), so a round in flight across an upgrade closes with
+the same result it would have had; any other version is refused (field ``v``).
+
+Memory is two 64-bit limbs per parameter (16 bytes), whatever the number of
+updates.
 """
 
 from __future__ import annotations
@@ -40,25 +62,30 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qflare.errors import AggregationError, InvalidUpdateError
+from qflare.fl import int128
 from qflare.fl.arrays import NDArrays, Shape, check_like, shapes_of
 
-_STATE_VERSION = 1
-_INT64_MAX = (1 << 63) - 1
+_STATE_VERSION = 2
+#: Versions ``from_bytes`` reads; 1 held int64 sums.
+_READABLE = (1, 2)
+_INT128_MAX = (1 << 127) - 1
+#: ``n`` is multiplied in two 24-bit pieces.
+_MAX_EXAMPLES = (1 << (2 * int128.PIECE_BITS)) - 1
+#: Elements per block: the ~8 float64/int64 temporaries of one block stay in L2.
+_BLOCK = 1 << 15
 
 
 @dataclass(frozen=True, slots=True)
 class FixedPoint:
     """The fixed-point format: ``frac_bits`` (F) below the binary point, values up to ``2**range_bits``."""
 
-    frac_bits: int = 28
-    range_bits: int = 8
+    frac_bits: int = 56
+    range_bits: int = 20
 
     def __post_init__(self) -> None:
-        if not (
-            0 <= self.frac_bits <= 52 and self.range_bits >= -16 and self.frac_bits + self.range_bits <= 60
-        ):
+        if not (self.frac_bits >= 0 and self.range_bits >= -16 and self.frac_bits + self.range_bits <= 78):
             raise AggregationError(
-                f"unsupported fixed-point format F={self.frac_bits}, R={self.range_bits} (need F+R <= 60)",
+                f"unsupported fixed-point format F={self.frac_bits}, R={self.range_bits} (need F+R <= 78)",
                 field="frac_bits",
             )
 
@@ -69,7 +96,7 @@ class FixedPoint:
     @property
     def capacity(self) -> int:
         """The largest total weight (sum of ``num_examples``) one sum can hold without overflow."""
-        return _INT64_MAX >> (self.frac_bits + self.range_bits)
+        return min(_INT128_MAX >> (self.frac_bits + self.range_bits), _MAX_EXAMPLES)
 
     def error_bound(self, exact: NDArray[np.float64]) -> NDArray[np.float64]:
         """Per-element bound on ``|mean - exact|`` (see the module docstring)."""
@@ -90,7 +117,8 @@ class FixedPointAccumulator:
         self.fmt = fmt or FixedPoint()
         self.names = list(names)
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
-        self.sums = [np.zeros(s, dtype=np.int64) for s in self.shapes]
+        #: Per tensor, flat (hi, lo) limbs of the int128 sums.
+        self.sums = [int128.zeros(int(np.prod(s, dtype=np.int64))) for s in self.shapes]
         self.total_weight = 0
         self.count = 0
 
@@ -123,17 +151,20 @@ class FixedPointAccumulator:
         check_like(weights, self.shapes, self.names)
         limit = self.fmt.max_abs
         for array, name in zip(weights, self.names, strict=True):
-            # `not <=` is also true for NaN, so one comparison rejects non-finite values too.
-            if array.size and not float(np.max(np.abs(array))) <= limit:
+            # Two reductions and no temporary; `not <=` is also true for NaN, so non-finite fails too.
+            if array.size and not (float(np.max(array)) <= limit and float(np.min(array)) >= -limit):
                 raise InvalidUpdateError(
                     f"holds a value that is non-finite or above {limit:g} in magnitude", field=name
                 )
-        scale = 2.0**self.fmt.frac_bits
-        for array, total in zip(weights, self.sums, strict=True):
-            # float64 holds any float32 times a power of two exactly, so rint sees the true product.
-            q = np.rint(np.multiply(array, scale, dtype=np.float64)).astype(np.int64)
-            q *= n
-            total += q
+        mask = (1 << int128.PIECE_BITS) - 1
+        pieces = [(m, shift) for m, shift in ((n & mask, 0), (n >> int128.PIECE_BITS, 24)) if m]
+        for array, (hi, lo) in zip(weights, self.sums, strict=True):
+            flat = array.reshape(-1)
+            for start in range(0, flat.size, _BLOCK):
+                block = slice(start, start + _BLOCK)
+                a, b = int128.quantize(flat[block], self.fmt.frac_bits)
+                for m, shift in pieces:
+                    int128.add_product(hi[block], lo[block], a, b, m, shift)
         self.total_weight += n
         self.count += 1
 
@@ -143,19 +174,22 @@ class FixedPointAccumulator:
             raise AggregationError("no updates were accumulated", field="count")
         unscale = 2.0**-self.fmt.frac_bits
         w = float(self.total_weight)
-        return [((s.astype(np.float64) / w) * unscale).astype(np.float32) for s in self.sums]
+        return [
+            ((int128.to_float64(hi, lo) / w) * unscale).astype(np.float32).reshape(shape)
+            for (hi, lo), shape in zip(self.sums, self.shapes, strict=True)
+        ]
 
     # --- checkpointing --------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Serialise (msgpack, sums as little-endian int64) for the aggregator's checkpoint."""
+        """Serialise (msgpack; sums as ``int128.to_bytes`` lays them out) for the aggregator's checkpoint."""
         doc = {
             "v": _STATE_VERSION,
             "frac_bits": self.fmt.frac_bits,
             "range_bits": self.fmt.range_bits,
             "names": self.names,
             "shapes": [list(s) for s in self.shapes],
-            "sums": [s.astype("<i8", copy=False).tobytes() for s in self.sums],
+            "sums": [int128.to_bytes(hi, lo) for hi, lo in self.sums],
             "total_weight": self.total_weight,
             "count": self.count,
         }
@@ -163,12 +197,18 @@ class FixedPointAccumulator:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
+        """Load a version-2 state, or a version-1 one (int64 sums) on its own format."""
         try:
             doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
             raise AggregationError(f"accumulator state does not decode: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("v") != _STATE_VERSION:
-            raise AggregationError("not a version-1 accumulator state", field="v")
+        if not isinstance(doc, dict):
+            raise AggregationError("accumulator state is not a map", field="v")
+        version = doc.get("v")
+        if type(version) is not int or version not in _READABLE:
+            raise AggregationError(
+                f"accumulator state version {version!r} is not one this build reads {_READABLE}", field="v"
+            )
         names, shapes, sums = doc.get("names"), doc.get("shapes"), doc.get("sums")
         if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
             raise AggregationError("must be a list of strings", field="names")
@@ -185,9 +225,19 @@ class FixedPointAccumulator:
         if not (isinstance(sums, list) and len(sums) == len(names)):
             raise AggregationError("must hold one byte string per tensor", field="sums")
         for i, (raw, shape) in enumerate(zip(sums, out.shapes, strict=True)):
-            if not isinstance(raw, bytes) or len(raw) != 8 * int(np.prod(shape, dtype=np.int64)):
-                raise AggregationError(f"tensor {names[i]!r} has the wrong byte length", field="sums")
-            out.sums[i] = np.frombuffer(raw, dtype="<i8").astype(np.int64).reshape(shape)
+            size = int(np.prod(shape, dtype=np.int64))
+            wrong = AggregationError(f"tensor {names[i]!r} has the wrong byte length", field="sums")
+            if not isinstance(raw, bytes):
+                raise wrong
+            if version == 1:
+                if len(raw) != 8 * size:
+                    raise wrong
+                out.sums[i] = int128.from_int64(np.frombuffer(raw, dtype="<i8").astype(np.int64))
+                continue
+            try:
+                out.sums[i] = int128.from_bytes(raw, size)
+            except ValueError as exc:
+                raise wrong from exc
         out.total_weight, out.count = doc["total_weight"], doc["count"]
         if out.total_weight > out.fmt.capacity or (out.count == 0) != (out.total_weight == 0):
             raise AggregationError("total weight and count are inconsistent", field="total_weight")

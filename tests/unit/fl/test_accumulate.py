@@ -129,7 +129,7 @@ def _bad(bias: NDArray[Any]) -> NDArrays:
         ([np.zeros(s, np.int32) for s in SHAPES], 5, "fc.weight"),
         (_bad(np.full(30, np.nan)), 5, "fc.bias"),
         (_bad(np.full(30, np.inf)), 5, "fc.bias"),
-        (_bad(np.full(30, 256.5)), 5, "fc.bias"),
+        (_bad(np.full(30, 2.0**20 + 0.125)), 5, "fc.bias"),
         ([np.zeros(s, np.float32) for s in SHAPES], 0, "num_examples"),
         ([np.zeros(s, np.float32) for s in SHAPES], True, "num_examples"),
         ([np.zeros(s, np.float32) for s in SHAPES], 2.0, "num_examples"),
@@ -149,16 +149,16 @@ def test_invalid_updates_are_rejected_and_leave_the_sum_untouched(
 
 def test_values_at_the_range_limit_are_accepted() -> None:
     acc = _acc()
-    acc.add(_bad(np.full(30, -256.0)), 3)
-    assert acc.mean()[1][0] == -256.0
+    acc.add(_bad(np.full(30, -(2.0**20))), 3)
+    assert acc.mean()[1][0] == -(2.0**20)
 
 
 def test_capacity_is_enforced_before_overflow() -> None:
-    fmt = FixedPoint(frac_bits=40, range_bits=20)  # capacity 2**3 - 1 = 7 examples
+    fmt = FixedPoint()  # capacity 2**48 - 1 examples, where n stops fitting two 24-bit pieces
     acc = _acc(fmt)
-    assert fmt.capacity == 7
+    assert fmt.capacity == 2**48 - 1
     top = _bad(np.full(30, 2.0**20))
-    acc.add(top, 7)
+    acc.add(top, 2**48 - 1)  # |S| = 2**(56 + 20 + 48) = 2**124, still exact
     with pytest.raises(InvalidUpdateError) as info:
         acc.add(top, 1)
     assert info.value.field == "num_examples"
@@ -169,7 +169,7 @@ def test_mean_of_nothing_and_bad_formats_raise() -> None:
     with pytest.raises(AggregationError):
         _acc().mean()
     with pytest.raises(AggregationError):
-        FixedPoint(frac_bits=50, range_bits=20)
+        FixedPoint(frac_bits=60, range_bits=20)
     with pytest.raises(AggregationError):
         FixedPointAccumulator(["a", "a"], [(1,), (2,)])
     with pytest.raises(AggregationError):
@@ -184,11 +184,12 @@ def _doc(acc: FixedPointAccumulator) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
-        (lambda d: d.update(v=2), "v"),
+        (lambda d: d.update(v=3), "v"),
+        (lambda d: d.update(v="2"), "v"),
         (lambda d: d.update(names=[1, 2, 3]), "names"),
         (lambda d: d.update(shapes=[[40, 30]]), "shapes"),
         (lambda d: d.update(sums=d["sums"][:2]), "sums"),
-        (lambda d: d["sums"].__setitem__(0, b"\0" * 8), "sums"),
+        (lambda d: d["sums"].__setitem__(0, b"\0" * 16), "sums"),
         (lambda d: d.update(count=-1), "count"),
         (lambda d: d.update(count=0), "total_weight"),
     ],

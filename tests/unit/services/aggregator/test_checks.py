@@ -96,7 +96,7 @@ def test_values_are_not_read_here_the_decoder_and_the_sum_own_them() -> None:
     rnd = _round()
     check_update(_update(weights=nan), message_id=MSG_ID, rnd=rnd, layout=LAYOUT, fmt=FMT)
     big = [w.copy() for w in weights]
-    big[4][0, 0] = 1e4
+    big[4][0, 0] = 2e6  # beyond the sum's 2**20
     check_update(_update(weights=big), message_id=MSG_ID, rnd=rnd, layout=LAYOUT, fmt=FMT)
     with pytest.raises(InvalidUpdateError) as caught:
         FedAvg().accumulate(rnd.state, Update(big, 10))
