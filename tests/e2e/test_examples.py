@@ -47,6 +47,7 @@ class Example:
     bar: float
     lr: float
     batch_size: int = 10
+    epochs: int = 1
     rounds: int = 3
     env: dict[str, str] = field(default_factory=dict)
 
@@ -64,7 +65,7 @@ EXAMPLES = [
         lr=0.1,
         env={"QFLARE_VISION_EXAMPLES_PER_DEVICE": "1500", "QFLARE_VISION_ALPHA": "1.0"},
     ),
-    Example("tabular", tabular_model.main, "tabular.safetensors", bar=0.90, lr=0.5),
+    Example("tabular", tabular_model.main, "tabular.safetensors", bar=0.90, lr=0.5, epochs=2),
     Example(
         "personal",
         personal_model.main,
@@ -97,7 +98,7 @@ def test_an_example_trains_through_the_services_and_reaches_its_bar(
             "fraction": 1.0,
             "min_clients": 2,
             "deadline_s": 300.0,
-            "epochs": 1,
+            "epochs": example.epochs,
             "batch_size": example.batch_size,
             "lr": example.lr,
             "seed": 4,
