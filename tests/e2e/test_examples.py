@@ -71,8 +71,8 @@ EXAMPLES = [
         personal_model.main,
         "personal.safetensors",
         bar=0.80,
-        lr=0.05,
-        batch_size=20,
+        lr=0.1,
+        epochs=2,
         env={"QFLARE_PERSONAL_EXAMPLES_PER_DEVICE": "1000"},
     ),
 ]
