@@ -69,10 +69,10 @@ def train(task: TrainTask) -> TrainResult:
     total, seen = 0.0, 0
     for _ in range(cfg.epochs):
         total, seen = 0.0, 0
-        for idx in torch.randperm(len(y), generator=gen).split(batch):
+        for idx in torch.randperm(len(y), generator=gen).split(batch):  # type: ignore[no-untyped-call]
             optimiser.zero_grad()
             loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             total, seen = total + loss.item() * len(idx), seen + len(idx)
     save_head(model.state_dict(), ctx.state_dir)
