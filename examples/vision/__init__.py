@@ -1,0 +1,1 @@
+"""A user-defined PyTorch CNN on Fashion-MNIST, Dirichlet-partitioned, evaluated on the devices."""
