@@ -47,6 +47,8 @@ class RoundFollower:
     trusted: KeyLookup
     #: job id -> version -> weights (only the newest few versions are kept)
     models: dict[str, dict[int, list[npt.NDArray[Any]]]] = field(default_factory=dict)
+    #: job id -> the global model's tensor names, in layout order
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tasks: asyncio.Queue[RoundTask] = field(default_factory=asyncio.Queue)
     #: Rate limit of the "ignored record" log lines (qflare.poison).
     tally: poison.Tally = field(default_factory=lambda: poison.Tally("edge"))
@@ -91,6 +93,7 @@ class RoundFollower:
         if isinstance(body, GlobalModel) and allowed("model", sender):
             versions = self.models.setdefault(body.job_id, {})
             versions[body.version] = [np.array(t.array, dtype=np.float32) for t in body.tensors]
+            self.names[body.job_id] = tuple(t.name for t in body.tensors)
             for old in sorted(versions)[:-3]:
                 del versions[old]
         elif isinstance(body, RoundTask) and allowed("round_task", sender):
@@ -111,7 +114,7 @@ class RoundFollower:
 
 
 async def train_and_send(
-    device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], names: list[str]
+    device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], names: tuple[str, ...]
 ) -> TrainResult | Failure:
     """Run the device's train handler and send its signed update, in the round's trace."""
     attrs = {"qflare.job_id": task.job_id, "qflare.round": str(task.round), "qflare.device": device.device_id}
@@ -124,7 +127,7 @@ async def _train_and_send(
     device: DeviceRuntime,
     task: RoundTask,
     weights: list[npt.NDArray[Any]],
-    names: list[str],
+    names: tuple[str, ...],
     parent: Context | None,
 ) -> TrainResult | Failure:
     try:
@@ -132,14 +135,21 @@ async def _train_and_send(
     except SchemaError as exc:
         log.warning("round task refused", device=device.device_id, reason=exc.reason, error=str(exc))
         return Failure(exc.reason, str(exc))
-    result = await device.app.run_train(TrainTask(task.round, task.model_version, weights, config))
+    # Each device gets its own copy: a handler that changes the arrays in place must not
+    # change the global model the next device on this host trains from.
+    own = [w.copy() for w in weights]
+    result = await device.app.run_train(
+        TrainTask(task.round, task.model_version, own, config, names, device.context)
+    )
     if isinstance(result, Failure):
-        log.warning("training failed", device=device.device_id, reason=result.reason, error=result.message)
+        device.failed("training", result, job_id=task.job_id, round=task.round)
         return result
+    # run_train checked the layout and gave the weights back as a list in the model's order.
+    trained = result.weights if isinstance(result.weights, list) else list(result.weights.values())
     metrics = {k: float(v) for k, v in result.metrics.items()}
     if config.evaluate and device.app.handles("evaluate"):
         checked = await device.app.run_evaluate(
-            EvaluateTask(task.round, task.model_version, result.weights, config)
+            EvaluateTask(task.round, task.model_version, trained, config, names, device.context)
         )
         if isinstance(checked, EvaluateResult):
             metrics["val_loss"] = checked.loss
@@ -152,7 +162,7 @@ async def _train_and_send(
         num_examples=result.num_examples,
         tensors=tuple(
             Tensor.of(n, np.ascontiguousarray(w, dtype=np.float32))
-            for n, w in zip(names, result.weights, strict=True)
+            for n, w in zip(names, trained, strict=True)
         ),
         metrics=metrics,
     )
