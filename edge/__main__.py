@@ -155,14 +155,17 @@ async def run_device(args: argparse.Namespace) -> int:
     finally:
         for task in tasks:
             task.cancel()
-        await link.stop()
-        left = len(spool)
-        spool.close()
-    print(
-        f"device {args.device_id} stopped; {link.sent} records sent, {left} still spooled, "
-        f"{device.failures} failed replies",
-        flush=True,
-    )
+        try:
+            await link.stop()
+        finally:
+            # Also on Ctrl-C (the run is cancelled): the operator sees what the device did.
+            left = len(spool)
+            spool.close()
+            print(
+                f"device {args.device_id} stopped; {link.sent} records sent, {left} still spooled, "
+                f"{device.failures} failed replies",
+                flush=True,
+            )
     return 0
 
 
