@@ -2,8 +2,10 @@
 
 It needs only the ``qflare[edge]`` install (no server-side packages): the device
 keeps its key and its durable spool under ``--state-dir``, enrols with a
-single-use token, heartbeats, and (with ``--dataset``) trains on its partition
-of a built-in dataset whenever a round task names it. A device is a fleet of
+single-use token, heartbeats, and trains whenever a round task names it: with
+``--app package.module:attribute``, the user's DeviceApp (its data its own; the
+current directory is importable), or with ``--dataset`` the built-in app on its
+partition of a built-in dataset. A device is a fleet of
 one, so training reuses the simulator's round follower.
 
 The command line uses argparse on purpose: a device image should not need a
@@ -35,9 +37,11 @@ environment:
   QFLARE_KAFKA_DEPLOYMENT_ID  the deployment id every signature is bound to (ask your operator)
   QFLARE_DEVICE_TOKEN         the enrolment token, instead of --token
 
-example:
+examples:
   qflare-edge run --device-id lab-7 --token T0K3N --state-dir /var/lib/qflare-edge \\
-      --trusted-keys /etc/qflare/trusted --dataset mnist --partition-index 7 --num-partitions 10
+      --trusted-keys /etc/qflare/trusted --app mypackage.device:app --partition 7 --num-partitions 10
+  qflare-edge run --device-id lab-7 --token T0K3N --state-dir /var/lib/qflare-edge \\
+      --trusted-keys /etc/qflare/trusted --dataset mnist --partition 7 --num-partitions 10
 """
 
 
@@ -71,10 +75,30 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--heartbeat-s", type=float, default=5.0, help="heartbeat interval in seconds")
     run.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: run forever)")
     train = run.add_argument_group("training (optional)")
-    train.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="train on this built-in dataset")
-    train.add_argument("--partition", choices=("iid", "pathological", "dirichlet"), default="iid")
-    train.add_argument("--partition-index", type=int, default=0, help="this device's partition")
-    train.add_argument("--num-partitions", type=int, default=1, help="how many partitions the data is cut in")
+    what = train.add_mutually_exclusive_group()
+    what.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="train with this DeviceApp (package.module:attribute; the current directory is importable)",
+    )
+    what.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="train the built-in app on this")
+    train.add_argument(
+        "--partition",
+        "--partition-index",
+        dest="partition",
+        type=int,
+        default=0,
+        help="this device's partition, given to the app as task.context.partition",
+    )
+    train.add_argument(
+        "--num-partitions", type=int, default=1, help="how many partitions the data is cut in (context too)"
+    )
+    train.add_argument(
+        "--partitioner",
+        choices=("iid", "pathological", "dirichlet"),
+        default="iid",
+        help="how the built-in app cuts --dataset",
+    )
     train.add_argument("--seed", type=int, default=0, help="partitioning seed, the same on every device")
     train.add_argument(
         "--trusted-keys", type=Path, default=Path(".qflare/keys"), help="the service keys this device pins"
@@ -99,7 +123,7 @@ async def run_device(args: argparse.Namespace) -> int:
         kafka.topics,
     )
     tasks = [asyncio.create_task(device.run())]
-    if args.dataset is not None:
+    if args.dataset is not None or args.app is not None:
         spec = WorkerSpec(
             index=0,
             devices=[(args.device_id, args.token or "")],
@@ -111,7 +135,12 @@ async def run_device(args: argparse.Namespace) -> int:
             seed=args.seed,
             keys_dir=str(args.trusted_keys),
             train=TrainSpec(
-                args.dataset, args.partition, args.num_partitions, [args.partition_index], args.seed
+                args.dataset or "",
+                args.partitioner,
+                args.num_partitions,
+                [args.partition],
+                args.seed,
+                app=args.app,
             ),
         )
         tasks.append(asyncio.create_task(train_forever(spec, {args.device_id: device}, kafka)))
@@ -126,15 +155,25 @@ async def run_device(args: argparse.Namespace) -> int:
     finally:
         for task in tasks:
             task.cancel()
-        await link.stop()
-        left = len(spool)
-        spool.close()
-    print(f"device {args.device_id} stopped; {link.sent} records sent, {left} still spooled", flush=True)
+        try:
+            await link.stop()
+        finally:
+            # Also on Ctrl-C (the run is cancelled): the operator sees what the device did.
+            left = len(spool)
+            spool.close()
+            print(
+                f"device {args.device_id} stopped; {link.sent} records sent, {left} still spooled, "
+                f"{device.failures} failed replies",
+                flush=True,
+            )
     return 0
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if not 0 <= args.partition < args.num_partitions:
+        p.error(f"--partition {args.partition} is not in [0, --num-partitions {args.num_partitions})")
     configure_logging("edge", level="warning")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     with contextlib.suppress(KeyboardInterrupt):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from edge.app import DeviceApp
+from edge.app import DeviceApp, DeviceContext, Failure
 from edge.enrolment import EnrollmentRefused, EnrollmentResults
 from edge.link import Link
 from qflare.crypto import KeyFile, Signer, generate_key, key_id, read_key, write_key
@@ -92,6 +92,11 @@ class DeviceRuntime:
         self.link = link
         self.topics = topics
         self.app = app or DeviceApp()
+        #: What the app's handlers see of this device (partition and state directory set by its host).
+        self.context = DeviceContext(cfg.device_id)
+        #: Failed replies so far, and the last one: a device that cannot train still runs, and says so.
+        self.failures = 0
+        self.last_failure: Failure | None = None
         self.seq = 0
         self.alive = True
         self.paused = False
@@ -136,6 +141,19 @@ class DeviceRuntime:
             self.enrollment = exc.result
             raise
         return self.enrollment
+
+    def failed(self, kind: str, failure: Failure, *, job_id: str, round: int) -> None:
+        """Report a failed reply: nothing is sent for the task, so the round goes on without this device."""
+        self.failures += 1
+        self.last_failure = failure
+        log.warning(
+            f"{kind} failed",
+            device=self.device_id,
+            job_id=job_id,
+            round=round,
+            reason=str(failure.reason),
+            error=failure.message,
+        )
 
     def heartbeat(self, state: str = "idle") -> None:
         self.seq += 1

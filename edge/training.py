@@ -51,6 +51,8 @@ class RoundFollower:
     trusted: KeyLookup
     #: job id -> version -> weights (only the newest few versions are kept)
     models: dict[str, dict[int, list[npt.NDArray[Any]]]] = field(default_factory=dict)
+    #: job id -> the global model's tensor names, in layout order
+    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tasks: asyncio.Queue[RoundTask] = field(default_factory=asyncio.Queue)
     #: Rate limit of the "ignored record" log lines (qflare.poison).
     tally: poison.Tally = field(default_factory=lambda: poison.Tally("edge"))
@@ -95,6 +97,7 @@ class RoundFollower:
         if isinstance(body, GlobalModel) and allowed("model", sender):
             versions = self.models.setdefault(body.job_id, {})
             versions[body.version] = [np.array(t.array, dtype=np.float32) for t in body.tensors]
+            self.names[body.job_id] = tuple(t.name for t in body.tensors)
             for old in sorted(versions)[:-3]:
                 del versions[old]
         elif isinstance(body, RoundTask) and allowed("round_task", sender):
@@ -115,7 +118,7 @@ class RoundFollower:
 
 
 async def train_and_send(
-    device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], names: list[str]
+    device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], names: tuple[str, ...]
 ) -> TrainResult | EvaluateResult | Failure:
     """Run the device's handlers for the task and send its signed reply, in the round's trace.
 
@@ -133,7 +136,7 @@ async def _train_and_send(
     device: DeviceRuntime,
     task: RoundTask,
     weights: list[npt.NDArray[Any]],
-    names: list[str],
+    names: tuple[str, ...],
     parent: Context | None,
 ) -> TrainResult | EvaluateResult | Failure:
     try:
@@ -146,7 +149,7 @@ async def _train_and_send(
     reported: dict[str, float] = {}
     if config.evaluate_global:
         # The version as given, before training: what federated evaluation reports.
-        evaluated = await evaluate_global(device, task, weights, config)
+        evaluated = await evaluate_global(device, task, weights, names, config)
         if isinstance(evaluated, EvaluateResult):
             found = DeviceEvaluation(evaluated.num_examples, evaluated.loss, evaluated.metrics)
             reported = found.to_metrics()
@@ -155,14 +158,21 @@ async def _train_and_send(
         reply = ModelUpdate(task.job_id, task.round, device.device_id, task.model_version, 0, (), reported)
         _send(device, task, parent, reply)
         return evaluated or Failure(Reason.SCHEMA, "an evaluation-only round without evaluate_global")
-    result = await device.app.run_train(TrainTask(task.round, task.model_version, weights, config))
+    # Each device gets its own copy: a handler that changes the arrays in place must not
+    # change the global model the next device on this host trains from.
+    own = [w.copy() for w in weights]
+    result = await device.app.run_train(
+        TrainTask(task.round, task.model_version, own, config, names, device.context)
+    )
     if isinstance(result, Failure):
-        log.warning("training failed", device=device.device_id, reason=result.reason, error=result.message)
+        device.failed("training", result, job_id=task.job_id, round=task.round)
         return result
+    # run_train checked the layout and gave the weights back as a list in the model's order.
+    trained = result.weights if isinstance(result.weights, list) else list(result.weights.values())
     metrics = {k: float(v) for k, v in result.metrics.items() if not k.startswith(EVAL_PREFIX)}
     if config.evaluate and device.app.handles("evaluate"):
         checked = await device.app.run_evaluate(
-            EvaluateTask(task.round, task.model_version, result.weights, config)
+            EvaluateTask(task.round, task.model_version, trained, config, names, device.context)
         )
         if isinstance(checked, EvaluateResult):
             metrics["val_loss"] = checked.loss
@@ -175,7 +185,7 @@ async def _train_and_send(
         num_examples=result.num_examples,
         tensors=tuple(
             Tensor.of(n, np.ascontiguousarray(w, dtype=np.float32))
-            for n, w in zip(names, result.weights, strict=True)
+            for n, w in zip(names, trained, strict=True)
         ),
         metrics={**metrics, **reported},
     )
@@ -184,10 +194,17 @@ async def _train_and_send(
 
 
 async def evaluate_global(
-    device: DeviceRuntime, task: RoundTask, weights: list[npt.NDArray[Any]], config: TrainConfig
+    device: DeviceRuntime,
+    task: RoundTask,
+    weights: list[npt.NDArray[Any]],
+    names: tuple[str, ...],
+    config: TrainConfig,
 ) -> EvaluateResult | Failure:
     """The app's evaluation of the task's model version; a failure is logged and returned, never raised."""
-    result = await device.app.run_evaluate(EvaluateTask(task.round, task.model_version, weights, config))
+    own = [w.copy() for w in weights]  # the handler may change them; the training that follows may not see it
+    result = await device.app.run_evaluate(
+        EvaluateTask(task.round, task.model_version, own, config, names, device.context)
+    )
     if isinstance(result, EvaluateResult):
         values = (result.loss, *result.metrics.values())
         if result.num_examples < 1:

@@ -193,7 +193,11 @@ class Reason(StrEnum):
     )
     DUPLICATE = "duplicate", "aggregator", "The device already has another update included in this round."
     NUM_EXAMPLES = "num_examples", "aggregator", "num_examples is outside [1, the fixed-point capacity]."
-    SHAPE = "shape", "aggregator", "The tensors' names, order, dtypes or shapes differ from the job's model."
+    SHAPE = (
+        "shape",
+        "aggregator, device",
+        "The tensors' names, order, dtypes or shapes differ from the job's model.",
+    )
     OUT_OF_RANGE = (
         "out_of_range",
         "aggregator",
@@ -239,6 +243,12 @@ class Reason(StrEnum):
     INVALID_UPDATE = "invalid_update", "library", "An update cannot be aggregated (wrong tensors or values)."
     UNCONFIRMED = "unconfirmed", "cli", "The registry did not confirm an operator command in time."
     HANDLER_MISSING = "handler_missing", "device", "No @app.train or @app.evaluate handler is registered."
+    APP_LOAD = (
+        "app_load",
+        "device",
+        "The device app named by --app could not be loaded: no such module or attribute, not a DeviceApp, "
+        "or its module raised on import.",
+    )
 
 
 def table() -> str:

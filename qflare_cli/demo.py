@@ -77,6 +77,11 @@ def demo(
     evaluation: str | None = typer.Option(None, help=EVALUATION_HELP),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per round on stdout."),
     keep_stack: bool = typer.Option(False, help="Leave the stack running when the demo ends."),
+    app: str | None = typer.Option(
+        None,
+        help="package.module:attribute of the DeviceApp the devices train with instead of the built-in "
+        "one (device i gets partition i of --devices); the current directory is importable.",
+    ),
 ) -> None:
     """Run the main job: federated training of a model on MNIST across simulated devices."""
     quiet_clients()
@@ -107,7 +112,7 @@ def demo(
         if not already_up:
             console.print("starting the local stack …")
             asyncio.run(launcher.up(cfg, say=console.print))
-        run = Run(devices=devices, processes=processes, seed=seed, job=job, as_json=as_json)
+        run = Run(devices=devices, processes=processes, seed=seed, job=job, as_json=as_json, app=app)
         run.execute()
     except (QflareError, KeyboardInterrupt) as exc:
         console.print(f"[red]demo stopped:[/red] {exc}")
@@ -127,8 +132,11 @@ class Run:
         job: JobSpec,
         as_json: bool,
         on_round: Callable[[RoundComplete], None] | None = None,
+        app: str | None = None,
     ) -> None:
         self.on_round = on_round
+        #: The user's DeviceApp (``package.module:attribute``); None: the built-in MNIST app.
+        self.app = app
         #: Share of each device's shard held out for local validation (0: train on all of it).
         self.val_fraction = 0.1
         self.run_id = uuid.uuid4().hex[:6]
@@ -179,6 +187,7 @@ class Run:
                 "partition": self.job.partition,
                 "seed": self.seed,
                 "val_fraction": self.val_fraction,
+                "app": self.app,
             },
             say=printer(console),
         )

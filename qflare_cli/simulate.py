@@ -47,11 +47,17 @@ def simulate(
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object on stdout; no live table."),
     keys_dir: Path = typer.Option(DEFAULT_KEYS_DIR, envvar="QFLARE_KEYS_DIR"),
     state_dir: Path = typer.Option(Path(".qflare/sim"), help="Device keys and spools live here."),
+    app: str | None = typer.Option(
+        None,
+        help="package.module:attribute of a DeviceApp every device runs when a round selects it "
+        "(device i gets partition i of --devices); the current directory is importable.",
+    ),
 ) -> None:
     """Run N simulated devices: enrol, heartbeat, and optionally kill, pause and revive some.
 
     Each device has its own ML-DSA-65 key and identity; devices share one Kafka
-    connection per worker process. Needs the stack and a running registry
+    connection per worker process. With --app they also train with that app
+    whenever a job's round selects them. Needs the stack and a running registry
     (`qflare run registry`), or pass --spawn-registry.
     """
     result = asyncio.run(_simulate(locals()))
@@ -78,6 +84,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         state_dir=o["state_dir"] / fleet,
         keys_dir=keys_dir,
         seed=o["seed"],
+        train=None if o["app"] is None else {"app": o["app"], "seed": o["seed"]},
         say=printer(console),
     )
     observer = FleetObserver(
@@ -129,6 +136,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         if registry is not None:
             registry.supervisor.stop()
     counts = observer.counts()
+    failed = [s for s in worker_stats.values() if s.get("failed")]
     return {
         "devices": len(ids),
         **counts,
@@ -137,6 +145,8 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         "enrol_s": None if enrolled_s is None else round(enrolled_s, 2),
         "sent": sum(int(s["sent"]) for s in worker_stats.values()),
         "spooled": sum(int(s["spooled"]) for s in worker_stats.values()),
+        "failed_replies": sum(int(s["failed"]) for s in failed),
+        "last_failure": next((str(s["last_failure"]) for s in failed), None),
         "killed": o["kill"],
         "paused": o["pause"],
         "heartbeat_s": o["heartbeat_s"],

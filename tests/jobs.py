@@ -5,7 +5,7 @@ from __future__ import annotations
 from qflare.fl import JobSpec
 
 
-def small_fedavg_job(*, rounds: int, seed: int) -> JobSpec:
+def small_fedavg_job(*, rounds: int, seed: int, deadline_s: float = 300.0, quorum: float = 0.8) -> JobSpec:
     return JobSpec.parse(
         {
             "model": "builtin:2nn",
@@ -13,7 +13,8 @@ def small_fedavg_job(*, rounds: int, seed: int) -> JobSpec:
             "rounds": rounds,
             "fraction": 1.0,
             "min_clients": 2,
-            "deadline_s": 300.0,
+            "deadline_s": deadline_s,
+            "quorum": quorum,
             "epochs": 1,
             "batch_size": 10,
             "lr": 0.05,

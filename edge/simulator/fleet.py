@@ -107,7 +107,9 @@ def start_fleet(
 ) -> FleetProcesses:
     """Spread ``ids`` over ``processes`` spawned workers (round-robin), restarted if they die.
 
-    ``train`` (dataset, partition, seed, alpha) makes every device train on its shard.
+    ``train`` (dataset, partition, seed, alpha) makes every device train on its shard; with
+    ``app`` (``package.module:attribute``) every device runs that DeviceApp instead, its index in
+    ``ids`` and the fleet size given to it as its partition.
     ``say`` receives the supervisor's lines about workers that died or were restarted.
     """
     ctx = mp.get_context("spawn")
@@ -117,13 +119,14 @@ def start_fleet(
         train_spec = None
         if train is not None:
             train_spec = TrainSpec(
-                dataset=train["dataset"],
-                partition=train["partition"],
+                dataset=train.get("dataset", ""),
+                partition=train.get("partition", "iid"),
                 total_devices=len(ids),
                 indices=[i for i, _, _ in mine],
                 seed=train["seed"],
                 alpha=train.get("alpha", 0.5),
                 val_fraction=train.get("val_fraction", 0.1),
+                app=train.get("app"),
             )
         spec = WorkerSpec(
             w,

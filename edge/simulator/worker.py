@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import random
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.queues import Queue
@@ -21,6 +22,7 @@ from typing import Any, cast
 
 import structlog
 
+from edge.app import DeviceContext
 from edge.enrolment import EnrollmentResults
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
@@ -50,6 +52,7 @@ class WorkerSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
+    #: The built-in app's dataset and partitioner (unused with ``app``).
     dataset: str
     partition: str
     total_devices: int
@@ -59,6 +62,8 @@ class TrainSpec:
     alpha: float = 0.5
     #: Share of each device's shard held out as its local validation split.
     val_fraction: float = 0.1
+    #: ``package.module:attribute`` of the user's DeviceApp (None: the built-in app on ``dataset``).
+    app: str | None = None
 
 
 def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
@@ -134,6 +139,10 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
                 "refused": sum(
                     1 for r in fleet.values() if r.enrollment is not None and not r.enrollment.accepted
                 ),
+                "failed": sum(r.failures for r in fleet.values()),
+                "last_failure": next(
+                    (str(r.last_failure.message) for r in fleet.values() if r.last_failure is not None), ""
+                ),
             }
         )
     for task in tasks.values():
@@ -161,20 +170,66 @@ def _apply(command: str, device: DeviceRuntime, tasks: dict[str, asyncio.Task[No
 
 
 async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka: KafkaSettings) -> None:
-    """Give each device its data shard and train whenever a round task names it."""
-    import torch
-
-    from edge.training import RoundFollower, builtin_arch, mnist_app, train_and_send
-    from qflare.errors import QflareError
-    from qflare.fl import TrainConfig
+    """Give each device its app and context, and train whenever a round task names it."""
+    from edge.training import RoundFollower, train_and_send
     from qflare.identity import TrustedKeys
-    from qflare.ml import dirichlet, iid, load_dataset, pathological, tensor_names
-    from qflare.ml.data import DatasetName
 
     assert spec.train is not None
+    t = spec.train
+    for (device_id, _), index in zip(spec.devices, t.indices, strict=True):
+        own = Path(spec.state_dir) / "app" / device_id
+        own.mkdir(parents=True, exist_ok=True)
+        fleet[device_id].context = DeviceContext(device_id, index, t.total_devices, own)
+    if t.app is not None:
+        _install_user_app(t.app, spec, fleet)
+    else:
+        _install_builtin_app(t, spec, fleet)
+    follower = RoundFollower(kafka, kafka.topics, TrustedKeys(Path(spec.keys_dir)))
+    reader = asyncio.create_task(follower.run())
+    done: set[tuple[str, int]] = set()
+    try:
+        while True:
+            task = await follower.tasks.get()
+            mine = [d for d in task.devices if d in fleet and fleet[d].alive and not fleet[d].paused]
+            if (task.job_id, task.round) in done or not mine:
+                continue
+            done.add((task.job_id, task.round))
+            left_s = task.deadline_ms / 1000 - time.time()
+            weights = await follower.weights(task.job_id, task.model_version, max(0.0, left_s))
+            if weights is None:
+                continue  # the model never arrived before the deadline
+            names = follower.names[task.job_id]
+            for device_id in mine:
+                if time.time() * 1000 > task.deadline_ms:
+                    break  # too late: the aggregator would drop it anyway
+                await train_and_send(fleet[device_id], task, weights, names)
+    finally:
+        reader.cancel()
+
+
+def _install_user_app(ref: str, spec: WorkerSpec, fleet: dict[str, DeviceRuntime]) -> None:
+    """The user's app for every device here; one that cannot load answers each task with its error."""
+    from edge.loader import app_or_failure
+
+    app, error = app_or_failure(ref)
+    if error is not None:
+        log.error("device app not loaded; every task gets a failed reply", app=ref, error=str(error))
+    for device_id, _ in spec.devices:
+        fleet[device_id].app = app
+    if "torch" in sys.modules:  # the app trains with torch: one thread per worker, as the built-in app
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _install_builtin_app(t: TrainSpec, spec: WorkerSpec, fleet: dict[str, DeviceRuntime]) -> None:
+    """Each device trains the built-in app on its shard of a built-in dataset."""
+    import torch
+
+    from edge.training import mnist_app
+    from qflare.ml import dirichlet, iid, load_dataset, pathological
+    from qflare.ml.data import DatasetName
+
     # Two cores are shared by every worker and the services: one thread each.
     torch.set_num_threads(1)
-    t = spec.train
     data = load_dataset(cast(DatasetName, t.dataset))
     if t.partition == "iid":
         shards = iid(len(data.train_labels), t.total_devices, t.seed)
@@ -193,28 +248,3 @@ async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka
             val_images=data.train_images[val],
             val_labels=data.train_labels[val],
         )
-    follower = RoundFollower(kafka, kafka.topics, TrustedKeys(Path(spec.keys_dir)))
-    reader = asyncio.create_task(follower.run())
-    done: set[tuple[str, int]] = set()
-    try:
-        while True:
-            task = await follower.tasks.get()
-            mine = [d for d in task.devices if d in fleet and fleet[d].alive and not fleet[d].paused]
-            if (task.job_id, task.round) in done or not mine:
-                continue
-            done.add((task.job_id, task.round))
-            left_s = task.deadline_ms / 1000 - time.time()
-            weights = await follower.weights(task.job_id, task.model_version, max(0.0, left_s))
-            if weights is None:
-                continue  # the model never arrived before the deadline
-            try:
-                names = tensor_names(builtin_arch(TrainConfig.parse(task.config)))
-            except QflareError as exc:  # a task no device here can follow: each refuses it
-                log.warning("round task refused", job_id=task.job_id, round=task.round, error=str(exc))
-                continue
-            for device_id in mine:
-                if time.time() * 1000 > task.deadline_ms:
-                    break  # too late: the aggregator would drop it anyway
-                await train_and_send(fleet[device_id], task, weights, names)
-    finally:
-        reader.cancel()

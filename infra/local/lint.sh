@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${QFLARE_VENV:-${QFLARE_CACHE_DIR:-/var/cache/qflare}/venv}/bin
-paths=(qflare qflare_cli services edge devstack tests bench)
+paths=(qflare qflare_cli services edge devstack tests bench examples)
 "$BIN/ruff" check "${paths[@]}"
 "$BIN/ruff" format --check "${paths[@]}"
 "$BIN/mypy" "${paths[@]}"

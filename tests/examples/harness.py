@@ -109,7 +109,7 @@ def evaluate(app: sdk.DeviceApp, round: int, model: Model, cfg: TrainConfig, ctx
 
 def weights_of(result: TrainResult, names: list[str]) -> list[NDArray[Any]]:
     got = result.weights
-    return [got[n] for n in names] if isinstance(got, dict) else list(got)
+    return list(got) if isinstance(got, list) else [got[n] for n in names]
 
 
 def fedavg(model: Model, results: list[TrainResult]) -> Model:

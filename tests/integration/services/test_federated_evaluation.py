@@ -164,7 +164,7 @@ async def test_a_device_whose_evaluate_handler_fails_is_left_out_and_the_rounds_
     spec = JobSpec.parse({**JOB_CONFIG, **overrides})
     await plane.start_job(job, **overrides)
     train = build_strategy(spec).train_config(1)
-    names = tensor_names("2nn")
+    names = tuple(tensor_names("2nn"))
 
     async def run_round(round: int, version: int, config: TrainConfig) -> list[object]:
         task = await plane.open_round(job, round, version, ids, min_updates=3, config=config.to_config())

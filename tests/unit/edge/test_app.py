@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-from edge.app import DeviceApp, Failure, TrainResult, TrainTask
+from edge.app import DeviceApp, DeviceContext, Failure, TrainResult, TrainTask
 from qflare.fl import FedAvg, JobSpec
 
 
@@ -26,6 +28,8 @@ async def test_train_handler_with_and_without_parentheses() -> None:
 
     result = await plain.run_train(_task())
     assert isinstance(result, TrainResult) and result.num_examples == 10
+    # Checked against the task's layout, the weights come back as a list in the model's order.
+    assert isinstance(result.weights, list)
     assert np.array_equal(result.weights[0], np.ones(3, np.float32))
     assert isinstance(await called.run_train(_task()), TrainResult)
 
@@ -43,7 +47,32 @@ async def test_failures_are_replies_not_exceptions() -> None:
 
     @app.train
     def diverged(task: TrainTask) -> TrainResult:
-        return TrainResult([np.array([np.nan], np.float32)], 1)
+        return TrainResult([np.full(3, np.nan, np.float32)], 1)
 
     outcome = await app.run_train(_task())
     assert isinstance(outcome, Failure) and outcome.reason == "non_finite"
+    assert outcome.message == "train produced NaN or Inf in tensors ['#0']"
+
+    @app.train
+    def buggy(task: TrainTask) -> TrainResult:
+        table: dict[str, TrainResult] = {}
+        return table["no such key"]
+
+    outcome = await app.run_train(_task())
+    assert outcome == Failure("KeyError", "'no such key'")
+
+
+async def test_tasks_carry_names_and_the_device_context(tmp_path: Path) -> None:
+    app, seen = DeviceApp(), []
+
+    @app.train
+    def train(task: TrainTask) -> TrainResult:
+        seen.append(task.context)
+        return TrainResult(task.weights, 1)
+
+    context = DeviceContext("lab-7", 3, 10, tmp_path)
+    task = TrainTask(1, 0, [np.zeros(3, np.float32)], _task().config, ("w",), context)
+    assert isinstance(await app.run_train(task), TrainResult)
+    assert seen == [context] and seen[0].partition == 3 and seen[0].num_partitions == 10
+    # Built without one, a task still has a context: the defaults of a device of one.
+    assert _task().context == DeviceContext() and DeviceContext().num_partitions == 1

@@ -1,0 +1,1 @@
+"""Device apps the tests run by name (``--app tests.apps.<module>:app``), as a user's would be."""
