@@ -1,27 +1,19 @@
 """The three worked examples through the real services: import the model, run a job, reach the bar.
 
-MERGE: this test needs the other parts of the same issue and cannot run before they are merged:
-  - the model store: ``qflare_cli.models.import_model`` / ``export_model`` and jobs on ``NAME@VERSION``;
-  - devices running user code: ``Run(app=...)``, tasks carrying ``names`` and a ``DeviceContext``;
-  - federated evaluation: ``RoundComplete.evaluation``, the federated ``test_*`` metrics, and the
-    evaluation-only round of the final model.
-Until then those names are reached through ``importlib`` / ``getattr`` / ``**kwargs`` (marked
-``MERGE`` below), so this branch type-checks; after the merge they can become plain imports and
-arguments.
-
 Each example runs as a user runs it: the initial model file its ``make_model`` writes is imported
-into the store, and a fleet of simulated devices (worker processes that inherit this process's
-environment, so the ``QFLARE_<EXAMPLE>_*`` settings below reach the apps) runs ``--app``.
+into the store, a fleet of simulated devices (worker processes that inherit this process's
+environment, so the ``QFLARE_<EXAMPLE>_*`` settings below reach the apps) runs ``--app``, a FedAvg
+job with federated evaluation trains it (the devices evaluate each version on their own held-out
+data; an evaluation-only round evaluates the final one), and the result is exported from the store.
+Run with ``-s`` to see each example's federated metrics, round by round.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -31,8 +23,11 @@ from examples.personal.model import PERSONAL
 from examples.tabular import make_model as tabular_model
 from examples.vision import make_model as vision_model
 from qflare.fl import JobSpec
+from qflare.identity import init_identities
+from qflare.ml.formats import read_model
 from qflare.protocol.training import RoundComplete
 from qflare_cli.demo import KEYS_DIR, Run
+from qflare_cli.models import export_model, import_model
 from tests.integration.services.aggregator_harness import global_model
 
 pytestmark = pytest.mark.integration
@@ -78,8 +73,16 @@ EXAMPLES = [
 ]
 
 
-def _models_cli() -> Any:
-    return importlib.import_module("qflare_cli.models")  # MERGE: from qflare_cli.models import ...
+def _table(name: str, rounds: list[RoundComplete]) -> str:
+    """The federated metrics of each completed round, one row a round."""
+    lines = [f"\n{name}: round  evaluated_version  test_accuracy  test_loss  evaluated_examples"]
+    for rc in rounds:
+        m = rc.metrics
+        lines.append(
+            f"{name}: {rc.round:5d}  {int(m['evaluated_version']):17d}  {m['test_accuracy']:13.4f}"
+            f"  {m['test_loss']:9.4f}  {int(m['evaluated_examples']):18d}"
+        )
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
@@ -102,25 +105,26 @@ def test_an_example_trains_through_the_services_and_reaches_its_bar(
             "batch_size": example.batch_size,
             "lr": example.lr,
             "seed": 4,
+            "evaluation": "federated",
         }
     )
     seen: list[RoundComplete] = []
-    app: dict[str, Any] = {"app": example.app}  # MERGE: Run(..., app=example.app)
-    run = Run(devices=3, processes=1, seed=4, job=job, as_json=False, on_round=seen.append, **app)
-    # The run's own topics: the aggregator it starts reads the store from this import.
-    models = _models_cli()
-    assert asyncio.run(models.import_model(run.kafka, KEYS_DIR, path, example.name, version="1")) == ref
+    run = Run(devices=3, processes=1, seed=4, job=job, as_json=False, on_round=seen.append, app=example.app)
+    # The run's own topics: the aggregator it starts reads the store from this import, signed by
+    # the operator key the run would otherwise create only when it starts.
+    init_identities(KEYS_DIR)
+    assert asyncio.run(import_model(run.kafka, KEYS_DIR, path, example.name, version="1")) == ref
     run.execute()
 
     completed = [rc for rc in seen if rc.status == "completed"]
     # The training rounds, then the evaluation-only round of the final model.
     assert len(completed) == example.rounds + 1, seen
     for rc in completed:
-        assert getattr(rc, "evaluation", None) == "federated", rc  # MERGE: rc.evaluation
+        assert rc.evaluation == "federated", rc
         assert rc.metrics["evaluated_devices"] == 3, rc.metrics
         assert rc.metrics["evaluated_examples"] > 0
     accuracy = [rc.metrics["test_accuracy"] for rc in completed]
-    print(example.name, "federated test accuracy by round:", [round(a, 4) for a in accuracy])
+    print(_table(example.name, completed))
     assert [rc.metrics["evaluated_version"] for rc in completed] == list(range(example.rounds + 1))
     # Version 0 guesses; the final version reaches the example's bar.
     assert accuracy[0] < 0.3 and accuracy[-1] >= example.bar, accuracy
@@ -128,13 +132,14 @@ def test_an_example_trains_through_the_services_and_reaches_its_bar(
     # The trained model comes back out of the store bit for bit as the aggregator published it.
     final = asyncio.run(global_model(run.kafka, KEYS_DIR, run.job_id, example.rounds))
     out = tmp_path / "trained.safetensors"
-    asyncio.run(models.export_model(run.kafka, KEYS_DIR, f"job:{run.job_id}", out))
-    exported = importlib.import_module("qflare.ml.formats").read_model(out).tensors  # MERGE: plain import
-    assert [t.name for t in final.tensors] == list(exported)
+    asyncio.run(export_model(run.kafka, KEYS_DIR, f"job:{run.job_id}", out))
+    exported = read_model(out).tensors
+    # A safetensors file keeps its tensors in name order, whatever the model's layout order.
+    assert sorted(t.name for t in final.tensors) == sorted(exported)
     for t in final.tensors:
         assert np.asarray(t.array).tobytes() == np.asarray(exported[t.name]).tobytes(), t.name
     if example.name == "personal":
         # The devices never sent their heads: the federation's head is still the imported one.
-        imported = importlib.import_module("qflare.ml.formats").read_model(path).tensors
+        imported = read_model(path).tensors
         for name in PERSONAL:
             assert np.asarray(exported[name]).tobytes() == np.asarray(imported[name]).tobytes(), name

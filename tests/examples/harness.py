@@ -3,19 +3,13 @@
 This checks the examples' own code (data, local training, evaluation, what they
 return) quickly and on a subset; tests/e2e/test_examples.py runs the same apps
 through the real services.
-
-MERGE SHIM: until the device-app work is merged, ``edge.app`` has no
-``DeviceContext`` and its tasks carry no ``names`` or ``context``. ``context`` and
-``_task`` below then build minimal stand-ins with the decided fields
-(device_id, partition, num_partitions, state_dir; names); once merged they build
-the real classes, and the stand-ins can be deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +17,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 import edge.app as sdk
-from edge.app import EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
+from edge.app import DeviceContext, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
 from qflare.fl import TrainConfig
 
 Model = dict[str, NDArray[Any]]
 
 
-@dataclass(frozen=True)
-class _StandInContext:  # MERGE SHIM: edge.app.DeviceContext's decided fields
-    device_id: str
-    partition: int
-    num_partitions: int
-    state_dir: Path
-
-
-@dataclass(frozen=True)
-class _StandInTask:  # MERGE SHIM: TrainTask / EvaluateTask plus names and context
-    round: int
-    model_version: int
-    weights: list[NDArray[Any]]
-    config: TrainConfig
-    names: tuple[str, ...]
-    context: Any
-
-
-def context(root: Path, partition: int, num_partitions: int) -> Any:
+def context(root: Path, partition: int, num_partitions: int) -> DeviceContext:
     """Device ``partition``'s context, its state directory under ``root`` (created, as the runtime does)."""
     device_id = f"dev-{partition:03d}"
     state_dir = root / device_id
     state_dir.mkdir(parents=True, exist_ok=True)
-    cls = getattr(sdk, "DeviceContext", _StandInContext)
-    return cls(device_id=device_id, partition=partition, num_partitions=num_partitions, state_dir=state_dir)
+    return DeviceContext(
+        device_id=device_id, partition=partition, num_partitions=num_partitions, state_dir=state_dir
+    )
 
 
 def config(*, seed: int, epochs: int, batch_size: int, lr: float) -> TrainConfig:
@@ -73,18 +50,12 @@ def config(*, seed: int, epochs: int, batch_size: int, lr: float) -> TrainConfig
     return TrainConfig.parse({k: v for k, v in values.items() if k in TrainConfig.model_fields})
 
 
-def _task(
-    kind: type[TrainTask] | type[EvaluateTask], round: int, model: Model, cfg: TrainConfig, ctx: Any
-) -> Any:
-    args: dict[str, Any] = {"round": round, "model_version": max(round - 1, 0), "config": cfg}
+def _weights(model: Model) -> list[NDArray[Any]]:
     # Copies marked read-only, as arrays decoded from a message are: an app must not write into them.
     weights = [np.array(w) for w in model.values()]
     for w in weights:
         w.flags.writeable = False
-    args.update(weights=weights, names=tuple(model), context=ctx)
-    if "context" in {f.name for f in fields(kind)}:
-        return kind(**args)
-    return _StandInTask(**args)
+    return weights
 
 
 def load_app(ref: str) -> sdk.DeviceApp:
@@ -95,14 +66,18 @@ def load_app(ref: str) -> sdk.DeviceApp:
     return app
 
 
-def train(app: sdk.DeviceApp, round: int, model: Model, cfg: TrainConfig, ctx: Any) -> TrainResult:
-    result = asyncio.run(app.run_train(_task(TrainTask, round, model, cfg, ctx)))
+def train(app: sdk.DeviceApp, round: int, model: Model, cfg: TrainConfig, ctx: DeviceContext) -> TrainResult:
+    task = TrainTask(round, max(round - 1, 0), _weights(model), cfg, names=tuple(model), context=ctx)
+    result = asyncio.run(app.run_train(task))
     assert not isinstance(result, Failure), result
     return result
 
 
-def evaluate(app: sdk.DeviceApp, round: int, model: Model, cfg: TrainConfig, ctx: Any) -> EvaluateResult:
-    result = asyncio.run(app.run_evaluate(_task(EvaluateTask, round, model, cfg, ctx)))
+def evaluate(
+    app: sdk.DeviceApp, round: int, model: Model, cfg: TrainConfig, ctx: DeviceContext
+) -> EvaluateResult:
+    task = EvaluateTask(round, max(round - 1, 0), _weights(model), cfg, names=tuple(model), context=ctx)
+    result = asyncio.run(app.run_evaluate(task))
     assert not isinstance(result, Failure), result
     return result
 
@@ -125,7 +100,7 @@ def fedavg(model: Model, results: list[TrainResult]) -> Model:
 
 
 def federated_accuracy(
-    app: sdk.DeviceApp, round: int, model: Model, cfg: TrainConfig, ctxs: list[Any]
+    app: sdk.DeviceApp, round: int, model: Model, cfg: TrainConfig, ctxs: list[DeviceContext]
 ) -> float:
     """What the aggregator reports as test_accuracy: the devices' accuracies weighted by examples."""
     results = [evaluate(app, round, model, cfg, ctx) for ctx in ctxs]
@@ -139,7 +114,7 @@ class Simulation:
 
     app: sdk.DeviceApp
     cfg: TrainConfig
-    ctxs: list[Any]
+    ctxs: list[DeviceContext]
     model: Model
     #: Federated accuracy of version 0, then of each round's new version.
     accuracies: list[float]
