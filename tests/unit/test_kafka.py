@@ -23,6 +23,7 @@ def test_settings_read_qflare_kafka_variables(monkeypatch: pytest.MonkeyPatch) -
     assert settings.bootstrap == "kafka:9092"
     assert settings.limits.max_record_bytes == 4 * 1024 * 1024
     monkeypatch.delenv("QFLARE_KAFKA_BOOTSTRAP")
+    monkeypatch.delenv("QFLARE_KAFKA_PORT", raising=False)  # the dev stack's port, when moved
     assert kafka.KafkaSettings().bootstrap == "127.0.0.1:19092"
 
 
