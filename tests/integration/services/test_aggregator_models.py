@@ -8,7 +8,7 @@ PostgreSQL model store. Every comparison of tensors is of their bytes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,6 @@ def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator
     proc.start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
 
 
 def _sources(folder: Path) -> dict[str, Path]:

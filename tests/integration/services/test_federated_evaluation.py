@@ -7,7 +7,6 @@ version. A device whose evaluation failed answers without one and is left out.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +35,6 @@ from tests.integration.services.harness import Fleet, audit_events
 
 #: What the scheduler sends for a federated job's final round (only the two keys matter here).
 EVALUATE_ONLY: dict[str, Scalar] = {"train": False, "evaluate_global": True}
-
-
-@pytest.fixture
-def aggregator(kafka: KafkaSettings, keys_dir: Path, tmp_path: Path) -> Iterator[AggregatorProcess]:
-    proc = AggregatorProcess(kafka, keys_dir, tmp_path / "aggregator.log")
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-async def plane(kafka: KafkaSettings, keys_dir: Path) -> AsyncIterator[ControlPlane]:
-    made = ControlPlane(kafka, keys_dir)
-    await made.start()
-    yield made
-    await made.stop()
 
 
 async def _result(kafka: KafkaSettings, keys_dir: Path, job: str, round: int) -> RoundComplete:
