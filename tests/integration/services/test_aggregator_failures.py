@@ -10,11 +10,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
 import psycopg
 
 from devstack.settings import StackSettings
+from edge.app import DeviceApp, Failure, TrainResult, TrainTask
+from edge.training import train_and_send
+from qflare.fl import JobSpec, build_strategy
 from qflare.kafka import KafkaSettings
+from qflare.ml import tensor_names
 from tests.integration.services.aggregator_harness import (
+    JOB_CONFIG,
     AggregatorProcess,
     ControlPlane,
     global_model,
@@ -22,7 +28,7 @@ from tests.integration.services.aggregator_harness import (
     rejections,
     round_results,
 )
-from tests.integration.services.harness import audit_events
+from tests.integration.services.harness import Fleet, audit_events
 
 #: Far beyond any wait of these tests: a round that closes did so because everyone answered.
 NEVER_S = 3600.0
@@ -70,6 +76,55 @@ async def test_a_failed_reply_is_an_answer_audited_and_counted(
     assert second.included == (b.device_id,) and second.metrics["failed_devices"] == 2
     await rejections(kafka, keys_dir, lambda found: "duplicate" in found)
     assert aggregator.alive
+
+
+def _app(broken: bool) -> DeviceApp:
+    """A numpy-only app whose train handler works, or raises as a user's code can."""
+    app = DeviceApp()
+
+    @app.train
+    def train(task: TrainTask) -> TrainResult:
+        if broken:
+            raise FileNotFoundError("no training data under /data/site-3")
+        return TrainResult([w + np.float32(0.001) for w in task.weights], 20, {"loss": 0.4})
+
+    return app
+
+
+async def test_a_device_whose_handler_raises_sends_its_failed_reply(
+    kafka: KafkaSettings,
+    keys_dir: Path,
+    plane: ControlPlane,
+    aggregator: AggregatorProcess,
+    fleet: Fleet,
+    unique: str,
+) -> None:
+    job = f"job-{unique}"
+    devices = []
+    for name, broken in (("good1", False), ("good2", False), ("broken", True)):
+        device = fleet.add(f"{name}-{unique}", None)
+        device.app = _app(broken)
+        await plane.device(device.device_id, key=device.key)
+        devices.append(device)
+    ids = [d.device_id for d in devices]
+    await plane.start_job(job)
+    config = build_strategy(JobSpec.parse({**JOB_CONFIG, "rounds": 1})).train_config(1)
+    task = await plane.open_round(
+        job, 1, 0, ids, deadline_s=NEVER_S, min_updates=2, config=config.to_config()
+    )
+    model = await global_model(kafka, keys_dir, job, 0)
+    weights = [t.array.copy() for t in model.tensors]
+    outcomes = [await train_and_send(d, task, weights, tuple(tensor_names("2nn"))) for d in devices]
+    assert [type(o) for o in outcomes] == [TrainResult, TrainResult, Failure]
+    assert devices[2].failures == 1
+
+    (first,) = await round_results(kafka, keys_dir, lambda got: any(r.round == 1 for r in got))
+    assert first.status == "completed" and sorted(first.included) == sorted(ids[:2])
+    assert first.metrics["failed_devices"] == 1
+    events = await audit_events(kafka, keys_dir, lambda ev: any(e.event == "update.failed" for e in ev))
+    (failed,) = [e for e in events if e.event == "update.failed"]
+    assert failed.subject == ids[2] and failed.reason == "FileNotFoundError"
+    assert failed.detail["message"] == "no training data under /data/site-3"
 
 
 async def test_a_failed_reply_survives_a_kill9(
