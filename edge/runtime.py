@@ -143,7 +143,7 @@ class DeviceRuntime:
         return self.enrollment
 
     def failed(self, kind: str, failure: Failure, *, job_id: str, round: int) -> None:
-        """Report a failed reply: nothing is sent for the task, so the round goes on without this device."""
+        """Count and log a failed reply (the caller sends it as a ``round_failure``)."""
         self.failures += 1
         self.last_failure = failure
         log.warning(

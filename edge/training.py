@@ -33,7 +33,7 @@ from qflare.ml.arch import ModelName, check_model_name
 from qflare.protocol import Decoder, Reassembler, Tensor, seal_chunked
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.topics import Topics
-from qflare.protocol.training import GlobalModel, ModelUpdate, RoundTask
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundFailure, RoundTask
 from qflare.reasons import Reason
 from qflare.tracing import configure_tracing, extract_context, round_headers, send_span, tracer
 
@@ -166,6 +166,12 @@ async def _train_and_send(
     )
     if isinstance(result, Failure):
         device.failed("training", result, job_id=task.job_id, round=task.round)
+        # Failures are data: the aggregator counts the reply as this device's answer, audits the
+        # error, and need not wait for the deadline to go on without it.
+        failure = RoundFailure.of(
+            task.job_id, task.round, device.device_id, task.model_version, str(result.reason), result.message
+        )
+        _send(device, task, parent, failure)
         return result
     # run_train checked the layout and gave the weights back as a list in the model's order.
     trained = result.weights if isinstance(result.weights, list) else list(result.weights.values())
@@ -216,7 +222,9 @@ async def evaluate_global(
     return result
 
 
-def _send(device: DeviceRuntime, task: RoundTask, parent: Context | None, reply: ModelUpdate) -> None:
+def _send(
+    device: DeviceRuntime, task: RoundTask, parent: Context | None, reply: ModelUpdate | RoundFailure
+) -> None:
     topic, key = device.topics.updates.name, device.device_id.encode()
     for record in seal_chunked(
         reply, device.signer, device.topics.updates.channel, sender=device.device_id, round=task.round

@@ -57,6 +57,8 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     # An imported model: the operator fills the aggregator's model store.
     "stored_model": frozenset({OPERATOR}),
     "model_update": frozenset({DEVICE}),
+    # A device's failed reply to a round (its own; the aggregator checks body.device_id too).
+    "round_failure": frozenset({DEVICE}),
     "enrollment": frozenset({DEVICE}),
     "deregistration": frozenset({DEVICE}),
     "heartbeat": frozenset({DEVICE}),

@@ -16,7 +16,7 @@ from qflare.protocol.devices import (
     Heartbeat,
 )
 from qflare.protocol.store import StoredModel
-from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundFailure, RoundTask
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +70,7 @@ BODY_TYPES: dict[str, type[Body]] = {
         GlobalModel,
         ModelChunk,
         ModelUpdate,
+        RoundFailure,
         RoundComplete,
         AuditEvent,
         AuditHead,

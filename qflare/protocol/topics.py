@@ -184,9 +184,12 @@ def topics(prefix: str = "", *, deployment: str) -> Topics:
             key="device_id",
             partitions=6,
             retention_ms=3 * _DAY,
-            types={"model_update", "model_chunk"},
+            types={"model_update", "model_chunk", "round_failure"},
             max_age_ms=_HOUR,
-            description="Devices' trained weights, chunked when large; chunks of one update share a key.",
+            description=(
+                "Devices' trained weights, chunked when large (chunks of one update share a key), "
+                "and their failed replies."
+            ),
         ),
         rounds_complete=_spec(
             "qflare.rounds.complete",

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
+from qflare.errors import SchemaError
 from qflare.protocol.body import Body, Fields, sorted_map
 from qflare.protocol.tensors import Tensor
 from qflare.types import Scalar
 
 ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed"})
+#: A failed reply's ``reason``: a short token (a rejection reason, or the name of the exception raised).
+FAILURE_REASON = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
+#: The longest ``message`` of a failed reply, in characters.
+MAX_FAILURE_MESSAGE = 1000
 #: Who evaluated the model a round's ``test_*`` metrics describe.
 EVALUATIONS = frozenset({"central", "federated"})
 
@@ -161,6 +167,61 @@ class ModelUpdate(Body):
 
     def all_tensors(self) -> tuple[Tensor, ...]:
         return self.tensors
+
+
+@dataclass(frozen=True, slots=True)
+class RoundFailure(Body):
+    """A device's failed reply to a round: it could not train (its app did not load, a handler
+    raised, the result had the wrong layout). It answers the round like an update, without weights."""
+
+    TYPE: ClassVar[str] = "round_failure"
+    KEYS: ClassVar[tuple[str, ...]] = ("job_id", "round", "device_id", "base_version", "reason", "message")
+    job_id: str
+    round: int
+    device_id: str
+    base_version: int
+    reason: str
+    message: str
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "round": self.round,
+            "device_id": self.device_id,
+            "base_version": self.base_version,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_body(cls, data: object) -> Self:
+        f = Fields(data, cls.KEYS)
+        out = cls(
+            job_id=f.id("job_id"),
+            round=f.integer("round"),
+            device_id=f.id("device_id"),
+            base_version=f.integer("base_version"),
+            reason=f.text("reason", max_len=64, pattern=FAILURE_REASON),
+            message=f.text("message", max_len=MAX_FAILURE_MESSAGE),
+        )
+        # Stored and shown as text downstream (PostgreSQL text refuses NUL outright).
+        if "\0" in out.message:
+            raise SchemaError("contains a NUL character", field="body.message")
+        return out
+
+    @classmethod
+    def of(
+        cls, job_id: str, round: int, device_id: str, base_version: int, reason: str, message: str
+    ) -> Self:
+        """A failed reply from whatever a device caught: the reason made a token, the message
+        bounded and without NULs, so the report always fits the wire."""
+        token = re.sub(r"[^A-Za-z0-9_.]", "_", reason)[:64]
+        if not FAILURE_REASON.fullmatch(token):
+            token = "error"
+        text = message.replace("\0", "")
+        if len(text) > MAX_FAILURE_MESSAGE:
+            text = text[: MAX_FAILURE_MESSAGE - 3] + "..."
+        return cls(job_id, round, device_id, base_version, token, text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,14 @@ from collections.abc import Mapping
 
 from qflare.errors import InvalidUpdateError, Rejected
 from qflare.fl import FixedPoint
-from qflare.protocol.training import ModelUpdate
+from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
 from services.aggregator.models import Layout
 from services.aggregator.rounds import OpenRound
 
 
 def find_round(
-    update: ModelUpdate,
+    update: ModelUpdate | RoundFailure,
     *,
     sender: str,
     header_round: int | None,
@@ -67,8 +67,9 @@ def check_evaluation_reply(update: ModelUpdate, *, message_id: bytes, rnd: OpenR
         )
 
 
-def check_answer(update: ModelUpdate, *, message_id: bytes, rnd: OpenRound) -> None:
-    """The checks of any answer to ``rnd``: selected, from the round's version, once."""
+def check_answer(update: ModelUpdate | RoundFailure, *, message_id: bytes, rnd: OpenRound) -> None:
+    """The checks of any answer to ``rnd`` (an update or a failed reply): selected, from the
+    round's version, once."""
     if update.device_id not in rnd.devices:
         raise Rejected(Reason.UNSELECTED, f"{update.device_id!r} was not selected for round {rnd.round}")
     if update.base_version != rnd.model_version:
@@ -77,11 +78,11 @@ def check_answer(update: ModelUpdate, *, message_id: bytes, rnd: OpenRound) -> N
             f"trained from version {update.base_version}, the round is on {rnd.model_version}",
             field="body.base_version",
         )
-    earlier = rnd.included.get(update.device_id)
+    earlier = rnd.answer(update.device_id)
     if earlier is not None:
         if earlier.message_id == message_id:
-            raise Rejected(Reason.REPLAY, f"update {message_id.hex()} is already included", field="id")
-        raise Rejected(Reason.DUPLICATE, f"{update.device_id!r} already has an update in round {rnd.round}")
+            raise Rejected(Reason.REPLAY, f"reply {message_id.hex()} is already counted", field="id")
+        raise Rejected(Reason.DUPLICATE, f"{update.device_id!r} already answered round {rnd.round}")
 
 
 def check_tensors(update: ModelUpdate, layout: Layout) -> None:

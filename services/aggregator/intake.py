@@ -1,4 +1,4 @@
-"""Records of the updates topic in, verified whole ``ModelUpdate`` messages out.
+"""Records of the updates topic in, verified whole ``ModelUpdate`` (or ``RoundFailure``) messages out.
 
 Verification is the protocol decoder's (limits, device signature, digest,
 de-duplication, finite tensors); reassembly of chunked updates is the
@@ -25,7 +25,7 @@ from qflare.protocol.envelope import parse_envelope
 from qflare.protocol.limits import MIB, Limits
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.topics import TopicSpec
-from qflare.protocol.training import ModelUpdate
+from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
 from services.aggregator.cursor import Cursor, StreamKey
 from services.aggregator.publisher import SERVICE
@@ -101,8 +101,10 @@ class Intake:
                 return None
             size = self._finish(cursor, key)
             msg = whole
-        if not isinstance(msg.body, ModelUpdate):
-            raise Rejected(Reason.SCHEMA, f"expected model_update, got {msg.header.type}", field="type")
+        if not isinstance(msg.body, ModelUpdate | RoundFailure):
+            raise Rejected(
+                Reason.SCHEMA, f"expected model_update or round_failure, got {msg.header.type}", field="type"
+            )
         return msg, size
 
     def expire(self, cursors: list[Cursor]) -> list[ChunkTimeoutError]:

@@ -19,7 +19,7 @@ from qflare.protocol import Message, seal, seal_chunked
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.limits import Limits
 from qflare.protocol.topics import Topics
-from qflare.protocol.training import ModelUpdate, RoundComplete
+from qflare.protocol.training import MAX_FAILURE_MESSAGE, ModelUpdate, RoundComplete, RoundFailure
 from qflare.types import Scalar
 from services.aggregator.models import EncodedModel
 from services.aggregator.store import AggregatorStore
@@ -117,6 +117,26 @@ class Publisher:
         }
         await self.queue_audit(
             "update.accepted", "info", subject=update.device_id, ref_id=msg.header.id, detail=detail
+        )
+
+    async def queue_update_failed(self, msg: Message) -> None:
+        """Audit a device's failed reply counted as its answer: the device's reason and message."""
+        failure = msg.body
+        assert isinstance(failure, RoundFailure)
+        detail: dict[str, Scalar] = {
+            "job_id": failure.job_id,
+            "round": failure.round,
+            "base_version": failure.base_version,
+            "message": printable(failure.message, MAX_FAILURE_MESSAGE),
+            "digest": msg.header.body_digest.hex(),
+        }
+        await self.queue_audit(
+            "update.failed",
+            "warning",
+            reason=failure.reason,
+            subject=failure.device_id,
+            ref_id=msg.header.id,
+            detail=detail,
         )
 
     async def queue_rejection(

@@ -30,6 +30,8 @@ class Included:
     loss: float | None
     #: The device's evaluation of the round's model version (federated evaluation), if any.
     evaluation: DeviceEvaluation | None = None
+    #: A failed reply's reason (``round_failure``): the device answered, with no update.
+    failure: str | None = None
 
 
 @dataclass(slots=True)
@@ -46,6 +48,8 @@ class OpenRound:
     #: The strategy's state with the running sum of this round's accepted updates.
     state: StrategyState
     included: dict[str, Included] = field(default_factory=dict)
+    #: Devices that answered with a failed reply: they count as answers, never as updates.
+    failed: dict[str, Included] = field(default_factory=dict)
     #: ``bytes_in`` and ``rejected_<reason>`` counts, checkpointed with the sum.
     stats: Counter[str] = field(default_factory=Counter)
     #: Updates accepted since the last checkpoint (written as ``included`` rows).
@@ -84,16 +88,25 @@ class OpenRound:
         return combine(found, self.model_version)
 
     def include(self, entry: Included) -> None:
-        self.included[entry.device_id] = entry
+        if entry.failure is None:
+            self.included[entry.device_id] = entry
+        else:
+            self.failed[entry.device_id] = entry
         self.pending.append(entry)
         self.dirty = True
+
+    def answer(self, device_id: str) -> Included | None:
+        """The device's answer to this round so far (an update or a failed reply), if any."""
+        return self.included.get(device_id) or self.failed.get(device_id)
 
     def count(self, stat: str, amount: int = 1) -> None:
         self.stats[stat] += amount
         self.dirty = True
 
     def decide(self, now_ms: int | None) -> str | None:
-        return decide(self.devices, self.included, self.min_updates, self.deadline_ms, now_ms)
+        return decide(
+            self.devices, self.included, self.min_updates, self.deadline_ms, now_ms, failed=self.failed
+        )
 
 
 def decide(
@@ -102,19 +115,25 @@ def decide(
     min_updates: int,
     deadline_ms: int,
     now_ms: int | None,
+    *,
+    failed: Collection[str] = (),
 ) -> str | None:
     """The round's outcome if it should close now, else None.
 
     It completes as soon as every selected device is in (nothing more can
     come); otherwise it waits for the deadline, then completes with at least
-    ``min_updates`` updates or fails for want of a quorum. ``now_ms=None``
+    ``min_updates`` updates or fails for want of a quorum. A failed reply is
+    an answer but not an update: once every selected device answered, the
+    round is decided at once, as the deadline would decide it. ``now_ms=None``
     means "no clock": only the first rule applies.
     """
-    if included and set(selected) <= set(included):
+    answered = set(included) | set(failed)
+    if included and not failed and set(selected) <= answered:
         return COMPLETED
-    if now_ms is None or now_ms < deadline_ms:
+    everyone = bool(failed) and set(selected) <= answered
+    if not everyone and (now_ms is None or now_ms < deadline_ms):
         return None
-    return COMPLETED if len(included) >= min_updates else QUORUM_NOT_MET
+    return COMPLETED if included and len(included) >= min_updates else QUORUM_NOT_MET
 
 
 def train_loss(included: Collection[Included]) -> float | None:
@@ -138,6 +157,7 @@ def round_metrics(
     out: dict[str, float] = {
         "participants": float(len(rnd.included)),
         "selected": float(len(rnd.devices)),
+        "failed_devices": float(len(rnd.failed)),
         "bytes_in": float(rnd.stats.get("bytes_in", 0)),
         "duration_s": max(0.0, (closed_ms - rnd.opened_ms) / 1000),
     }

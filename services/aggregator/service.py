@@ -37,11 +37,17 @@ from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions
 from qflare.keys import DeviceKeys
 from qflare.protocol import Message
 from qflare.protocol.messages import ModelChunk
-from qflare.protocol.training import ModelUpdate
+from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
-from services.aggregator.checks import check_evaluation_reply, check_update, find_round, out_of_range
+from services.aggregator.checks import (
+    check_answer,
+    check_evaluation_reply,
+    check_update,
+    find_round,
+    out_of_range,
+)
 from services.aggregator.closing import Closer
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.control import Control
@@ -213,8 +219,11 @@ class AggregatorService(BatchLoop):
                         got = self.intake.read(record, cursor)
                         if got is not None:
                             msg, size = got
-                            assert isinstance(msg.body, ModelUpdate)
-                            self._include(msg, msg.body, size, batch)
+                            if isinstance(msg.body, RoundFailure):
+                                self._include_failure(msg, msg.body, size, batch)
+                            else:
+                                assert isinstance(msg.body, ModelUpdate)
+                                self._include(msg, msg.body, size, batch)
                             batch.accepted.append(msg)
                             key = (msg.body.job_id, msg.body.round)
                             self.closer.fanin.setdefault(key, FanIn()).add(record.headers)
@@ -240,7 +249,10 @@ class AggregatorService(BatchLoop):
             for gap in gaps:
                 await self.out.queue_gap(gap)
             for accepted in batch.accepted:
-                await self._isolated(self.out.queue_update_accepted(accepted))
+                if isinstance(accepted.body, RoundFailure):
+                    await self._isolated(self.out.queue_update_failed(accepted))
+                else:
+                    await self._isolated(self.out.queue_update_accepted(accepted))
             for error, record, rejected in batch.rejected:
                 await self._isolated(self._report(error, record, rejected))
             for expired in timeouts:
@@ -336,10 +348,27 @@ class AggregatorService(BatchLoop):
         rnd.include(Included(update.device_id, head.id, update.num_examples, loss, evaluation))
         metrics.ACCEPTED.labels(SERVICE, update.TYPE).inc()
 
+    def _include_failure(self, msg: Message, failure: RoundFailure, size: int, batch: _Batch) -> None:
+        """Count a device's failed reply as its answer (no update), or raise ``Rejected``."""
+        head = msg.header
+        claimed = self.rounds.get((failure.job_id, failure.round))
+        if claimed is not None:
+            claimed.count("bytes_in", size)
+            batch.touched[claimed.key] = claimed
+        try:
+            rnd = find_round(failure, sender=head.sender, header_round=head.round, rounds=self.rounds)
+            check_answer(failure, message_id=head.id, rnd=rnd)
+        except Rejected as exc:
+            if claimed is not None:
+                claimed.count(f"rejected_{exc.reason}")
+            raise
+        rnd.include(Included(failure.device_id, head.id, 0, None, failure=failure.reason))
+        metrics.ACCEPTED.labels(SERVICE, failure.TYPE).inc()
+
     async def _report(self, exc: QflareError, record: ConsumerRecord[Any, Any], msg: Message | None) -> None:
         context: dict[str, str | int | float | bool | None] = {}
         ref = None
-        if msg is not None and isinstance(msg.body, ModelUpdate):
+        if msg is not None and isinstance(msg.body, ModelUpdate | RoundFailure):
             context = {
                 "job_id": msg.body.job_id,
                 "round": msg.body.round,
@@ -366,6 +395,7 @@ class _Batch:
     """What handling one fetched batch changed, to be committed in one transaction."""
 
     touched: dict[tuple[str, int], OpenRound] = field(default_factory=dict)
-    #: Updates folded into a round, each audited (metadata only) in the same transaction.
+    #: Updates folded into a round and failed replies counted, each audited (metadata only)
+    #: in the same transaction.
     accepted: list[Message] = field(default_factory=list)
     rejected: list[tuple[QflareError, ConsumerRecord[Any, Any], Message | None]] = field(default_factory=list)

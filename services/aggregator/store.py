@@ -206,14 +206,14 @@ class AggregatorStore:
             )
         for r in rounds:
             cur = await self.conn.execute(
-                "SELECT device_id, message_id, num_examples, loss, evaluation FROM aggregator.included "
-                "WHERE job_id = %s AND round = %s",
+                "SELECT device_id, message_id, num_examples, loss, evaluation, failure "
+                "FROM aggregator.included WHERE job_id = %s AND round = %s",
                 (r.job_id, r.round),
             )
-            for device, msg_id, n, loss, evaluation in await cur.fetchall():
-                r.included[str(device)] = Included(
-                    str(device), bytes(msg_id), int(n), loss, _evaluation(evaluation)
-                )
+            for device, msg_id, n, loss, evaluation, failure in await cur.fetchall():
+                entry = Included(str(device), bytes(msg_id), int(n), loss, _evaluation(evaluation), failure)
+                answers = r.included if failure is None else r.failed
+                answers[entry.device_id] = entry
         return rounds
 
     async def checkpoint_round(self, rnd: OpenRound) -> None:
@@ -226,8 +226,8 @@ class AggregatorStore:
             async with self.conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO aggregator.included "
-                    "(job_id, round, device_id, message_id, num_examples, loss, evaluation) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    "(job_id, round, device_id, message_id, num_examples, loss, evaluation, failure) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                     [
                         (
                             rnd.job_id,
@@ -237,6 +237,7 @@ class AggregatorStore:
                             i.num_examples,
                             i.loss,
                             None if i.evaluation is None else json.dumps(i.evaluation.to_metrics()),
+                            i.failure,
                         )
                         for i in rnd.pending
                     ],

@@ -146,7 +146,8 @@ def test_devices_whose_app_cannot_load_heartbeat_while_rounds_complete_without_t
         # The demo waits for completed rounds; a round that fails ends the run here instead.
         assert rc.status == "completed", rc
 
-    # Two of the four selected devices reply: a quorum of half closes each round at its deadline.
+    # Two of the four selected devices send updates, the other two failed replies: a quorum of half
+    # is met, and everyone answered, so each round closes without waiting for its deadline.
     job = small_fedavg_job(rounds=2, seed=6, deadline_s=15.0, quorum=0.5)
     run = RunWithBrokenDevices(
         state=tmp_path / "edge",
@@ -164,8 +165,9 @@ def test_devices_whose_app_cannot_load_heartbeat_while_rounds_complete_without_t
     completed = [rc for rc in seen if rc.status == "completed"]
     assert [rc.round for rc in completed] == [1, 2]
     for rc in completed:
-        # Selected with the others, they sent nothing: the round closed at its deadline without them.
+        # Selected with the others, they answered with failed replies: counted, not included.
         assert rc.metrics["selected"] == 4, rc.metrics
+        assert rc.metrics["failed_devices"] == 2, rc.metrics
         assert rc.num_updates == 2 and sorted(rc.included) == good, rc
     # It answered each task with a failed reply carrying the import error, and kept heartbeating.
     [stats] = run.broken_stats.values()

@@ -40,7 +40,7 @@ from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat  # n
 from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
 from qflare.protocol.store import StoredModel  # noqa: E402
-from qflare.protocol.training import ModelUpdate, RoundTask  # noqa: E402
+from qflare.protocol.training import ModelUpdate, RoundFailure, RoundTask  # noqa: E402
 from qflare.types import Scalar  # noqa: E402
 from tests.vectors.accepted import acceptances  # noqa: E402
 from tests.vectors.cases import CHANNEL, RECEIVER, TS, Cases, build_rejections, fixed_id  # noqa: E402
@@ -232,6 +232,8 @@ def build() -> dict[str, Any]:
     add("enrollment_result", "enrollment_result", answer, key, "dev-1")
     add("audit_head", "audit_head", AuditHead("demo-1.", 42, bytes(range(32)), TS), key, "dev-1")
     add("stored_model", "stored_model", _stored_model(), key, "dev-1")
+    failure = RoundFailure("job-1", 7, "dev-1", 6, "ValueError", "the train handler raised: no data")
+    add("round_failure", "round_failure", failure, key, "dev-1", round=7)
 
     stranger = generate_key(seed=STRANGER_SEED)
     cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)

@@ -56,6 +56,8 @@ var (
 	// A stored model's name and version (§7.3), as a job's model "<name>@<version>" names them.
 	modelNameRe    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 	modelVersionRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	// A failed reply's reason (§7): a rejection reason or the name of the exception a device caught.
+	failureReasonRe = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.]{0,63}$`)
 )
 
 func enum(vs ...string) *ft   { return &ft{kind: fEnum, enum: vs} }
@@ -91,6 +93,8 @@ var bodySchemas = map[string][]fd{
 		f("metadata", tScalars)},
 	"model_update": {f("job_id", tID), f("round", tInt), f("device_id", tID), f("base_version", tInt),
 		f("num_examples", tInt), f("tensors", tTensors), f("metrics", tFloats)},
+	"round_failure": {f("job_id", tID), f("round", tInt), f("device_id", tID), f("base_version", tInt),
+		f("reason", &ft{kind: fStr, n: 64, re: failureReasonRe}), f("message", strMax(1000))},
 	"round_complete": {f("job_id", tID), f("round", tInt),
 		f("status", enum("completed", "quorum_not_met", "failed")), f("model_version", tInt),
 		f("num_updates", tInt), f("num_examples", tInt), f("included", tIDs), f("model_digest", opt(tBin32)),

@@ -28,7 +28,7 @@ from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Channel, Decoder, Reassembler, Tensor, seal, seal_chunked
 from qflare.protocol.control import AuditEvent, JobCommand
 from qflare.protocol.devices import Device
-from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundFailure, RoundTask
 from qflare.types import Scalar
 from tests.integration.services.harness import audit_events, channel_for, read_topic
 from tests.integration.services.processes import ManagedService, scrape
@@ -122,6 +122,11 @@ class SimDevice:
         """The signed reply to an evaluation-only round: no weights, the evaluation in ``metrics``."""
         body = ModelUpdate(job_id, round, self.device_id, version, 0, (), metrics)
         return seal_chunked(body, self.signer, self.channel, sender=self.device_id, round=round)
+
+    def failure(self, job_id: str, round: int, base_version: int, reason: str, message: str) -> bytes:
+        """The signed failed reply of a device that could not train for the round."""
+        body = RoundFailure(job_id, round, self.device_id, base_version, reason, message)
+        return seal(body, self.signer, self.channel, sender=self.device_id, round=round)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from qflare.protocol.devices import (
 from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope, new_message_id
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.store import StoredModel
-from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundTask
+from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundFailure, RoundTask
 
 NOW = 1_750_000_000_000
 SENDER = "dev-1"
@@ -80,6 +80,7 @@ def sample_bodies() -> list[Body]:
         RoundTask("job-1", 3, 2, "fedavg", ("dev-1", "dev-2"), NOW + 60_000, 1, 4, {"lr": 0.01, "epochs": 1}),
         GlobalModel("job-1", 2, small_tensors(), round=2, metadata={"arch": "cnn"}),
         ModelUpdate("job-1", 3, "dev-1", 2, 600, small_tensors(), {"loss": 0.25}),
+        RoundFailure("job-1", 3, "dev-2", 2, "ValueError", "the handler raised: no data in /data"),
         RoundComplete("job-1", 3, "completed", 3, 2, 1200, ("dev-1",), b"\x02" * 32, {"acc": 0.9}),
         AuditEvent("message.rejected", "warning", "aggregator", "signature", "dev-9", b"\x03" * 16, {"n": 1}),
         AuditHead("demo-1.", 42, b"\x08" * 32, NOW),

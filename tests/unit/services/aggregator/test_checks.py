@@ -10,10 +10,16 @@ from qflare.fl import FedAvg, FixedPoint, Update
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor
-from qflare.protocol.training import ModelUpdate, RoundTask
+from qflare.protocol.training import ModelUpdate, RoundFailure, RoundTask
 from qflare.reasons import Reason
 from qflare.types import Scalar
-from services.aggregator.checks import check_evaluation_reply, check_update, find_round, out_of_range
+from services.aggregator.checks import (
+    check_answer,
+    check_evaluation_reply,
+    check_update,
+    find_round,
+    out_of_range,
+)
 from services.aggregator.models import Layout
 from services.aggregator.rounds import Included, OpenRound
 
@@ -137,3 +143,27 @@ def test_the_round_combines_only_the_devices_that_evaluated() -> None:
     got = rnd.federated_evaluation()
     assert got["test_accuracy"] == 0.5 and got["evaluated_examples"] == 30
     assert got["evaluated_devices"] == 1 and got["evaluated_version"] == 2
+
+
+def _failure_reason(
+    failure: RoundFailure, rnd: OpenRound, *, sender: str = "a", message_id: bytes = MSG_ID
+) -> str:
+    with pytest.raises(Rejected) as caught:
+        found = find_round(failure, sender=sender, header_round=failure.round, rounds={rnd.key: rnd})
+        check_answer(failure, message_id=message_id, rnd=found)
+    return caught.value.reason
+
+
+def test_a_failed_reply_is_checked_like_an_update() -> None:
+    rnd = _round()
+    failure = RoundFailure("job", 3, "a", 2, "ValueError", "boom")
+    check_answer(failure, message_id=MSG_ID, rnd=rnd)
+    assert _failure_reason(failure, rnd, sender="b") == Reason.SENDER_MISMATCH
+    assert _failure_reason(RoundFailure("job", 9, "a", 2, "E", ""), rnd) == Reason.WRONG_ROUND
+    assert _failure_reason(RoundFailure("job", 3, "c", 2, "E", ""), rnd, sender="c") == Reason.UNSELECTED
+    assert _failure_reason(RoundFailure("job", 3, "a", 1, "E", ""), rnd) == Reason.WRONG_VERSION
+    # One answer per device: a failure after an update, or the same failure again, is refused.
+    rnd.include(Included("a", MSG_ID, 0, None, failure="ValueError"))
+    assert _failure_reason(failure, rnd) == Reason.REPLAY
+    assert _failure_reason(failure, rnd, message_id=b"\x02" * 16) == Reason.DUPLICATE
+    assert _reason(_update(), rnd, message_id=b"\x03" * 16) == Reason.DUPLICATE

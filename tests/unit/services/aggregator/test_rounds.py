@@ -54,3 +54,31 @@ def test_round_metrics() -> None:
     assert m["train_loss"] == (10 * 1.0 + 30 * 2.0) / 40
     assert m["test_accuracy"] == 0.5 and "test_loss" not in m  # non-finite values cannot travel
     assert rnd.num_examples == 40 and [i.device_id for i in rnd.pending] == ["a", "b"]
+
+
+def test_decide_failed_replies_are_answers_but_not_updates() -> None:
+    selected = ["a", "b", "c"]
+    # Everyone answered: decided at once, by the quorum of updates, as the deadline would.
+    assert decide(selected, ["a", "b"], 2, 1000, None, failed=["c"]) == COMPLETED
+    assert decide(selected, ["a"], 2, 1000, 0, failed=["b", "c"]) == QUORUM_NOT_MET
+    assert decide(selected, [], 1, 1000, None, failed=selected) == QUORUM_NOT_MET
+    # Someone has not answered: the deadline decides, failures count for nothing there.
+    assert decide(selected, ["a"], 1, 1000, None, failed=["b"]) is None
+    assert decide(selected, ["a"], 2, 1000, 1000, failed=["b"]) == QUORUM_NOT_MET
+
+
+def test_a_failed_reply_is_kept_apart_from_the_updates() -> None:
+    task = RoundTask("job", 1, 0, "fedavg", ("a", "b", "c"), 10_000, 2, 1)
+    layout = Layout.of("2nn")
+    state = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.shapes, layout.names)
+    rnd = OpenRound.from_task(task, b"\x00" * 16, 1_000, state)
+    rnd.include(Included("a", b"1", 10, 1.0))
+    rnd.include(Included("b", b"2", 30, 2.0))
+    assert rnd.decide(None) is None
+    rnd.include(Included("c", b"3", 0, None, failure="ValueError"))
+    assert list(rnd.included) == ["a", "b"] and list(rnd.failed) == ["c"]
+    assert rnd.answer("c") is rnd.failed["c"] and rnd.answer("d") is None
+    assert [i.device_id for i in rnd.pending] == ["a", "b", "c"]
+    assert rnd.decide(None) == COMPLETED
+    m = round_metrics(rnd, 2_000)
+    assert m["participants"] == 2 and m["failed_devices"] == 1 and rnd.num_examples == 40
