@@ -116,7 +116,9 @@ class PidFile:
         try:
             pid_text, created_text = self.path.read_text().split()
             proc = psutil.Process(int(pid_text))
-            if abs(proc.create_time() - float(created_text)) > 1.0 or proc.status() == psutil.STATUS_ZOMBIE:
+            # Not a reused pid: the start time matches. Within 2 s, because the kernel's boot time
+            # (which psutil adds the start ticks to) can move by a whole second between reads.
+            if abs(proc.create_time() - float(created_text)) > 2.0 or proc.status() == psutil.STATUS_ZOMBIE:
                 raise psutil.NoSuchProcess(int(pid_text))
         except FileNotFoundError:
             return None
