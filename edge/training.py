@@ -129,7 +129,12 @@ async def train_and_send(
     attrs = {"qflare.job_id": task.job_id, "qflare.round": str(task.round), "qflare.device": device.device_id}
     parent = _task_contexts.get((task.job_id, task.round))
     with tracer().start_as_current_span(f"train {task.round}", context=parent, attributes=attrs):
-        return await _train_and_send(device, task, weights, names, parent)
+        try:
+            return await _train_and_send(device, task, weights, names, parent)
+        except Exception as exc:  # noqa: BLE001 - one task, whatever went wrong, must not stop the device
+            failure = Failure(Reason.UNHANDLED, f"{type(exc).__name__}: {exc}"[:1000])
+            log.error("task failed", device=device.device_id, job_id=task.job_id, error=failure.message)
+            return failure
 
 
 async def _train_and_send(
@@ -181,7 +186,7 @@ async def _train_and_send(
             EvaluateTask(task.round, task.model_version, trained, config, names, device.context)
         )
         if isinstance(checked, EvaluateResult):
-            metrics["val_loss"] = checked.loss
+            metrics["val_loss"] = float(checked.loss)  # handlers may answer in numpy scalars
             metrics.update({f"val_{k}": float(v) for k, v in checked.metrics.items()})
     update = ModelUpdate(
         job_id=task.job_id,
@@ -211,6 +216,16 @@ async def evaluate_global(
     result = await device.app.run_evaluate(
         EvaluateTask(task.round, task.model_version, own, config, names, device.context)
     )
+    if isinstance(result, EvaluateResult):
+        # Handlers often return numpy or torch scalars: the wire carries plain floats only.
+        try:
+            result = EvaluateResult(
+                int(result.num_examples),
+                float(result.loss),
+                {str(k): float(v) for k, v in result.metrics.items()},
+            )
+        except (TypeError, ValueError, AttributeError) as exc:
+            result = Failure(Reason.SCHEMA, f"the evaluation's result is not numbers: {exc}")
     if isinstance(result, EvaluateResult):
         values = (result.loss, *result.metrics.values())
         if result.num_examples < 1:

@@ -30,6 +30,14 @@ LOSS = PREFIX + "loss"
 TEST = "test_"
 
 
+#: A device's evaluation counts at most this many examples, names at most this many metrics, and
+#: reports values of at most this magnitude: past them the reply is left out of the combination,
+#: so no device can overflow the weighted sums or swell the round-complete event past its limits.
+MAX_EXAMPLES = 1 << 40
+MAX_METRICS = 32
+MAX_MAGNITUDE = 1e15
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceEvaluation:
     """One device's evaluation of one model version on its own held-out data."""
@@ -46,16 +54,19 @@ class DeviceEvaluation:
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, float]) -> DeviceEvaluation | None:
-        """The evaluation a reply's metrics carry, or None (none, no examples, or not finite)."""
+        """The evaluation a reply's metrics carry, or None (none, no examples, not finite, or past
+        the bounds above)."""
         examples, loss = metrics.get(EXAMPLES), metrics.get(LOSS)
-        if examples is None or loss is None or examples < 1 or examples != int(examples):
+        if examples is None or loss is None or not 1 <= examples <= MAX_EXAMPLES or examples != int(examples):
             return None
         own = {
             k.removeprefix(PREFIX): v
             for k, v in metrics.items()
             if k.startswith(PREFIX) and k not in (EXAMPLES, LOSS)
         }
-        if not all(math.isfinite(v) for v in (loss, *own.values())):
+        if len(own) > MAX_METRICS:
+            return None
+        if not all(math.isfinite(v) and abs(v) <= MAX_MAGNITUDE for v in (loss, *own.values())):
             return None
         return cls(int(examples), loss, own)
 

@@ -45,7 +45,8 @@ def load(ref: str, target: str) -> EntryPoint:
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
+    except Exception as exc:
+        # error: named as a ConfigError, never an exception that stops the aggregator
         raise ConfigError(f"{ref}: cannot import {module_name!r}: {exc}", field=SETTING) from exc
     found = getattr(module, attr, None)
     if not callable(found):

@@ -110,7 +110,10 @@ async def test_central_evaluation_of_a_stored_model_is_refused_at_start(
 
 
 def _app(accuracy: float | None) -> DeviceApp:
-    """A numpy-only app; its evaluation reports ``accuracy`` + 0.1 per model version, or raises."""
+    """A numpy-only app; its evaluation reports ``accuracy`` + 0.1 per model version, or raises.
+
+    It answers in numpy scalars, as handlers often do: the device turns them into plain numbers.
+    """
     app = DeviceApp()
 
     @app.train
@@ -121,7 +124,8 @@ def _app(accuracy: float | None) -> DeviceApp:
     def evaluate(task: EvaluateTask) -> EvaluateResult:
         if accuracy is None:
             raise RuntimeError("this device's held-out data is unreadable")
-        return EvaluateResult(40, 1.0 - accuracy, {"accuracy": accuracy + 0.1 * task.model_version})
+        mean = np.float32(accuracy + 0.1 * task.model_version)
+        return EvaluateResult(np.int64(40), np.float32(1.0 - accuracy), {"accuracy": mean})  # type: ignore[arg-type,dict-item]
 
     return app
 

@@ -6,7 +6,13 @@ import pytest
 
 from qflare.errors import ConfigError, SchemaError
 from qflare.fl import JobSpec, TrainConfig, build_strategy
-from qflare.fl.evaluation import DeviceEvaluation, combine, evaluation_round, is_evaluation_round
+from qflare.fl.evaluation import (
+    MAX_METRICS,
+    DeviceEvaluation,
+    combine,
+    evaluation_round,
+    is_evaluation_round,
+)
 
 
 def test_combination_is_weighted_by_examples() -> None:
@@ -68,3 +74,17 @@ def test_federated_jobs_ask_devices_to_evaluate_and_end_with_an_evaluation_round
     assert not is_evaluation_round({})  # a round task without the key trains
     with pytest.raises(ConfigError):
         evaluation_round(JobSpec(), train)
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"eval_examples": 1e308, "eval_loss": 1.0},  # would overflow the weighted sums at close
+        {"eval_examples": 10.0, "eval_loss": 1e300},
+        {"eval_examples": 10.0, "eval_loss": 1.0, **{f"eval_m{i}": 0.5 for i in range(MAX_METRICS + 1)}},
+    ],
+)
+def test_an_evaluation_past_the_bounds_is_left_out(metrics: dict[str, float]) -> None:
+    assert DeviceEvaluation.from_metrics(metrics) is None
+    honest = DeviceEvaluation.from_metrics({"eval_examples": 10.0, "eval_loss": 0.5, "eval_accuracy": 0.9})
+    assert honest is not None and combine({"d": honest}, 1)["test_accuracy"] == 0.9

@@ -27,6 +27,11 @@ def broken(names: tuple[str, ...], weights: list[NDArray[Any]]) -> Result:
     raise RuntimeError("the owner's test data is missing")
 
 
+def missing_file(names: tuple[str, ...], weights: list[NDArray[Any]]) -> Result:
+    with open("/nonexistent/owner-test-data.npz", "rb"):
+        return Result(1, 1.0)
+
+
 def no_examples(names: tuple[str, ...], weights: list[NDArray[Any]]) -> Result:
     return Result(0, 1.0)
 
