@@ -22,6 +22,11 @@ POSTGRES_ROLES = ("registry", "aggregator", "audit")
 REDIS_USERS = ("registry", "scheduler")
 
 
+def elasticsearch_url() -> str:
+    """The local stack's Elasticsearch, on the port it was started with (``QFLARE_ELASTICSEARCH_PORT``)."""
+    return f"http://127.0.0.1:{os.environ.get('QFLARE_ELASTICSEARCH_PORT', '19200')}"
+
+
 def runtime_dir() -> Path:
     return Path(os.environ.get("QFLARE_RUNTIME_DIR", ".qflare")).resolve()
 

@@ -28,6 +28,7 @@ import structlog
 from opentelemetry import trace
 from prometheus_client import Counter
 
+from qflare import localstack
 from qflare.tracing import configure_tracing
 
 ECS_VERSION = "8.11.0"
@@ -165,9 +166,7 @@ class LogShipper:
 
 
 def _default_es_url() -> str:
-    return os.environ.get(
-        "QFLARE_LOG_ES_URL", f"http://127.0.0.1:{os.environ.get('QFLARE_ELASTICSEARCH_PORT', '19200')}"
-    )
+    return os.environ.get("QFLARE_LOG_ES_URL") or localstack.elasticsearch_url()
 
 
 def _shipping(shipper: LogShipper) -> Any:

@@ -25,7 +25,7 @@ from devstack import launcher
 from devstack.settings import StackSettings
 from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
-from qflare import operator, poison
+from qflare import localstack, operator, poison
 from qflare.crypto import read_key
 from qflare.errors import QflareError, StackError
 from qflare.fl import JobSpec
@@ -361,7 +361,7 @@ class Run:
             "traces",
             "Jaeger UI http://127.0.0.1:16686 (service scheduler, tag qflare.job_id); needs --keep-stack",
         )
-        table.add_row("logs in Elasticsearch", "http://127.0.0.1:19200/qflare-logs-*/_search")
+        table.add_row("logs in Elasticsearch", f"{localstack.elasticsearch_url()}/qflare-logs-*/_search")
         console.print(table)
 
 

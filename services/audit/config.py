@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from qflare import localstack
 from qflare.config import BatchServiceSettings, Port
 
 
@@ -18,7 +19,8 @@ class AuditSettings(BatchServiceSettings):
     metrics_port: Port = 9104
     #: A signed checkpoint entry after every this many entries.
     checkpoint_every: int = Field(default=100, ge=1)
-    elasticsearch_url: str = "http://127.0.0.1:19200"
+    #: Default: the local stack's, on the port it was started with.
+    elasticsearch_url: str = Field(default_factory=localstack.elasticsearch_url)
     #: Empty disables indexing (the chain in PostgreSQL is still written).
     index_prefix: str = "qflare-audit"
     #: How often the indexer looks for entries not yet in Elasticsearch.
