@@ -151,6 +151,8 @@ async def test_a_failed_reply_survives_a_kill9(
             if (await cur.fetchone() or (0,))[0]:
                 break
             await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the failed reply never reached the round's checkpoint")
     aggregator.kill9()
     aggregator.start()
     # The restarted aggregator knows c answered: the two updates close the round at once.
