@@ -219,6 +219,16 @@ class TrainConfig(_Parsed):
     evaluate_global: bool
     #: False in an evaluation-only round: the device evaluates and replies without weights.
     train: bool
+    #: SCAFFOLD: correct each local gradient by ``c - c_i`` (the server's control variate comes with
+    #: the model as the ``control`` group; ``c_i`` is the device's own, kept in its local state) and
+    #: send ``c_i+ - c_i`` back as the ``control`` group.
+    scaffold: bool = False
+    #: Ditto's λ: above 0 the device also trains its personal model toward the received global one
+    #: (``loss + λ/2 ||v - w_global||^2``), keeps it in its local state and reports its evaluation.
+    ditto_lambda: float = Field(0.0, ge=0)
+    #: FedPer: a regular expression (``re.fullmatch``) of tensor names that are personal: they are
+    #: trained and kept on the device and never sent; empty for none.
+    personal: str = ""
 
     def to_config(self) -> dict[str, Scalar]:
         return self.model_dump()

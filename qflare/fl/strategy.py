@@ -1,17 +1,27 @@
-"""The strategy interface: what to ask devices for, and how to fold their answers in.
+"""The strategy interface: what to ask devices for, what to check, and how to fold their answers in.
 
 A strategy object holds only its job's immutable settings (``JobSpec``, with the
-strategy's own parameters in ``job.strategy``). Everything that changes lives in a
-``StrategyState`` that the caller owns and checkpoints (``to_bytes``), so the
-aggregator can be killed between any two calls and resume from the last stored
-state: no method relies on another having been called on this object.
+strategy's own parameters in ``job.strategy``). Everything that changes lives in
+objects the caller owns and checkpoints, so the aggregator can be killed between any
+two calls and resume: no method relies on another having been called on this object.
+
+- ``StrategyState`` (``qflare.fl.state``): the server's state between rounds, written
+  once per round (optimiser moments, a global control variate).
+- The round's input, in one of two modes (``Strategy.mode``):
+
+  - ``"streaming"``: ``RoundSums``, exact running sums of each tensor group, O(model)
+    memory whatever the number of updates;
+  - ``"buffered"``: every accepted ``Update`` of the round, handed to ``aggregate``
+    in device-id order (robust aggregators need them all at once).
 
 A round, as the services drive it::
 
+    spec = strategy.update_spec(names, shapes)                         # aggregator: the checks
     configs = strategy.configure_round(rnd, devices)                   # scheduler -> RoundTask.config
-    state = strategy.begin_round(state, rnd, shapes, names)           # aggregator: fresh, empty sum
-    strategy.accumulate(state, Update(weights, num_examples))          # per update, in place
-    new_global, state = strategy.aggregate(state, global_weights)      # when quorum/deadline is met
+    extra = strategy.server_groups(state)                              # published with the model
+    sums = strategy.begin_round(state, rnd, names, shapes)             # streaming: empty sums
+    strategy.accumulate(sums, update)                                  # streaming: per update
+    new_global, state = strategy.aggregate(state, sums_or_updates, global_weights)
 
 ``configure_round`` depends only on the job, the round and the selection: the
 scheduler, which sends the instructions, does not hold the aggregator's state.
@@ -20,116 +30,52 @@ scheduler, which sends the instructions, does not hold the aggregator's state.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, NamedTuple, Self
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal, NamedTuple
 
-import msgpack
-import numpy as np
 from numpy.typing import NDArray
 
 from qflare.errors import AggregationError, ConfigError
 from qflare.fl.accumulate import FixedPoint, FixedPointAccumulator
 from qflare.fl.arrays import NDArrays, Shape
 from qflare.fl.job import JobSpec, StrategyParams, TrainConfig
-from qflare.types import Scalar
+from qflare.fl.spec import WEIGHTS, GroupSpec, UpdateSpec
+from qflare.fl.state import RoundSums, StrategyState
 
-_STATE_VERSION = 1
-# Server-side arrays (e.g. optimiser moments) may use only these dtypes in a checkpoint.
-_STATE_DTYPES = frozenset({"<f4", "<f8", "<i8"})
+Mode = Literal["streaming", "buffered"]
+_NO_METRICS: Mapping[str, float] = MappingProxyType({})
 
 
 class Update(NamedTuple):
-    """One device's result: weights in the global model's tensor order, and its example count."""
+    """One device's accepted result: its tensor groups by name, its example count and its metrics."""
 
-    weights: Sequence[NDArray[Any]]
+    device_id: str
+    groups: Mapping[str, Sequence[NDArray[Any]]]
     num_examples: int
+    metrics: Mapping[str, float] = _NO_METRICS
+
+    @property
+    def weights(self) -> Sequence[NDArray[Any]]:
+        return self.groups[WEIGHTS]
 
 
-@dataclass(slots=True)
-class StrategyState:
-    """Everything a strategy carries between calls; serialisable for the aggregator's checkpoint."""
-
-    strategy: str
-    round: int = 0
-    #: The running sum of the round in progress; ``None`` between rounds.
-    accumulator: FixedPointAccumulator | None = None
-    #: Server-side arrays that outlive a round (e.g. FedAdam's moments). FedAvg has none.
-    arrays: dict[str, NDArray[Any]] = field(default_factory=dict)
-    scalars: dict[str, Scalar] = field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        arrays = {}
-        for name, a in self.arrays.items():
-            tag = a.dtype.newbyteorder("<").str
-            if tag not in _STATE_DTYPES:
-                raise AggregationError(f"dtype {tag} cannot be checkpointed", field=f"arrays.{name}")
-            arrays[name] = {
-                "dtype": tag,
-                "shape": list(a.shape),
-                "data": np.ascontiguousarray(a, tag).tobytes(),
-            }
-        doc = {
-            "v": _STATE_VERSION,
-            "strategy": self.strategy,
-            "round": self.round,
-            "accumulator": None if self.accumulator is None else self.accumulator.to_bytes(),
-            "arrays": arrays,
-            "scalars": self.scalars,
-        }
-        return bytes(msgpack.packb(doc, use_bin_type=True))
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> Self:
-        try:
-            doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-            raise AggregationError(f"strategy state does not decode: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("v") != _STATE_VERSION:
-            raise AggregationError("not a version-1 strategy state", field="v")
-        if not isinstance(doc.get("strategy"), str):
-            raise AggregationError("must be a string", field="strategy")
-        if type(doc.get("round")) is not int or doc["round"] < 0:
-            raise AggregationError("must be a non-negative integer", field="round")
-        acc = doc.get("accumulator")
-        if acc is not None and not isinstance(acc, bytes):
-            raise AggregationError("must be bytes or nil", field="accumulator")
-        scalars, raw_arrays = doc.get("scalars"), doc.get("arrays")
-        if not isinstance(scalars, dict) or not all(
-            isinstance(v, str | int | float | bool) or v is None for v in scalars.values()
-        ):
-            raise AggregationError("must map names to scalars", field="scalars")
-        if not isinstance(raw_arrays, dict):
-            raise AggregationError("must be a map", field="arrays")
-        arrays: dict[str, NDArray[Any]] = {}
-        for name, spec in raw_arrays.items():
-            try:
-                dtype = np.dtype(spec["dtype"]) if spec["dtype"] in _STATE_DTYPES else None
-                shape = tuple(int(d) for d in spec["shape"])
-                if dtype is None or any(d < 0 for d in shape):
-                    raise ValueError("bad dtype or shape")
-                arrays[name] = np.frombuffer(spec["data"], dtype=dtype).reshape(shape).copy()
-            except (KeyError, TypeError, ValueError) as exc:
-                raise AggregationError(f"does not decode: {exc}", field=f"arrays.{name}") from exc
-        return cls(
-            strategy=doc["strategy"],
-            round=doc["round"],
-            accumulator=None if acc is None else FixedPointAccumulator.from_bytes(acc),
-            arrays=arrays,
-            scalars=scalars,
-        )
+#: What ``aggregate`` receives: the sums (streaming) or the updates in device-id order (buffered).
+RoundInput = RoundSums | Sequence[Update]
 
 
 class Strategy(ABC):
-    """Base of all strategies: streaming accumulation of example-weighted updates.
+    """Base of all strategies; by default streaming, example-weighted, weights only.
 
     A subclass names itself (``name``), declares its parameters (``Params``, whose
     ``name`` is the same literal) and is registered with
-    ``qflare.fl.registry.register_strategy``.
+    ``qflare.fl.registry.register_strategy``. A variant overrides one step and
+    calls ``super()``.
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[StrategyParams]]
+    mode: ClassVar[Mode] = "streaming"
 
     def __init__(self, job: JobSpec | None = None, *, fixed_point: FixedPoint | None = None) -> None:
         job = job if job is not None else JobSpec(strategy=self.Params.model_validate({"name": self.name}))
@@ -139,6 +85,8 @@ class Strategy(ABC):
             )
         self.job = job
         self.fixed_point = fixed_point or FixedPoint()
+
+    # --- what devices are asked, and what they must send --------------------------------
 
     def initial_state(self) -> StrategyState:
         return StrategyState(strategy=self.name)
@@ -164,33 +112,83 @@ class Strategy(ABC):
             train=True,
         )
 
+    def update_spec(self, names: Sequence[str], shapes: Sequence[Shape]) -> UpdateSpec:
+        """The groups and metrics an update must carry: by default every weight, within the sum's range."""
+        group = GroupSpec(tuple(names), tuple(tuple(s) for s in shapes), self.fixed_point.max_abs)
+        return UpdateSpec({WEIGHTS: group})
+
+    def server_groups(self, state: StrategyState) -> dict[str, NDArrays]:
+        """Tensor groups sent to devices with the global model (e.g. SCAFFOLD's control); none by default."""
+        return {}
+
+    # --- the round ---------------------------------------------------------------------
+
     def begin_round(
-        self, state: StrategyState, round: int, shapes: Sequence[Shape], names: Sequence[str]
-    ) -> StrategyState:
-        """A copy of ``state`` with an empty sum for ``round`` (any unfinished sum is dropped).
+        self, state: StrategyState, round: int, names: Sequence[str], shapes: Sequence[Shape]
+    ) -> RoundSums:
+        """Empty sums for ``round``, one per group of the update spec (none for a buffered strategy).
 
         It takes the model's tensor shapes, not its weights: an empty sum needs no
         values, so the caller need not load the global model to open a round.
         """
         self._check_owner(state)
-        acc = FixedPointAccumulator(names, shapes, self.fixed_point)
-        return replace(state, round=round, accumulator=acc)
+        if self.mode == "buffered":
+            return RoundSums(round=round)
+        spec = self.update_spec(names, shapes)
+        return RoundSums(
+            round=round,
+            sums={g: self._empty(s) for g, s in spec.groups.items()},
+        )
 
-    def accumulate(self, state: StrategyState, update: Update) -> None:
-        """Fold one update into ``state``'s sum, in place (O(model) memory, exact, order-free)."""
-        self._running(state).add(update.weights, update.num_examples)
+    def accumulate(self, sums: RoundSums, update: Update) -> None:
+        """Fold one update into the round's sums, in place (exact, order-free). Streaming only."""
+        if self.mode != "streaming":
+            raise AggregationError(f"{self.name} buffers updates; it keeps no sums", field="mode")
+        spec = {g: s.weighting for g, s in self._weightings(sums).items()}
+        for group, acc in sums.sums.items():
+            weight = update.num_examples if spec[group] == "examples" else 1
+            acc.add(update.groups[group], weight)
 
     @abstractmethod
     def aggregate(
-        self, state: StrategyState, global_weights: Sequence[NDArray[Any]]
+        self, state: StrategyState, round: RoundInput, global_weights: Sequence[NDArray[Any]]
     ) -> tuple[NDArrays, StrategyState]:
-        """Close the round: the new global weights and the state to carry into the next round."""
+        """Close the round: the new global weights and the server state to carry into the next round."""
 
-    def _running(self, state: StrategyState) -> FixedPointAccumulator:
-        self._check_owner(state)
-        if state.accumulator is None:
-            raise AggregationError(f"round {state.round} has not begun", field="accumulator")
-        return state.accumulator
+    # --- helpers for subclasses ---------------------------------------------------------
+
+    def _empty(self, group: GroupSpec) -> FixedPointAccumulator:
+        return FixedPointAccumulator(group.names, group.shapes, self.fixed_point)
+
+    def _weightings(self, sums: RoundSums) -> dict[str, GroupSpec]:
+        any_acc = next(iter(sums.sums.values()), None)
+        if any_acc is None:
+            raise AggregationError(f"round {sums.round} has no sums", field="sums")
+        weights = sums.sums.get(WEIGHTS, any_acc)
+        spec = self.update_spec(weights.names, weights.shapes)
+        if set(spec.groups) != set(sums.sums):
+            raise AggregationError(
+                f"sums hold groups {sorted(sums.sums)}, the strategy expects {sorted(spec.groups)}",
+                field="sums",
+            )
+        return dict(spec.groups)
+
+    def _sums(self, round: RoundInput) -> RoundSums:
+        if not isinstance(round, RoundSums):
+            raise AggregationError(f"{self.name} aggregates running sums, not buffered updates", field="mode")
+        if not round.sums or round.count == 0:
+            raise AggregationError(f"round {round.round} has no updates to aggregate", field="sums")
+        return round
+
+    def _updates(self, round: RoundInput) -> Sequence[Update]:
+        if isinstance(round, RoundSums):
+            raise AggregationError(f"{self.name} needs the round's updates, not sums", field="mode")
+        if not round:
+            raise AggregationError("the round has no updates to aggregate", field="updates")
+        ids = [u.device_id for u in round]
+        if ids != sorted(set(ids)):
+            raise AggregationError("updates must come once each, in device-id order", field="updates")
+        return round
 
     def _check_owner(self, state: StrategyState) -> None:
         if state.strategy != self.name:

@@ -11,6 +11,7 @@ in memory as its raw 16-bit patterns (``<u2``); ``bf16_to_float32`` widens it.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,3 +172,32 @@ def float32_to_bf16(array: NDArray[Any]) -> NDArray[np.uint16]:
 def bf16_to_float32(bits: NDArray[Any]) -> NDArray[np.float32]:
     """Widen bfloat16 bit patterns to float32 (exact)."""
     return (np.asarray(bits, dtype="<u2").astype("<u4") << 16).view("<f4")
+
+
+#: The tensor group of a model's own weights: its tensors travel under their plain names.
+WEIGHTS_GROUP = "weights"
+#: Separates a group from a tensor name: ``control/fc1.weight`` is ``fc1.weight`` of group ``control``.
+GROUP_SEP = "/"
+
+
+def qualified(group: str, name: str) -> str:
+    """The wire name of tensor ``name`` of ``group`` (weights keep their plain names)."""
+    return name if group == WEIGHTS_GROUP else f"{group}{GROUP_SEP}{name}"
+
+
+def split_groups(tensors: Sequence[Tensor], groups: Collection[str]) -> dict[str, list[Tensor]]:
+    """Tensors by group, each renamed to its plain name, in their wire order.
+
+    A tensor named ``g/rest`` with ``g`` one of ``groups`` (the groups other than the
+    weights that the receiver expects) belongs to ``g``; every other tensor is a weight.
+    The receiver's list decides, not the name alone: a model tensor whose own name has
+    a ``/`` (ONNX initialisers can) stays a weight unless its prefix is an expected group.
+    """
+    out: dict[str, list[Tensor]] = {}
+    for tensor in tensors:
+        group, sep, rest = tensor.name.partition(GROUP_SEP)
+        if sep and rest and group in groups and group != WEIGHTS_GROUP:
+            out.setdefault(group, []).append(Tensor(rest, tensor.dtype, tensor.array))
+        else:
+            out.setdefault(WEIGHTS_GROUP, []).append(tensor)
+    return out

@@ -113,7 +113,9 @@ class Closer:
         if base is None:  # the round was opened on this version; only a damaged store lacks it
             raise AggregationError(f"model {rnd.model_version} of {rnd.job_id!r} is missing", field="model")
         began = time.perf_counter()
-        weights, carried = job.strategy.aggregate(rnd.state, weights_of(decode(base.weights), layout))
+        weights, carried = job.strategy.aggregate(
+            StrategyState.from_bytes(job.strategy_state), rnd.sums, weights_of(decode(base.weights), layout)
+        )
         model = encode(
             rnd.job_id,
             rnd.model_version + 1,

@@ -291,10 +291,10 @@ class Control:
         # The latest version is a stored one, and a fresh sum needs only its shapes, which the
         # job's layout has: the stored model is neither fetched nor decoded to open a round.
         layout = job.layout
-        state = job.strategy.begin_round(
-            StrategyState.from_bytes(job.strategy_state), task.round, layout.shapes, layout.names
+        sums = job.strategy.begin_round(
+            StrategyState.from_bytes(job.strategy_state), task.round, layout.names, layout.shapes
         )
-        rnd = OpenRound.from_task(task, msg.header.id, now_ms(), state)
+        rnd = OpenRound.from_task(task, msg.header.id, now_ms(), sums)
         await self.store.insert_round(rnd, dict(task.config))
         await self._fence(job, task.fencing_token)
         self.rounds[rnd.key] = rnd

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from qflare.fl import StrategyState
+from qflare.fl import RoundSums
 from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round
 from qflare.protocol.training import RoundTask
 
@@ -45,8 +45,8 @@ class OpenRound:
     deadline_ms: int
     min_updates: int
     opened_ms: int
-    #: The strategy's state with the running sum of this round's accepted updates.
-    state: StrategyState
+    #: The exact running sums of this round's accepted updates (a buffered strategy has none).
+    sums: RoundSums
     included: dict[str, Included] = field(default_factory=dict)
     #: Devices that answered with a failed reply: they count as answers, never as updates.
     failed: dict[str, Included] = field(default_factory=dict)
@@ -59,7 +59,7 @@ class OpenRound:
     evaluate_only: bool = False
 
     @classmethod
-    def from_task(cls, task: RoundTask, task_id: bytes, opened_ms: int, state: StrategyState) -> OpenRound:
+    def from_task(cls, task: RoundTask, task_id: bytes, opened_ms: int, sums: RoundSums) -> OpenRound:
         return cls(
             job_id=task.job_id,
             round=task.round,
@@ -70,7 +70,7 @@ class OpenRound:
             deadline_ms=task.deadline_ms,
             min_updates=task.min_updates,
             opened_ms=opened_ms,
-            state=state,
+            sums=sums,
             evaluate_only=is_evaluation_round(task.config),
         )
 

@@ -30,7 +30,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from qflare import metrics, poison
 from qflare.clock import now_ms
 from qflare.errors import InvalidUpdateError, ProtocolError, QflareError, Rejected, is_transient
-from qflare.fl import FixedPoint, JobSpec, Update
+from qflare.fl import WEIGHTS, FixedPoint, JobSpec, Update
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
@@ -334,7 +334,13 @@ class AggregatorService(BatchLoop):
                 check_update(update, message_id=head.id, rnd=rnd, layout=job.layout, fmt=self.fixed_point)
                 try:
                     job.strategy.accumulate(
-                        rnd.state, Update([t.array for t in update.tensors], update.num_examples)
+                        rnd.sums,
+                        Update(
+                            update.device_id,
+                            {WEIGHTS: [t.array for t in update.tensors]},
+                            update.num_examples,
+                            update.metrics,
+                        ),
                     )
                 except InvalidUpdateError as exc:  # the sum's own range and capacity checks
                     raise out_of_range(exc, job.layout) from exc

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import TupleRow
 
-from qflare.fl import StrategyState
+from qflare.fl import RoundSums
 from qflare.fl.evaluation import DeviceEvaluation, is_evaluation_round
 from qflare.migrations import migrate
 from qflare.outbox import Outbox
@@ -160,7 +160,7 @@ class AggregatorStore:
                 rnd.deadline_ms,
                 rnd.min_updates,
                 json.dumps(config),
-                rnd.state.to_bytes(),
+                rnd.sums.to_bytes(),
                 rnd.opened_ms,
             ),
         )
@@ -199,7 +199,7 @@ class AggregatorStore:
                     deadline_ms=int(deadline),
                     min_updates=int(quorum),
                     opened_ms=int(opened),
-                    state=StrategyState.from_bytes(bytes(state)),
+                    sums=RoundSums.from_bytes(bytes(state)),
                     stats=Counter({str(k): int(v) for k, v in dict(stats).items()}),
                     evaluate_only=is_evaluation_round(dict(config)),
                 )
@@ -220,7 +220,7 @@ class AggregatorStore:
         """Write the round's running sum, counters and newly included updates (caller's transaction)."""
         await self.conn.execute(
             "UPDATE aggregator.rounds SET state = %s, stats = %s WHERE job_id = %s AND round = %s",
-            (rnd.state.to_bytes(), json.dumps(dict(rnd.stats)), rnd.job_id, rnd.round),
+            (rnd.sums.to_bytes(), json.dumps(dict(rnd.stats)), rnd.job_id, rnd.round),
         )
         if rnd.pending:
             async with self.conn.cursor() as cur:

@@ -17,7 +17,9 @@ from numpy.typing import NDArray
 from qflare.fl.arrays import NDArrays, check_like
 from qflare.fl.job import StrategyParams
 from qflare.fl.registry import register_strategy
-from qflare.fl.strategy import Strategy, StrategyState
+from qflare.fl.spec import WEIGHTS
+from qflare.fl.state import StrategyState
+from qflare.fl.strategy import RoundInput, Strategy
 
 
 class FedAvgParams(StrategyParams):
@@ -32,9 +34,10 @@ class FedAvg(Strategy):
     Params: ClassVar[type[StrategyParams]] = FedAvgParams
 
     def aggregate(
-        self, state: StrategyState, global_weights: Sequence[NDArray[Any]]
+        self, state: StrategyState, round: RoundInput, global_weights: Sequence[NDArray[Any]]
     ) -> tuple[NDArrays, StrategyState]:
-        acc = self._running(state)
+        self._check_owner(state)
+        acc = self._sums(round).sums[WEIGHTS]
         # The global weights are unused by the mean, but a mismatch means the caller mixed up models.
         check_like(global_weights, acc.shapes, acc.names)
-        return acc.mean(), replace(state, accumulator=None)
+        return acc.mean(), replace(state, round=self._sums(round).round)

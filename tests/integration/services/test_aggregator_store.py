@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from devstack.settings import StackSettings
-from qflare.fl import FedAvg, StrategyState, Update
+from qflare.fl import WEIGHTS, FedAvg, RoundSums, Update
 from qflare.fl.arrays import shapes_of
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol.training import RoundTask
@@ -40,23 +40,22 @@ async def test_job_model_round_checkpoint_and_close_round_trip(store: Aggregator
     assert decode(row.weights).version == 0
 
     task = RoundTask(job, 1, 0, "fedavg", ("a", "b"), 2**41, 1, 1, {"lr": 0.1})
-    state = fedavg.begin_round(fedavg.initial_state(), 1, shapes_of(weights), tensor_names("2nn"))
+    state = fedavg.begin_round(fedavg.initial_state(), 1, tensor_names("2nn"), shapes_of(weights))
     rnd = OpenRound.from_task(task, b"\x07" * 16, 1_700_000_000_123, state)
     await store.insert_round(rnd, dict(task.config))
     assert await store.round_task_id(job, 1) == b"\x07" * 16 and await store.last_round(job) == 1
 
-    fedavg.accumulate(rnd.state, Update(init_weights("2nn", 5), 42))
+    fedavg.accumulate(rnd.sums, Update("a", {WEIGHTS: init_weights("2nn", 5)}, 42))
     rnd.include(Included("a", b"\x01" * 16, 42, 0.25))
     rnd.count("bytes_in", 999)
     rnd.count("rejected_shape")
     async with store.conn.transaction():
         await store.checkpoint_round(rnd)
     (back,) = [r for r in await store.open_rounds() if r.job_id == job]
-    assert back.state.to_bytes() == rnd.state.to_bytes()
+    assert back.sums.to_bytes() == rnd.sums.to_bytes()
     assert back.included == {"a": Included("a", b"\x01" * 16, 42, 0.25)} and back.pending == []
     assert back.stats == rnd.stats and back.opened_ms == rnd.opened_ms and back.devices == ("a", "b")
-    assert isinstance(back.state, StrategyState) and back.state.accumulator is not None
-    assert back.state.accumulator.count == 1
+    assert isinstance(back.sums, RoundSums) and back.sums.count == 1
 
     assert await store.close_round(back, "completed", {"status": "completed"})
     assert not await store.close_round(back, "completed", {"status": "completed"})  # a close happens once

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qflare.errors import InvalidUpdateError, Rejected
-from qflare.fl import FedAvg, FixedPoint, Update
+from qflare.fl import WEIGHTS, FedAvg, FixedPoint, Update
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor
@@ -30,7 +30,7 @@ MSG_ID = b"\x01" * 16
 
 def _round() -> OpenRound:
     task = RoundTask("job", 3, 2, "fedavg", ("a", "b"), 10_000, 1, 1)
-    state = FedAvg().begin_round(FedAvg().initial_state(), 3, LAYOUT.shapes, LAYOUT.names)
+    state = FedAvg().begin_round(FedAvg().initial_state(), 3, LAYOUT.names, LAYOUT.shapes)
     return OpenRound.from_task(task, b"\x00" * 16, 0, state)
 
 
@@ -105,16 +105,16 @@ def test_values_are_not_read_here_the_decoder_and_the_sum_own_them() -> None:
     big[4][0, 0] = 2e6  # beyond the sum's 2**20
     check_update(_update(weights=big), message_id=MSG_ID, rnd=rnd, layout=LAYOUT, fmt=FMT)
     with pytest.raises(InvalidUpdateError) as caught:
-        FedAvg().accumulate(rnd.state, Update(big, 10))
+        FedAvg().accumulate(rnd.sums, Update("a", {WEIGHTS: big}, 10))
     rejected = out_of_range(caught.value, LAYOUT)
     assert rejected.reason == Reason.OUT_OF_RANGE and rejected.field == "body.tensors[4].data"
-    assert rnd.state.accumulator is not None and rnd.state.accumulator.count == 0
+    assert rnd.sums.count == 0
 
 
 def _evaluation_round() -> OpenRound:
     config: dict[str, Scalar] = {"train": False, "evaluate_global": True}
     task = RoundTask("job", 3, 2, "fedavg", ("a", "b"), 10_000, 1, 1, config)
-    state = FedAvg().begin_round(FedAvg().initial_state(), 3, LAYOUT.shapes, LAYOUT.names)
+    state = FedAvg().begin_round(FedAvg().initial_state(), 3, LAYOUT.names, LAYOUT.shapes)
     return OpenRound.from_task(task, b"\x00" * 16, 0, state)
 
 

@@ -41,7 +41,7 @@ def test_train_loss_is_example_weighted_and_skips_devices_without_one() -> None:
 def test_round_metrics() -> None:
     task = RoundTask("job", 1, 0, "fedavg", ("a", "b", "c"), 10_000, 2, 1)
     layout = Layout.of("2nn")
-    state = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.shapes, layout.names)
+    state = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.names, layout.shapes)
     rnd = OpenRound.from_task(task, b"\x00" * 16, 1_000, state)
     rnd.include(Included("a", b"1", 10, 1.0))
     rnd.include(Included("b", b"2", 30, 2.0))
@@ -70,7 +70,7 @@ def test_decide_failed_replies_are_answers_but_not_updates() -> None:
 def test_a_failed_reply_is_kept_apart_from_the_updates() -> None:
     task = RoundTask("job", 1, 0, "fedavg", ("a", "b", "c"), 10_000, 2, 1)
     layout = Layout.of("2nn")
-    state = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.shapes, layout.names)
+    state = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.names, layout.shapes)
     rnd = OpenRound.from_task(task, b"\x00" * 16, 1_000, state)
     rnd.include(Included("a", b"1", 10, 1.0))
     rnd.include(Included("b", b"2", 30, 2.0))
