@@ -93,7 +93,9 @@ def _split(flat: NDArray[Any], entries: Sequence[list[Any]], group: str) -> list
     """``flat`` cut into the group's tensors (views, no copy)."""
     sizes = [math.prod(shape) for _, shape in entries]
     if sum(sizes) != flat.size:
-        raise AggregationError(f"{flat.size} values, the header declares {sum(sizes)}", field=f"groups.{group}")
+        raise AggregationError(
+            f"{flat.size} values, the header declares {sum(sizes)}", field=f"groups.{group}"
+        )
     out, at = [], 0
     for (_, shape), size in zip(entries, sizes, strict=True):
         out.append(flat[at : at + size].reshape(shape))
@@ -185,9 +187,13 @@ class UpdateBuffer(Sequence[Update]):
         for index, (group, arrays) in enumerate(sorted(update.groups.items())):
             tags = {_dtype_tag(a) for a in arrays}
             if len(tags) > 1:
-                raise AggregationError(f"tensors of one group have dtypes {sorted(tags)}", field=f"groups.{group}")
+                raise AggregationError(
+                    f"tensors of one group have dtypes {sorted(tags)}", field=f"groups.{group}"
+                )
             dtype = np.dtype(tags.pop() if tags else "<f4")
-            flat = np.concatenate([np.ravel(a).astype(dtype, copy=False) for a in arrays] or [np.empty(0, dtype)])
+            flat = np.concatenate(
+                [np.ravel(a).astype(dtype, copy=False) for a in arrays] or [np.empty(0, dtype)]
+            )
             np.save(folder / f"g{index}.npy", flat, allow_pickle=False)
         (folder / _HEADER).write_bytes(bytes(msgpack.packb(header, use_bin_type=True)))
         return folder
