@@ -37,6 +37,8 @@ from qflare.fl.strategy import Update
 
 _VERSION = 1
 _HEADER = "header.msgpack"
+#: The prefix of a buffer's temporary directory.
+_PREFIX = "qflare-buffer-"
 # Dtypes an update's tensors may have in a buffer (the aggregator accepts float32 only).
 _DTYPES = frozenset({"<f4", "<f8", "<f2"})
 
@@ -179,7 +181,7 @@ class UpdateBuffer(Sequence[Update]):
         if self._dir is None:
             if self._spill_root is not None:
                 self._spill_root.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="qflare-buffer-", dir=self._spill_root))
+            self._dir = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=self._spill_root))
         # A numbered folder, not one named by the device id: ids are not file names.
         folder = self._dir / f"u{len(self._spilled):08d}"
         folder.mkdir()
@@ -271,6 +273,18 @@ class UpdateBuffer(Sequence[Update]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def remove_stale(spill_dir: str | Path) -> int:
+    """Remove what buffers left in ``spill_dir`` (a process killed before ``close``); return how many.
+
+    Only for a folder that one process's buffers use alone, before it makes any.
+    """
+    root = Path(spill_dir)
+    stale = sorted(root.glob(f"{_PREFIX}*")) if root.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(stale)
 
 
 def buffered(updates: Mapping[str, Update] | Sequence[Update], max_bytes: int = 1 << 30) -> UpdateBuffer:

@@ -43,5 +43,6 @@ class AggregatorSettings(BatchServiceSettings):
     update_framing_bytes: int = Field(default=256 * 1024, ge=0)
     #: Memory a buffered round's updates may hold (tensor bytes) before further ones spill to files
     #: in a temporary directory under ``buffer_dir`` (the system's temporary directory if unset).
+    #: A ``buffer_dir`` is this aggregator's alone: at start it removes what a crash left there.
     buffer_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     buffer_dir: Path | None = None

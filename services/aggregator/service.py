@@ -31,7 +31,7 @@ from qflare import metrics, poison
 from qflare.clock import now_ms
 from qflare.errors import InvalidUpdateError, ProtocolError, QflareError, Rejected, is_transient
 from qflare.fl import FixedPoint, JobSpec
-from qflare.fl.buffer import UpdateBuffer
+from qflare.fl.buffer import UpdateBuffer, remove_stale
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
@@ -114,6 +114,8 @@ class AggregatorService(BatchLoop):
             except (ProtocolError, Rejected) as exc:
                 # Stored by an older version with another schema: left out, not fatal to every other job.
                 log.error("stored job does not load; it is left out", job_id=row.job_id, error=str(exc))
+        if self.cfg.buffer_dir is not None:  # this aggregator's own: what a kill -9 left there goes
+            remove_stale(self.cfg.buffer_dir)
         for rnd in await self.store.open_rounds():
             if rnd.job_id in self.jobs:
                 self.rounds[rnd.key] = rnd

@@ -9,7 +9,7 @@ import pytest
 
 from qflare.errors import AggregationError
 from qflare.fl import CONTROL, WEIGHTS, Update
-from qflare.fl.buffer import UpdateBuffer, decode_update, encode_update
+from qflare.fl.buffer import UpdateBuffer, decode_update, encode_update, remove_stale
 
 
 def _update(device: str, seed: int, n: int = 10) -> Update:
@@ -95,3 +95,12 @@ def test_damaged_bytes_are_an_aggregation_error_not_a_crash() -> None:
     for bad in (b"", b"\x01\x02", data[:-5], b"\x80"):
         with pytest.raises(AggregationError):
             decode_update(bad)
+
+
+def test_what_a_killed_process_left_is_removed(tmp_path: Path) -> None:
+    left = UpdateBuffer(0, tmp_path)
+    left.add(_update("a", 1))  # never closed, as after a kill -9
+    (tmp_path / "keep.txt").write_text("not a buffer's")
+    assert remove_stale(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    assert remove_stale(tmp_path / "absent") == 0
