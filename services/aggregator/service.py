@@ -7,7 +7,9 @@ included (device, message id) pairs, the rejection reports and the position
 of every updates partition. Offsets live in PostgreSQL, not in a Kafka group:
 on start the partitions are assigned and sought to the stored positions, so a
 kill -9 anywhere replays only records whose effects were not committed, and
-the fixed-point sums make the result independent of the replay order. Rounds
+the fixed-point sums make the result independent of the replay order. A
+buffered strategy keeps no sums: each update it accepts is stored in the same
+transaction (``services.aggregator.buffered``) and reloaded at start. Rounds
 close when everyone answered (checked after each batch) or at their deadline
 (a timer task), through ``Closer``.
 
