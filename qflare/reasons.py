@@ -196,12 +196,17 @@ class Reason(StrEnum):
     SHAPE = (
         "shape",
         "aggregator, device",
-        "The tensors' names, order, dtypes or shapes differ from the job's model.",
+        "The tensors' names, order, groups, dtypes or shapes differ from what the job's strategy expects.",
     )
     OUT_OF_RANGE = (
         "out_of_range",
         "aggregator",
-        "A value's magnitude exceeds the fixed-point range, or the round's total weight would overflow.",
+        "A value's magnitude exceeds the strategy's range, or the round's total weight would overflow.",
+    )
+    METRIC = (
+        "metric",
+        "aggregator",
+        "A metric the job's strategy requires (e.g. local_steps) is missing, out of its range or not whole.",
     )
 
     # -- errors that are not about a received message ---------------------------------

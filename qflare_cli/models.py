@@ -36,6 +36,7 @@ from qflare.protocol import Tensor, seal_chunked
 from qflare.protocol.store import MODEL_NAME, MODEL_VERSION, StoredModel
 from qflare_cli.keys import KEYS_DIR as KEYS
 from qflare_cli.model_topics import job_models, stored_models
+from services.aggregator.models import weights_tensors
 
 app = typer.Typer(help="The model store: import, list and export models.", no_args_is_help=True)
 console = Console()
@@ -133,7 +134,8 @@ async def _job_model(kafka: KafkaSettings, keys_dir: Path, job_ref: str) -> tupl
             f"version {version} of job {job_id!r} is not on the models topic (there: {sorted(versions)})",
             field="ref",
         )
-    tensors = {t.name: np.asarray(t.array, dtype="<f4") for t in body.tensors}
+    # The weights alone: a version also carries the strategy's server groups (SCAFFOLD's control).
+    tensors = {t.name: np.asarray(t.array, dtype="<f4") for t in weights_tensors(body)}
     source = str(body.metadata.get("model", ""))
     label = f"job {job_id!r} (model {source or 'unknown'})"
     imports = await stored_models(kafka, keys_dir, source) if "@" in source else []

@@ -4,11 +4,15 @@ The envelope layer (``qflare.protocol.Decoder``) has already checked the
 signature against the device's registered key, the digest, the limits and
 that every tensor is finite (the one pass over the values that protocol §8
 asks of the decoder). These checks are about meaning: is this device allowed
-to answer this round, from this model version, once, with a model of the
-right names, dtypes and shapes? They read no tensor data: the value range is
-the exact sum's own guard (``FixedPointAccumulator.add``), so each value is
-looked at once by the decoder and once where it is summed, not again here.
-They run cheapest first, and a rejected update never touches the running sum.
+to answer this round, from this model version, once, with the tensor groups
+and metrics the job's strategy declares (``Strategy.update_spec``)? The group
+and metric checks read metadata only. The value range is read once more, and
+only where it must be: a streaming strategy's exact sum guards its own range
+(``FixedPointAccumulator.add``), so a one-group update is not read here; a
+buffered strategy keeps no sum, and an update of several streamed groups must
+be known good in all of them before any is added, so those are read by
+``check_values``. They run cheapest first; a rejected update never touches the
+round's sums or buffer.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from qflare.errors import InvalidUpdateError, Rejected
-from qflare.fl import FixedPoint
+from qflare.fl import WEIGHTS, FixedPoint, RoundSums, Update, UpdateSpec
+from qflare.protocol import Tensor
+from qflare.protocol.tensors import qualified, split_groups
 from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
-from services.aggregator.models import Layout
+from services.aggregator.models import MODEL_DTYPE
 from services.aggregator.rounds import OpenRound
 
 
@@ -44,13 +50,21 @@ def find_round(
 
 
 def check_update(
-    update: ModelUpdate, *, message_id: bytes, rnd: OpenRound, layout: Layout, fmt: FixedPoint
-) -> None:
-    """Raise ``Rejected`` unless ``update`` may be added to ``rnd``, whose model has ``layout``."""
+    update: ModelUpdate, *, message_id: bytes, rnd: OpenRound, spec: UpdateSpec, fmt: FixedPoint
+) -> Update:
+    """The ``Update`` to fold into ``rnd``, or ``Rejected``: the answer, its example count, its
+    tensor groups (metadata) and its metrics, as the strategy's ``spec`` asks."""
     check_answer(update, message_id=message_id, rnd=rnd)
     if not 1 <= update.num_examples <= fmt.capacity:
         raise Rejected(Reason.NUM_EXAMPLES, f"must be in [1, {fmt.capacity}]", field="body.num_examples")
-    check_tensors(update, layout)
+    groups = check_groups(update, spec)
+    check_metrics(update, spec)
+    return Update(
+        update.device_id,
+        {g: [t.array for t in tensors] for g, tensors in groups.items()},
+        update.num_examples,
+        update.metrics,
+    )
 
 
 def check_evaluation_reply(update: ModelUpdate, *, message_id: bytes, rnd: OpenRound) -> None:
@@ -85,32 +99,89 @@ def check_answer(update: ModelUpdate | RoundFailure, *, message_id: bytes, rnd: 
         raise Rejected(Reason.DUPLICATE, f"{update.device_id!r} already answered round {rnd.round}")
 
 
-def check_tensors(update: ModelUpdate, layout: Layout) -> None:
-    """Names, order, dtypes and shapes as the job's layout has them (values are not read here)."""
-    names = tuple(t.name for t in update.tensors)
-    if names != layout.names:
-        raise Rejected(
-            Reason.SHAPE, f"tensors {list(names)} != the model's {list(layout.names)}", field="body.tensors"
-        )
-    for i, (tensor, shape) in enumerate(zip(update.tensors, layout.shapes, strict=True)):
-        where = f"body.tensors[{i}]"
-        if tensor.dtype != layout.dtype:
-            raise Rejected(Reason.SHAPE, f"dtype {tensor.dtype} != {layout.dtype}", field=f"{where}.dtype")
-        if tuple(tensor.array.shape) != shape:
+def wire_order(spec: UpdateSpec) -> list[tuple[str, str]]:
+    """(group, tensor) in wire order: the weights first, then each other group by name."""
+    order = sorted(spec.groups, key=lambda g: (g != WEIGHTS, g))
+    return [(g, name) for g in order for name in spec.groups[g].names]
+
+
+def check_groups(update: ModelUpdate, spec: UpdateSpec) -> dict[str, list[Tensor]]:
+    """The update's tensors by group, or ``Rejected`` (``shape``) naming the first wire tensor whose
+    name, place, dtype or shape is not what ``spec`` declares. Metadata only: no value is read."""
+    expected = wire_order(spec)
+    names = [t.name for t in update.tensors]
+    wanted = [qualified(g, n) for g, n in expected]
+    if names != wanted:
+        where = next((i for i, (a, b) in enumerate(zip(names, wanted, strict=False)) if a != b), None)
+        if where is None:
             raise Rejected(
-                Reason.SHAPE, f"shape {tuple(tensor.array.shape)} != {shape}", field=f"{where}.shape"
+                Reason.SHAPE,
+                f"{len(names)} tensors, the job's strategy expects {len(wanted)}: {wanted[len(names) :][:3]}"
+                if len(names) < len(wanted)
+                else f"{len(names)} tensors, the job's strategy expects {len(wanted)}",
+                field="body.tensors",
+            )
+        raise Rejected(
+            Reason.SHAPE,
+            f"tensor {names[where]!r} where the job's strategy expects {wanted[where]!r}",
+            field=f"body.tensors[{where}].name",
+        )
+    for i, (tensor, (group, name)) in enumerate(zip(update.tensors, expected, strict=True)):
+        at = f"body.tensors[{i}]"
+        if tensor.dtype != MODEL_DTYPE:
+            raise Rejected(Reason.SHAPE, f"dtype {tensor.dtype} != {MODEL_DTYPE}", field=f"{at}.dtype")
+        shape = spec.groups[group].shapes[spec.groups[group].names.index(name)]
+        if tuple(tensor.array.shape) != tuple(shape):
+            raise Rejected(
+                Reason.SHAPE, f"shape {tuple(tensor.array.shape)} != {tuple(shape)}", field=f"{at}.shape"
+            )
+    groups = split_groups(update.tensors, spec.groups)
+    # An empty group (FedPer sharing nothing, say) has no tensors on the wire to split out.
+    return {g: groups.get(g, []) for g in spec.groups}
+
+
+def check_metrics(update: ModelUpdate, spec: UpdateSpec) -> None:
+    """``Rejected`` (``metric``) naming the first metric the spec requires that is missing or wrong."""
+    for name, metric in spec.metrics.items():
+        try:
+            metric.check(name, update.metrics.get(name))
+        except InvalidUpdateError as exc:
+            raise Rejected(Reason.METRIC, str(exc), field=f"body.{exc.field}") from exc
+
+
+def check_values(update: Update, spec: UpdateSpec) -> None:
+    """``Rejected`` (``out_of_range``) unless every value of every group is within the spec's range."""
+    try:
+        for group, group_spec in spec.groups.items():
+            group_spec.check(group, update.groups[group])
+    except InvalidUpdateError as exc:
+        raise out_of_range(exc, spec) from exc
+
+
+def check_capacity(sums: RoundSums, spec: UpdateSpec, num_examples: int) -> None:
+    """``Rejected`` unless every group's sum has room for the update's weight: checked for all
+    groups before any is added, so a full sum cannot leave the others added to."""
+    for group, acc in sums.sums.items():
+        weight = num_examples if spec.groups[group].weighting == "examples" else 1
+        if acc.total_weight + weight > acc.fmt.capacity:
+            raise Rejected(
+                Reason.OUT_OF_RANGE,
+                f"round total {acc.total_weight} + {weight} exceeds the capacity {acc.fmt.capacity}",
+                field="body.num_examples",
             )
 
 
-def out_of_range(exc: InvalidUpdateError, layout: Layout) -> Rejected:
-    """The sum's own refusal (a value beyond the fixed-point range, or a full round) as a rejection.
-
-    The accumulator names a tensor or ``num_examples``; the rejection names the
-    wire field, as every other rejection of an update does.
-    """
-    field = exc.field
-    if field in layout.names:
-        field = f"body.tensors[{layout.names.index(field)}].data"
-    elif field == "num_examples":
-        field = "body.num_examples"
+def out_of_range(exc: InvalidUpdateError, spec: UpdateSpec) -> Rejected:
+    """A range refusal (the spec's ``groups.<g>.<tensor>``, or the sum's own, which names a weight
+    or ``num_examples``) as a rejection naming the wire field, as every other rejection does."""
+    order = wire_order(spec)
+    field = exc.field or ""
+    if field == "num_examples":
+        return Rejected(Reason.OUT_OF_RANGE, str(exc), field="body.num_examples")
+    if field.startswith("groups."):
+        group, _, name = field.removeprefix("groups.").partition(".")
+    else:
+        group, name = WEIGHTS, field
+    if (group, name) in order:
+        field = f"body.tensors[{order.index((group, name))}].data"
     return Rejected(Reason.OUT_OF_RANGE, str(exc), field=field)

@@ -6,6 +6,11 @@ PostgreSQL transaction. The flip is conditional on the round still being
 open, so a close that is retried after a crash (the in-memory round is
 rebuilt from the checkpoint and closed again) either does all of it once or
 nothing; the outbox then delivers exactly the bytes that were committed.
+
+A streaming strategy aggregates the round's exact sums; a buffered one the
+round's updates (``OpenRound.buffer``, in device-id order), whose stored rows
+are deleted in the same transaction. The new version carries the strategy's
+server groups of the carried state after its weights.
 """
 
 from __future__ import annotations
@@ -17,13 +22,14 @@ import structlog
 
 from qflare.clock import now_ms
 from qflare.errors import AggregationError
-from qflare.fl import StrategyState
+from qflare.fl import RoundInput, StrategyState
 from qflare.metrics import record_round_closed
 from qflare.protocol.training import RoundComplete
 from qflare.tracing import FanIn, tracer
+from services.aggregator import buffered
 from services.aggregator.evaluation import Evaluator, central, federated
 from services.aggregator.jobs import Job
-from services.aggregator.models import EncodedModel, decode, encode, weights_of
+from services.aggregator.models import EncodedModel, decode, encode, named_groups, weights_of
 from services.aggregator.publisher import Publisher
 from services.aggregator.rounds import COMPLETED, OpenRound, round_metrics
 from services.aggregator.store import AggregatorStore
@@ -82,6 +88,8 @@ class Closer:
         result["model_digest"] = None if done.model_digest is None else done.model_digest.hex()
         async with self.store.conn.transaction():
             closed = await self.store.close_round(rnd, done.status, result)
+            if job.strategy.mode == "buffered":
+                await buffered.drop(self.store.conn, rnd)
             if closed:
                 await self.out.queue_round_complete(done)
                 if model is not None and carried is not None:
@@ -101,6 +109,8 @@ class Closer:
         else:
             log.warning("round was already closed", job_id=rnd.job_id, round=rnd.round)
         del self.rounds[rnd.key]
+        if rnd.buffer is not None:
+            rnd.buffer.close()  # its spilled files
         await self.out.flush_outbox()
 
     async def _aggregate(
@@ -113,8 +123,13 @@ class Closer:
         if base is None:  # the round was opened on this version; only a damaged store lacks it
             raise AggregationError(f"model {rnd.model_version} of {rnd.job_id!r} is missing", field="model")
         began = time.perf_counter()
-        weights, carried = job.strategy.aggregate(
-            StrategyState.from_bytes(job.strategy_state), rnd.sums, weights_of(decode(base.weights), layout)
+        strategy = job.strategy
+        # A buffered round's input is its updates in device-id order (the buffer keeps that order).
+        round_input: RoundInput = rnd.sums if strategy.mode == "streaming" else (rnd.buffer or ())
+        weights, carried = strategy.aggregate(
+            StrategyState.from_bytes(job.strategy_state),
+            round_input,
+            weights_of(decode(base.weights), layout),
         )
         model = encode(
             rnd.job_id,
@@ -124,6 +139,7 @@ class Closer:
             round=rnd.round,
             model=job.model,
             parent=rnd.model_version,
+            groups=named_groups(strategy.server_groups(carried), job.spec, layout),
         )
         aggregated = time.perf_counter()
         if job.config.evaluation == "central":

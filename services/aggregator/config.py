@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -39,3 +41,8 @@ class AggregatorSettings(BatchServiceSettings):
     #: Room for an update body's own fields around its tensor bytes (names, shapes, metrics):
     #: a declared stream size must lie within this of the job's model layout.
     update_framing_bytes: int = Field(default=256 * 1024, ge=0)
+    #: Memory a buffered round's updates may hold (tensor bytes) before further ones spill to files
+    #: in a temporary directory under ``buffer_dir`` (the system's temporary directory if unset).
+    #: A ``buffer_dir`` is this aggregator's alone: at start it removes what a crash left there.
+    buffer_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    buffer_dir: Path | None = None

@@ -36,7 +36,7 @@ from services.aggregator.config import AggregatorSettings
 from services.aggregator.cursor import Cursor
 from services.aggregator.jobs import Job
 from services.aggregator.model_store import Imports, ModelStore
-from services.aggregator.models import encode
+from services.aggregator.models import encode, named_groups
 from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import OpenRound
 from services.aggregator.store import AggregatorStore
@@ -232,6 +232,7 @@ class Control:
             raise Rejected(Reason.JOB_CONFLICT, f"job id {cmd.job_id!r} is taken", field="body.job_id")
         if await self.store.latest_version(job.job_id) is None:
             layout = job.layout
+            state = StrategyState.from_bytes(job.strategy_state)
             model = encode(
                 job.job_id,
                 0,
@@ -240,6 +241,7 @@ class Control:
                 round=None,
                 model=job.model,
                 parent=None,
+                groups=named_groups(job.strategy.server_groups(state), job.spec, layout),
             )
             await self.store.insert_model(
                 job.job_id, 0, parent=None, round=None, metrics={}, digest=model.digest, weights=model.data

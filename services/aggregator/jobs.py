@@ -18,7 +18,7 @@ from typing import Any, cast
 from numpy.typing import NDArray
 
 from qflare.errors import Rejected
-from qflare.fl import JobSpec, Strategy, build_strategy
+from qflare.fl import JobSpec, Strategy, UpdateSpec, build_strategy
 from qflare.ml import ModelName, init_weights
 from qflare.protocol.store import StoredModel
 from qflare.reasons import Reason
@@ -59,11 +59,14 @@ class Job:
     builtin: ModelName | None = field(init=False)
     layout: Layout = field(init=False)
     strategy: Strategy = field(init=False)
+    #: What every update of the job must carry (``Strategy.update_spec`` of the model's layout).
+    spec: UpdateSpec = field(init=False)
 
     def __post_init__(self) -> None:
         self.builtin, self.layout = layout_of(self.config, self.stored)
         self.model = self.builtin or self.config.model
         self.strategy = build_strategy(self.config)
+        self.spec = self.strategy.update_spec(self.layout.names, self.layout.shapes)
         if not self.strategy_state:
             self.strategy_state = self.strategy.initial_state().to_bytes()
 

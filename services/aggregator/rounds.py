@@ -12,7 +12,8 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from qflare.fl import RoundSums
+from qflare.fl import RoundSums, Update
+from qflare.fl.buffer import UpdateBuffer
 from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round
 from qflare.protocol.training import RoundTask
 
@@ -57,6 +58,10 @@ class OpenRound:
     dirty: bool = False
     #: An evaluation-only round: replies carry evaluations, no weights, and make no new version.
     evaluate_only: bool = False
+    #: A buffered strategy's accepted updates (None for a streaming one, or before the first).
+    buffer: UpdateBuffer | None = None
+    #: Buffered updates accepted since the last checkpoint (stored with their ``included`` rows).
+    pending_updates: list[Update] = field(default_factory=list)
 
     @classmethod
     def from_task(cls, task: RoundTask, task_id: bytes, opened_ms: int, sums: RoundSums) -> OpenRound:

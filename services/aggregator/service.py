@@ -7,7 +7,9 @@ included (device, message id) pairs, the rejection reports and the position
 of every updates partition. Offsets live in PostgreSQL, not in a Kafka group:
 on start the partitions are assigned and sought to the stored positions, so a
 kill -9 anywhere replays only records whose effects were not committed, and
-the fixed-point sums make the result independent of the replay order. Rounds
+the fixed-point sums make the result independent of the replay order. A
+buffered strategy keeps no sums: each update it accepts is stored in the same
+transaction (``services.aggregator.buffered``) and reloaded at start. Rounds
 close when everyone answered (checked after each batch) or at their deadline
 (a timer task), through ``Closer``.
 
@@ -30,7 +32,8 @@ from aiokafka import ConsumerRecord, TopicPartition
 from qflare import metrics, poison
 from qflare.clock import now_ms
 from qflare.errors import InvalidUpdateError, ProtocolError, QflareError, Rejected, is_transient
-from qflare.fl import WEIGHTS, FixedPoint, JobSpec, Update
+from qflare.fl import FixedPoint, JobSpec
+from qflare.fl.buffer import UpdateBuffer, remove_stale
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
@@ -41,10 +44,13 @@ from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
+from services.aggregator import buffered
 from services.aggregator.checks import (
     check_answer,
+    check_capacity,
     check_evaluation_reply,
     check_update,
+    check_values,
     find_round,
     out_of_range,
 )
@@ -110,9 +116,16 @@ class AggregatorService(BatchLoop):
             except (ProtocolError, Rejected) as exc:
                 # Stored by an older version with another schema: left out, not fatal to every other job.
                 log.error("stored job does not load; it is left out", job_id=row.job_id, error=str(exc))
+        if self.cfg.buffer_dir is not None:  # this aggregator's own: what a kill -9 left there goes
+            remove_stale(self.cfg.buffer_dir)
         for rnd in await self.store.open_rounds():
             if rnd.job_id in self.jobs:
                 self.rounds[rnd.key] = rnd
+                if self.jobs[rnd.job_id].strategy.mode == "buffered":
+                    # A buffered round's checkpoint is its stored updates, not a sum.
+                    rnd.buffer = await buffered.load(
+                        self.store.conn, rnd, self.cfg.buffer_max_bytes, self.cfg.buffer_dir
+                    )
         self.producer = await self._started(make_producer(self.kafka))
         self.out = Publisher(
             self.producer, self.store, self.identity, self.topics, self.kafka.limits, self.tally
@@ -246,6 +259,7 @@ class AggregatorService(BatchLoop):
         async with self.store.conn.transaction():
             for rnd in batch.touched.values():
                 await self.store.checkpoint_round(rnd)
+                await buffered.save_pending(self.store.conn, rnd)  # a buffered round's new updates
             for gap in gaps:
                 await self.out.queue_gap(gap)
             for accepted in batch.accepted:
@@ -266,6 +280,7 @@ class AggregatorService(BatchLoop):
                     await self.store.save_cursor(cursor)
         for rnd in batch.touched.values():
             rnd.pending.clear()
+            rnd.pending_updates.clear()
             rnd.dirty = False
         await self.out.flush_outbox()
 
@@ -294,7 +309,7 @@ class AggregatorService(BatchLoop):
 
     def _admit_stream(self, msg: Message, chunk: ModelChunk) -> None:
         """A chunked update may open a stream only for a round it was selected for, with the
-        size the round's model layout gives (within the body's own framing)."""
+        size the job's update spec gives (within the body's own framing)."""
         sender, round_ = msg.header.sender, msg.header.round
         rounds = [r for r in self.rounds.values() if r.round == round_]
         if not rounds:
@@ -308,17 +323,18 @@ class AggregatorService(BatchLoop):
             job = self.jobs.get(rnd.job_id)
             if job is None:
                 continue
-            floor = job.layout.data_bytes
+            floor = job.spec.data_bytes()  # every group's tensors (SCAFFOLD: twice the model)
             if floor <= chunk.size <= floor + self.cfg.update_framing_bytes:
                 return
         raise Rejected(
             Reason.SHAPE,
-            f"a stream of {chunk.size} bytes does not fit the model of round {round_}",
+            f"a stream of {chunk.size} bytes does not fit the update spec of round {round_}",
             field="body.size",
         )
 
     def _include(self, msg: Message, update: ModelUpdate, size: int, batch: _Batch) -> None:
-        """Check the update and fold it into its round's sum, or raise ``Rejected`` (counted per round)."""
+        """Check the update against its job's update spec and fold it into its round (the sums of a
+        streaming strategy, the buffer of a buffered one), or raise ``Rejected`` (counted per round)."""
         head = msg.header
         # The round the update claims: its traffic and rejections are reported with it.
         claimed = self.rounds.get((update.job_id, update.round))
@@ -331,19 +347,25 @@ class AggregatorService(BatchLoop):
             if rnd.evaluate_only:
                 check_evaluation_reply(update, message_id=head.id, rnd=rnd)
             else:
-                check_update(update, message_id=head.id, rnd=rnd, layout=job.layout, fmt=self.fixed_point)
-                try:
-                    job.strategy.accumulate(
-                        rnd.sums,
-                        Update(
-                            update.device_id,
-                            {WEIGHTS: [t.array for t in update.tensors]},
-                            update.num_examples,
-                            update.metrics,
-                        ),
-                    )
-                except InvalidUpdateError as exc:  # the sum's own range and capacity checks
-                    raise out_of_range(exc, job.layout) from exc
+                spec = job.spec
+                accepted = check_update(update, message_id=head.id, rnd=rnd, spec=spec, fmt=self.fixed_point)
+                if job.strategy.mode == "buffered":
+                    check_values(accepted, spec)  # no sum guards a buffered strategy's range
+                    if rnd.buffer is None:
+                        rnd.buffer = UpdateBuffer(self.cfg.buffer_max_bytes, self.cfg.buffer_dir)
+                    rnd.buffer.add(accepted)
+                    rnd.pending_updates.append(accepted)
+                else:
+                    if len(spec.groups) > 1:
+                        # Each group's sum guards its own range, one group after the other: all
+                        # must be known good before the first is added, or a bad second group
+                        # would leave the first one's sum changed.
+                        check_values(accepted, spec)
+                        check_capacity(rnd.sums, spec, accepted.num_examples)
+                    try:
+                        job.strategy.accumulate(rnd.sums, accepted)
+                    except InvalidUpdateError as exc:  # the sum's own range and capacity checks
+                        raise out_of_range(exc, spec) from exc
         except Rejected as exc:
             if claimed is not None:
                 claimed.count(f"rejected_{exc.reason}")

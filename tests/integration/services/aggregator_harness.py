@@ -201,13 +201,14 @@ class ControlPlane:
         sender: str = "scheduler",
         fencing_token: int = 1,
         config: dict[str, Scalar] | None = None,
+        strategy: str = "fedavg",
     ) -> RoundTask:
         deadline_ms = int((time.time() + deadline_s) * 1000)
         task = RoundTask(
             job_id,
             round,
             model_version,
-            "fedavg",
+            strategy,
             tuple(devices),
             deadline_ms,
             min_updates,

@@ -24,6 +24,7 @@ from services.aggregator.models import Layout
 from services.aggregator.rounds import Included, OpenRound
 
 LAYOUT = Layout.of("2nn")
+SPEC = FedAvg().update_spec(LAYOUT.names, LAYOUT.shapes)
 FMT = FixedPoint()
 MSG_ID = b"\x01" * 16
 
@@ -59,14 +60,14 @@ def _reason(
     rnd = rnd or _round()
     with pytest.raises(Rejected) as caught:
         found = find_round(update, sender=sender, header_round=header_round, rounds={rnd.key: rnd})
-        check_update(update, message_id=message_id, rnd=found, layout=LAYOUT, fmt=FMT)
+        check_update(update, message_id=message_id, rnd=found, spec=SPEC, fmt=FMT)
     return caught.value.reason
 
 
 def test_a_good_update_passes() -> None:
     rnd = _round()
     found = find_round(_update(), sender="a", header_round=3, rounds={rnd.key: rnd})
-    check_update(_update(), message_id=MSG_ID, rnd=found, layout=LAYOUT, fmt=FMT)
+    check_update(_update(), message_id=MSG_ID, rnd=found, spec=SPEC, fmt=FMT)
 
 
 def test_identity_and_round_reasons() -> None:
@@ -100,13 +101,13 @@ def test_values_are_not_read_here_the_decoder_and_the_sum_own_them() -> None:
     nan = [w.copy() for w in weights]
     nan[2][0, 0] = np.nan
     rnd = _round()
-    check_update(_update(weights=nan), message_id=MSG_ID, rnd=rnd, layout=LAYOUT, fmt=FMT)
+    check_update(_update(weights=nan), message_id=MSG_ID, rnd=rnd, spec=SPEC, fmt=FMT)
     big = [w.copy() for w in weights]
     big[4][0, 0] = 2e6  # beyond the sum's 2**20
-    check_update(_update(weights=big), message_id=MSG_ID, rnd=rnd, layout=LAYOUT, fmt=FMT)
+    check_update(_update(weights=big), message_id=MSG_ID, rnd=rnd, spec=SPEC, fmt=FMT)
     with pytest.raises(InvalidUpdateError) as caught:
         FedAvg().accumulate(rnd.sums, Update("a", {WEIGHTS: big}, 10))
-    rejected = out_of_range(caught.value, LAYOUT)
+    rejected = out_of_range(caught.value, SPEC)
     assert rejected.reason == Reason.OUT_OF_RANGE and rejected.field == "body.tensors[4].data"
     assert rnd.sums.count == 0
 
