@@ -37,7 +37,6 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 import numpy as np
@@ -50,7 +49,6 @@ from qflare.fl import TrainConfig
 Weights = list[npt.NDArray[Any]]
 #: A returned tensor group: a list in the task's layout, or a dict keyed by the task's names.
 Returned = Weights | Mapping[str, npt.NDArray[Any]]
-_NO_GROUPS: Mapping[str, Weights] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ class TrainTask:
     job_id: str = ""
     #: The server's other tensor groups sent with the model (``control`` under SCAFFOLD), each a
     #: list in the order of ``names``; empty when the strategy sends none.
-    groups: Mapping[str, Weights] = _NO_GROUPS
+    groups: Mapping[str, Weights] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -87,8 +87,9 @@ def test_plain_solve_reports_steps_and_sends_weights_only() -> None:
 def test_ditto_trains_a_personal_model_towards_the_global_one() -> None:
     x, y = _data(40)
     w = init_weights("2nn", 4)
-    loose = solve("2nn", NAMES, w, {}, x, y, _cfg(epochs=3, batch_size=4, ditto_lambda=0.001), SolverState(), 1)
-    tight = solve("2nn", NAMES, w, {}, x, y, _cfg(epochs=3, batch_size=4, ditto_lambda=5.0), SolverState(), 1)
+    empty = SolverState()
+    loose = solve("2nn", NAMES, w, {}, x, y, _cfg(epochs=3, batch_size=4, ditto_lambda=1e-3), empty, 1)
+    tight = solve("2nn", NAMES, w, {}, x, y, _cfg(epochs=3, batch_size=4, ditto_lambda=5.0), empty, 1)
     assert loose.personal_model is not None and tight.personal_model is not None
     assert tight.state.ditto is not None
 
