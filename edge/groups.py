@@ -35,7 +35,8 @@ def split_model(
 
     The record holds the weights, then ``<group>/<name>`` tensors (``split_groups``). A group
     the round expects must name exactly the weights' tensors (in any order); one the strategy
-    did not send is absent from the result, and the solver reads it as zeros.
+    did not send is absent from the result, and the solver reads it as zeros. ``ConfigError``
+    if ``config.personal`` is not a regular expression.
     """
     expected = server_group_names(config)
     split = split_groups([Tensor.of(n, a) for n, a in zip(names, arrays, strict=True)], expected)
@@ -51,6 +52,7 @@ def split_model(
                 field=f"tensors.{group}",
             )
         groups[group] = [by_name[n] for n in weight_names]
+    personal_mask(weight_names, config.personal)  # a bad regular expression fails here, before training
     return weights, weight_names, groups
 
 

@@ -163,7 +163,7 @@ async def _train_and_send(
     try:
         # The model record holds the weights, then the strategy's groups (``control/<name>``).
         weights, names, groups = split_model(names, weights, config)
-    except SchemaError as exc:
+    except (SchemaError, ConfigError) as exc:
         failure = Failure(exc.reason, str(exc))
         device.failed("training", failure, job_id=task.job_id, round=task.round)
         _send(device, task, parent, _failure(task, device, failure))
