@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 
 from edge.app import DeviceContext, Failure, TrainResult
+from edge.builtin import mnist_app
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.solver_state import load_state, state_path
 from edge.spool import Spool
-from edge.training import mnist_app, train_and_send
+from edge.training import train_and_send
 from qflare.fl import FedAvg, JobSpec
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Decoder, KeyRing, Reassembler, Tensor
