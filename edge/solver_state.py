@@ -9,10 +9,20 @@ one, and the directory fsynced, so after a crash at any point the file holds
 either the previous round's state or the new one, never a mixture.
 
 When it is written (``edge.training``): right before the update that goes with it
-is handed to the device's durable outbox, after every check of the update passed.
-So a device never sends a SCAFFOLD ``dc`` it has not committed, and a device that
-restarts never trains a round its state already covers (``SolverState.round``):
-the server can never add a ``dc`` twice or one the device forgot.
+is handed to the device's durable outbox (a SQLite spool the link drains), after
+every check of the update passed, with no ``await`` in between. So:
+
+- a device never sends a SCAFFOLD ``dc`` it has not committed: the server can never
+  hold a ``dc`` the device forgot;
+- a device that restarts never trains a round its state already covers
+  (``SolverState.round``; the round's task is replayed from the start of the rounds
+  topic), so it never commits twice for one update nor sends a second ``dc``;
+- a crash in the instant between the commit and the spool append leaves the device
+  one ``dc`` ahead of the server: the same as an update the aggregator drops as late,
+  which SCAFFOLD tolerates (c is an average over devices, refreshed every round).
+
+The other order (send, then commit) could lose the commit and let the server add a
+``dc`` that the device then computes again from its stale ``c_i``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.app import DeviceContext, Failure, TrainResult
+from edge.app import DeviceApp, DeviceContext, Failure, TrainResult, TrainTask
 from edge.builtin import mnist_app
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
@@ -155,3 +155,33 @@ async def test_a_control_group_that_does_not_match_the_weights_is_a_failed_reply
     assert result.reason == "schema" and "control" in result.message
     assert _sent(device, ring) == []  # a round_failure was sent, not an update
     assert not state_path(device.context.state_dir, "job-1").exists()
+
+
+async def test_commit_runs_only_for_an_update_that_is_sent(tmp_path: Path) -> None:
+    device, ring = _device(tmp_path)
+    committed: list[int] = []
+    app = DeviceApp()
+    bad = {"nan": False, "raise": False}
+
+    @app.train
+    def train(task: TrainTask) -> TrainResult:
+        def commit() -> None:
+            if bad["raise"]:
+                raise OSError("disk full")
+            committed.append(task.round)
+
+        out = [w + (np.float32(np.nan) if bad["nan"] else np.float32(0)) for w in task.weights]
+        return TrainResult(out, 5, groups={"control": task.weights}, commit=commit)
+
+    device.app = app
+    weights, names = _model()
+    assert isinstance(await train_and_send(device, _task(1), weights, names), TrainResult)
+    (update,) = _sent(device, ring)
+    assert committed == [1] and update.metrics["local_steps"] == 1.0  # 5 examples, batch 8, one epoch
+    assert [t.name for t in update.tensors][len(NAMES)] == f"control/{NAMES[0]}"
+    bad["nan"] = True
+    assert isinstance(await train_and_send(device, _task(2), weights, names), Failure)
+    bad.update(nan=False, **{"raise": True})
+    failure = await train_and_send(device, _task(3), weights, names)
+    assert isinstance(failure, Failure) and "disk full" in failure.message
+    assert committed == [1] and len(_sent(device, ring)) == 1  # rounds 2 and 3: failed replies only
