@@ -21,6 +21,13 @@ their ``names`` (same order) and the device's :class:`DeviceContext`. A train
 handler returns weights in that same layout, as a list or as a dict of name to
 array; any other layout is a failed reply naming the tensor
 (:class:`~edge.layout.LayoutError`), and nothing is sent.
+
+Strategies that exchange more than weights (SCAFFOLD's ``control``) put the
+server's groups on ``TrainTask.groups`` and take the device's from
+``TrainResult.groups``, each in the weights' layout. ``TrainResult.commit``, when
+given, is called once the update passed every check, right before it is handed
+to the device's durable outbox: the place to persist state that must move in
+step with what the server receives (SCAFFOLD's c_i).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from qflare.errors import QflareError, Reason
 from qflare.fl import TrainConfig
 
 Weights = list[npt.NDArray[Any]]
+#: A returned tensor group: a list in the task's layout, or a dict keyed by the task's names.
+Returned = Weights | Mapping[str, npt.NDArray[Any]]
 
 
 @dataclass(frozen=True)
@@ -66,14 +75,27 @@ class TrainTask:
     #: The tensors' names, in the order of ``weights``.
     names: tuple[str, ...] = ()
     context: DeviceContext = field(default_factory=DeviceContext)
+    #: The job this round belongs to (keys per-job state in ``context.state_dir``).
+    job_id: str = ""
+    #: The server's other tensor groups sent with the model (``control`` under SCAFFOLD), each a
+    #: list in the order of ``names``; empty when the strategy sends none.
+    groups: Mapping[str, Weights] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class TrainResult:
     #: In the task's layout: a list in the order of ``task.weights``, or a dict keyed by ``task.names``.
-    weights: Weights | Mapping[str, npt.NDArray[Any]]
+    #: Under FedPer (``config.personal``) the runtime sends only the tensors that are not personal.
+    weights: Returned
     num_examples: int
+    #: Sent with the update. ``local_steps`` (SGD steps taken) is always reported: when a handler
+    #: leaves it out, the runtime reports ``epochs * ceil(num_examples / batch_size)``.
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Other tensor groups to send (``control``), each in the task's layout like ``weights``.
+    groups: Mapping[str, Returned] = field(default_factory=dict)
+    #: Called after the update passed every check, right before it is queued to be sent; if it
+    #: raises, the round's reply is a failure instead. Persist state tied to this update here.
+    commit: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,16 @@ class Failure:
 
 class HandlerMissing(QflareError):
     reason = Reason.HANDLER_MISSING
+
+
+class AlreadyAnswered(QflareError):
+    """Raised by a train handler whose durable state already covers the task's round.
+
+    A device restarted mid-round reads the round's task again; training it twice would
+    commit local state (SCAFFOLD's c_i) twice for one update. The runtime sends nothing.
+    """
+
+    reason = Reason.DUPLICATE
 
 
 T = TypeVar("T")
@@ -141,19 +173,31 @@ class DeviceApp:
         return kind in self._handlers
 
     async def run_train(self, task: TrainTask) -> TrainResult | Failure:
-        """The handler's result with its weights as a list in the task's layout, or a failed reply."""
+        """The handler's result with its weights and groups as lists in the task's layout, or a
+        failed reply."""
         result = await self._call("train", task)
         if not isinstance(result, TrainResult):
             return result if isinstance(result, Failure) else _wrong_type("train", result)
-        try:
-            weights = check_layout(task.names, task.weights, result.weights)
-        except LayoutError as exc:
-            return Failure(exc.reason, f"@app.train returned the wrong layout: {exc}")
-        labels = tensor_labels(task.names, len(weights))
-        bad = [n for n, w in zip(labels, weights, strict=True) if not np.all(np.isfinite(w))]
-        if bad:
-            return Failure(Reason.NON_FINITE, f"train produced NaN or Inf in tensors {bad}")
-        return replace(result, weights=weights)
+        odd = [g for g in result.groups if not isinstance(g, str) or not g.isidentifier() or g == "weights"]
+        if odd:
+            return Failure(
+                Reason.SCHEMA, f"@app.train returned groups {odd!r}: names must be identifiers, not 'weights'"
+            )
+        checked: dict[str, Weights] = {}
+        for group, returned in (("weights", result.weights), *sorted(result.groups.items())):
+            try:
+                arrays = check_layout(task.names, task.weights, returned)
+            except LayoutError as exc:
+                where = "" if group == "weights" else f" in group {group!r}"
+                return Failure(exc.reason, f"@app.train returned the wrong layout{where}: {exc}")
+            labels = tensor_labels(task.names, len(arrays))
+            bad = [n for n, w in zip(labels, arrays, strict=True) if not np.all(np.isfinite(w))]
+            if bad:
+                where = "" if group == "weights" else f"{group} "
+                return Failure(Reason.NON_FINITE, f"train produced NaN or Inf in {where}tensors {bad}")
+            checked[group] = arrays
+        weights = checked.pop("weights")
+        return replace(result, weights=weights, groups=checked)
 
     async def run_evaluate(self, task: EvaluateTask) -> EvaluateResult | Failure:
         result = await self._call("evaluate", task)

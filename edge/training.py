@@ -19,7 +19,16 @@ import numpy.typing as npt
 import structlog
 from opentelemetry.context import Context
 
-from edge.app import DeviceApp, EvaluateResult, EvaluateTask, Failure, TrainResult, TrainTask
+from edge.app import (
+    EvaluateResult,
+    EvaluateTask,
+    Failure,
+    TrainResult,
+    TrainTask,
+)
+from edge.builtin import builtin_arch as builtin_arch  # importable from here, as before
+from edge.builtin import mnist_app as mnist_app
+from edge.groups import default_local_steps, split_model, update_tensors
 from edge.runtime import DeviceRuntime
 from qflare import poison
 from qflare.authority import allowed
@@ -27,10 +36,8 @@ from qflare.errors import ConfigError, SchemaError
 from qflare.fl import TrainConfig
 from qflare.fl.evaluation import PREFIX as EVAL_PREFIX
 from qflare.fl.evaluation import DeviceEvaluation
-from qflare.fl.job import builtin_model
 from qflare.kafka import KafkaSettings, replay
-from qflare.ml.arch import ModelName, check_model_name
-from qflare.protocol import Decoder, Reassembler, Tensor, seal_chunked
+from qflare.protocol import Decoder, Reassembler, seal_chunked
 from qflare.protocol.decoder import KeyLookup
 from qflare.protocol.topics import Topics
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundFailure, RoundTask
@@ -149,6 +156,14 @@ async def _train_and_send(
     except SchemaError as exc:
         log.warning("round task refused", device=device.device_id, reason=exc.reason, error=str(exc))
         return Failure(exc.reason, str(exc))
+    try:
+        # The model record holds the weights, then the strategy's groups (``control/<name>``).
+        weights, names, groups = split_model(names, weights, config)
+    except (SchemaError, ConfigError) as exc:
+        failure = Failure(exc.reason, str(exc))
+        device.failed("training", failure, job_id=task.job_id, round=task.round)
+        _send(device, task, parent, _failure(task, device, failure))
+        return failure
     evaluated: EvaluateResult | Failure | None = None
     # The federated evaluation's eval_* metrics: the platform's keys, which the app's cannot override.
     reported: dict[str, float] = {}
@@ -167,20 +182,31 @@ async def _train_and_send(
     # change the global model the next device on this host trains from.
     own = [w.copy() for w in weights]
     result = await device.app.run_train(
-        TrainTask(task.round, task.model_version, own, config, names, device.context)
+        TrainTask(
+            task.round,
+            task.model_version,
+            own,
+            config,
+            names,
+            device.context,
+            job_id=task.job_id,
+            groups={g: [a.copy() for a in arrays] for g, arrays in groups.items()},
+        )
     )
+    if isinstance(result, Failure) and result.reason == Reason.DUPLICATE:
+        # The device's state already covers this round (it restarted after answering it).
+        log.info("round already answered", device=device.device_id, job_id=task.job_id, round=task.round)
+        return result
     if isinstance(result, Failure):
         device.failed("training", result, job_id=task.job_id, round=task.round)
         # Failures are data: the aggregator counts the reply as this device's answer, audits the
         # error, and need not wait for the deadline to go on without it.
-        failure = RoundFailure.of(
-            task.job_id, task.round, device.device_id, task.model_version, str(result.reason), result.message
-        )
-        _send(device, task, parent, failure)
+        _send(device, task, parent, _failure(task, device, result))
         return result
     # run_train checked the layout and gave the weights back as a list in the model's order.
     trained = result.weights if isinstance(result.weights, list) else list(result.weights.values())
     metrics = {k: float(v) for k, v in result.metrics.items() if not k.startswith(EVAL_PREFIX)}
+    metrics.setdefault("local_steps", float(default_local_steps(config, result.num_examples)))
     if config.evaluate and device.app.handles("evaluate"):
         checked = await device.app.run_evaluate(
             EvaluateTask(task.round, task.model_version, trained, config, names, device.context)
@@ -188,20 +214,34 @@ async def _train_and_send(
         if isinstance(checked, EvaluateResult):
             metrics["val_loss"] = float(checked.loss)  # handlers may answer in numpy scalars
             metrics.update({f"val_{k}": float(v) for k, v in checked.metrics.items()})
+    sent = {g: list(a) for g, a in result.groups.items() if isinstance(a, list)}
     update = ModelUpdate(
         job_id=task.job_id,
         round=task.round,
         device_id=device.device_id,
         base_version=task.model_version,
         num_examples=result.num_examples,
-        tensors=tuple(
-            Tensor.of(n, np.ascontiguousarray(w, dtype=np.float32))
-            for n, w in zip(names, trained, strict=True)
-        ),
+        tensors=update_tensors(names, trained, sent, config.personal),
         metrics={**metrics, **reported},
     )
+    if result.commit is not None:
+        # Committed before the update reaches the durable outbox, with no await in between:
+        # the device never sends state it has not kept (edge/solver_state.py says why).
+        try:
+            result.commit()
+        except Exception as exc:  # noqa: BLE001 - the app's commit: its failure is this round's reply
+            failure = Failure(Reason.UNHANDLED, f"commit failed: {type(exc).__name__}: {exc}"[:1000])
+            device.failed("training", failure, job_id=task.job_id, round=task.round)
+            _send(device, task, parent, _failure(task, device, failure))
+            return failure
     _send(device, task, parent, update)
     return result
+
+
+def _failure(task: RoundTask, device: DeviceRuntime, failure: Failure) -> RoundFailure:
+    return RoundFailure.of(
+        task.job_id, task.round, device.device_id, task.model_version, str(failure.reason), failure.message
+    )
 
 
 async def evaluate_global(
@@ -246,54 +286,3 @@ def _send(
     ):
         with send_span(topic, key=key) as headers:
             device.link.send(topic, key, record, headers=headers + round_headers(parent))
-
-
-def builtin_arch(config: TrainConfig) -> ModelName:
-    """The built-in architecture the round asks for; this device has no model store."""
-    name = builtin_model(config.model)
-    if name is None:
-        raise ConfigError(f"{config.model!r} is not a built-in model", field="config.model")
-    return check_model_name(name)
-
-
-def mnist_app(
-    images: npt.NDArray[Any],
-    labels: npt.NDArray[Any],
-    *,
-    seed: int,
-    val_images: npt.NDArray[Any] | None = None,
-    val_labels: npt.NDArray[Any] | None = None,
-) -> DeviceApp:
-    """A device app that trains the task's model on this device's own examples (torch, CPU),
-    and evaluates on its held-out local validation split when it has one."""
-    from qflare.ml.train import evaluate, train_local  # torch is imported only by training devices
-
-    app = DeviceApp()
-
-    @app.train
-    def train(task: TrainTask) -> TrainResult:
-        cfg = task.config
-        result = train_local(
-            builtin_arch(cfg),
-            task.weights,
-            images,
-            labels,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            seed=seed * 100_003 + task.round,
-            proximal_mu=cfg.proximal_mu,
-        )
-        # The μ this device trained with goes back with its update, so anyone can see what arrived.
-        metrics = {"loss": float(result.loss), "proximal_mu": cfg.proximal_mu}
-        return TrainResult(result.weights, result.num_examples, metrics)
-
-    if val_images is not None and val_labels is not None and len(val_labels):
-
-        @app.evaluate
-        def validate(task: EvaluateTask) -> EvaluateResult:
-            model = builtin_arch(task.config)
-            loss, accuracy = evaluate(model, task.weights, val_images, val_labels)
-            return EvaluateResult(len(val_labels), float(loss), {"accuracy": float(accuracy)})
-
-    return app

@@ -224,7 +224,7 @@ def _install_builtin_app(t: TrainSpec, spec: WorkerSpec, fleet: dict[str, Device
     """Each device trains the built-in app on its shard of a built-in dataset."""
     import torch
 
-    from edge.training import mnist_app
+    from edge.builtin import mnist_app
     from qflare.ml import dirichlet, iid, load_dataset, pathological
     from qflare.ml.data import DatasetName
 

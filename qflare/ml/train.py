@@ -37,6 +37,8 @@ class TrainResult:
     num_examples: int
     #: Mean cross-entropy over the examples of the last epoch (without the proximal term).
     loss: float
+    #: SGD steps taken (K): ``epochs * ceil(n / batch_size)``, or ``epochs`` for a full batch.
+    local_steps: int = 0
 
 
 def _tensors(images: NDArray[Any], labels: NDArray[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,13 +60,19 @@ def train_local(
     lr: float,
     seed: int,
     proximal_mu: float = 0.0,
+    *,
+    anchor: Sequence[NDArray[Any]] | None = None,
+    correction: Sequence[NDArray[Any]] | None = None,
 ) -> TrainResult:
     """Run ``epochs`` of minibatch SGD from ``weights``; ``batch_size=0`` means full batch.
 
     With ``proximal_mu > 0`` this is FedProx's local solver: the objective gains
-    ``proximal_mu/2 * ||w - weights||^2``. Its gradient, ``proximal_mu * (w - weights)``,
+    ``proximal_mu/2 * ||w - anchor||^2`` (``anchor`` defaults to ``weights``; Ditto's
+    personal model passes the global model). Its gradient, ``proximal_mu * (w - anchor)``,
     is added to the parameter gradients directly, which is exact and avoids
     building a second autograd graph over every parameter each step.
+    ``correction`` (``state_dict`` order) is added to every step's gradient as is:
+    SCAFFOLD's ``c - c_i``.
     The example order is drawn from ``seed`` alone, so a run is reproducible.
     """
     for key, value, ok in (
@@ -82,10 +90,21 @@ def train_local(
     model = build_model(model_name, weights=weights)
     model.train()
     params = list(model.parameters())
-    anchor = [p.detach().clone() for p in params] if proximal_mu > 0 else []
+    # Extra gradient terms, by parameter: the names tie parameters to ``state_dict`` positions.
+    position = {name: i for i, name in enumerate(model.state_dict())}
+    order_of = [position[name] for name, _ in model.named_parameters()]
+    anchors: list[torch.Tensor] = []
+    if proximal_mu > 0:
+        source = weights if anchor is None else _checked(anchor, weights, "anchor")
+        anchors = [as_tensor(np.asarray(source[i]), np.float32) for i in order_of]
+    shifts: list[torch.Tensor] = []
+    if correction is not None:
+        given = _checked(correction, weights, "correction")
+        shifts = [as_tensor(np.asarray(given[i]), np.float32) for i in order_of]
     optimiser = torch.optim.SGD(params, lr=lr)
     order = np.random.default_rng(seed)
     epoch_loss = 0.0
+    steps = 0
     for _ in range(epochs):
         perm = torch.from_numpy(order.permutation(n))
         xs, ys = x[perm], y[perm]  # one gather per epoch; batches below are views
@@ -95,16 +114,32 @@ def train_local(
             optimiser.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xb), yb)
             loss.backward()  # type: ignore[no-untyped-call]
-            if anchor:
+            if anchors or shifts:
                 with torch.no_grad():
-                    for p, a in zip(params, anchor, strict=True):
+                    for i, p in enumerate(params):
                         assert p.grad is not None
-                        p.grad.add_(p - a, alpha=proximal_mu)
+                        if anchors:
+                            p.grad.add_(p - anchors[i], alpha=proximal_mu)
+                        if shifts:
+                            p.grad.add_(shifts[i])
             optimiser.step()
+            steps += 1
             # Accumulate as a tensor: calling .item() every step would force a sync for no gain.
             total += loss.detach().double() * len(yb)
         epoch_loss = float(total) / n
-    return TrainResult(weights=get_weights(model), num_examples=n, loss=epoch_loss)
+    return TrainResult(weights=get_weights(model), num_examples=n, loss=epoch_loss, local_steps=steps)
+
+
+def _checked(
+    arrays: Sequence[NDArray[Any]], like: Sequence[NDArray[Any]], field: str
+) -> Sequence[NDArray[Any]]:
+    """``arrays`` if it has the shapes of ``like``, else ``ConfigError`` naming the first bad position."""
+    if len(arrays) != len(like):
+        raise ConfigError(f"{len(arrays)} tensors for a model of {len(like)}", field=field)
+    for i, (a, w) in enumerate(zip(arrays, like, strict=True)):
+        if np.shape(a) != np.shape(w):
+            raise ConfigError(f"shape {np.shape(a)} != the model's {np.shape(w)}", field=f"{field}[{i}]")
+    return arrays
 
 
 def evaluate(

@@ -76,3 +76,27 @@ async def test_tasks_carry_names_and_the_device_context(tmp_path: Path) -> None:
     assert seen == [context] and seen[0].partition == 3 and seen[0].num_partitions == 10
     # Built without one, a task still has a context: the defaults of a device of one.
     assert _task().context == DeviceContext() and DeviceContext().num_partitions == 1
+
+
+async def test_returned_groups_are_checked_against_the_task_layout() -> None:
+    app = DeviceApp()
+    returned: dict[str, object] = {}
+
+    @app.train
+    def train(task: TrainTask) -> TrainResult:
+        return TrainResult(task.weights, 1, groups=returned)  # type: ignore[arg-type]
+
+    returned.update({"control": {"nope": np.ones(3, np.float32)}})
+    outcome = await app.run_train(_task())
+    assert isinstance(outcome, Failure) and "in group 'control'" in outcome.message
+    returned.clear()
+    returned.update({"control": [np.ones(3, np.float32)]})
+    outcome = await app.run_train(_task())
+    assert isinstance(outcome, TrainResult) and isinstance(outcome.groups["control"], list)
+    returned["control"] = [np.ones(4, np.float32)]
+    outcome = await app.run_train(_task())
+    assert isinstance(outcome, Failure) and outcome.reason == "shape" and "'control'" in outcome.message
+    returned.clear()
+    returned["weights"] = [np.ones(3, np.float32)]
+    outcome = await app.run_train(_task())
+    assert isinstance(outcome, Failure) and outcome.reason == "schema"
