@@ -32,7 +32,7 @@ class DittoParams(StrategyParams):
 
 @register_strategy
 class Ditto(FedAvg):
-    """FedAvg on the server; devices also train a personal model regularised toward it."""
+    """FedAvg; each device also trains a personal model pulled toward it (Li et al., 2021)."""
 
     name = "ditto"
     Params: ClassVar[type[StrategyParams]] = DittoParams

@@ -26,7 +26,7 @@ def adagrad_second_moment(v: F64, delta: F64) -> F64:
 
 @register_strategy
 class FedAdagrad(FedOpt):
-    """Adagrad as the server optimiser."""
+    """Adagrad as the server optimiser (Reddi et al., 2021)."""
 
     name = "fedadagrad"
     Params: ClassVar[type[StrategyParams]] = FedAdagradParams

@@ -25,7 +25,7 @@ def adam_second_moment(v: F64, delta: F64, beta2: float) -> F64:
 
 @register_strategy
 class FedAdam(FedOpt):
-    """Adam as the server optimiser."""
+    """Adam as the server optimiser (Reddi et al., 2021)."""
 
     name = "fedadam"
     Params: ClassVar[type[StrategyParams]] = FedAdamParams

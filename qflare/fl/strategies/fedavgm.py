@@ -49,7 +49,7 @@ def momentum_step(weights: F64, mean: F64, velocity: F64, lr: float, momentum: f
 
 @register_strategy
 class FedAvgM(Strategy):
-    """Server momentum on FedAvg's pseudo-gradient (streaming, example-weighted)."""
+    """Server momentum on FedAvg's pseudo-gradient (Hsu et al., 2019)."""
 
     name = "fedavgm"
     Params: ClassVar[type[StrategyParams]] = FedAvgMParams

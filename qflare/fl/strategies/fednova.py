@@ -61,7 +61,7 @@ def nova_average(weights: Sequence[F64], updates: Sequence[tuple[Sequence[F64], 
 
 @register_strategy
 class FedNova(Strategy):
-    """Normalised averaging: each device's change divided by its local steps (buffered)."""
+    """Averages each device's change divided by its local steps (Wang et al., 2020)."""
 
     name = "fednova"
     Params: ClassVar[type[StrategyParams]] = FedNovaParams

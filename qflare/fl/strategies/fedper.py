@@ -107,7 +107,7 @@ def merge_shared(
 
 @register_strategy
 class FedPer(Strategy):
-    """FedAvg over the shared tensors; personal tensors stay on the devices (streaming)."""
+    """FedAvg over shared tensors; personal layers stay on the devices (Arivazhagan et al., 2019)."""
 
     name = "fedper"
     Params: ClassVar[type[StrategyParams]] = FedPerParams

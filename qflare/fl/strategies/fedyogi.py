@@ -30,7 +30,7 @@ def yogi_second_moment(v: F64, delta: F64, beta2: float) -> F64:
 
 @register_strategy
 class FedYogi(FedOpt):
-    """Yogi as the server optimiser."""
+    """Yogi as the server optimiser (Reddi et al., 2021)."""
 
     name = "fedyogi"
     Params: ClassVar[type[StrategyParams]] = FedYogiParams

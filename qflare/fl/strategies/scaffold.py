@@ -58,7 +58,7 @@ def scaffold_step(
 
 @register_strategy
 class Scaffold(Strategy):
-    """Control variates against client drift (streaming, both groups unweighted)."""
+    """Control variates correct the devices' drift (Karimireddy et al., 2020)."""
 
     name = "scaffold"
     Params: ClassVar[type[StrategyParams]] = ScaffoldParams
