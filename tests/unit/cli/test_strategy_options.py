@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -106,3 +107,8 @@ def test_strategies_lists_every_strategy_with_its_parameters() -> None:
     table = runner.invoke(jobs_app, ["strategies"], env={"COLUMNS": "250"})
     assert table.exit_code == 0 and all(name in table.output for name in STRATEGIES)
     assert "server_momentum: float = 0.9" in table.output
+
+
+def test_the_docs_table_has_a_row_for_every_strategy() -> None:
+    text = (Path(__file__).parents[3] / "docs" / "strategies.md").read_text()
+    assert all(f"| `{name}` |" in text for name in STRATEGIES)
