@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from qflare.fl import Strategy
-from qflare.fl.strategies.fedadagrad import FedAdagradParams
-from qflare.fl.strategies.fedadam import FedAdamParams
+from qflare.fl.strategies.fedadagrad import FedAdagrad, FedAdagradParams
+from qflare.fl.strategies.fedadam import FedAdam, FedAdamParams
 from qflare.fl.strategies.fedopt import FedOpt
-from qflare.fl.strategies.fedyogi import FedYogiParams
+from qflare.fl.strategies.fedyogi import FedYogi, FedYogiParams
 from tests.unit.fl.strategies.helpers import f32, make, run_round, update
 
 PARAMS = {"server_lr": 0.1, "beta1": 0.5, "tau": 0.5}
@@ -66,3 +66,10 @@ def test_defaults_are_the_papers() -> None:
     adagrad = FedAdagradParams()
     assert (adagrad.server_lr, adagrad.beta1, adagrad.tau) == (1e-2, 0.9, 1e-3)
     assert "beta2" not in FedAdagradParams.model_fields  # Adagrad's v is a plain running total
+
+
+def test_each_variant_overrides_only_the_second_moment() -> None:
+    for cls in (FedAdam, FedYogi, FedAdagrad):
+        own = {k for k, v in vars(cls).items() if callable(v) and not k.startswith("_") and k != "Params"}
+        assert own == {"second_moment"}, cls
+        assert issubclass(cls, FedOpt) and cls.aggregate is FedOpt.aggregate
