@@ -26,13 +26,10 @@ from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete, RoundTask
 from qflare_cli.keys import KEYS_DIR as KEYS
-from qflare_cli.strategy_options import (
-    MU_HELP,
-    PARAM_HELP,
-    STRATEGY_HELP,
-    describe_strategies,
-    strategy_params,
-)
+from qflare_cli.strategy_options import MU_HELP as MU_HELP  # re-exported: demo and sim share the options
+from qflare_cli.strategy_options import PARAM_HELP, describe_strategies
+from qflare_cli.strategy_options import STRATEGY_HELP as STRATEGY_HELP
+from qflare_cli.strategy_options import strategy_params as strategy_params
 
 app = typer.Typer(
     help="Federated training jobs, driven through the scheduler over Kafka.", no_args_is_help=True
