@@ -140,8 +140,29 @@ class FedPer(Strategy):
         kept = [(n, tuple(s)) for n, s in zip(names, shapes, strict=True) if not self.is_personal(n)]
         if not kept:
             raise ConfigError(f"{self.personal!r} leaves no tensor shared", field="strategy.personal")
+        if self._names is None:
+            self._check_placeable(names, shapes)
         group = GroupSpec(tuple(n for n, _ in kept), tuple(s for _, s in kept), self.fixed_point.max_abs)
         return UpdateSpec({WEIGHTS: group})
+
+    def _check_placeable(self, names: Sequence[str], shapes: Sequence[Shape]) -> None:
+        """Refuse the job now, not at round close, if ``aggregate`` could not place the shared tensors.
+
+        It gets no tensor names for a model-store model, so it places them by shape and order.
+        """
+        shared = [i for i, n in enumerate(names) if not self.is_personal(n)]
+        if len(shared) == len(names):
+            return
+        model = [tuple(s) for s in shapes]
+        try:
+            placed = shared_positions([model[i] for i in shared], model)
+        except AggregationError:
+            placed = []
+        if placed != shared:
+            raise ConfigError(
+                f"{self.personal!r} leaves shared tensors whose place is ambiguous by shape",
+                field="strategy.personal",
+            )
 
     def _positions(self, shared: Sequence[str], shapes: Sequence[Shape], model: Sequence[Shape]) -> list[int]:
         names = self._names

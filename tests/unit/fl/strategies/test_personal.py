@@ -63,6 +63,12 @@ def test_fedper_needs_a_regex_for_a_stored_model_and_a_valid_one() -> None:
     with pytest.raises(ConfigError) as none_left:
         make("fedper", personal=".*").update_spec(NAMES, SHAPES)
     assert none_left.value.field == "strategy.personal"
+    stored = FedPer(JobSpec.parse({"model": "mine@1", "strategy": {"name": "fedper", "personal": "head.*"}}))
+    assert stored.update_spec(NAMES, SHAPES).groups[WEIGHTS].names == ("base.w", "base.b")
+    with pytest.raises(ConfigError) as ambiguous:  # a and b have one shape: which one is shared?
+        job = JobSpec.parse({"model": "mine@1", "strategy": {"name": "fedper", "personal": "a"}})
+        FedPer(job).update_spec(["a", "b"], [(2,), (2,)])
+    assert ambiguous.value.field == "strategy.personal"
 
 
 def test_shared_tensors_are_placed_by_shape_only_when_unambiguous() -> None:
