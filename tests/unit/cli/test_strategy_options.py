@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic.fields import FieldInfo
 from typer.testing import CliRunner
 
 from qflare.errors import ConfigError, QflareError, SchemaError
 from qflare.fl import STRATEGIES
 from qflare_cli.jobs import app as jobs_app
 from qflare_cli.main import app as main_app
-from qflare_cli.strategy_options import check_params, strategy_params
+from qflare_cli.strategy_options import check_params, parse_value, strategy_params
 
 runner = CliRunner()
 
@@ -112,3 +113,18 @@ def test_strategies_lists_every_strategy_with_its_parameters() -> None:
 def test_the_docs_table_has_a_row_for_every_strategy() -> None:
     text = (Path(__file__).parents[3] / "docs" / "strategies.md").read_text()
     assert all(f"| `{name}` |" in text for name in STRATEGIES)
+
+
+def test_booleans_and_guesses() -> None:
+    flag = FieldInfo(annotation=bool, default=False)
+    assert [parse_value(v, flag, "strategy.f") for v in ("true", "No", "1", "off")] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+    with pytest.raises(ConfigError) as info:
+        parse_value("maybe", flag, "strategy.f")
+    assert info.value.field == "strategy.f"
+    # A key the strategy lacks is read as the most specific scalar, so its refusal names the right type.
+    assert [parse_value(v, None, "k") for v in ("true", "3", "0.5", "x")] == [True, 3, 0.5, "x"]
