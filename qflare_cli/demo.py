@@ -35,17 +35,10 @@ from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
 from qflare.supervisor import Supervisor
-from qflare_cli.jobs import (
-    EVALUATION_HELP,
-    MU_HELP,
-    STRATEGY_HELP,
-    evaluated,
-    evaluation_setting,
-    model_ref,
-    strategy_params,
-)
+from qflare_cli.jobs import EVALUATION_HELP, evaluated, evaluation_setting, model_ref
 from qflare_cli.reports import DeviceReports, describe
 from qflare_cli.stack import quiet_clients
+from qflare_cli.strategy_options import MU_HELP, PARAM_HELP, STRATEGY_HELP, strategy_params
 from qflare_cli.supervised import metrics_ports, printer, start_services
 
 # Wide enough for a round line and the summary when output is piped (rich assumes 80 then).
@@ -70,6 +63,7 @@ def demo(
         300.0, min=5, help="Per-round deadline; a quorum then closes the round."
     ),
     strategy: str = typer.Option("fedavg", help=STRATEGY_HELP),
+    param: list[str] | None = typer.Option(None, "--param", "-p", metavar="KEY=VALUE", help=PARAM_HELP),
     proximal_mu: float | None = typer.Option(None, min=0.0, help=MU_HELP),
     dataset: str = typer.Option("mnist", help="mnist or fashion-mnist."),
     processes: int = typer.Option(2, min=1, max=16, help="Worker processes for the simulated fleet."),
@@ -83,13 +77,17 @@ def demo(
         "one (device i gets partition i of --devices); the current directory is importable.",
     ),
 ) -> None:
-    """Run the main job: federated training of a model on MNIST across simulated devices."""
+    """Run the main job: federated training of a model on MNIST across simulated devices.
+
+    Pick the aggregation algorithm with --strategy NAME and its parameters with repeated
+    --param key=value (`qflare jobs strategies` lists them).
+    """
     quiet_clients()
     try:
         job = JobSpec.parse(
             {
                 "model": model_ref(model),
-                "strategy": strategy_params(strategy, proximal_mu),
+                "strategy": strategy_params(strategy, proximal_mu, param or ()),
                 "rounds": rounds,
                 "fraction": fraction,
                 "min_clients": min(2, devices),
@@ -101,7 +99,8 @@ def demo(
                 "dataset": dataset,
                 "partition": partition,
                 **evaluation_setting(evaluation),
-            }
+            },
+            where="",  # errors name the key as the options do: strategy.server_lr, rounds
         )
     except QflareError as exc:
         console.print(f"[red]demo refused:[/red] {exc}")

@@ -11,7 +11,6 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -19,7 +18,7 @@ from rich.table import Table
 
 from qflare import operator, poison
 from qflare.errors import QflareError
-from qflare.fl import STRATEGIES, FedProxParams, JobSpec
+from qflare.fl import JobSpec
 from qflare.fl.job import BUILTIN
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics, read_to_end, replay
@@ -27,6 +26,10 @@ from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete, RoundTask
 from qflare_cli.keys import KEYS_DIR as KEYS
+from qflare_cli.strategy_options import MU_HELP as MU_HELP  # re-exported: demo and sim share the options
+from qflare_cli.strategy_options import PARAM_HELP, describe_strategies
+from qflare_cli.strategy_options import STRATEGY_HELP as STRATEGY_HELP
+from qflare_cli.strategy_options import strategy_params as strategy_params
 
 app = typer.Typer(
     help="Federated training jobs, driven through the scheduler over Kafka.", no_args_is_help=True
@@ -53,21 +56,6 @@ async def _send(kafka: KafkaSettings, keys_dir: Path, command: JobCommand) -> No
 def model_ref(model: str) -> str:
     """A bare built-in name (``2nn``) as the reference a job spec holds (``builtin:2nn``)."""
     return model if ":" in model or "@" in model else f"{BUILTIN}{model}"
-
-
-def strategy_params(strategy: str, proximal_mu: float | None) -> dict[str, Any]:
-    """The strategy map of a job spec; options left out take the strategy's own defaults."""
-    params: dict[str, Any] = {"name": strategy}
-    if proximal_mu is not None:
-        params["proximal_mu"] = proximal_mu
-    return params
-
-
-STRATEGY_HELP = f"One of {', '.join(sorted(STRATEGIES))}."
-MU_HELP = (
-    "FedProx's proximal coefficient μ (default: "
-    f"{FedProxParams.model_fields['proximal_mu'].default}); only for --strategy fedprox."
-)
 
 
 EVALUATION_HELP = (
@@ -104,17 +92,23 @@ def start(
     lr: float = typer.Option(0.05, min=0.0),
     seed: int = typer.Option(0),
     dataset: str = typer.Option("mnist"),
+    param: list[str] | None = typer.Option(None, "--param", "-p", metavar="KEY=VALUE", help=PARAM_HELP),
     proximal_mu: float | None = typer.Option(None, min=0.0, help=MU_HELP),
     evaluation: str | None = typer.Option(None, help=EVALUATION_HELP),
     keys_dir: Path = KEYS,
 ) -> None:
-    """Start a job: the scheduler opens rounds on healthy devices until ROUNDS complete."""
+    """Start a job: the scheduler opens rounds on healthy devices until ROUNDS complete.
+
+    The aggregation algorithm is --strategy NAME with its parameters as repeated
+    --param key=value (e.g. --strategy fedadam --param server_lr=0.03 --param tau=0.001);
+    `qflare jobs strategies` lists them all with their parameters and defaults.
+    """
     job = job_id or f"job-{uuid.uuid4().hex[:8]}"
     try:
         spec = JobSpec.parse(
             {
                 "model": model_ref(model),
-                "strategy": strategy_params(strategy, proximal_mu),
+                "strategy": strategy_params(strategy, proximal_mu, param or ()),
                 "rounds": rounds,
                 "fraction": fraction,
                 "min_clients": min_clients,
@@ -125,7 +119,8 @@ def start(
                 "seed": seed,
                 "dataset": dataset,
                 **evaluation_setting(evaluation),
-            }
+            },
+            where="",  # errors name the key as the options do: strategy.server_lr, rounds
         )
     except QflareError as exc:
         console.print(f"[red]job refused:[/red] {exc}")
@@ -133,6 +128,27 @@ def start(
     config = spec.to_wire()
     asyncio.run(_send(KafkaSettings(), keys_dir, JobCommand(job, "start", config)))
     console.print(f"started {job}: {json.dumps(config)}")
+
+
+@app.command()
+def strategies(as_json: bool = typer.Option(False, "--json", help="One JSON list on stdout.")) -> None:
+    """List the strategies a job can use: mode, what devices send, parameters with types and defaults."""
+    rows = describe_strategies()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("strategy", "mode", "devices send", "parameters (type = default; bounds)", "description")
+    for row in rows:
+        sends = row["sends"]
+        sent = "; ".join(f"{g}: {what}" for g, what in sends["groups"].items())
+        if sends["metrics"]:
+            sent += "; metrics: " + ", ".join(sends["metrics"])
+        params = "\n".join(
+            f"{p['name']}: {p['type']} = {p['default']!r}" + (f" ({p['bounds']})" if p["bounds"] else "")
+            for p in row["params"]
+        )
+        table.add_row(row["name"], row["mode"], sent, params or "-", row["description"])
+    console.print(table)
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """One module per aggregation algorithm; each registers itself with ``register_strategy``.
 
 Every module of this package is imported here, so a new strategy needs no edit
-outside its own module.
+outside its own module. docs/strategies.md lists them with their parameters.
 """
 
 from __future__ import annotations

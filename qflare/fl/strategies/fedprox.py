@@ -20,7 +20,7 @@ class FedProxParams(StrategyParams):
     name: Literal["fedprox"] = "fedprox"
     #: μ, the proximal coefficient. This is the one default of it: the CLI and the demo
     #: leave it out unless told, and devices are always sent the job's value.
-    proximal_mu: float = Field(0.01, ge=0)
+    proximal_mu: float = Field(0.01, ge=0, description="μ, the proximal coefficient devices apply.")
 
 
 @register_strategy

@@ -68,7 +68,7 @@ def test_proximal_mu_has_one_default_and_reaches_the_instructions() -> None:
         ({"model": "2nn"}, "config.model"),  # a bare name is not a reference
         ({"strategy": "fedavg"}, "config.strategy"),
         ({"strategy": {}}, "config.strategy.name"),
-        ({"strategy": {"name": "fedadam"}}, "config.strategy.name"),
+        ({"strategy": {"name": "fedfoo"}}, "config.strategy.name"),
         ({"strategy": {"name": "fedprox", "proximal_mu": -1}}, "config.strategy.proximal_mu"),
         ({"strategy": {"name": "fedprox", "proximal_mu": "x"}}, "config.strategy.proximal_mu"),
         ({"strategy": {"name": "fedavg", "proximal_mu": 0.1}}, "config.strategy.proximal_mu"),

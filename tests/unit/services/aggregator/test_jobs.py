@@ -47,7 +47,7 @@ def test_a_model_outside_the_built_ins_is_refused_until_the_store_has_it() -> No
     ("key", "value"),
     [
         ("model", "resnet"),
-        ("strategy", {"name": "fedadam"}),
+        ("strategy", {"name": "fedfoo"}),
         ("dataset", "cifar"),
         ("rounds", 0),
         ("fraction", 1.5),
