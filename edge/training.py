@@ -56,10 +56,10 @@ class RoundFollower:
     kafka: KafkaSettings
     topics: Topics
     trusted: KeyLookup
-    #: job id -> version -> weights (only the newest few versions are kept)
-    models: dict[str, dict[int, list[npt.NDArray[Any]]]] = field(default_factory=dict)
-    #: job id -> the global model's tensor names, in layout order
-    names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: job id -> version -> (the tensors' wire names, their values); only the newest few versions
+    #: are kept. Names go with their version: a strategy may send extra groups with some versions
+    #: only (SCAFFOLD's control is absent from version 0), so one list per job would not fit them all.
+    models: dict[str, dict[int, tuple[tuple[str, ...], list[npt.NDArray[Any]]]]] = field(default_factory=dict)
     tasks: asyncio.Queue[RoundTask] = field(default_factory=asyncio.Queue)
     #: Rate limit of the "ignored record" log lines (qflare.poison).
     tally: poison.Tally = field(default_factory=lambda: poison.Tally("edge"))
@@ -103,8 +103,10 @@ class RoundFollower:
         body, sender = msg.body, msg.header.sender
         if isinstance(body, GlobalModel) and allowed("model", sender):
             versions = self.models.setdefault(body.job_id, {})
-            versions[body.version] = [np.array(t.array, dtype=np.float32) for t in body.tensors]
-            self.names[body.job_id] = tuple(t.name for t in body.tensors)
+            versions[body.version] = (
+                tuple(t.name for t in body.tensors),
+                [np.array(t.array, dtype=np.float32) for t in body.tensors],
+            )
             for old in sorted(versions)[:-3]:
                 del versions[old]
         elif isinstance(body, RoundTask) and allowed("round_task", sender):
@@ -113,7 +115,10 @@ class RoundFollower:
                 del _task_contexts[next(iter(_task_contexts))]
             self.tasks.put_nowait(body)
 
-    async def weights(self, job_id: str, version: int, timeout_s: float) -> list[npt.NDArray[Any]] | None:
+    async def weights(
+        self, job_id: str, version: int, timeout_s: float
+    ) -> tuple[tuple[str, ...], list[npt.NDArray[Any]]] | None:
+        """The tensor names and values of ``version``, waiting up to ``timeout_s`` for it to arrive."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:

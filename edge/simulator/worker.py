@@ -195,10 +195,10 @@ async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka
                 continue
             done.add((task.job_id, task.round))
             left_s = task.deadline_ms / 1000 - time.time()
-            weights = await follower.weights(task.job_id, task.model_version, max(0.0, left_s))
-            if weights is None:
+            model = await follower.weights(task.job_id, task.model_version, max(0.0, left_s))
+            if model is None:
                 continue  # the model never arrived before the deadline
-            names = follower.names[task.job_id]
+            names, weights = model
             for device_id in mine:
                 if time.time() * 1000 > task.deadline_ms:
                     break  # too late: the aggregator would drop it anyway
