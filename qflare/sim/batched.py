@@ -118,13 +118,14 @@ def train_batched(
             count = mask.sum(dim=1)
             grads, loss = step_fn(params, images[picked], labels[picked], mask, count)
             active = (count > 0).to(torch.float32)
+            rate = active * lr  # a device whose epoch has ended steps by 0
             with torch.no_grad():
                 for n in names:
                     g = grads[n]
                     if anchor:
-                        g = g + proximal_mu * (params[n] - anchor[n])
-                    scale = (active * lr).view(-1, *([1] * (g.dim() - 1)))
-                    params[n] = params[n] - scale * g
+                        g = g.add(params[n] - anchor[n], alpha=proximal_mu)
+                    # In place: w <- w - lr * g, as torch.optim.SGD steps.
+                    params[n].addcmul_(rate.view(-1, *([1] * (g.dim() - 1))), g, value=-1)
             losses += loss.detach().double() * count.double()
     host = {n: params[n].detach().cpu().numpy() for n in names}
     out = []

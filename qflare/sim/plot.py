@@ -19,6 +19,7 @@ def plot_accuracy(series: Mapping[str, Sequence[tuple[int, float]]], path: Path,
 
         matplotlib.use("Agg")  # no display: files only
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"plotting needs the matplotlib package ({exc.name} is missing): pip install matplotlib",
@@ -28,7 +29,8 @@ def plot_accuracy(series: Mapping[str, Sequence[tuple[int, float]]], path: Path,
     for name, points in series.items():
         if points:
             rounds, accuracy = zip(*points, strict=True)
-            ax.plot(rounds, accuracy, label=name, linewidth=1.4)
+            ax.plot(rounds, accuracy, label=name, linewidth=1.4, marker="." if len(points) < 30 else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.grid(True, alpha=0.3)
