@@ -61,11 +61,14 @@ def train_batched(
     lr: float,
     seeds: Sequence[int],
     proximal_mu: float = 0.0,
+    correction: Sequence[Sequence[NDArray[Any]]] | None = None,
 ) -> list[BatchedResult]:
     """Train ``len(index)`` devices from the same ``weights``; device ``d`` owns ``images[index[d]]``.
 
     ``images`` (float32, already in [0, 1]) and ``labels`` (int64) hold the whole
     training split on the target device, so a round copies only index arrays.
+    ``correction`` (SCAFFOLD's ``c - c_i``, per device, in ``weights`` order) is added to
+    every gradient of that device.
     """
     if epochs < 1 or batch_size < 0 or not lr > 0 or not proximal_mu >= 0:
         raise ConfigError("epochs >= 1, batch_size >= 0, lr > 0, proximal_mu >= 0", field="config")
@@ -93,6 +96,14 @@ def train_batched(
     start = {n: p.detach() for n, p in model.named_parameters()}
     params = {n: p.unsqueeze(0).repeat(num, *([1] * p.dim())).contiguous() for n, p in start.items()}
     anchor = start if proximal_mu > 0 else {}
+    shift: dict[str, torch.Tensor] = {}
+    if correction is not None:
+        if len(correction) != num:
+            raise ConfigError(f"{len(correction)} corrections for {num} devices", field="correction")
+        for k, n in enumerate(names):
+            shift[n] = torch.from_numpy(
+                np.stack([np.asarray(c[k], dtype=np.float32) for c in correction])
+            ).to(dev)
 
     def device_loss(
         p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, count: torch.Tensor
@@ -124,6 +135,8 @@ def train_batched(
                     g = grads[n]
                     if anchor:
                         g = g.add(params[n] - anchor[n], alpha=proximal_mu)
+                    if shift:
+                        g = g + shift[n]
                     # In place: w <- w - lr * g, as torch.optim.SGD steps.
                     params[n].addcmul_(rate.view(-1, *([1] * (g.dim() - 1))), g, value=-1)
             losses += loss.detach().double() * count.double()

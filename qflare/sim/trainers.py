@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from qflare.errors import ConfigError
 from qflare.fl.arrays import NDArrays
 from qflare.fl.job import TrainConfig, builtin_model
-from qflare.fl.spec import WEIGHTS
+from qflare.fl.spec import CONTROL, WEIGHTS
 from qflare.ml.arch import ModelName, check_model_name
 from qflare.sim.fleet import SimFleet, round_seed
 
@@ -57,9 +57,12 @@ def builtin_arch(config: TrainConfig) -> ModelName:
     return check_model_name(name)
 
 
-def unsupported(config: TrainConfig) -> str | None:
-    """The solver key the built-in local SGD cannot run yet (None when it can run the config)."""
-    if config.scaffold:
+def unsupported(config: TrainConfig, *, batched: bool = False) -> str | None:
+    """The solver key the built-in local SGD cannot run yet (None when it can run the config).
+
+    SCAFFOLD runs only in the batched trainer (``train_local`` has no correction term).
+    """
+    if config.scaffold and not batched:
         return "scaffold"
     if config.ditto_lambda > 0:
         return "ditto_lambda"
@@ -126,6 +129,8 @@ class BatchedTrainer:
 
     fleet: SimFleet
     device: str | None = None
+    #: SCAFFOLD: each device's control variate c_i (zero until it first trains), its local state.
+    controls: dict[int, NDArrays] = field(default_factory=dict)
     _data: Any = None
 
     def _tensors(self) -> Any:
@@ -151,9 +156,14 @@ class BatchedTrainer:
     ) -> list[DeviceResult]:
         from qflare.sim.batched import train_batched
 
-        if unsupported(config) is not None:
+        if unsupported(config, batched=True) is not None:
             return ReferenceTrainer(self.fleet).train(round_no, devices, weights, config, server_groups)
         images, labels = self._tensors()
+        correction = None
+        if config.scaffold:
+            c = self._server_control(weights, server_groups)
+            mine = [self.controls.get(i) or [np.zeros_like(w) for w in weights] for i in devices]
+            correction = [[a - b for a, b in zip(c, ci, strict=True)] for ci in mine]
         results = train_batched(
             builtin_arch(config),
             weights,
@@ -165,8 +175,36 @@ class BatchedTrainer:
             lr=config.lr,
             seeds=[round_seed(self.fleet.seed, i, round_no) for i in devices],
             proximal_mu=config.proximal_mu,
+            correction=correction,
         )
-        return [
-            DeviceResult({WEIGHTS: r.weights}, r.num_examples, _metrics(r.loss, r.local_steps, config))
-            for r in results
+        out = []
+        for i, r in zip(devices, results, strict=True):
+            groups: dict[str, Sequence[NDArray[Any]]] = {WEIGHTS: r.weights}
+            if config.scaffold:
+                groups[CONTROL] = self._new_control(i, weights, r, config, server_groups)
+            out.append(DeviceResult(groups, r.num_examples, _metrics(r.loss, r.local_steps, config)))
+        return out
+
+    @staticmethod
+    def _server_control(weights: NDArrays, server_groups: Mapping[str, NDArrays]) -> NDArrays:
+        c = server_groups.get(CONTROL)
+        return [np.zeros_like(w) for w in weights] if c is None else [np.asarray(a, np.float32) for a in c]
+
+    def _new_control(
+        self,
+        index: int,
+        x: NDArrays,
+        trained: Any,
+        config: TrainConfig,
+        server_groups: Mapping[str, NDArrays],
+    ) -> NDArrays:
+        """SCAFFOLD option II: c_i+ = c_i - c + (x - y_i) / (K lr); keeps c_i+ and returns c_i+ - c_i."""
+        c = self._server_control(x, server_groups)
+        k_lr = trained.local_steps * config.lr
+        delta = [
+            ((xw.astype(np.float64) - yw) / k_lr - cw).astype(np.float32)
+            for xw, yw, cw in zip(x, trained.weights, c, strict=True)
         ]
+        old = self.controls.get(index) or [np.zeros_like(w) for w in x]
+        self.controls[index] = [o + d for o, d in zip(old, delta, strict=True)]
+        return delta
