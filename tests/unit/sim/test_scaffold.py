@@ -41,7 +41,7 @@ def _by_hand(
         with torch.no_grad():
             for p, c in zip(model.parameters(), correction, strict=True):
                 assert p.grad is not None
-                p -= LR * (p.grad + torch.from_numpy(c))
+                p.sub_(LR * (p.grad + torch.from_numpy(c)))
         steps += 1
     return get_weights(model), steps
 
