@@ -73,7 +73,9 @@ def qflare_arm(settings: dict[str, Any], trainer_kind: str, threads: int) -> dic
     )
     fleet = make_fleet("mnist", "iid", settings["devices"], settings["seed"])
     trainer: Trainer = BatchedTrainer(fleet) if trainer_kind == "batched" else ReferenceTrainer(fleet)
-    sim = Simulation(job, fleet.ids, trainer, CentralEvaluation(fleet.test_images, fleet.test_labels))
+    on_gpu = trainer_kind == "batched" and torch.cuda.is_available()
+    evaluation = CentralEvaluation(fleet.test_images, fleet.test_labels, device="cuda" if on_gpu else None)
+    sim = Simulation(job, fleet.ids, trainer, evaluation)
     ends: list[float] = []
     accuracy: list[float | None] = []
 

@@ -116,7 +116,9 @@ def _base(
 def simulation(job: JobSpec, devices: int, app_ref: str | None, trainer: str, device: str) -> Simulation:
     """A ``Simulation`` of ``job`` over ``devices`` with the chosen trainer."""
     fleet = make_fleet(job.dataset, job.partition, devices, job.seed)
-    evaluation = CentralEvaluation(fleet.test_images, fleet.test_labels)
+    # Batched training on a GPU evaluates there too; otherwise exactly as the aggregator does.
+    gpu = trainer == "batched" and app_ref is None and _cuda(device)
+    evaluation = CentralEvaluation(fleet.test_images, fleet.test_labels, device="cuda" if gpu else None)
     chosen: Trainer
     if app_ref is not None:
         from edge.loader import load_app
@@ -133,6 +135,14 @@ def simulation(job: JobSpec, devices: int, app_ref: str | None, trainer: str, de
     else:
         raise typer.BadParameter(f"unknown trainer {trainer!r}: batched or reference")
     return Simulation(job, fleet.ids, chosen, evaluation)
+
+
+def _cuda(device: str) -> bool:
+    if device:
+        return device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _run(sim: Simulation, name: str, extra: dict[str, Any], sink: TextIO | None) -> list[RoundRecord]:

@@ -12,7 +12,15 @@ from qflare.fl import JobSpec
 from qflare.fl.selection import select
 from qflare.ml import init_weights
 from qflare.ml.train import train_local
-from qflare.sim import BatchedTrainer, ReferenceTrainer, SimFleet, Simulation, make_fleet, round_seed
+from qflare.sim import (
+    BatchedTrainer,
+    CentralEvaluation,
+    ReferenceTrainer,
+    SimFleet,
+    Simulation,
+    make_fleet,
+    round_seed,
+)
 
 torch.set_num_threads(1)
 
@@ -82,3 +90,12 @@ def test_batched_and_reference_runs_give_the_same_model_and_reruns_are_identical
     worst = max(float(np.abs(a - b).max()) for a, b in zip(runs[0].weights, runs[2].weights, strict=True))
     assert worst < 1e-5
     assert records[0][1].train_loss == pytest.approx(records[2][1].train_loss, rel=1e-5)
+
+
+def test_evaluation_on_a_torch_device_matches_the_aggregators(fleet: SimFleet) -> None:
+    weights = init_weights("2nn", 9)
+    cpu = CentralEvaluation(fleet.test_images, fleet.test_labels, examples=2000)
+    tensors = CentralEvaluation(fleet.test_images, fleet.test_labels, examples=2000, device="cpu")
+    loss, accuracy = cpu("2nn", weights)
+    loss2, accuracy2 = tensors("2nn", weights)
+    assert accuracy2 == accuracy and loss2 == pytest.approx(loss, rel=1e-6)
