@@ -7,11 +7,14 @@ each after the 10% validation share), C = 0.1, E = 1, B = 10, lr 0.05, central
 evaluation on 10,000 test examples after every round, in both engines.
 
 - qflare: ``qflare.sim.Simulation`` with the batched trainer (the selected devices
-  trained at once by ``torch.func.vmap``; CUDA when present), torch on every core.
+  trained at once by ``torch.func.vmap``; CUDA when present), torch on ``--threads``
+  threads (default 1: on this busy 2-core machine, 2 intra-op threads made the run
+  2 to 8 times slower than 1, as the threads wait on each other).
   ``--reference`` adds the one-device-at-a-time trainer as a third arm.
 - flower: ``bench/sim_flower.py`` in its own environment (``flwr[simulation]``, Ray),
   each client training with ``qflare.ml.train.train_local`` on the same partition
-  with the same seeds, one CPU per client actor, as many actors as cores.
+  with the same seeds, one CPU per client actor, as many actors as cores
+  (``--flower-cpus`` to set). By default Flower thus gets every core and qflare one.
 
 The rate is the steady state: (rounds - 1) / (end of the last round - end of the
 first), so neither engine's start-up (Ray, loading data) counts; the rate over the
@@ -131,7 +134,7 @@ def main() -> None:
     parser.add_argument("--flower-python", default=FLOWER_PYTHON)
     parser.add_argument("--reference", action="store_true", help="Also time the one-by-one trainer.")
     parser.add_argument(
-        "--threads", type=int, default=0, help="torch threads of the qflare arm (0: every core)."
+        "--threads", type=int, default=1, help="torch threads of the qflare arm (0: every core; default 1)."
     )
     parser.add_argument(
         "--flower-cpus", type=int, default=0, help="Ray CPUs = client actors (0: every core)."
