@@ -22,6 +22,7 @@ from qflare_cli.devices import app as devices_app
 from qflare_cli.jobs import app as jobs_app
 from qflare_cli.keys import keys_app
 from qflare_cli.models import app as models_app
+from qflare_cli.sim import app as sim_app
 from qflare_cli.simulate import simulate
 from qflare_cli.stack import app as stack_app
 
@@ -37,6 +38,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(models_app, name="models")
 app.command(name="demo")(demo)
 app.command(name="simulate")(simulate)
+app.add_typer(sim_app, name="sim")
 
 #: Sub-command groups contributed by installed packages, e.g. ``audit = "services.audit.cli:app"``.
 COMMAND_GROUP = "qflare.commands"

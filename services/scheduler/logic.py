@@ -9,14 +9,16 @@ JSON-able dict that lives in a changelog-backed table.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from qflare.errors import ConfigError, SchemaError
 from qflare.fl import JobSpec, build_strategy
 from qflare.fl.evaluation import evaluation_round
+from qflare.fl.selection import select
 from qflare.types import Scalar
+
+__all__ = ["Progress", "after_complete", "overdue", "quorum", "select", "task_config"]
 
 
 def task_config(
@@ -37,18 +39,6 @@ def task_config(
         )
     config = configs.pop()
     return (evaluation_round(spec, config) if evaluate_only else config).to_config()
-
-
-def select(available: list[str], cfg: JobSpec, round_no: int) -> list[str] | None:
-    """C·K devices (at least ``min_clients``) drawn from the healthy ones; None if too few.
-
-    Seeded by (job seed, round) so a restarted scheduler reproduces its choice.
-    """
-    if len(available) < cfg.min_clients:
-        return None
-    want = max(cfg.min_clients, math.ceil(cfg.fraction * len(available)))
-    rng = random.Random(cfg.seed * 1_000_003 + round_no)
-    return sorted(rng.sample(sorted(available), min(want, len(available))))
 
 
 def quorum(cfg: JobSpec, selected: int) -> int:

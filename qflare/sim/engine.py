@@ -1,0 +1,232 @@
+"""The round loop of ``qflare sim``: the services' rounds, in one process, with no Kafka.
+
+Each round does what the scheduler and the aggregator do, in the same order and
+with the same code where it is pure:
+
+1. select devices (``qflare.fl.selection.select``, the scheduler's seeded draw);
+2. ask the strategy for their instructions (``configure_round``) and the tensor
+   groups it sends with the model (``server_groups``);
+3. train them (a ``Trainer``: batched, one by one, or a user's app);
+4. check each update against the strategy's update spec, then fold the updates in
+   device-id order: ``begin_round``/``accumulate`` for a streaming strategy, the
+   sorted list for a buffered one; ``aggregate`` gives the new global model;
+5. evaluate it centrally on the first 10,000 test examples, as the aggregator does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from qflare.errors import ConfigError, InvalidUpdateError
+from qflare.fl.arrays import NDArrays
+from qflare.fl.job import JobSpec, TrainConfig
+from qflare.fl.registry import build_strategy
+from qflare.fl.selection import select
+from qflare.fl.state import StrategyState
+from qflare.fl.strategy import RoundInput, Update
+from qflare.ml import init_weights, layout
+from qflare.sim.trainers import DeviceResult, Trainer
+
+#: The aggregator's default number of test examples (``services.aggregator.config``).
+EVAL_EXAMPLES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """One round's outcome: the numbers ``qflare sim`` prints as a JSON line."""
+
+    round: int
+    accuracy: float | None
+    loss: float | None
+    train_loss: float | None
+    seconds: float
+    participants: int
+    failed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "train_loss": self.train_loss,
+            "seconds": round(self.seconds, 4),
+            "participants": self.participants,
+            "failed": self.failed,
+        }
+
+
+class CentralEvaluation:
+    """Test loss and accuracy of a built-in model on the first ``examples`` of the test split.
+
+    On the CPU (the default) this is the aggregator's own computation,
+    ``qflare.ml.train.evaluate``. With ``device`` (e.g. ``"cuda"``) the test split
+    stays on that device and the model is evaluated there: the same numbers up to
+    float rounding, without a CPU pass over 10,000 examples every round.
+    """
+
+    def __init__(
+        self,
+        images: NDArray[np.uint8],
+        labels: NDArray[np.int64],
+        examples: int = EVAL_EXAMPLES,
+        device: str | None = None,
+    ) -> None:
+        from qflare.ml.data import to_float
+
+        self.images = to_float(images[:examples])
+        self.labels = labels[:examples]
+        self.device = device
+        self._on_device: Any = None
+
+    def __call__(self, model: str, weights: NDArrays) -> tuple[float, float]:
+        if self.device is None:
+            from qflare.ml.train import evaluate
+
+            return evaluate(model, weights, self.images, self.labels)  # type: ignore[arg-type]
+        return self._evaluate_on_device(model, weights)
+
+    def _evaluate_on_device(self, model: str, weights: NDArrays, batch: int = 1000) -> tuple[float, float]:
+        import torch
+        import torch.nn.functional as F
+
+        from qflare.ml.models import build_model
+
+        dev = torch.device(self.device or "cpu")
+        if self._on_device is None:
+            self._on_device = (torch.from_numpy(self.images).to(dev), torch.from_numpy(self.labels).to(dev))
+        x, y = self._on_device
+        net = build_model(model, weights=weights).to(dev).eval()  # type: ignore[arg-type]
+        loss = torch.zeros((), dtype=torch.float64, device=dev)
+        correct = torch.zeros((), dtype=torch.int64, device=dev)
+        with torch.inference_mode():
+            for start in range(0, len(y), batch):
+                logits = net(x[start : start + batch])
+                yb = y[start : start + batch]
+                loss += F.cross_entropy(logits, yb, reduction="sum").double()
+                correct += (logits.argmax(dim=1) == yb).sum()
+        return float(loss) / len(y), int(correct) / len(y)
+
+
+@dataclass
+class Simulation:
+    """A job's rounds over ``ids`` (device ``i`` is ``ids[i]``), trained by ``trainer``."""
+
+    job: JobSpec
+    ids: list[str]
+    trainer: Trainer
+    evaluation: CentralEvaluation | None = None
+    #: Round -> the devices to train instead of the seeded draw (to replay a services run).
+    selection: Callable[[int], Sequence[str]] | None = None
+    weights: NDArrays = field(default_factory=list)
+    names: tuple[str, ...] = ()
+    state: StrategyState | None = None
+
+    def __post_init__(self) -> None:
+        self.strategy = build_strategy(self.job)
+        if not self.weights:
+            arch = self.job.builtin
+            if arch is None:
+                raise ConfigError("the simulator starts only built-in models from their seed", field="model")
+            self.weights = list(init_weights(arch, self.job.seed))
+            self.names = tuple(name for name, _ in layout(arch))
+        if self.state is None:
+            self.state = self.strategy.initial_state()
+        if sorted(self.ids) != self.ids or len(set(self.ids)) != len(self.ids):
+            raise ConfigError("device ids must be unique and in index order", field="ids")
+        self._index = {d: i for i, d in enumerate(self.ids)}
+
+    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
+        records = []
+        for round_no in range(1, self.job.rounds + 1):
+            record = self.round(round_no)
+            records.append(record)
+            if on_round is not None:
+                on_round(record)
+        return records
+
+    def selected(self, round_no: int) -> list[str]:
+        if self.selection is not None:
+            return sorted(self.selection(round_no))
+        chosen = select(list(self.ids), self.job, round_no)
+        if chosen is None:
+            raise ConfigError(
+                f"{len(self.ids)} devices, the job needs at least {self.job.min_clients}", field="devices"
+            )
+        return chosen
+
+    def round(self, round_no: int) -> RoundRecord:
+        began = time.perf_counter()
+        assert self.state is not None
+        chosen = self.selected(round_no)
+        configs = self.strategy.configure_round(round_no, chosen)
+        extra = self.strategy.server_groups(self.state)
+        # Devices with the same instructions train together (all of them, for most strategies).
+        by_config: dict[TrainConfig, list[str]] = {}
+        for device in chosen:
+            by_config.setdefault(configs[device], []).append(device)
+        results: dict[str, DeviceResult] = {}
+        for config, devices in by_config.items():
+            trained = self.trainer.train(
+                round_no, [self._index[d] for d in devices], self.weights, config, extra
+            )
+            results.update(zip(devices, trained, strict=True))
+        updates, failed = self._accepted(results)
+        if not updates:
+            raise ConfigError(f"round {round_no}: no device sent a usable update", field="updates")
+        round_input: RoundInput
+        if self.strategy.mode == "streaming":
+            shapes = [tuple(w.shape) for w in self.weights]
+            sums = self.strategy.begin_round(self.state, round_no, self.names, shapes)
+            for update in updates:
+                self.strategy.accumulate(sums, update)
+            round_input = sums
+        else:
+            round_input = updates
+        new, self.state = self.strategy.aggregate(self.state, round_input, self.weights)
+        self.weights = [np.ascontiguousarray(w, dtype=np.float32) for w in new]
+        accuracy = loss = None
+        if self.evaluation is not None and self.job.builtin is not None:
+            loss, accuracy = self.evaluation(self.job.builtin, self.weights)
+        return RoundRecord(
+            round=round_no,
+            accuracy=accuracy,
+            loss=loss,
+            train_loss=_train_loss(updates),
+            seconds=time.perf_counter() - began,
+            participants=len(updates),
+            failed=failed,
+        )
+
+    def _accepted(self, results: dict[str, DeviceResult]) -> tuple[list[Update], int]:
+        """The updates the aggregator's checks would accept, in device-id order; and the rest's count."""
+        shapes = [tuple(w.shape) for w in self.weights]
+        spec = self.strategy.update_spec(self.names, shapes)
+        updates, failed = [], 0
+        for device in sorted(results):
+            result = results[device]
+            if result.failure is not None or result.num_examples < 1:
+                failed += 1
+                continue
+            try:
+                spec.check(result.groups, result.metrics)
+            except InvalidUpdateError:
+                failed += 1
+                continue
+            groups = {
+                g: [np.asarray(a, dtype=np.float32) for a in arrays] for g, arrays in result.groups.items()
+            }
+            updates.append(Update(device, groups, result.num_examples, result.metrics))
+        return updates, failed
+
+
+def _train_loss(updates: Sequence[Update]) -> float | None:
+    """Example-weighted mean of the devices' ``loss``, summed in device-id order as the aggregator does."""
+    weighted = [(u.metrics["loss"], u.num_examples) for u in updates if "loss" in u.metrics]
+    total = sum(n for _, n in weighted)
+    return sum(loss * n for loss, n in weighted) / total if total else None

@@ -1,0 +1,283 @@
+"""`qflare sim`: a job's rounds in this process, no Kafka, devices trained in batches (GPU if any).
+
+    qflare sim --devices 100 --fraction 0.1 --rounds 20 --lr 0.05
+    qflare sim sweep --grid lr=0.01,0.05,0.1 --grid strategy=fedavg,fedprox --out sweep.jsonl
+
+Each round prints one JSON line on stdout (round, accuracy, loss, seconds, ...); the
+progress bar goes to stderr. The same options and seeds as `qflare demo` give the
+same selection, data split and local training as the services' simulated fleet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from qflare.errors import QflareError
+from qflare.fl import JobSpec
+from qflare.ml import layout
+from qflare.sim import (
+    BatchedTrainer,
+    CentralEvaluation,
+    ReferenceTrainer,
+    RoundRecord,
+    Simulation,
+    make_fleet,
+)
+from qflare.sim.plot import plot_accuracy
+from qflare.sim.sweep import apply, key_value, label, parse_grid, points, scalar
+from qflare.sim.trainers import Trainer
+from qflare_cli.jobs import STRATEGY_HELP, model_ref
+
+console = Console(stderr=True, width=max(100, shutil.get_terminal_size().columns))
+
+app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+
+# Shared by `qflare sim` and `qflare sim sweep` (a sweep's grid overrides them per run).
+MODEL = typer.Option("2nn", help="Built-in model: 2nn (199,210 params) or cnn (1,663,370).")
+DATASET = typer.Option("mnist", help="mnist or fashion-mnist.")
+PARTITION = typer.Option("iid", help="iid, pathological (2 shards per device) or dirichlet.")
+DEVICES = typer.Option(100, min=1, max=100_000, help="Simulated devices K; device i gets partition i.")
+FRACTION = typer.Option(0.1, min=0.001, max=1.0, help="Client fraction C selected per round.")
+ROUNDS = typer.Option(10, min=1, help="Rounds to run.")
+EPOCHS = typer.Option(1, min=1, help="Local epochs E.")
+BATCH = typer.Option(10, "--batch-size", "--batch", min=0, help="Local batch size B (0: full batch).")
+LR = typer.Option(0.05, min=0.0, help="Local SGD learning rate.")
+SEED = typer.Option(0, help="Seed of the model, the data split, the selection and local SGD.")
+STRATEGY = typer.Option("fedavg", help=STRATEGY_HELP)
+PARAM = typer.Option(
+    [], "--param", help="A strategy parameter, key=value (repeatable), e.g. proximal_mu=0.01."
+)
+APP = typer.Option(
+    None,
+    help="package.module:attribute of a DeviceApp the devices train with instead of the built-in one "
+    "(one device after another; device i gets partition i of --devices).",
+)
+TRAINER = typer.Option(
+    "batched",
+    help="batched (all of a round's devices at once, torch.func.vmap) or reference (one by one, "
+    "train_local: bit-identical to the services' fleet).",
+)
+TORCH_DEVICE = typer.Option(
+    "", "--device", help="torch device for batched training (default: cuda if present, else cpu)."
+)
+THREADS = typer.Option(0, min=0, help="torch CPU threads (0: torch's default).")
+OUT = typer.Option(None, help="Also write the JSON lines to this file.")
+
+
+def _base(
+    model: str,
+    dataset: str,
+    partition: str,
+    devices: int,
+    fraction: float,
+    rounds: int,
+    epochs: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    strategy: str,
+    param: list[str],
+) -> dict[str, Any]:
+    """The job as a ``JobSpec`` map (checked when parsed)."""
+    params: dict[str, Any] = {"name": strategy}
+    for item in param:
+        key, value = key_value(item, field="param")
+        params[key] = scalar(value)
+    return {
+        "model": model_ref(model),
+        "dataset": dataset,
+        "partition": partition,
+        "strategy": params,
+        "rounds": rounds,
+        "fraction": fraction,
+        "min_clients": min(2, devices),
+        "epochs": epochs,
+        "batch_size": batch,
+        "lr": lr,
+        "seed": seed,
+        "evaluation": "central",
+    }
+
+
+def simulation(job: JobSpec, devices: int, app_ref: str | None, trainer: str, device: str) -> Simulation:
+    """A ``Simulation`` of ``job`` over ``devices`` with the chosen trainer."""
+    fleet = make_fleet(job.dataset, job.partition, devices, job.seed)
+    # Batched training on a GPU evaluates there too; otherwise exactly as the aggregator does.
+    gpu = trainer == "batched" and app_ref is None and _cuda(device)
+    evaluation = CentralEvaluation(fleet.test_images, fleet.test_labels, device="cuda" if gpu else None)
+    chosen: Trainer
+    if app_ref is not None:
+        from edge.loader import load_app
+        from qflare_cli.sim_app import AppTrainer
+
+        arch = job.builtin
+        names = tuple(n for n, _ in layout(arch)) if arch is not None else ()
+        state = Path(tempfile.mkdtemp(prefix="qflare-sim-app-"))
+        chosen = AppTrainer(load_app(app_ref), fleet.ids, names, state)
+    elif trainer == "reference":
+        chosen = ReferenceTrainer(fleet)
+    elif trainer == "batched":
+        chosen = BatchedTrainer(fleet, device=device or None)
+    else:
+        raise typer.BadParameter(f"unknown trainer {trainer!r}: batched or reference")
+    return Simulation(job, fleet.ids, chosen, evaluation)
+
+
+def _cuda(device: str) -> bool:
+    if device:
+        return device.startswith("cuda")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run(sim: Simulation, name: str, extra: dict[str, Any], sink: TextIO | None) -> list[RoundRecord]:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[last]}"),
+    )
+    records: list[RoundRecord] = []
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(name, total=sim.job.rounds, last="")
+
+        def on_round(record: RoundRecord) -> None:
+            records.append(record)
+            line = json.dumps({**extra, **record.to_json()})
+            typer.echo(line)
+            if sink is not None:
+                sink.write(line + "\n")
+                sink.flush()
+            acc = f"accuracy {record.accuracy:.4f}" if record.accuracy is not None else ""
+            bar.update(task, advance=1, last=acc)
+
+        sim.run(on_round)
+    return records
+
+
+def _threads(threads: int) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@app.callback()
+def sim(
+    ctx: typer.Context,
+    model: str = MODEL,
+    dataset: str = DATASET,
+    partition: str = PARTITION,
+    devices: int = DEVICES,
+    fraction: float = FRACTION,
+    rounds: int = ROUNDS,
+    epochs: int = EPOCHS,
+    batch: int = BATCH,
+    lr: float = LR,
+    seed: int = SEED,
+    strategy: str = STRATEGY,
+    param: list[str] = PARAM,
+    app_ref: str | None = typer.Option(None, "--app", help=APP.help),
+    trainer: str = TRAINER,
+    device: str = TORCH_DEVICE,
+    threads: int = THREADS,
+    out: Path | None = OUT,
+) -> None:
+    """Run a job's rounds in this process: the strategy, selection, data split and seeds of the
+    services, with no Kafka. One JSON line per round on stdout: round, accuracy, loss, seconds."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _threads(threads)
+    try:
+        base = _base(
+            model, dataset, partition, devices, fraction, rounds, epochs, batch, lr, seed, strategy, param
+        )
+        job = JobSpec.parse(base)
+        sim_ = simulation(job, devices, app_ref, trainer, device)
+        with _open(out) as sink:
+            _run(sim_, f"{job.strategy.name} {job.model}", {}, sink)
+    except QflareError as exc:
+        console.print(f"[red]sim refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def sweep(
+    grid: list[str] = typer.Option(
+        ...,
+        "--grid",
+        help="key=v1,v2,... (repeatable): a job field (lr, strategy, epochs, batch_size, "
+        "partition, seed, ...) or a strategy parameter; every combination is run.",
+    ),
+    out: Path = typer.Option(Path("sweep.jsonl"), help="JSON lines: one per round of every run."),
+    plot: Path = typer.Option(Path("sweep.png"), help="PNG of test accuracy against rounds, a line per run."),
+    model: str = MODEL,
+    dataset: str = DATASET,
+    partition: str = PARTITION,
+    devices: int = DEVICES,
+    fraction: float = FRACTION,
+    rounds: int = ROUNDS,
+    epochs: int = EPOCHS,
+    batch: int = BATCH,
+    lr: float = LR,
+    seed: int = SEED,
+    strategy: str = STRATEGY,
+    param: list[str] = PARAM,
+    app_ref: str | None = typer.Option(None, "--app", help=APP.help),
+    trainer: str = TRAINER,
+    device: str = TORCH_DEVICE,
+    threads: int = THREADS,
+) -> None:
+    """Run every combination of the --grid values; JSON lines (with each run's settings) and a plot."""
+    _threads(threads)
+    try:
+        base = _base(
+            model, dataset, partition, devices, fraction, rounds, epochs, batch, lr, seed, strategy, param
+        )
+        runs = points(parse_grid(grid))
+        jobs = [apply(base, point) for point in runs]  # every point checked before anything runs
+        series: dict[str, list[tuple[int, float]]] = {}
+        with _open(out) as sink:
+            for n, (point, job) in enumerate(zip(runs, jobs, strict=True), start=1):
+                name = label(point)
+                console.print(f"run {n}/{len(runs)}: {name}")
+                sim_ = simulation(job, devices, app_ref, trainer, device)
+                records = _run(sim_, name, {"run": name, **point}, sink)
+                series[name] = [(r.round, r.accuracy) for r in records if r.accuracy is not None]
+        console.print(f"wrote {out}")
+        plot_accuracy(series, plot, title=f"{job.model} {job.dataset} {job.partition}, {devices} devices")
+        console.print(f"wrote {plot}")
+    except QflareError as exc:
+        console.print(f"[red]sweep stopped:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _open(path: Path | None) -> Iterator[TextIO | None]:
+    """A file to write the JSON lines to, or nothing."""
+    if path is None:
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        yield file
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app(sys.argv[1:])
