@@ -21,7 +21,8 @@ same records in the same run and under the same machine load:
 The bare arm runs before and after the aggregator (``--repeat`` times each) and
 its mean is used. Prints where the aggregator's ingest time goes (PostgreSQL
 transactions, running-sum checkpoint writes, control-topic syncs, their
-``end_offsets`` calls, outbox flushes, record decoding), then the speed ratio
+``end_offsets`` calls, outbox flushes, record decoding, folding into the sum,
+Kafka fetches), then the speed ratio
 aggregator/bare (bare seconds / aggregator seconds: 1.0 is as fast as the bare
 loop). The last line is JSON.
 """
@@ -50,6 +51,7 @@ if str(ROOT) not in sys.path:
 import psycopg  # noqa: E402
 from aiokafka import AIOKafkaConsumer  # noqa: E402
 
+from qflare.fl import FedAvg  # noqa: E402
 from qflare.identity import load_identity  # noqa: E402
 from qflare.kafka import KafkaSettings, make_consumer, partitions  # noqa: E402
 from qflare.keys import DeviceKeys  # noqa: E402
@@ -148,6 +150,8 @@ def instrument() -> Phases:
     phases.wrap(AIOKafkaConsumer, "end_offsets", "end_offsets")
     phases.wrap(Publisher, "flush_outbox", "outbox_flush")
     phases.wrap_sync(Intake, "read", "decode_verify")
+    phases.wrap_sync(FedAvg, "accumulate", "accumulate")
+    phases.wrap(AIOKafkaConsumer, "getmany", "kafka_getmany")
     return phases
 
 
@@ -266,7 +270,7 @@ async def aggregator(
 async def cleanup(dsn: str, job: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         for table in ("included", "rounds", "models"):
-            await conn.execute(f"DELETE FROM aggregator.{table} WHERE job_id = %s", (job,))  # noqa: S608
+            await conn.execute(f"DELETE FROM aggregator.{table} WHERE job_id = %s", (job,))
         await conn.execute("DELETE FROM aggregator.jobs WHERE job_id = %s", (job,))
 
 

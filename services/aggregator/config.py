@@ -39,3 +39,10 @@ class AggregatorSettings(BatchServiceSettings):
     #: Room for an update body's own fields around its tensor bytes (names, shapes, metrics):
     #: a declared stream size must lie within this of the job's model layout.
     update_framing_bytes: int = Field(default=256 * 1024, ge=0)
+    #: The running sums, included updates, offsets and the audit events of the batches handled
+    #: since the last checkpoint are committed together once this many updates (or rejected
+    #: records) were handled, or ``checkpoint_interval_s`` after the first of them, and always
+    #: before a round closes or a control record is applied. A crash redoes what came after the
+    #: last checkpoint from Kafka; 1 commits every fetched batch.
+    checkpoint_every_updates: int = Field(default=50, ge=1)
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
