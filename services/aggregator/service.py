@@ -142,7 +142,7 @@ class AggregatorService(BatchLoop):
             make_consumer(self.kafka, group_id=None, auto_offset_reset="none")
         )
         # Assigned nothing, so it never fetches: its end offsets answer at once (control.py).
-        offsets = await self._started(make_consumer(self.kafka, group_id=None))
+        self.offsets = await self._started(make_consumer(self.kafka, group_id=None))
         self.closer = Closer(
             self.store,
             self.out,
@@ -154,7 +154,7 @@ class AggregatorService(BatchLoop):
             self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer, self.models
         )
         self.control.before_change = self._checkpoint
-        await self.control.start(self.control_consumer, offsets)
+        await self.control.start(self.control_consumer, self.offsets)
         await self.control.sync()
         await self._assign_updates()
         await self._catch_up()
@@ -185,7 +185,7 @@ class AggregatorService(BatchLoop):
         A round whose deadline passed while the aggregator was down then counts
         every update that reached Kafka before the restart, as it would have live.
         """
-        end = await self.updates.end_offsets(list(self.updates.assignment()))
+        end = await self.offsets.end_offsets(list(self.updates.assignment()))
         while True:
             await self._step()
             positions = {tp: await self.updates.position(tp) for tp in end}
