@@ -31,7 +31,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -58,6 +58,7 @@ from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
+from qflare.types import Scalar
 from services.aggregator.checks import (
     check_answer,
     check_evaluation_reply,
@@ -262,13 +263,13 @@ class AggregatorService(BatchLoop):
                             else:
                                 assert isinstance(msg.body, ModelUpdate)
                                 self._include(msg, msg.body, size, batch)
-                            batch.accepted.append(msg)
+                            batch.accepted.append(_metadata(msg))
                             key = (msg.body.job_id, msg.body.round)
                             self.closer.fanin.setdefault(key, FanIn()).add(record.headers)
                     except Exception as exc:  # whatever one record holds, it is one rejection
                         if poison.retry(exc):
                             raise
-                        batch.rejected.append((poison.rejection(exc), record, msg))
+                        batch.rejected.append(_rejection(poison.rejection(exc), record, msg))
                 cursor.advance(record.offset)
         batch.timeouts.extend(self.intake.expire(list(self.cursors.values())))
         batch.summaries.extend(self.tally.due())
@@ -316,8 +317,8 @@ class AggregatorService(BatchLoop):
                     await self._isolated(self.out.queue_update_failed(accepted))
                 else:
                     await self._isolated(self.out.queue_update_accepted(accepted))
-            for error, record, rejected in batch.rejected:
-                await self._isolated(self._report(error, record, rejected))
+            for rejection in batch.rejected:
+                await self._isolated(self._report(rejection))
             for expired in batch.timeouts:
                 await self.out.queue_rejection(
                     expired, topic=self.topics.updates.name, partition=-1, offset=-1, subject=None
@@ -429,29 +430,65 @@ class AggregatorService(BatchLoop):
         rnd.include(Included(failure.device_id, head.id, 0, None, failure=failure.reason))
         metrics.ACCEPTED.labels(SERVICE, failure.TYPE).inc()
 
-    async def _report(self, exc: QflareError, record: ConsumerRecord[Any, Any], msg: Message | None) -> None:
-        context: dict[str, str | int | float | bool | None] = {}
-        ref = None
-        if msg is not None and isinstance(msg.body, ModelUpdate | RoundFailure):
-            context = {
-                "job_id": msg.body.job_id,
-                "round": msg.body.round,
-                "digest": msg.header.body_digest.hex(),
-            }
-            ref = msg.header.id
-        elif record.value is not None:
-            # Not verified: no id or job can be believed, but the bytes can be named.
-            context = {"record_sha256": hashlib.sha256(record.value).hexdigest()}
+    async def _report(self, r: _Rejection) -> None:
         await self.out.queue_rejection(
-            exc,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            subject=poison.record_key(record),
-            ref_id=ref,
-            context=context,
-            source=None if msg is None else msg.header.sender,
+            r.error,
+            topic=r.topic,
+            partition=r.partition,
+            offset=r.offset,
+            subject=r.subject,
+            ref_id=r.ref_id,
+            context=dict(r.context),
+            source=r.source,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    """A refused record as its report needs it: never its bytes, which would otherwise be held
+    in memory until the checkpoint."""
+
+    error: QflareError
+    topic: str
+    partition: int
+    offset: int
+    subject: str | None
+    ref_id: bytes | None
+    context: dict[str, Scalar]
+    source: str | None
+
+
+def _rejection(exc: QflareError, record: ConsumerRecord[Any, Any], msg: Message | None) -> _Rejection:
+    context: dict[str, Scalar] = {}
+    ref = None
+    if msg is not None and isinstance(msg.body, ModelUpdate | RoundFailure):
+        context = {
+            "job_id": msg.body.job_id,
+            "round": msg.body.round,
+            "digest": msg.header.body_digest.hex(),
+        }
+        ref = msg.header.id
+    elif record.value is not None:
+        # Not verified: no id or job can be believed, but the bytes can be named.
+        context = {"record_sha256": hashlib.sha256(record.value).hexdigest()}
+    return _Rejection(
+        exc,
+        record.topic,
+        record.partition,
+        record.offset,
+        poison.record_key(record),
+        ref,
+        context,
+        None if msg is None else msg.header.sender,
+    )
+
+
+def _metadata(msg: Message) -> Message:
+    """The accepted message as its audit event needs it: an update without its tensors (the sum
+    has them), so what waits for the checkpoint stays small."""
+    if isinstance(msg.body, ModelUpdate):
+        return replace(msg, body=replace(msg.body, tensors=()))
+    return msg
 
 
 @dataclass
@@ -462,7 +499,7 @@ class _Batch:
     #: Updates folded into a round and failed replies counted, each audited (metadata only)
     #: in the same transaction.
     accepted: list[Message] = field(default_factory=list)
-    rejected: list[tuple[QflareError, ConsumerRecord[Any, Any], Message | None]] = field(default_factory=list)
+    rejected: list[_Rejection] = field(default_factory=list)
     #: Chunk streams dropped, rejection summaries due and offset gaps met, each audited.
     timeouts: list[ChunkTimeoutError] = field(default_factory=list)
     summaries: list[poison.Summary] = field(default_factory=list)
