@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
@@ -289,6 +289,7 @@ async def read_to_end(
     timeout_ms: int = 200,
     timeout_s: float | None = None,
     fetch: Fetch | None = None,
+    end: Mapping[TopicPartition, int] | None = None,
 ) -> AsyncIterator[Record]:
     """The records of ``parts`` (default: all assigned) up to the end offsets seen when called.
 
@@ -297,9 +298,12 @@ async def read_to_end(
     once ``timeout_s`` passed: a view that is as complete as it could get in time.
     ``fetch`` replaces the plain ``getmany`` of the partitions still behind (for
     example ``qflare.poison.fetch``, which turns positions that left the log into gaps).
+    ``end`` gives the end offsets instead (e.g. asked of a client that is not fetching: a
+    consumer's own ``end_offsets`` queues behind its long-polling fetch of an idle topic).
     """
     wanted = list(consumer.assignment()) if parts is None else list(parts)
-    end = await consumer.end_offsets(wanted)
+    if end is None:
+        end = await consumer.end_offsets(wanted)
     loop = asyncio.get_running_loop()
     deadline = None if timeout_s is None else loop.time() + timeout_s
     while behind := [tp for tp in wanted if await consumer.position(tp) < end[tp]]:

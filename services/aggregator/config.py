@@ -46,3 +46,10 @@ class AggregatorSettings(BatchServiceSettings):
     #: A ``buffer_dir`` is this aggregator's alone: at start it removes what a crash left there.
     buffer_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
     buffer_dir: Path | None = None
+    #: The running sums, included updates, offsets and the audit events of the batches handled
+    #: since the last checkpoint are committed together once this many updates (or rejected
+    #: records) were handled, or ``checkpoint_interval_s`` after the first of them, and always
+    #: before a round closes or a control record is applied. A crash redoes what came after the
+    #: last checkpoint from Kafka; 1 commits every fetched batch.
+    checkpoint_every_updates: int = Field(default=50, ge=1)
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)

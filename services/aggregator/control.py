@@ -7,11 +7,20 @@ device record) were in Kafka, so every update is judged against rounds and
 keys at least as new as itself, whichever topic the consumer happened to read
 first. Job commands and round tasks are each handled in one transaction with
 the position of their partition, so none is applied twice or lost.
+
+Before the first record a sync applies, ``before_change`` runs: the service
+commits there whatever it handled of the updates topic since its last
+checkpoint, so a crash never replays updates against control state newer than
+the state they were first judged by (a round closed, a job paused, a key
+revoked since). The end offsets come from a client that does not fetch: an
+idle consumer's own ``end_offsets`` waits behind its long-poll (``fetch_max_wait_ms``,
+500 ms), on every batch.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -74,12 +83,16 @@ class Control:
             for spec in (topics.devices, topics.jobs, topics.rounds)
         }
         self.cursors: dict[TopicPartition, Cursor] = {}
+        #: Awaited before a sync applies its first record (see the module docstring).
+        self.before_change: Callable[[], Awaitable[None]] | None = None
 
-    async def start(self, consumer: AIOKafkaConsumer) -> None:
+    async def start(self, consumer: AIOKafkaConsumer, offsets: AIOKafkaConsumer | None = None) -> None:
         """Assign every control partition: devices and imported models from the start, the others
-        from the checkpoint."""
+        from the checkpoint. ``offsets``, a started consumer with nothing assigned, answers the
+        end offsets (default: ``consumer`` itself)."""
         t = self.topics
         self.consumer = consumer
+        self.offsets = offsets or consumer
         devices, logged = partitions(t.devices, t.model_store), partitions(t.jobs, t.rounds)
         consumer.assign([*devices, *logged])
         await consumer.seek_to_beginning(*devices)
@@ -94,7 +107,12 @@ class Control:
     async def sync(self) -> None:
         """Handle every control record up to the current end of each partition."""
         held: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = {}
-        async for record in read_to_end(self.consumer, self.parts, fetch=self._fetch):
+        end = await self.offsets.end_offsets(self.parts)
+        first = True
+        async for record in read_to_end(self.consumer, self.parts, fetch=self._fetch, end=end):
+            if first and self.before_change is not None:
+                await self.before_change()
+            first = False
             if record.topic == self.topics.devices.name:
                 await self._device(record)
             elif record.topic == self.topics.model_store.name:

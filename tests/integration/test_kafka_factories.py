@@ -119,6 +119,32 @@ async def test_replay_reads_every_topic_of_a_deployment_from_the_start_to_the_en
     assert sorted(second) == sorted(sent[20:])
 
 
+async def test_read_to_end_takes_the_end_offsets_of_a_client_that_does_not_fetch(
+    stack: StackSettings, unique: str
+) -> None:
+    settings = KafkaSettings(bootstrap=stack.kafka_bootstrap, topic_prefix=f"it-{unique}.")
+    spec = settings.topics.devices
+    await prepare_topics(settings, [spec])
+    sent = [f"record-{i}".encode() for i in range(12)]
+    producer = make_producer(settings)
+    offsets = make_consumer(settings, group_id=None)  # nothing assigned: it never fetches
+    await producer.start()
+    await offsets.start()
+    try:
+        for i, value in enumerate(sent):
+            await producer.send_and_wait(spec.name, value, key=f"d{i}".encode())
+        async with replay(settings, spec) as consumer:
+            parts = sorted(consumer.assignment())
+            end = await offsets.end_offsets(parts)
+            got = [r.value async for r in read_to_end(consumer, parts, end=end)]
+            # At the end already: nothing is fetched, the read ends at once.
+            assert [r async for r in read_to_end(consumer, parts, end=end)] == []
+    finally:
+        await offsets.stop()
+        await producer.stop()
+    assert sorted(got) == sorted(sent)
+
+
 async def test_full_model_update_and_chunks_round_trip(stack: StackSettings, unique: str) -> None:
     settings = KafkaSettings(bootstrap=stack.kafka_bootstrap)
     spec = topics(f"it-{unique}.", deployment=DEFAULT_DEPLOYMENT).updates
