@@ -108,3 +108,33 @@ def evaluation_round(spec: JobSpec, train: TrainConfig) -> TrainConfig:
 def is_evaluation_round(config: Mapping[str, object]) -> bool:
     """Whether a round task's config asks for evaluation only (``train`` is false)."""
     return config.get("train") is False
+
+
+#: A device's accuracy of its own personal model (Ditto, FedPer) on its own held-out data.
+PERSONAL_ACCURACY = "personal_accuracy"
+
+
+def personal_accuracy(metrics: Mapping[str, float]) -> float | None:
+    """The reply's personal accuracy, or None when absent or not a fraction."""
+    value = metrics.get(PERSONAL_ACCURACY)
+    return value if value is not None and 0.0 <= value <= 1.0 else None
+
+
+def personal_summary(accuracies: Mapping[str, float]) -> dict[str, float]:
+    """Personalised models across devices: their mean accuracy and the worst decile's.
+
+    ``personal_accuracy_p10`` is the mean over the worst-scoring tenth of the devices
+    (at least one device), which says how the least-served devices fare; a mean alone
+    hides them. Ordered by (accuracy, device id), so a replay reports the same floats.
+    Empty when no device reported one.
+    """
+    if not accuracies:
+        return {}
+    ordered = sorted((a, d) for d, a in accuracies.items())
+    worst = ordered[: max(1, len(ordered) // 10)]
+    values = [a for a, _ in sorted(ordered, key=lambda p: p[1])]
+    return {
+        "personal_accuracy_mean": math.fsum(values) / len(values),
+        "personal_accuracy_p10": math.fsum(a for a, _ in worst) / len(worst),
+        "personal_devices": float(len(ordered)),
+    }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from qflare.fl import RoundSums, Update
 from qflare.fl.buffer import UpdateBuffer
-from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round
+from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round, personal_summary
 from qflare.protocol.training import RoundTask
 
 COMPLETED = "completed"
@@ -33,6 +33,8 @@ class Included:
     evaluation: DeviceEvaluation | None = None
     #: A failed reply's reason (``round_failure``): the device answered, with no update.
     failure: str | None = None
+    #: The device's accuracy of its own personal model (Ditto, FedPer), if it reported one.
+    personal_accuracy: float | None = None
 
 
 @dataclass(slots=True)
@@ -170,6 +172,8 @@ def round_metrics(
         if stat.startswith("rejected_"):
             out[stat] = float(count)
     loss = train_loss(list(rnd.included.values()))
+    personal = {d: i.personal_accuracy for d, i in rnd.included.items() if i.personal_accuracy is not None}
+    out.update(personal_summary(personal))
     if loss is not None:
         out["train_loss"] = loss
     out.update(evaluation or {})

@@ -51,7 +51,7 @@ from qflare.errors import (
 )
 from qflare.fl import FixedPoint, JobSpec
 from qflare.fl.buffer import UpdateBuffer, remove_stale
-from qflare.fl.evaluation import DeviceEvaluation
+from qflare.fl.evaluation import DeviceEvaluation, personal_accuracy
 from qflare.identity import load_identity
 from qflare.kafka import KafkaSettings, make_consumer, make_producer, partitions, prepare_topics
 from qflare.keys import DeviceKeys
@@ -432,7 +432,10 @@ class AggregatorService(BatchLoop):
         # A reply without a usable evaluation still counts as an answer; it is left out of the combination.
         evaluation = DeviceEvaluation.from_metrics(update.metrics)
         loss = update.metrics.get("loss")
-        rnd.include(Included(update.device_id, head.id, update.num_examples, loss, evaluation))
+        personal = personal_accuracy(update.metrics)
+        rnd.include(
+            Included(update.device_id, head.id, update.num_examples, loss, evaluation, None, personal)
+        )
         metrics.ACCEPTED.labels(SERVICE, update.TYPE).inc()
 
     def _include_failure(self, msg: Message, failure: RoundFailure, size: int, batch: _Batch) -> None:

@@ -206,12 +206,14 @@ class AggregatorStore:
             )
         for r in rounds:
             cur = await self.conn.execute(
-                "SELECT device_id, message_id, num_examples, loss, evaluation, failure "
+                "SELECT device_id, message_id, num_examples, loss, evaluation, failure, personal_accuracy "
                 "FROM aggregator.included WHERE job_id = %s AND round = %s",
                 (r.job_id, r.round),
             )
-            for device, msg_id, n, loss, evaluation, failure in await cur.fetchall():
-                entry = Included(str(device), bytes(msg_id), int(n), loss, _evaluation(evaluation), failure)
+            for device, msg_id, n, loss, evaluation, failure, personal in await cur.fetchall():
+                entry = Included(
+                    str(device), bytes(msg_id), int(n), loss, _evaluation(evaluation), failure, personal
+                )
                 answers = r.included if failure is None else r.failed
                 answers[entry.device_id] = entry
         return rounds
@@ -226,8 +228,8 @@ class AggregatorStore:
             async with self.conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO aggregator.included "
-                    "(job_id, round, device_id, message_id, num_examples, loss, evaluation, failure) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    "(job_id, round, device_id, message_id, num_examples, loss, evaluation, failure, "
+                    "personal_accuracy) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [
                         (
                             rnd.job_id,
@@ -238,6 +240,7 @@ class AggregatorStore:
                             i.loss,
                             None if i.evaluation is None else json.dumps(i.evaluation.to_metrics()),
                             i.failure,
+                            i.personal_accuracy,
                         )
                         for i in rnd.pending
                     ],

@@ -12,6 +12,8 @@ from qflare.fl.evaluation import (
     combine,
     evaluation_round,
     is_evaluation_round,
+    personal_accuracy,
+    personal_summary,
 )
 
 
@@ -88,3 +90,26 @@ def test_an_evaluation_past_the_bounds_is_left_out(metrics: dict[str, float]) ->
     assert DeviceEvaluation.from_metrics(metrics) is None
     honest = DeviceEvaluation.from_metrics({"eval_examples": 10.0, "eval_loss": 0.5, "eval_accuracy": 0.9})
     assert honest is not None and combine({"d": honest}, 1)["test_accuracy"] == 0.9
+
+
+def test_personal_summary_reports_the_mean_and_the_worst_decile() -> None:
+    accuracies = {f"d{i:02d}": 0.5 + i / 100 for i in range(20)}  # 0.50 .. 0.69
+    out = personal_summary(accuracies)
+    assert out["personal_devices"] == 20.0
+    assert out["personal_accuracy_mean"] == pytest.approx(0.595)
+    assert out["personal_accuracy_p10"] == pytest.approx((0.50 + 0.51) / 2)  # the worst 2 of 20
+    assert personal_summary({"a": 0.9}) == {
+        "personal_accuracy_mean": 0.9,
+        "personal_accuracy_p10": 0.9,
+        "personal_devices": 1.0,
+    }
+    assert personal_summary({}) == {}
+    reordered = dict(reversed(list(accuracies.items())))
+    assert personal_summary(reordered) == out
+
+
+def test_personal_accuracy_must_be_a_fraction() -> None:
+    assert personal_accuracy({"personal_accuracy": 0.75}) == 0.75
+    assert personal_accuracy({"personal_accuracy": 1.5}) is None
+    assert personal_accuracy({"personal_accuracy": float("nan")}) is None
+    assert personal_accuracy({}) is None

@@ -82,3 +82,17 @@ def test_a_failed_reply_is_kept_apart_from_the_updates() -> None:
     assert rnd.decide(None) == COMPLETED
     m = round_metrics(rnd, 2_000)
     assert m["participants"] == 2 and m["failed_devices"] == 1 and rnd.num_examples == 40
+
+
+def test_round_metrics_summarise_the_devices_personal_models() -> None:
+    task = RoundTask("job", 1, 0, "ditto", ("a", "b", "c"), 10_000, 2, 1)
+    layout = Layout.of("2nn")
+    sums = FedAvg().begin_round(FedAvg().initial_state(), 1, layout.names, layout.shapes)
+    rnd = OpenRound.from_task(task, b"\x00" * 16, 1_000, sums)
+    rnd.include(Included("a", b"1", 10, 1.0, personal_accuracy=0.9))
+    rnd.include(Included("b", b"2", 30, 2.0, personal_accuracy=0.6))
+    rnd.include(Included("c", b"3", 30, 2.0))  # reported none: left out
+    out = round_metrics(rnd, 2_000)
+    assert out["personal_devices"] == 2.0
+    assert abs(out["personal_accuracy_mean"] - 0.75) < 1e-12
+    assert out["personal_accuracy_p10"] == 0.6
