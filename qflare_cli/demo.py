@@ -314,6 +314,8 @@ class Run:
         }
         if on_devices:
             row["on_devices"] = on_devices
+        personal = {k: m[k] for k in ("personal_accuracy_mean", "personal_accuracy_p10") if k in m}
+        row.update({k: round(v, 4) for k, v in personal.items()})
         if self.as_json:
             typer.echo(json.dumps(row))
         else:
@@ -322,6 +324,11 @@ class Run:
                 f"accuracy {row['accuracy']:.4f} ({evaluated(rc)})  loss {row['loss']:.4f}  "
                 f"{row['seconds']:>7.2f} s  {row['bytes_in'] / 1e6:8.2f} MB in"
             )
+            if personal:
+                console.print(
+                    f"          personal models: mean accuracy {row['personal_accuracy_mean']:.4f}, "
+                    f"worst decile {row['personal_accuracy_p10']:.4f}"
+                )
             for line in describe(on_devices, rc.num_updates):
                 console.print(f"          {line}")
 

@@ -138,9 +138,14 @@ class DeviceReports:
 
 
 def describe(values: dict[str, list[float]], updates: int) -> list[str]:
-    """One line per shown metric: the distinct values devices reported, and in how many updates."""
+    """One line per shown metric that devices reported: the distinct values, and in how many updates.
+
+    A strategy's server-side parameters (a server learning rate, FedPer's regex) are never
+    reported by devices, so a key nobody reported is left out rather than shown as "none".
+    """
     return [
-        f"devices trained with {key} = {', '.join(f'{v:g}' for v in sorted(set(got))) or 'none'} "
+        f"devices trained with {key} = {', '.join(f'{v:g}' for v in sorted(set(got)))} "
         f"(reported in {len(got)} of {updates} updates)"
         for key, got in values.items()
+        if got
     ]
