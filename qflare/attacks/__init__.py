@@ -12,7 +12,16 @@ devices from a seed. Everything here is numpy; torch is imported only to score a
 
 from qflare.attacks.data import add_trigger, attack_success_rate, flip_labels, poison_backdoor, poison_data
 from qflare.attacks.model import RoundView, alie_z, craft
-from qflare.attacks.registry import ATTACKS, Attack, AttackInfo, parse_attack, parse_params, select_attackers
+from qflare.attacks.registry import (
+    ATTACKS,
+    Attack,
+    AttackInfo,
+    data_rng,
+    noise_rng,
+    parse_attack,
+    parse_params,
+    select_attackers,
+)
 
 __all__ = [
     "ATTACKS",
@@ -23,7 +32,9 @@ __all__ = [
     "alie_z",
     "attack_success_rate",
     "craft",
+    "data_rng",
     "flip_labels",
+    "noise_rng",
     "parse_attack",
     "parse_params",
     "poison_backdoor",

@@ -12,8 +12,8 @@ from qflare.errors import ConfigError
 
 Kind = Literal["model", "data"]
 
-#: Mixed into the attacker draw so it is independent of the other draws made from the job seed.
-_SELECT_SALT = 0xA77AC
+#: Mixed into the attack's draws so they are independent of the other draws made from the job seed.
+_SELECT_SALT, _DATA_SALT, _NOISE_SALT = 0xA77AC, 0xDA7A, 0x9015E
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,3 +156,13 @@ def select_attackers(devices: int, fraction: float, seed: int) -> list[int]:
     count = round(fraction * devices)
     rng = np.random.default_rng([seed, _SELECT_SALT])
     return sorted(int(i) for i in rng.choice(devices, size=count, replace=False))
+
+
+def data_rng(fleet_seed: int, index: int) -> np.random.Generator:
+    """The draw of device ``index``'s poisoned examples (``qflare sim`` and the services' fleet alike)."""
+    return np.random.default_rng([fleet_seed, index, _DATA_SALT])
+
+
+def noise_rng(fleet_seed: int, index: int, round_no: int) -> np.random.Generator:
+    """The Gaussian attack's noise of device ``index`` in ``round_no``."""
+    return np.random.default_rng([fleet_seed, index, round_no, _NOISE_SALT])

@@ -18,25 +18,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from qflare.attacks import Attack, RoundView, craft, poison_data
+from qflare.attacks import Attack, RoundView, craft, data_rng, noise_rng, poison_data
 from qflare.fl.arrays import NDArrays
 from qflare.fl.job import TrainConfig
 from qflare.fl.spec import WEIGHTS
 from qflare.sim.fleet import SimFleet
 from qflare.sim.trainers import DeviceResult, Trainer
-
-#: Mixed into the seeds of an attacker's poisoning and noise draws.
-_DATA_SALT, _NOISE_SALT = 0xDA7A, 0x9015E
-
-
-def data_rng(fleet_seed: int, index: int) -> np.random.Generator:
-    """The draw of device ``index``'s poisoned examples (the services' fleet uses the same)."""
-    return np.random.default_rng([fleet_seed, index, _DATA_SALT])
-
-
-def noise_rng(fleet_seed: int, index: int, round_no: int) -> np.random.Generator:
-    """The Gaussian attack's noise of device ``index`` in ``round_no``."""
-    return np.random.default_rng([fleet_seed, index, round_no, _NOISE_SALT])
 
 
 def poisoned_fleet(fleet: SimFleet, attack: Attack, attackers: Sequence[int]) -> SimFleet:
