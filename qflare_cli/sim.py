@@ -290,6 +290,9 @@ def sweep(
     trainer: str = TRAINER,
     device: str = TORCH_DEVICE,
     threads: int = THREADS,
+    attack: str | None = ATTACK,
+    attackers: float = ATTACKERS,
+    attack_param: list[str] = ATTACK_PARAM,
 ) -> None:
     """Run every combination of the --grid values; JSON lines (with each run's settings) and a plot."""
     _threads(threads)
@@ -299,13 +302,17 @@ def sweep(
         )
         runs = points(parse_grid(grid))
         jobs = [apply(base, point) for point in runs]  # every point checked before anything runs
+        chosen = None if attack is None else parse_attack(attack, parse_params(attack_param))
         series: dict[str, list[tuple[int, float]]] = {}
         with _open(out) as sink:
             for n, (point, job) in enumerate(zip(runs, jobs, strict=True), start=1):
                 name = label(point)
                 console.print(f"run {n}/{len(runs)}: {name}")
-                sim_ = simulation(job, devices, app_ref, trainer, device)
-                records = _run(sim_, name, {"run": name, **point}, sink)
+                sim_, score = attacked(job, devices, app_ref, trainer, device, chosen, attackers)
+                extra = {"run": name, **point}
+                if chosen is not None:
+                    extra["attack"] = chosen.name
+                records = _run(sim_, name, extra, sink, score)
                 series[name] = [(r.round, r.accuracy) for r in records if r.accuracy is not None]
         console.print(f"wrote {out}")
         plot_accuracy(series, plot, title=f"{job.model} {job.dataset} {job.partition}, {devices} devices")

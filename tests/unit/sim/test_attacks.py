@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,16 @@ def test_sign_flip_attackers_lower_fedavgs_accuracy() -> None:
 def test_an_unknown_attack_is_refused() -> None:
     result = CliRunner().invoke(app, ["--attack", "nope", "--rounds", "1"])
     assert result.exit_code == 2
+
+
+def test_a_sweep_under_the_backdoor_reports_its_success_rate(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "sweep.jsonl"
+    args = ["sweep", "--grid", "lr=0.05", "--devices", "100", "--fraction", "0.1", "--rounds", "1"]
+    args += ["--threads", "1", "--out", str(out), "--plot", str(tmp_path / "p.png")]
+    args += ["--attack", "backdoor", "--attackers", "0.2", "--attack-param", "boost=3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["attack"] == "backdoor" and row["lr"] == 0.05
+    assert isinstance(row["backdoor_success"], float) and 0.0 <= row["backdoor_success"] <= 1.0
