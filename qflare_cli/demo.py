@@ -26,7 +26,7 @@ from devstack.settings import StackSettings
 from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
 from qflare import localstack, operator, poison
-from qflare.attacks import Attack
+from qflare.attacks import Attack, select_attackers
 from qflare.crypto import read_key
 from qflare.errors import QflareError, StackError
 from qflare.fl import JobSpec
@@ -188,6 +188,9 @@ class Run:
     async def _main(self, began: float) -> None:
         ident = operator.operator_identity(KEYS_DIR)
         ids = [f"dev-{self.run_id}-{i:03d}" for i in range(self.devices)]
+        if self.attack is not None:
+            bad = [ids[i] for i in select_attackers(len(ids), self.attackers, self.seed)]
+            console.print(f"attack {self.attack.name}: {len(bad)} attacker devices {', '.join(bad)}")
         tokens = await operator.issue_tokens(
             self.kafka, ident, len(ids), 3600, {"demo": self.run_id}, keys_dir=KEYS_DIR
         )
