@@ -7,6 +7,7 @@ split, which is also its own test split for personalised metrics).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy.typing as npt
@@ -35,6 +36,7 @@ def mnist_app(
     seed: int,
     val_images: npt.NDArray[Any] | None = None,
     val_labels: npt.NDArray[Any] | None = None,
+    tamper: Callable[[TrainTask, TrainResult], TrainResult] | None = None,
 ) -> DeviceApp:
     """A device app that trains the task's model on this device's own examples (torch, CPU),
     and evaluates on its held-out local validation split when it has one.
@@ -44,6 +46,9 @@ def mnist_app(
     ``<state_dir>/solver/<job>.npz`` and is committed as the update is sent. Ditto and FedPer
     devices also report their personal model's ``personal_accuracy``, ``personal_loss`` and
     ``personal_examples`` on the held-out split, the device's own test split.
+
+    ``tamper`` (an attacker of the simulated fleet, ``edge.attacker.Tamper``) rewrites the
+    trained result before it is sent.
     """
     from qflare.ml.solvers import SolverConfig, personal_metrics, solve  # torch: training devices only
     from qflare.ml.train import evaluate
@@ -75,13 +80,14 @@ def mnist_app(
             assert val_images is not None and val_labels is not None
             metrics.update(personal_metrics(arch, solved.personal_model, val_images, val_labels))
         stateful = cfg.scaffold or cfg.ditto_lambda > 0 or bool(cfg.personal)
-        return TrainResult(
+        trained = TrainResult(
             solved.weights,
             solved.num_examples,
             metrics,
             groups={g: a for g, a in solved.groups.items() if g != WEIGHTS},
             commit=(lambda: save_state(path, solved.state, task.names)) if stateful else None,
         )
+        return trained if tamper is None else tamper(task, trained)
 
     if has_val:
         assert val_images is not None and val_labels is not None

@@ -26,6 +26,7 @@ from devstack.settings import StackSettings
 from edge.simulator.fleet import FleetProcesses, start_fleet
 from edge.simulator.observer import FleetObserver, wait_until
 from qflare import localstack, operator, poison
+from qflare.attacks import Attack, select_attackers
 from qflare.crypto import read_key
 from qflare.errors import QflareError, StackError
 from qflare.fl import JobSpec
@@ -35,6 +36,7 @@ from qflare.protocol import Decoder, seal
 from qflare.protocol.control import JobCommand
 from qflare.protocol.training import RoundComplete
 from qflare.supervisor import Supervisor
+from qflare_cli.attack_options import ATTACK_HELP, ATTACK_PARAM_HELP, ATTACKERS_HELP, attack_option
 from qflare_cli.jobs import EVALUATION_HELP, evaluated, evaluation_setting, model_ref
 from qflare_cli.reports import DeviceReports, describe
 from qflare_cli.stack import quiet_clients
@@ -76,6 +78,9 @@ def demo(
         help="package.module:attribute of the DeviceApp the devices train with instead of the built-in "
         "one (device i gets partition i of --devices); the current directory is importable.",
     ),
+    attack: str | None = typer.Option(None, help=ATTACK_HELP),
+    attackers: float = typer.Option(0.2, min=0.0, max=1.0, help=ATTACKERS_HELP),
+    attack_param: list[str] | None = typer.Option(None, "--attack-param", help=ATTACK_PARAM_HELP),
 ) -> None:
     """Run the main job: federated training of a model on MNIST across simulated devices.
 
@@ -102,6 +107,7 @@ def demo(
             },
             where="",  # errors name the key as the options do: strategy.server_lr, rounds
         )
+        chosen = attack_option(attack, attack_param or (), app)
     except QflareError as exc:
         console.print(f"[red]demo refused:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -111,7 +117,16 @@ def demo(
         if not already_up:
             console.print("starting the local stack …")
             asyncio.run(launcher.up(cfg, say=console.print))
-        run = Run(devices=devices, processes=processes, seed=seed, job=job, as_json=as_json, app=app)
+        run = Run(
+            devices=devices,
+            processes=processes,
+            seed=seed,
+            job=job,
+            as_json=as_json,
+            app=app,
+            attack=chosen,
+            attackers=attackers,
+        )
         run.execute()
     except (QflareError, KeyboardInterrupt) as exc:
         console.print(f"[red]demo stopped:[/red] {exc}")
@@ -132,8 +147,12 @@ class Run:
         as_json: bool,
         on_round: Callable[[RoundComplete], None] | None = None,
         app: str | None = None,
+        attack: Attack | None = None,
+        attackers: float = 0.0,
     ) -> None:
         self.on_round = on_round
+        #: Attacker devices (``qflare.attacks``): the attack, and the share of the fleet running it.
+        self.attack, self.attackers = attack, attackers
         #: The user's DeviceApp (``package.module:attribute``); None: the built-in MNIST app.
         self.app = app
         #: Share of each device's shard held out for local validation (0: train on all of it).
@@ -169,6 +188,9 @@ class Run:
     async def _main(self, began: float) -> None:
         ident = operator.operator_identity(KEYS_DIR)
         ids = [f"dev-{self.run_id}-{i:03d}" for i in range(self.devices)]
+        if self.attack is not None:
+            bad = [ids[i] for i in select_attackers(len(ids), self.attackers, self.seed)]
+            console.print(f"attack {self.attack.name}: {len(bad)} attacker devices {', '.join(bad)}")
         tokens = await operator.issue_tokens(
             self.kafka, ident, len(ids), 3600, {"demo": self.run_id}, keys_dir=KEYS_DIR
         )
@@ -187,6 +209,8 @@ class Run:
                 "seed": self.seed,
                 "val_fraction": self.val_fraction,
                 "app": self.app,
+                "attack": self.attack,
+                "attackers": self.attackers,
             },
             say=printer(console),
         )

@@ -23,7 +23,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from qflare.errors import QflareError
+from qflare.attacks import ATTACKS, Attack, parse_attack, parse_params, select_attackers
+from qflare.errors import ConfigError, QflareError
 from qflare.fl import JobSpec
 from qflare.ml import layout
 from qflare.sim import (
@@ -34,6 +35,7 @@ from qflare.sim import (
     Simulation,
     make_fleet,
 )
+from qflare.sim.attacks import AttackingTrainer, BackdoorScore, backdoor_success, poisoned_fleet
 from qflare.sim.plot import plot_accuracy
 from qflare.sim.sweep import apply, key_value, label, parse_grid, points, scalar
 from qflare.sim.trainers import Trainer
@@ -76,6 +78,13 @@ TORCH_DEVICE = typer.Option(
 )
 THREADS = typer.Option(0, min=0, help="torch CPU threads (0: torch's default).")
 OUT = typer.Option(None, help="Also write the JSON lines to this file.")
+ATTACK = typer.Option(
+    None,
+    help="Make some devices attackers: " + ", ".join(sorted(ATTACKS)) + " (qflare.attacks; "
+    "backdoor adds backdoor_success to each round's line).",
+)
+ATTACKERS = typer.Option(0.2, min=0.0, max=1.0, help="Share of the devices that attack (drawn from --seed).")
+ATTACK_PARAM = typer.Option([], "--attack-param", help="An attack parameter, key=value (repeatable).")
 
 
 def _base(
@@ -115,7 +124,26 @@ def _base(
 
 def simulation(job: JobSpec, devices: int, app_ref: str | None, trainer: str, device: str) -> Simulation:
     """A ``Simulation`` of ``job`` over ``devices`` with the chosen trainer."""
+    return attacked(job, devices, app_ref, trainer, device)[0]
+
+
+def attacked(
+    job: JobSpec,
+    devices: int,
+    app_ref: str | None,
+    trainer: str,
+    device: str,
+    attack: Attack | None = None,
+    attackers: float = 0.0,
+) -> tuple[Simulation, BackdoorScore | None]:
+    """A ``Simulation`` whose ``attackers`` share of devices runs ``attack``; and the backdoor's score."""
     fleet = make_fleet(job.dataset, job.partition, devices, job.seed)
+    bad: list[int] = []
+    if attack is not None:
+        if app_ref is not None:
+            raise ConfigError("attacks need the built-in device, not --app", field="attack")
+        bad = select_attackers(devices, attackers, job.seed)
+        fleet = poisoned_fleet(fleet, attack, bad)
     # Batched training on a GPU evaluates there too; otherwise exactly as the aggregator does.
     gpu = trainer == "batched" and app_ref is None and _cuda(device)
     evaluation = CentralEvaluation(fleet.test_images, fleet.test_labels, device="cuda" if gpu else None)
@@ -134,7 +162,10 @@ def simulation(job: JobSpec, devices: int, app_ref: str | None, trainer: str, de
         chosen = BatchedTrainer(fleet, device=device or None)
     else:
         raise typer.BadParameter(f"unknown trainer {trainer!r}: batched or reference")
-    return Simulation(job, fleet.ids, chosen, evaluation)
+    if attack is not None:
+        chosen = AttackingTrainer(chosen, attack, frozenset(bad), job.seed)
+    score = None if attack is None else backdoor_success(attack, fleet)
+    return Simulation(job, fleet.ids, chosen, evaluation), score
 
 
 def _cuda(device: str) -> bool:
@@ -145,7 +176,13 @@ def _cuda(device: str) -> bool:
     return torch.cuda.is_available()
 
 
-def _run(sim: Simulation, name: str, extra: dict[str, Any], sink: TextIO | None) -> list[RoundRecord]:
+def _run(
+    sim: Simulation,
+    name: str,
+    extra: dict[str, Any],
+    sink: TextIO | None,
+    score: BackdoorScore | None = None,
+) -> list[RoundRecord]:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -159,7 +196,10 @@ def _run(sim: Simulation, name: str, extra: dict[str, Any], sink: TextIO | None)
 
         def on_round(record: RoundRecord) -> None:
             records.append(record)
-            line = json.dumps({**extra, **record.to_json()})
+            row = {**extra, **record.to_json()}
+            if score is not None and sim.job.builtin is not None:
+                row["backdoor_success"] = score(sim.job.builtin, sim.weights)
+            line = json.dumps(row)
             typer.echo(line)
             if sink is not None:
                 sink.write(line + "\n")
@@ -198,6 +238,9 @@ def sim(
     device: str = TORCH_DEVICE,
     threads: int = THREADS,
     out: Path | None = OUT,
+    attack: str | None = ATTACK,
+    attackers: float = ATTACKERS,
+    attack_param: list[str] = ATTACK_PARAM,
 ) -> None:
     """Run a job's rounds in this process: the strategy, selection, data split and seeds of the
     services, with no Kafka. One JSON line per round on stdout: round, accuracy, loss, seconds."""
@@ -209,9 +252,13 @@ def sim(
             model, dataset, partition, devices, fraction, rounds, epochs, batch, lr, seed, strategy, param
         )
         job = JobSpec.parse(base)
-        sim_ = simulation(job, devices, app_ref, trainer, device)
+        chosen = None if attack is None else parse_attack(attack, parse_params(attack_param))
+        sim_, score = attacked(job, devices, app_ref, trainer, device, chosen, attackers)
+        extra: dict[str, Any] = {}
+        if chosen is not None:
+            extra = {"attack": chosen.name, "attackers": len(select_attackers(devices, attackers, seed))}
         with _open(out) as sink:
-            _run(sim_, f"{job.strategy.name} {job.model}", {}, sink)
+            _run(sim_, f"{job.strategy.name} {job.model}", extra, sink, score)
     except QflareError as exc:
         console.print(f"[red]sim refused:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -243,6 +290,9 @@ def sweep(
     trainer: str = TRAINER,
     device: str = TORCH_DEVICE,
     threads: int = THREADS,
+    attack: str | None = ATTACK,
+    attackers: float = ATTACKERS,
+    attack_param: list[str] = ATTACK_PARAM,
 ) -> None:
     """Run every combination of the --grid values; JSON lines (with each run's settings) and a plot."""
     _threads(threads)
@@ -252,13 +302,17 @@ def sweep(
         )
         runs = points(parse_grid(grid))
         jobs = [apply(base, point) for point in runs]  # every point checked before anything runs
+        chosen = None if attack is None else parse_attack(attack, parse_params(attack_param))
         series: dict[str, list[tuple[int, float]]] = {}
         with _open(out) as sink:
             for n, (point, job) in enumerate(zip(runs, jobs, strict=True), start=1):
                 name = label(point)
                 console.print(f"run {n}/{len(runs)}: {name}")
-                sim_ = simulation(job, devices, app_ref, trainer, device)
-                records = _run(sim_, name, {"run": name, **point}, sink)
+                sim_, score = attacked(job, devices, app_ref, trainer, device, chosen, attackers)
+                extra = {"run": name, **point}
+                if chosen is not None:
+                    extra["attack"] = chosen.name
+                records = _run(sim_, name, extra, sink, score)
                 series[name] = [(r.round, r.accuracy) for r in records if r.accuracy is not None]
         console.print(f"wrote {out}")
         plot_accuracy(series, plot, title=f"{job.model} {job.dataset} {job.partition}, {devices} devices")

@@ -20,9 +20,11 @@ from edge.simulator.fleet import start_fleet
 from edge.simulator.observer import FleetObserver
 from qflare import operator
 from qflare.children import ServiceProcess
+from qflare.errors import QflareError
 from qflare.identity import DEFAULT_KEYS_DIR, trusted_ring
 from qflare.kafka import KafkaSettings
 from qflare.supervisor import Supervisor
+from qflare_cli.attack_options import ATTACK_HELP, ATTACK_PARAM_HELP, ATTACKERS_HELP, attack_option
 from qflare_cli.supervised import printer
 from services.registry.config import RegistrySettings
 
@@ -52,15 +54,28 @@ def simulate(
         help="package.module:attribute of a DeviceApp every device runs when a round selects it "
         "(device i gets partition i of --devices); the current directory is importable.",
     ),
+    attack: str | None = typer.Option(None, help=ATTACK_HELP + " The devices then train the built-in app."),
+    attackers: float = typer.Option(0.2, min=0.0, max=1.0, help=ATTACKERS_HELP),
+    attack_param: list[str] | None = typer.Option(None, "--attack-param", help=ATTACK_PARAM_HELP),
+    dataset: str = typer.Option("mnist", help="With --attack: the built-in app's dataset."),
+    partition: str = typer.Option("iid", help="With --attack: iid, pathological or dirichlet."),
 ) -> None:
     """Run N simulated devices: enrol, heartbeat, and optionally kill, pause and revive some.
 
     Each device has its own ML-DSA-65 key and identity; devices share one Kafka
     connection per worker process. With --app they also train with that app
     whenever a job's round selects them. Needs the stack and a running registry
-    (`qflare run registry`), or pass --spawn-registry.
+    (`qflare run registry`), or pass --spawn-registry. With --attack NAME --attackers 0.2
+    every device trains the built-in app on its shard when a round selects it, and that
+    share of them (drawn from --seed) attacks; they are enrolled and sign like the rest.
     """
-    result = asyncio.run(_simulate(locals()))
+    try:
+        chosen = attack_option(attack, attack_param or (), app)
+    except QflareError as exc:
+        console.print(f"[red]simulate refused:[/red] {exc}")
+        raise typer.Exit(2) from None
+    options = {**locals(), "attack": chosen}
+    result = asyncio.run(_simulate(options))
     if as_json:
         typer.echo(json.dumps(result))
 
@@ -84,7 +99,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         state_dir=o["state_dir"] / fleet,
         keys_dir=keys_dir,
         seed=o["seed"],
-        train=None if o["app"] is None else {"app": o["app"], "seed": o["seed"]},
+        train=_train(o),
         say=printer(console),
     )
     observer = FleetObserver(
@@ -154,6 +169,21 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         "registry_cpu_pct_mean": round(sum(cpu[2:]) / max(1, len(cpu[2:])), 1) if cpu else None,
         "registry_cpu_pct_max": round(max(cpu), 1) if cpu else None,
     }
+
+
+def _train(o: dict[str, Any]) -> dict[str, Any] | None:
+    """What the devices train with: the user's app, the built-in app under attack, or nothing."""
+    if o["app"] is not None:
+        return {"app": o["app"], "seed": o["seed"]}
+    if o["attack"] is not None:
+        return {
+            "dataset": o["dataset"],
+            "partition": o["partition"],
+            "seed": o["seed"],
+            "attack": o["attack"],
+            "attackers": o["attackers"],
+        }
+    return None
 
 
 class _Registry:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.simulator.worker import TrainSpec, WorkerSpec, worker_main
+from qflare.attacks import select_attackers
 from qflare.kafka import KafkaSettings
 from qflare.supervisor import Supervisor, SupervisorSettings
 
@@ -111,8 +112,16 @@ def start_fleet(
     ``app`` (``package.module:attribute``) every device runs that DeviceApp instead, its index in
     ``ids`` and the fleet size given to it as its partition.
     ``say`` receives the supervisor's lines about workers that died or were restarted.
+    With ``attack`` (a ``qflare.attacks.Attack``) in ``train``, the ``attackers`` share of the
+    devices (drawn from ``train["seed"]`` as ``qflare sim`` draws them) attack; built-in app only.
     """
     ctx = mp.get_context("spawn")
+    attack = None if train is None else train.get("attack")
+    attackers: dict[str, int] = {}
+    if attack is not None and train is not None:
+        attackers = {
+            ids[i]: i for i in select_attackers(len(ids), train.get("attackers", 0.0), train["seed"])
+        }
     fleet = FleetProcesses(ids, Supervisor(SupervisorSettings(stop_timeout_s=15), say=say), stats=ctx.Queue())
     for w in range(processes):
         mine = [(i, d, t) for i, (d, t) in enumerate(zip(ids, tokens, strict=True)) if i % processes == w]
@@ -127,6 +136,8 @@ def start_fleet(
                 alpha=train.get("alpha", 0.5),
                 val_fraction=train.get("val_fraction", 0.1),
                 app=train.get("app"),
+                attack=attack,
+                attackers=attackers,
             )
         spec = WorkerSpec(
             w,

@@ -15,7 +15,7 @@ import queue
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any, cast
@@ -23,10 +23,12 @@ from typing import Any, cast
 import structlog
 
 from edge.app import DeviceContext
+from edge.attacker import Roster
 from edge.enrolment import EnrollmentResults
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
 from edge.spool import Spool
+from qflare.attacks import Attack
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.telemetry import configure_logging
@@ -64,6 +66,9 @@ class TrainSpec:
     val_fraction: float = 0.1
     #: ``package.module:attribute`` of the user's DeviceApp (None: the built-in app on ``dataset``).
     app: str | None = None
+    #: Attackers (built-in app only): the attack, and every attacker's device id -> fleet index.
+    attack: Attack | None = None
+    attackers: dict[str, int] = field(default_factory=dict)
 
 
 def worker_main(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None:
@@ -180,10 +185,11 @@ async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka
         own = Path(spec.state_dir) / "app" / device_id
         own.mkdir(parents=True, exist_ok=True)
         fleet[device_id].context = DeviceContext(device_id, index, t.total_devices, own)
+    roster = Roster()  # the round's selected devices, for colluding attackers
     if t.app is not None:
         _install_user_app(t.app, spec, fleet)
     else:
-        _install_builtin_app(t, spec, fleet)
+        _install_builtin_app(t, spec, fleet, roster)
     follower = RoundFollower(kafka, kafka.topics, TrustedKeys(Path(spec.keys_dir)))
     reader = asyncio.create_task(follower.run())
     done: set[tuple[str, int]] = set()
@@ -194,6 +200,7 @@ async def train_forever(spec: WorkerSpec, fleet: dict[str, DeviceRuntime], kafka
             if (task.job_id, task.round) in done or not mine:
                 continue
             done.add((task.job_id, task.round))
+            roster.note(task.job_id, task.round, task.devices)
             left_s = task.deadline_ms / 1000 - time.time()
             model = await follower.weights(task.job_id, task.model_version, max(0.0, left_s))
             if model is None:
@@ -220,11 +227,15 @@ def _install_user_app(ref: str, spec: WorkerSpec, fleet: dict[str, DeviceRuntime
         sys.modules["torch"].set_num_threads(1)
 
 
-def _install_builtin_app(t: TrainSpec, spec: WorkerSpec, fleet: dict[str, DeviceRuntime]) -> None:
-    """Each device trains the built-in app on its shard of a built-in dataset."""
+def _install_builtin_app(
+    t: TrainSpec, spec: WorkerSpec, fleet: dict[str, DeviceRuntime], roster: Roster
+) -> None:
+    """Each device trains the built-in app on its shard of a built-in dataset; attackers attack."""
     import torch
 
+    from edge.attacker import Colluders, Tamper
     from edge.builtin import mnist_app
+    from qflare.attacks import data_rng, poison_data
     from qflare.ml import dirichlet, iid, load_dataset, pathological
     from qflare.ml.data import DatasetName
 
@@ -237,14 +248,27 @@ def _install_builtin_app(t: TrainSpec, spec: WorkerSpec, fleet: dict[str, Device
         shards = pathological(data.train_labels, t.total_devices, t.seed)
     else:
         shards = dirichlet(data.train_labels, t.total_devices, t.alpha, t.seed)
+
+    def train_split(index: int) -> Any:
+        return shards[index][int(len(shards[index]) * t.val_fraction) :]
+
+    colluders = Colluders(
+        lambda i: (data.train_images[train_split(i)], data.train_labels[train_split(i)]), t.seed
+    )
     for (device_id, _), index in zip(spec.devices, t.indices, strict=True):
         shard = shards[index]
         held = int(len(shard) * t.val_fraction)
         train, val = shard[held:], shard[:held]
+        images, labels = data.train_images[train], data.train_labels[train]
+        tamper = None
+        if t.attack is not None and device_id in t.attackers:
+            images, labels = poison_data(t.attack, images, labels, data_rng(t.seed, index))
+            tamper = Tamper(t.attack, index, t.attackers, t.seed, roster, colluders)
         fleet[device_id].app = mnist_app(
-            data.train_images[train],
-            data.train_labels[train],
+            images,
+            labels,
             seed=t.seed + index,
             val_images=data.train_images[val],
             val_labels=data.train_labels[val],
+            tamper=tamper,
         )
