@@ -36,7 +36,7 @@ from qflare.sim import (
 )
 from qflare.sim.plot import plot_accuracy
 from qflare.sim.sweep import apply, key_value, label, parse_grid, points, scalar
-from qflare.sim.trainers import Trainer
+from qflare.sim.trainers import Trainer, unsupported
 from qflare_cli.jobs import STRATEGY_HELP, model_ref
 
 console = Console(stderr=True, width=max(100, shutil.get_terminal_size().columns))
@@ -134,7 +134,15 @@ def simulation(job: JobSpec, devices: int, app_ref: str | None, trainer: str, de
         chosen = BatchedTrainer(fleet, device=device or None)
     else:
         raise typer.BadParameter(f"unknown trainer {trainer!r}: batched or reference")
-    return Simulation(job, fleet.ids, chosen, evaluation)
+    sim_ = Simulation(job, fleet.ids, chosen, evaluation)
+    if isinstance(chosen, BatchedTrainer):
+        key = unsupported(sim_.strategy.train_config(1), batched=True)
+        if key is not None:
+            console.print(
+                f"note: the batched trainer has no personal models ({key}); "
+                f"{job.strategy.name} trains with the reference trainer (solve, one device after another)"
+            )
+    return sim_
 
 
 def _cuda(device: str) -> bool:
@@ -168,6 +176,14 @@ def _run(sim: Simulation, name: str, extra: dict[str, Any], sink: TextIO | None)
             bar.update(task, advance=1, last=acc)
 
         sim.run(on_round)
+    final = sim.final_personal()
+    if final is not None:
+        # Every device's personal model, not only the last round's: the run's personalised figures.
+        line = json.dumps({**extra, **final})
+        typer.echo(line)
+        if sink is not None:
+            sink.write(line + "\n")
+            sink.flush()
     return records
 
 
