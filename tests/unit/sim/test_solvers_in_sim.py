@@ -39,7 +39,7 @@ def _config(**extra: object) -> TrainConfig:
         "evaluate_global": False,
         "train": True,
     }
-    return TrainConfig(**{**base, **extra})  # type: ignore[arg-type]
+    return TrainConfig(**{**base, **extra})
 
 
 def test_batched_scaffold_agrees_with_the_devices_solve(fleet: SimFleet) -> None:
