@@ -101,11 +101,11 @@ class Run:
 
 def job_map(cfg: Config, strategy: str, lr: float, rounds: int, seed: int, params: dict[str, Any]) -> Any:
     """The run's ``JobSpec``: ``params`` go to every strategy that declares them."""
+    from qflare.fl.job import BUILTIN
     from qflare.sim.sweep import apply
-    from qflare_cli.jobs import model_ref
 
     base = {
-        "model": model_ref(cfg.model),
+        "model": f"{BUILTIN}{cfg.model}",
         "dataset": "mnist",
         "partition": cfg.partition,
         "strategy": {"name": strategy, **params},
