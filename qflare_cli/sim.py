@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from qflare.attacks import ATTACKS, Attack, parse_attack, parse_params, select_attackers
 from qflare.errors import ConfigError, QflareError
-from qflare.fl import JobSpec
+from qflare.fl import JobSpec, build_strategy
 from qflare.ml import layout
 from qflare.sim import (
     BatchedTrainer,
@@ -38,7 +38,7 @@ from qflare.sim import (
 from qflare.sim.attacks import AttackingTrainer, BackdoorScore, backdoor_success, poisoned_fleet
 from qflare.sim.plot import plot_accuracy
 from qflare.sim.sweep import apply, key_value, label, parse_grid, points, scalar
-from qflare.sim.trainers import Trainer
+from qflare.sim.trainers import Trainer, unsupported
 from qflare_cli.jobs import STRATEGY_HELP, model_ref
 
 console = Console(stderr=True, width=max(100, shutil.get_terminal_size().columns))
@@ -162,6 +162,13 @@ def attacked(
         chosen = BatchedTrainer(fleet, device=device or None)
     else:
         raise typer.BadParameter(f"unknown trainer {trainer!r}: batched or reference")
+    if isinstance(chosen, BatchedTrainer):
+        key = unsupported(build_strategy(job).train_config(1), batched=True)
+        if key is not None:
+            console.print(
+                f"note: the batched trainer has no personal models ({key}); "
+                f"{job.strategy.name} trains with the reference trainer (solve, one device after another)"
+            )
     if attack is not None:
         chosen = AttackingTrainer(chosen, attack, frozenset(bad), job.seed)
     score = None if attack is None else backdoor_success(attack, fleet)
@@ -208,6 +215,14 @@ def _run(
             bar.update(task, advance=1, last=acc)
 
         sim.run(on_round)
+    final = sim.final_personal()
+    if final is not None:
+        # Every device's personal model, not only the last round's: the run's personalised figures.
+        line = json.dumps({**extra, **final})
+        typer.echo(line)
+        if sink is not None:
+            sink.write(line + "\n")
+            sink.flush()
     return records
 
 

@@ -48,8 +48,17 @@ class RoundRecord:
     seconds: float
     participants: int
     failed: int
+    #: Ditto/FedPer: the round's devices' personal accuracy on their own held-out splits.
+    personal_accuracy_mean: float | None = None
+    personal_accuracy_p10: float | None = None
 
     def to_json(self) -> dict[str, Any]:
+        personal = {}
+        if self.personal_accuracy_mean is not None:
+            personal = {
+                "personal_accuracy_mean": self.personal_accuracy_mean,
+                "personal_accuracy_p10": self.personal_accuracy_p10,
+            }
         return {
             "round": self.round,
             "accuracy": self.accuracy,
@@ -58,7 +67,16 @@ class RoundRecord:
             "seconds": round(self.seconds, 4),
             "participants": self.participants,
             "failed": self.failed,
+            **personal,
         }
+
+
+def personal_summary(accuracies: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and worst decile (the 10th percentile, linear interpolation) of devices' accuracies."""
+    if not accuracies:
+        return None, None
+    values = np.asarray(accuracies, dtype=np.float64)
+    return float(values.mean()), float(np.percentile(values, 10))
 
 
 class CentralEvaluation:
@@ -193,6 +211,9 @@ class Simulation:
         accuracy = loss = None
         if self.evaluation is not None and self.job.builtin is not None:
             loss, accuracy = self.evaluation(self.job.builtin, self.weights)
+        mean, p10 = personal_summary(
+            [u.metrics["personal_accuracy"] for u in updates if "personal_accuracy" in u.metrics]
+        )
         return RoundRecord(
             round=round_no,
             accuracy=accuracy,
@@ -201,7 +222,27 @@ class Simulation:
             seconds=time.perf_counter() - began,
             participants=len(updates),
             failed=failed,
+            personal_accuracy_mean=mean,
+            personal_accuracy_p10=p10,
         )
+
+    def final_personal(self) -> dict[str, Any] | None:
+        """Ditto/FedPer: every device's personal accuracy now (not only the last round's), summarised.
+
+        None when the job keeps no personal models or the trainer cannot evaluate them.
+        """
+        config = self.strategy.train_config(max(1, self.job.rounds))
+        evaluate = getattr(self.trainer, "personal_accuracies", None)
+        if not (config.ditto_lambda > 0 or config.personal) or evaluate is None:
+            return None
+        accuracies = evaluate(self.weights, config)
+        mean, p10 = personal_summary(accuracies)
+        return {
+            "final": True,
+            "personal_devices": len(accuracies),
+            "personal_accuracy_mean": mean,
+            "personal_accuracy_p10": p10,
+        }
 
     def _accepted(self, results: dict[str, DeviceResult]) -> tuple[list[Update], int]:
         """The updates the aggregator's checks would accept, in device-id order; and the rest's count."""

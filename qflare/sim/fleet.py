@@ -10,7 +10,7 @@ same job gives the same global model in process as through Kafka.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,9 @@ class SimFleet:
     train_labels: NDArray[np.int64]
     test_images: NDArray[np.uint8]
     test_labels: NDArray[np.int64]
+    #: Device i's held-out examples (the first ``val_fraction`` of its shard): its own test split,
+    #: on which Ditto and FedPer devices report ``personal_accuracy``. Empty when not kept.
+    val_index: list[NDArray[np.int64]] = field(default_factory=list)
 
     def images(self, index: int) -> NDArray[np.uint8]:
         return self.train_images[self.train_index[index]]
@@ -58,6 +61,15 @@ class SimFleet:
 
     def num_examples(self, index: int) -> int:
         return len(self.train_index[index])
+
+    def val_images(self, index: int) -> NDArray[np.uint8]:
+        return self.train_images[self.val_index[index]]
+
+    def val_labels(self, index: int) -> NDArray[np.int64]:
+        return self.train_labels[self.val_index[index]]
+
+    def has_val(self, index: int) -> bool:
+        return index < len(self.val_index) and len(self.val_index[index]) > 0
 
 
 def make_fleet(
@@ -82,10 +94,11 @@ def make_fleet(
         shards = dirichlet(data.train_labels, devices, alpha, seed)
     else:
         raise ConfigError(f"unknown partition {partition!r}", field="partition")
-    train = []
+    train, val = [], []
     for shard in shards:
         held = int(len(shard) * val_fraction)
         train.append(np.asarray(shard[held:], dtype=np.int64))
+        val.append(np.asarray(shard[:held], dtype=np.int64))
     return SimFleet(
         dataset=dataset,
         seed=seed,
@@ -95,4 +108,5 @@ def make_fleet(
         train_labels=data.train_labels,
         test_images=data.test_images,
         test_labels=data.test_labels,
+        val_index=val,
     )

@@ -2,10 +2,11 @@
 
 A ``Trainer`` takes a round's selected devices (indices into the fleet) and their
 instructions and returns what each would have sent: its tensor groups, example
-count and metrics. ``ReferenceTrainer`` calls ``qflare.ml.train.train_local`` per
-device, exactly as a device of the services' simulated fleet does;
-``BatchedTrainer`` trains them all at once (``qflare.sim.batched``) and hands a
-round it cannot batch to the reference. Anything else (a user's ``DeviceApp``,
+count and metrics. ``ReferenceTrainer`` calls ``qflare.ml.solvers.solve`` per
+device, exactly as a device of the services' simulated fleet does (FedProx,
+SCAFFOLD, Ditto, FedPer); ``BatchedTrainer`` trains them all at once
+(``qflare.sim.batched``) and hands a round it cannot batch (Ditto, FedPer) to the
+reference. Anything else (a user's ``DeviceApp``,
 wired up by ``qflare sim --app``) implements the same protocol.
 """
 
@@ -58,17 +59,23 @@ def builtin_arch(config: TrainConfig) -> ModelName:
 
 
 def unsupported(config: TrainConfig, *, batched: bool = False) -> str | None:
-    """The solver key the built-in local SGD cannot run yet (None when it can run the config).
+    """The solver key a trainer cannot run (None when it can run the config).
 
-    SCAFFOLD runs only in the batched trainer (``train_local`` has no correction term).
+    The reference trainer runs every solver (it is the device's own ``solve``); the
+    batched one has no personal models, so it hands Ditto and FedPer rounds to the reference.
     """
-    if config.scaffold and not batched:
-        return "scaffold"
+    if not batched:
+        return None
     if config.ditto_lambda > 0:
         return "ditto_lambda"
     if config.personal:
         return "personal"
     return None
+
+
+def personalised(config: TrainConfig) -> bool:
+    """Whether devices keep a personal model under ``config`` (Ditto, FedPer)."""
+    return config.ditto_lambda > 0 or bool(config.personal)
 
 
 def _metrics(loss: float, steps: int, config: TrainConfig) -> dict[str, float]:
@@ -83,9 +90,16 @@ def local_steps(num_examples: int, config: TrainConfig) -> int:
 
 @dataclass
 class ReferenceTrainer:
-    """One device after another through ``train_local``, as the services' fleet trains."""
+    """One device after another through ``qflare.ml.solvers.solve``: the services' device code.
+
+    Each device's solver state (SCAFFOLD's c_i, Ditto's v, FedPer's own tensors) stays
+    in ``states`` between rounds, as a device keeps it in its local state file. A Ditto or
+    FedPer device also reports its personal model's metrics on its held-out split, as
+    ``edge.builtin.mnist_app`` does.
+    """
 
     fleet: SimFleet
+    states: dict[int, Any] = field(default_factory=dict)
 
     def train(
         self,
@@ -95,31 +109,64 @@ class ReferenceTrainer:
         config: TrainConfig,
         server_groups: Mapping[str, NDArrays],
     ) -> list[DeviceResult]:
-        from qflare.ml.train import train_local
+        from qflare.ml import layout
+        from qflare.ml.solvers import SolverConfig, SolverState, personal_metrics, solve
 
-        key = unsupported(config)
-        if key is not None:
-            raise ConfigError(f"the built-in simulated device cannot train with {key} yet", field=key)
         arch = builtin_arch(config)
+        names = tuple(n for n, _ in layout(arch))
         out = []
         for i in devices:
-            result = train_local(
+            state = self.states.get(i) or SolverState()
+            solved = solve(
                 arch,
+                names,
                 weights,
+                server_groups,
                 self.fleet.images(i),
                 self.fleet.labels(i),
-                epochs=config.epochs,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                seed=round_seed(self.fleet.seed, i, round_no),
-                proximal_mu=config.proximal_mu,
+                SolverConfig.of(config, round_seed(self.fleet.seed, i, round_no)),
+                state,
+                round_no,
             )
-            steps = local_steps(result.num_examples, config)
-            out.append(
-                DeviceResult(
-                    {WEIGHTS: result.weights}, result.num_examples, _metrics(result.loss, steps, config)
+            metrics = dict(solved.metrics)
+            if solved.personal_model is not None and self.fleet.has_val(i):
+                metrics.update(
+                    personal_metrics(
+                        arch, solved.personal_model, self.fleet.val_images(i), self.fleet.val_labels(i)
+                    )
                 )
-            )
+            if config.scaffold or personalised(config):
+                self.states[i] = solved.state  # committed: the update is sent
+            out.append(DeviceResult(solved.groups, solved.num_examples, metrics))
+        return out
+
+    def personal_accuracies(self, weights: NDArrays, config: TrainConfig) -> list[float]:
+        """Every device's personal model's accuracy on its held-out split (devices without one skipped).
+
+        A device's personal model is what it would use now: Ditto's ``v`` (the global model if it
+        never trained), or FedPer's global shared tensors with its own personal ones.
+        """
+        from qflare.ml import layout
+        from qflare.ml.solvers import personal_mask
+        from qflare.ml.train import evaluate
+
+        arch = builtin_arch(config)
+        names = [n for n, _ in layout(arch)]
+        mask = personal_mask(names, config.personal)
+        out = []
+        for i in range(len(self.fleet.ids)):
+            if not self.fleet.has_val(i):
+                continue
+            state = self.states.get(i)
+            model = list(weights)
+            if state is not None and config.ditto_lambda > 0 and state.ditto is not None:
+                model = list(state.ditto)
+            elif state is not None and config.personal:
+                model = [
+                    state.personal.get(n, w) if m else w for n, w, m in zip(names, weights, mask, strict=True)
+                ]
+            _, accuracy = evaluate(arch, model, self.fleet.val_images(i), self.fleet.val_labels(i))
+            out.append(float(accuracy))
         return out
 
 
@@ -132,6 +179,8 @@ class BatchedTrainer:
     #: SCAFFOLD: each device's control variate c_i (zero until it first trains), its local state.
     controls: dict[int, NDArrays] = field(default_factory=dict)
     _data: Any = None
+    #: Rounds it cannot batch (Ditto, FedPer) go to this reference trainer, which keeps their state.
+    reference: ReferenceTrainer | None = None
 
     def _tensors(self) -> Any:
         if self._data is None:
@@ -157,7 +206,7 @@ class BatchedTrainer:
         from qflare.sim.batched import train_batched
 
         if unsupported(config, batched=True) is not None:
-            return ReferenceTrainer(self.fleet).train(round_no, devices, weights, config, server_groups)
+            return self.fallback().train(round_no, devices, weights, config, server_groups)
         images, labels = self._tensors()
         correction = None
         if config.scaffold:
@@ -184,6 +233,15 @@ class BatchedTrainer:
                 groups[CONTROL] = self._new_control(i, weights, r, config, server_groups)
             out.append(DeviceResult(groups, r.num_examples, _metrics(r.loss, r.local_steps, config)))
         return out
+
+    def fallback(self) -> ReferenceTrainer:
+        """The reference trainer that trains (and keeps the state of) what this one cannot batch."""
+        if self.reference is None:
+            self.reference = ReferenceTrainer(self.fleet)
+        return self.reference
+
+    def personal_accuracies(self, weights: NDArrays, config: TrainConfig) -> list[float]:
+        return self.fallback().personal_accuracies(weights, config)
 
     @staticmethod
     def _server_control(weights: NDArrays, server_groups: Mapping[str, NDArrays]) -> NDArrays:

@@ -42,7 +42,7 @@ class HostileRun(Run):
         )
         self.attack_cfg, self.timeout_s, self.drain_s = attack, timeout_s, drain_s
         self.progress = progress
-        self.attack: Attack | None = None
+        self.hostile: Attack | None = None
         self.scraper: Scraper | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -50,12 +50,12 @@ class HostileRun(Run):
         self.scraper = Scraper(dict(zip(SERVICES, metrics_ports(self.services), strict=True)))
         if self.attack_cfg is not None:
             victims = [f"dev-{self.run_id}-{i:03d}" for i in range(self.devices)]
-            self.attack = Attack(self.kafka, KEYS_DIR, self.job_id, victims, self.attack_cfg, self.progress)
-            await self.attack.enrol(operator.operator_identity(KEYS_DIR))
+            self.hostile = Attack(self.kafka, KEYS_DIR, self.job_id, victims, self.attack_cfg, self.progress)
+            await self.hostile.enrol(operator.operator_identity(KEYS_DIR))
         await super()._start_job(ident)
         self._tasks.append(asyncio.create_task(self._scrape_forever()))
-        if self.attack is not None:
-            self._tasks.append(asyncio.create_task(self.attack.run()))
+        if self.hostile is not None:
+            self._tasks.append(asyncio.create_task(self.hostile.run()))
 
     async def _scrape_forever(self) -> None:
         assert self.scraper is not None
@@ -66,7 +66,7 @@ class HostileRun(Run):
     async def _follow(self, began: float) -> list[RoundComplete]:
         try:
             done = await asyncio.wait_for(super()._follow(began), self.timeout_s)
-            if self.attack is not None:
+            if self.hostile is not None:
                 # The whole attack is sent, and the services have read it, before they stop.
                 await asyncio.wait_for(self._tasks[-1], self.timeout_s)
                 await self._drain()
@@ -84,8 +84,8 @@ class HostileRun(Run):
 
     async def _drain(self) -> None:
         """Wait until every service counted what it must, or its counts stop moving (bounded)."""
-        assert self.attack is not None and self.scraper is not None
-        probe = Outcome("drain", expected=self.attack.expected(), targets=self.attack.targets)
+        assert self.hostile is not None and self.scraper is not None
+        probe = Outcome("drain", expected=self.hostile.expected(), targets=self.hostile.targets)
         deadline = time.monotonic() + self.drain_s
         last, still_since = -1.0, time.monotonic()
         while time.monotonic() < deadline:
@@ -120,10 +120,10 @@ class HostileRun(Run):
         out.supervisor_lines = [e.text.splitlines()[0] for e in events]
         if self.scraper is not None:
             out.rejections = self.scraper.rejections()
-        if self.attack is not None:
-            out.sent, out.failed = self.attack.sent, self.attack.failed
-            out.expected = self.attack.expected()
-            out.targets = self.attack.targets
+        if self.hostile is not None:
+            out.sent, out.failed = self.hostile.sent, self.hostile.failed
+            out.expected = self.hostile.expected()
+            out.targets = self.hostile.targets
         return out
 
 

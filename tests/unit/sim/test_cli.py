@@ -80,3 +80,16 @@ def test_a_bad_grid_is_refused_before_anything_runs() -> None:
     result = CliRunner().invoke(app, ["sweep", "--grid", "lr", "--rounds", "1"])
     assert result.exit_code == 2
     assert "key=value" in result.output
+
+
+def test_ditto_falls_back_to_the_reference_trainer_and_reports_personal_accuracy() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["--strategy", "ditto", "--devices", "100", "--fraction", "0.02", "--rounds", "1", "--threads", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "no personal models" in result.output  # the note that the batched trainer cannot run it
+    round_line, final = _lines(result.stdout)
+    assert round_line["round"] == 1 and isinstance(round_line["personal_accuracy_p10"], float)
+    assert final["final"] is True and final["personal_devices"] == 100
+    assert isinstance(final["personal_accuracy_mean"], float)
