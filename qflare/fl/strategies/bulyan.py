@@ -45,7 +45,7 @@ def bulyan_coordinates(x: F64, f: int) -> F64:
     beta = x.shape[0] - 2 * f
     med = np.median(x, axis=0)
     nearest = np.argsort(np.abs(x - med), axis=0, kind="stable")[:beta]
-    return np.take_along_axis(x, nearest, axis=0).mean(axis=0)
+    return np.asarray(np.take_along_axis(x, nearest, axis=0).mean(axis=0), np.float64)
 
 
 @register_strategy

@@ -33,7 +33,7 @@ def clip_factors(norms: F64, max_norm: float) -> F64:
 
 def norm_bound_coefficients(norms: F64, examples: F64, max_norm: float) -> F64:
     """Coefficients of the example-weighted mean of the clipped deltas."""
-    return examples / examples.sum() * clip_factors(norms, max_norm)
+    return np.asarray(examples / examples.sum() * clip_factors(norms, max_norm), np.float64)
 
 
 @register_strategy

@@ -42,7 +42,7 @@ def weiszfeld(gram: F64, alpha: F64, nu: float, iterations: int) -> F64:
         dist = np.sqrt(np.maximum(c @ gc - 2.0 * gc + diag, 0.0))
         beta = alpha / np.maximum(nu, dist)
         c = beta / beta.sum()
-    return c
+    return np.asarray(c, np.float64)
 
 
 @register_strategy

@@ -37,13 +37,13 @@ def trim_count(n: int, beta: float) -> int:
 def trimmed_mean(x: F64, k: int) -> F64:
     """The mean of each column of ``x`` without its ``k`` largest and ``k`` smallest values."""
     kept = np.sort(x, axis=0)[k : x.shape[0] - k]
-    return kept.mean(axis=0)
+    return np.asarray(kept.mean(axis=0), np.float64)
 
 
 def trimmed_mask(x: F64, k: int) -> F64:
     """1 where a value of ``x`` is among its column's ``k`` largest or smallest (stable ranks), else 0."""
     ranks = np.argsort(np.argsort(x, axis=0, kind="stable"), axis=0, kind="stable")
-    return ((ranks < k) | (ranks >= x.shape[0] - k)).astype(np.float64)
+    return np.asarray((ranks < k) | (ranks >= x.shape[0] - k), np.float64)
 
 
 @register_strategy

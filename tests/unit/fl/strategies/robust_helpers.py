@@ -9,6 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qflare.fl import JobSpec, Strategy, Update
+from qflare.fl.strategies._robust import RobustStrategy
 from qflare.fl.strategies.fltrust import FLTrust
 from tests.unit.fl.strategies.helpers import f32, make, update
 
@@ -18,13 +19,15 @@ def sized(n: int) -> dict[str, Any]:
     return {"min_clients": n, "quorum": 1.0}
 
 
-def robust(name: str, n: int, **params: Any) -> Strategy:
+def robust(name: str, n: int, **params: Any) -> RobustStrategy:
     """Strategy ``name`` on a job sized for ``n`` updates (FLTrust's server delta from ``server``)."""
     if name == "fltrust":
         server = params.pop("server", None)
         job = JobSpec.parse({**sized(n), "strategy": {"name": "fltrust", **params}})
         return FLTrust(job, root_trainer=fixed_trainer(server))
-    return make(name, job=sized(n), **params)
+    strategy = make(name, job=sized(n), **params)
+    assert isinstance(strategy, RobustStrategy)
+    return strategy
 
 
 def fixed_trainer(server: Sequence[NDArray[Any]] | None) -> Any:
@@ -44,7 +47,9 @@ def scalars(*values: float, examples: Sequence[int] | None = None) -> list[Updat
     return [update(f"d{i}", [f32(v)], counts[i]) for i, v in enumerate(values)]
 
 
-def one_round(strategy: Strategy, updates: Sequence[Update], glob: Sequence[NDArray[Any]] | None = None) -> float:
+def one_round(
+    strategy: Strategy, updates: Sequence[Update], glob: Sequence[NDArray[Any]] | None = None
+) -> float:
     """The new global value of a single-value model after one round from 0."""
     new, _ = strategy.aggregate(strategy.initial_state(), updates, list(glob or [f32(0.0)]))
     return float(new[0][0])

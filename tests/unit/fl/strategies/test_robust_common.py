@@ -16,7 +16,17 @@ from qflare.fl.strategies.fltrust import FLTrust
 from tests.unit.fl.strategies.helpers import f32, make, update
 from tests.unit.fl.strategies.robust_helpers import robust, scalars
 
-RULES = ["bulyan", "centered_clip", "fltrust", "krum", "median", "multikrum", "norm_bound", "rfa", "trimmed_mean"]
+RULES = [
+    "bulyan",
+    "centered_clip",
+    "fltrust",
+    "krum",
+    "median",
+    "multikrum",
+    "norm_bound",
+    "rfa",
+    "trimmed_mean",
+]
 #: Settings under which each rule should shrug off 2 huge outliers among 12 updates of scale ~0.1.
 RESILIENT: dict[str, dict[str, Any]] = {
     "bulyan": {"num_byzantine": 2},
@@ -53,7 +63,9 @@ def _fleet(seed: int, honest: int = 10, bad: int = 2) -> tuple[list[Update], np.
         ("centered_clip", {}, 2, "min_clients"),
     ],
 )
-def test_the_bound_is_checked_when_the_job_starts(name: str, params: dict[str, Any], n: int, field: str) -> None:
+def test_the_bound_is_checked_when_the_job_starts(
+    name: str, params: dict[str, Any], n: int, field: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         robust(name, n, **params)
     assert info.value.field == field
@@ -92,7 +104,9 @@ def test_parameters_out_of_bounds_are_refused(name: str, key: str, value: object
     assert info.value.field == f"strategy.{key}"
 
 
-@pytest.mark.parametrize(("name", "params", "n"), [("krum", {}, 5), ("bulyan", {}, 7), ("multikrum", {"m": 4}, 5)])
+@pytest.mark.parametrize(
+    ("name", "params", "n"), [("krum", {}, 5), ("bulyan", {}, 7), ("multikrum", {"m": 4}, 5)]
+)
 def test_a_round_below_the_bound_fails_naming_the_updates(name: str, params: dict[str, Any], n: int) -> None:
     strategy = robust(name, n, **params)
     with pytest.raises(AggregationError) as info:

@@ -73,7 +73,7 @@ def test_centered_clip_keeps_its_estimate_for_the_next_round() -> None:
     assert new[0][0] == np.float32(1 / 3)
     assert state.arrays["prev.t0"].tolist() == pytest.approx([1 / 3])
     # Next round starts from v = 1/3: the deltas from w = 1/3 are (1/6, -5/6, 29/3); clipped around 1/3.
-    new2, state2 = strategy.aggregate(state, updates, new)
+    new2, _ = strategy.aggregate(state, updates, new)
     d = np.array([0.5, -0.5, 10]) - float(new[0][0])
     v = 1 / 3 + np.mean([(x - 1 / 3) * min(1.0, 1.0 / abs(x - 1 / 3)) for x in d])
     assert float(new2[0][0]) == pytest.approx(float(new[0][0]) + v, abs=1e-6)
