@@ -23,6 +23,7 @@ closes against the updates it has (``AggregationError``, field ``updates``).
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -66,14 +67,39 @@ def blocks(sizes: Sequence[int], n: int) -> Iterator[tuple[int, int, int]]:
             yield t, start, min(size, start + step)
 
 
+def _mappings(arrays: Sequence[NDArray[Any]]) -> list[mmap.mmap]:
+    """The file mappings behind ``arrays`` (a spilled update's memory-mapped tensors), if any."""
+    found: dict[int, mmap.mmap] = {}
+    for array in arrays:
+        base: object = array
+        while base is not None:
+            mapping = getattr(base, "_mmap", None)  # numpy.memmap keeps its mmap here
+            if isinstance(mapping, mmap.mmap):
+                found[id(mapping)] = mapping
+                break
+            base = getattr(base, "base", None)
+    return list(found.values())
+
+
+def release(mappings: Sequence[mmap.mmap]) -> None:
+    """Drop the pages of spilled updates from this process's resident set once read (the kernel keeps
+    them cached), so reading every update a block at a time does not hold them all resident."""
+    for mapping in mappings:
+        if not mapping.closed:
+            mapping.madvise(mmap.MADV_DONTNEED)
+
+
 class Deltas:
     """The round's deltas, read a block of coordinates at a time (float64, rows in device-id order)."""
 
     def __init__(self, updates: Sequence[Update], global_weights: Sequence[NDArray[Any]]) -> None:
-        self.ids = [u.device_id for u in updates]
-        self.examples = np.array([u.num_examples for u in updates], dtype=np.float64)
+        # One pass: each pass over a buffer maps its spilled updates afresh.
+        held = list(updates)
+        self.ids = [u.device_id for u in held]
+        self.examples = np.array([u.num_examples for u in held], dtype=np.float64)
         # Flat views, taken once: a spilled update is memory-mapped, so nothing is read yet.
-        self._rows = [[np.asarray(a).reshape(-1) for a in u.weights] for u in updates]
+        self._rows = [[np.asarray(a).reshape(-1) for a in u.weights] for u in held]
+        self._maps = [_mappings(u.weights) for u in held]
         self.global_flat = [np.asarray(g, np.float64).reshape(-1) for g in global_weights]
         self.shapes = shapes_of(global_weights)
         self.sizes = [g.size for g in self.global_flat]
@@ -87,6 +113,7 @@ class Deltas:
         out = np.empty((len(pick), stop - start), dtype=np.float64)
         for r, k in enumerate(pick):
             out[r] = self._rows[k][t][start:stop]
+            release(self._maps[k])
         out -= self.global_flat[t][start:stop]
         return out
 
@@ -197,6 +224,7 @@ class RobustStrategy(Strategy):
         spec = self.update_spec(names, shapes)
         for update in updates:
             spec.check(update.groups, update.metrics)
+            release(_mappings(update.weights))
         self.check_round(len(updates))
         return Deltas(updates, global_weights)
 
