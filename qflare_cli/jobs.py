@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qflare import operator, poison
 from qflare.errors import QflareError
-from qflare.fl import JobSpec
+from qflare.fl import JobSpec, build_strategy
 from qflare.fl.job import BUILTIN
 from qflare.identity import TrustedKeys
 from qflare.kafka import KafkaSettings, make_producer, prepare_topics, read_to_end, replay
@@ -122,6 +122,7 @@ def start(
             },
             where="",  # errors name the key as the options do: strategy.server_lr, rounds
         )
+        build_strategy(spec)  # the strategy's own checks, e.g. a robust rule's bound on min_clients
     except QflareError as exc:
         console.print(f"[red]job refused:[/red] {exc}")
         raise typer.Exit(2) from None

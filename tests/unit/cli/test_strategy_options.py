@@ -76,6 +76,12 @@ def test_jobs_start_refuses_a_bad_param_before_sending_anything() -> None:
     assert result.exit_code == 2 and "strategy.name" in result.output and "fedadam" in result.output
 
 
+def test_jobs_start_refuses_a_job_too_small_for_the_robust_rule() -> None:
+    result = runner.invoke(jobs_app, ["start", "--strategy", "krum"], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert "min_clients" in result.output and "2f + 3" in result.output
+
+
 def test_demo_takes_the_same_options() -> None:
     result = runner.invoke(main_app, ["demo", "--strategy", "fedavgm", "-p", "server_momentum=1"])
     assert result.exit_code == 2, result.output

@@ -11,14 +11,21 @@ from qflare.errors import AggregationError, SchemaError
 from qflare.fl import STRATEGIES, JobSpec, RoundSums, Strategy, StrategyState, Update
 from qflare.fl.arrays import NDArrays
 from tests.unit.fl.strategies.helpers import make
+from tests.unit.fl.strategies.robust_helpers import robust
 
 NAMES = ["w", "b"]
 SHAPES = [(3, 2), (2,)]
 #: Parameters that make each strategy do something a default run might not (FedPer: "b" is personal).
 PARAMS: dict[str, dict[str, Any]] = {"fedper": {"personal": "b"}, "scaffold": {"num_devices": 5}}
+# The robust rules' bounds must hold for the 3 updates of each round here (Krum and Bulyan: f = 0).
+_THREE = {"job": {"min_clients": 3, "quorum": 1.0}}
+PARAMS.update({name: dict(_THREE) for name in ("median", "rfa", "centered_clip")})
+PARAMS.update({name: {**_THREE, "num_byzantine": 0} for name in ("krum", "multikrum", "bulyan")})
 
 
 def _strategy(name: str) -> Strategy:
+    if name == "fltrust":  # the server's root-set training, replaced by a fixed numpy rule
+        return robust("fltrust", 3)
     return make(name, **PARAMS.get(name, {}))
 
 
