@@ -102,6 +102,7 @@ class Run:
 def job_map(cfg: Config, strategy: str, lr: float, rounds: int, seed: int, params: dict[str, Any]) -> Any:
     """The run's ``JobSpec``: ``params`` go to every strategy that declares them."""
     from qflare.fl.job import BUILTIN
+    from qflare.fl.selection import fleet_round_size
     from qflare.sim.sweep import apply
 
     base = {
@@ -111,7 +112,7 @@ def job_map(cfg: Config, strategy: str, lr: float, rounds: int, seed: int, param
         "strategy": {"name": strategy, **params},
         "rounds": rounds,
         "fraction": cfg.fraction,
-        "min_clients": min(2, cfg.devices),
+        "min_clients": fleet_round_size(cfg.devices, cfg.fraction),
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
         "lr": lr,

@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from qflare.attacks import ATTACKS, Attack, parse_attack, parse_params, select_attackers
 from qflare.errors import ConfigError, QflareError
 from qflare.fl import JobSpec, build_strategy
+from qflare.fl.selection import fleet_round_size
 from qflare.ml import layout
 from qflare.sim import (
     BatchedTrainer,
@@ -113,7 +114,7 @@ def _base(
         "strategy": params,
         "rounds": rounds,
         "fraction": fraction,
-        "min_clients": min(2, devices),
+        "min_clients": fleet_round_size(devices, fraction),
         "epochs": epochs,
         "batch_size": batch,
         "lr": lr,

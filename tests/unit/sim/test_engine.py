@@ -99,3 +99,23 @@ def test_evaluation_on_a_torch_device_matches_the_aggregators(fleet: SimFleet) -
     loss, accuracy = cpu("2nn", weights)
     loss2, accuracy2 = tensors("2nn", weights)
     assert accuracy2 == accuracy and loss2 == pytest.approx(loss, rel=1e-6)
+
+
+def test_the_simulated_round_size_is_what_selection_picks_from_a_full_fleet() -> None:
+    from qflare.fl import JobSpec
+    from qflare.fl.selection import fleet_round_size, select
+
+    ids = [f"d{i:03d}" for i in range(100)]
+    for devices, fraction in [(100, 0.1), (100, 0.01), (5, 0.1), (1, 0.5), (10, 1.0), (7, 0.3)]:
+        size = fleet_round_size(devices, fraction)
+        for min_clients in (min(2, devices), size):
+            job = JobSpec(fraction=fraction, min_clients=min_clients)
+            picked = select(ids[:devices], job, 1)
+            assert picked is not None and len(picked) == size, (devices, fraction, min_clients)
+    # Krum (f = 1) needs 5 updates: a 100-device fleet at C = 0.1 has rounds of 10, so it may start.
+    krum = {"name": "krum", "num_byzantine": 1}
+    from qflare.fl import build_strategy
+
+    build_strategy(
+        JobSpec.parse({"fraction": 0.1, "min_clients": fleet_round_size(100, 0.1), "strategy": krum})
+    )
