@@ -118,7 +118,11 @@ def test_strategies_lists_every_strategy_with_its_parameters() -> None:
 
 def test_the_docs_table_has_a_row_for_every_strategy() -> None:
     text = (Path(__file__).parents[3] / "docs" / "strategies.md").read_text()
-    assert all(f"| `{name}` |" in text for name in STRATEGIES)
+    # Strategies that tests register for themselves (a test-only median, say) have no row.
+    shipped = [name for name, cls in STRATEGIES.items() if cls.__module__.startswith("qflare.")]
+    assert len(shipped) >= 19
+    missing = [name for name in shipped if f"| `{name}` |" not in text]
+    assert not missing, missing
 
 
 def test_booleans_and_guesses() -> None:
