@@ -203,6 +203,27 @@ class Reason(StrEnum):
         "aggregator",
         "A value's magnitude exceeds the strategy's range, or the round's total weight would overflow.",
     )
+    OVER_CLAIM = (
+        "over_claim",
+        "aggregator",
+        "num_examples is above the dataset size the device declared at enrolment (the approved size).",
+    )
+    UNDECLARED = (
+        "undeclared",
+        "aggregator",
+        "The job weights by declared dataset size and the device declared none at enrolment.",
+    )
+    SUSPENDED = (
+        "suspended",
+        "aggregator, registry",
+        "The device is suspended (quarantined after repeated anomaly flags) until an operator reinstates it.",
+    )
+    DECLARED_EXAMPLES = (
+        "declared_examples",
+        "registry",
+        "An enrolment's declared dataset size (label qflare.num_examples) is malformed or above the size "
+        "the operator approved for its token (qflare.max_examples) or the registry's limit.",
+    )
     METRIC = (
         "metric",
         "aggregator",

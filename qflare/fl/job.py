@@ -28,6 +28,7 @@ from pydantic import (
     SerializeAsAny,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -40,6 +41,8 @@ from qflare.types import Scalar
 PartitionName = Literal["iid", "pathological", "dirichlet"]
 #: Who evaluates the global model: the aggregator on the dataset's test split, or the devices.
 EvaluationMode = Literal["central", "federated"]
+#: How updates are weighted (``qflare.fl.weighting``).
+WeightingPolicy = Literal["declared", "equal"]
 #: A job setting on the wire: a scalar, or one level of named scalars (the strategy's parameters).
 Setting = Scalar | dict[str, Scalar]
 
@@ -170,6 +173,38 @@ class JobSpec(_Parsed):
     #: held-out data (docs/protocol.md, "Federated evaluation"). Left out, it is central for a
     #: built-in model and federated for a model-store one (whose code the aggregator lacks).
     evaluation: EvaluationMode = "central"
+    #: "declared": an update weighs its num_examples, which may not exceed the dataset size the
+    #: device declared at enrolment (and the operator approved), capped at weight_cap × the median
+    #: declared size of the round's selected devices. "equal": every update weighs 1.
+    weighting: WeightingPolicy = "declared"
+    #: k of the declared policy's cap, k × the round's median declared size.
+    weight_cap: float = Field(3.0, ge=1)
+    #: Quarantine: a device flagged in quarantine_k of its last quarantine_m scored rounds is
+    #: suspended by the registry (0: never).
+    quarantine_k: int = Field(0, ge=0)
+    quarantine_m: int = Field(5, ge=1, validate_default=True)
+    #: An update is flagged when its delta's norm exceeds flag_norm_k × the round's median norm,
+    #: or its cosine to the round's aggregate delta is below flag_cosine, or the rule excluded it.
+    flag_norm_k: float = Field(3.0, gt=1)
+    flag_cosine: float = Field(0.0, ge=-1, le=1)
+    #: Publication gate: a new version whose central test accuracy is more than this (a fraction,
+    #: 0.02 = 2 points) below its parent's is not promoted, and the round closes "held" (None: off).
+    gate_max_drop: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("quarantine_m")
+    @classmethod
+    def _k_of_m(cls, m: int, info: ValidationInfo) -> int:
+        k = info.data.get("quarantine_k", 0)
+        if k > m:
+            raise ValueError(f"quarantine_k ({k}) cannot exceed quarantine_m ({m})")
+        return m
+
+    @field_validator("gate_max_drop")
+    @classmethod
+    def _gate_needs_central(cls, drop: float | None, info: ValidationInfo) -> float | None:
+        if drop is not None and info.data.get("evaluation") != "central":
+            raise ValueError("gate_max_drop needs central evaluation (evaluation = 'central')")
+        return drop
 
     @model_validator(mode="before")
     @classmethod

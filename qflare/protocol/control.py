@@ -13,9 +13,9 @@ from qflare.types import Scalar
 
 SEVERITIES = frozenset({"info", "warning", "error", "critical"})
 JOB_COMMANDS = frozenset({"start", "pause", "resume", "stop"})
-REGISTRY_COMMANDS = frozenset({"issue_tokens", "revoke", "rotate_key", "delete"})
+REGISTRY_COMMANDS = frozenset({"issue_tokens", "revoke", "rotate_key", "delete", "suspend", "reinstate"})
 #: Commands that act on one device and so must name it.
-_DEVICE_COMMANDS = frozenset({"revoke", "rotate_key", "delete"})
+_DEVICE_COMMANDS = frozenset({"revoke", "rotate_key", "delete", "suspend", "reinstate"})
 _EVENT = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 
 

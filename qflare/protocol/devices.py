@@ -19,7 +19,34 @@ from qflare.errors import SchemaError
 from qflare.protocol.body import Body, Fields, sorted_map
 
 #: ``deleted`` is the signed deletion: consumers forget the device. A bare tombstone changes nothing.
-DEVICE_STATUSES = frozenset({"active", "revoked", "deregistered", "deleted"})
+#: ``suspended``: quarantined (flagged in too many recent rounds); the key still verifies (heartbeats),
+#: but the device is not selected and its updates are refused until an operator reinstates it.
+DEVICE_STATUSES = frozenset({"active", "suspended", "revoked", "deregistered", "deleted"})
+#: Enrolment label holding the dataset size a device declares (a decimal integer ≥ 1).
+DECLARED_EXAMPLES_LABEL = "qflare.num_examples"
+#: Enrolment-token label holding the largest dataset size the operator approves for that token.
+MAX_EXAMPLES_LABEL = "qflare.max_examples"
+#: Labels only the registry or the operator may set; a device declaring them is refused.
+RESERVED_LABELS = frozenset({MAX_EXAMPLES_LABEL})
+_MAX_DECLARED = 2**40
+
+
+def declared_examples(labels: dict[str, str], key: str = DECLARED_EXAMPLES_LABEL) -> int | None:
+    """The dataset size a label map declares under ``key`` (None: none declared).
+
+    ``SchemaError`` naming ``labels.<key>`` if it is not a decimal integer in [1, 2^40].
+    """
+    text = labels.get(key)
+    if text is None:
+        return None
+    if not text.isdecimal() or len(text) > 13:
+        raise SchemaError(f"{text!r} is not a whole number of examples", field=f"labels.{key}")
+    value = int(text)
+    if not 1 <= value <= _MAX_DECLARED:
+        raise SchemaError(f"{value} is outside [1, 2^40]", field=f"labels.{key}")
+    return value
+
+
 HEARTBEAT_STATES = frozenset({"idle", "training", "uploading"})
 HEALTH_STATES = frozenset({"online", "stale", "offline"})
 ENROLLMENT_STATUSES = frozenset({"accepted", "rejected"})

@@ -11,7 +11,9 @@ from qflare.protocol.body import Body, Fields, sorted_map
 from qflare.protocol.tensors import Tensor
 from qflare.types import Scalar
 
-ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed"})
+#: ``held``: the round aggregated, but the publication gate refused the new version (its held-out
+#: accuracy fell by more than the job's ``gate_max_drop``); ``model_version`` stays the round's own.
+ROUND_STATUSES = frozenset({"completed", "quorum_not_met", "failed", "held"})
 #: A failed reply's ``reason``: a short token (a rejection reason, or the name of the exception raised).
 FAILURE_REASON = re.compile(r"[A-Za-z][A-Za-z0-9_.]{0,63}")
 #: The longest ``message`` of a failed reply, in characters.
