@@ -41,8 +41,11 @@ def _commands(type_: str, names: frozenset[str], senders: frozenset[str]) -> dic
 
 #: ``<type>`` or ``<type>:<command>`` -> the senders whose message is obeyed.
 ALLOWED: Mapping[str, frozenset[str]] = {
-    # Registry commands change who may join the fleet: the operator alone gives them.
-    **_commands(RegistryCommand.TYPE, REGISTRY_COMMANDS, frozenset({OPERATOR})),
+    # Registry commands change who may join the fleet: the operator alone gives them...
+    **_commands(RegistryCommand.TYPE, REGISTRY_COMMANDS - {"suspend"}, frozenset({OPERATOR})),
+    # ... except a quarantine: the aggregator suspends a device flagged in too many recent
+    # rounds. Lifting it (``reinstate``) stays the operator's alone.
+    f"{RegistryCommand.TYPE}:suspend": frozenset({OPERATOR, AGGREGATOR}),
     **_commands(JobCommand.TYPE, JOB_COMMANDS - {"resume"}, frozenset({OPERATOR})),
     # The scheduler nudges its own waiting or overdue jobs with a signed resume.
     f"{JobCommand.TYPE}:resume": frozenset({OPERATOR, SCHEDULER}),

@@ -4,7 +4,8 @@ Each service has its own principal, all devices share one, and an operator
 (``admin``) is the only super user. Write access follows the data flow of
 docs/architecture.md: only the registry writes ``qflare.devices``, only the
 scheduler writes round tasks and its faust changelogs, devices write only
-enrolments, heartbeats and updates. Nobody but the super user holds DELETE or
+enrolments, heartbeats and updates, and the only service that writes the
+registry's control topic is the aggregator (its quarantine ``suspend``). Nobody but the super user holds DELETE or
 ALTER on a topic, so records and topics cannot be deleted and configs (a
 compacted topic's cleanup policy) cannot be changed by a service or device.
 
@@ -69,7 +70,8 @@ FLOWS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "audit_heads": (frozenset({"audit"}), frozenset({"audit"})),
     # The scheduler re-queues "resume" for its own jobs; operators write through ``admin``.
     "jobs": (frozenset({"scheduler"}), frozenset({"scheduler", "aggregator"})),
-    "registry_control": (frozenset(), frozenset({"registry"})),
+    # Operators write through ``admin``; the aggregator sends its quarantine ``suspend`` here.
+    "registry_control": (frozenset({"aggregator"}), frozenset({"registry"})),
     # Operators import models through ``admin``; only the aggregator keeps a model store.
     "model_store": (frozenset(), frozenset({"aggregator"})),
 }

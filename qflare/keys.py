@@ -2,9 +2,11 @@
 
 No service asks the registry for a key: each replays the device topic from the
 start on every start-up and follows it (the registry itself fills the same
-cache from its database). Only ``active`` records verify. A key that belonged to
-a revoked, deregistered or deleted device is remembered, so a rejection can say
-``revoked`` instead of ``unknown_key``.
+cache from its database). Only ``active`` and ``suspended`` records verify: a
+suspended device still heartbeats, and it is each service that refuses what a
+suspended device may not do (``status``). A key that belonged to a revoked,
+deregistered or deleted device is remembered, so a rejection can say ``revoked``
+instead of ``unknown_key``.
 
 Two rules hold for every reader of the device topic, whatever it keeps:
 
@@ -27,6 +29,10 @@ from qflare.protocol import KeyRing
 from qflare.protocol.decoder import KeyLookup, KnownKey
 from qflare.protocol.devices import Device
 from qflare.reasons import Reason
+
+#: Statuses whose key verifies. A suspended device is quarantined, not retired: its
+#: heartbeats are still accepted, and an operator may reinstate it.
+VERIFYING_STATUSES = frozenset({"active", "suspended"})
 
 
 def refuse_tombstone(key: bytes | None) -> NoReturn:
@@ -73,6 +79,8 @@ class DeviceKeys:
         self._ring = KeyRing()
         #: device id -> key id of its latest record, whatever its status.
         self._current: dict[str, bytes] = {}
+        #: device id -> status of its latest record (deleted devices are forgotten).
+        self._status: dict[str, str] = {}
         #: key id -> device id, for keys of retired devices.
         self._retired: dict[bytes, str] = {}
         self.revisions = Revisions()
@@ -96,7 +104,11 @@ class DeviceKeys:
             # A rotated key stops verifying the moment the new record is read.
             self._ring.remove(previous)
         self._current[device_id] = kid
-        if status == "active":
+        if status == "deleted":
+            self._status.pop(device_id, None)
+        else:
+            self._status[device_id] = status
+        if status in VERIFYING_STATUSES:
             self._ring.add(device_id, public_key, sig_alg)
             self._retired.pop(kid, None)
         else:
@@ -105,6 +117,11 @@ class DeviceKeys:
 
     def retired_owner(self, kid: bytes) -> str | None:
         return self._retired.get(kid)
+
+    def status(self, device_id: str) -> str | None:
+        """The status of the device's latest record (``active``, ``suspended``, ``revoked``,
+        ``deregistered``); None for a device never seen or deleted."""
+        return self._status.get(device_id)
 
 
 class AnyKey:

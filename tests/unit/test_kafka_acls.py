@@ -19,3 +19,8 @@ def test_only_the_registry_writes_devices_and_only_the_audit_service_writes_head
     assert {who for who, name in writes if name == "p.qflare.audit.heads"} == {"audit"}
     device_writes = {name for who, name in writes if who == "device"}
     assert device_writes == {"p.qflare.device.enrollments", "p.qflare.device.heartbeats", "p.qflare.updates"}
+
+
+def test_the_aggregator_is_the_only_service_writing_registry_commands() -> None:
+    writes = {(b.principal, b.name) for b in bindings("p.") if b.op.name == "WRITE"}
+    assert {who for who, name in writes if name == "p.qflare.control.registry"} == {"aggregator"}

@@ -64,3 +64,32 @@ def test_any_key_asks_device_keys_then_trusted_keys() -> None:
     assert found is not None and found.owner == "registry"
     devices.set("d", "revoked", device.public_key)
     assert lookup(device.key_id) is None and devices.retired_owner(device.key_id) == "d"
+
+
+def test_a_suspended_key_still_verifies_and_its_status_is_known() -> None:
+    keys = DeviceKeys()
+    key = generate_key()
+    assert keys.status("d") is None
+    keys.apply(Device("d", "active", key.public_key, 1, 1, revision=1))
+    assert keys.status("d") == "active"
+    keys.apply(Device("d", "suspended", key.public_key, 1, 2, revision=2))
+    found = keys(key.key_id)  # heartbeats still verify; services refuse by status
+    assert found is not None and found.owner == "d" and len(keys) == 1
+    assert keys.status("d") == "suspended" and keys.retired_owner(key.key_id) is None
+    keys.apply(Device("d", "active", key.public_key, 1, 3, revision=3))  # reinstated
+    assert keys.status("d") == "active" and keys(key.key_id) is not None
+    keys.apply(Device("d", "revoked", key.public_key, 1, 4, revision=4))
+    assert keys.status("d") == "revoked" and keys(key.key_id) is None
+    keys.apply(Device("d", "deleted", key.public_key, 1, 5, revision=5))
+    assert keys.status("d") is None
+
+
+def test_an_old_active_record_does_not_lift_a_suspension() -> None:
+    keys = DeviceKeys()
+    key = generate_key()
+    active = Device("d", "active", key.public_key, 1, 1, revision=1)
+    keys.apply(active)
+    keys.apply(Device("d", "suspended", key.public_key, 1, 2, revision=2))
+    with pytest.raises(Rejected) as caught:
+        keys.apply(active)
+    assert caught.value.reason == Reason.STALE_REVISION and keys.status("d") == "suspended"
