@@ -25,8 +25,10 @@ from pathlib import Path
 
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
+from edge.shards import ALPHA, VAL_FRACTION, builtin_shards, train_size
 from edge.simulator.worker import TrainSpec, WorkerSpec, train_forever
 from edge.spool import Spool
+from qflare.errors import QflareError
 from qflare.kafka import KafkaSettings, make_producer
 from qflare.telemetry import configure_logging
 
@@ -72,6 +74,15 @@ def parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, default=Path(".qflare-edge"), help="key file (0600) and durable spool"
     )
     run.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
+    run.add_argument(
+        "--num-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the dataset size this device declares at enrolment (label qflare.num_examples): its "
+        "updates may claim no more, and the server weights them by it. With --dataset it defaults "
+        "to the size of this device's training split; the operator's token may cap it",
+    )
     run.add_argument("--heartbeat-s", type=float, default=5.0, help="heartbeat interval in seconds")
     run.add_argument("--duration-s", type=float, default=0.0, help="stop after this long (0: run forever)")
     train = run.add_argument_group("training (optional)")
@@ -106,6 +117,22 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config(args: argparse.Namespace, scope: str) -> DeviceConfig:
+    """The device's settings; the declared size defaults to its built-in training split's."""
+    num_examples = args.num_examples
+    if num_examples is None and args.dataset is not None:
+        _, shards = builtin_shards(args.dataset, args.partitioner, args.num_partitions, args.seed, ALPHA)
+        num_examples = train_size(shards[args.partition], VAL_FRACTION)
+    return DeviceConfig(
+        args.device_id,
+        args.token,
+        dict(args.label),
+        args.heartbeat_s,
+        scope=scope,
+        num_examples=num_examples,
+    )
+
+
 async def run_device(args: argparse.Namespace) -> int:
     kafka = KafkaSettings()
     state: Path = args.state_dir
@@ -114,14 +141,7 @@ async def run_device(args: argparse.Namespace) -> int:
     spool = Spool(state / "device.spool")
     link = Link(spool, lambda: make_producer(kafka, request_timeout_ms=10_000, linger_ms=20))
     await link.start()
-    device = DeviceRuntime(
-        DeviceConfig(
-            args.device_id, args.token, dict(args.label), args.heartbeat_s, scope=kafka.deployment_id
-        ),
-        key,
-        link,
-        kafka.topics,
-    )
+    device = DeviceRuntime(config(args, kafka.deployment_id), key, link, kafka.topics)
     tasks = [asyncio.create_task(device.run())]
     if args.dataset is not None or args.app is not None:
         spec = WorkerSpec(
@@ -174,6 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not 0 <= args.partition < args.num_partitions:
         p.error(f"--partition {args.partition} is not in [0, --num-partitions {args.num_partitions})")
+    if args.num_examples is not None and args.num_examples < 1:
+        p.error(f"--num-examples {args.num_examples} is not a positive number of examples")
+    try:
+        config(args, "").enrolment_labels()
+    except QflareError as exc:  # a reserved or contradicting label, a dataset that will not load
+        p.error(str(exc))
     configure_logging("edge", level="warning")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
     with contextlib.suppress(KeyboardInterrupt):

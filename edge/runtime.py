@@ -21,8 +21,16 @@ from edge.enrolment import EnrollmentRefused, EnrollmentResults
 from edge.link import Link
 from qflare.crypto import KeyFile, Signer, generate_key, key_id, read_key, write_key
 from qflare.crypto.enrolment import rotation_proof, token_id, token_key, token_mac
+from qflare.errors import ConfigError
 from qflare.protocol import seal
-from qflare.protocol.devices import Deregistration, Enrollment, EnrollmentResult, Heartbeat
+from qflare.protocol.devices import (
+    DECLARED_EXAMPLES_LABEL,
+    RESERVED_LABELS,
+    Deregistration,
+    Enrollment,
+    EnrollmentResult,
+    Heartbeat,
+)
 from qflare.protocol.envelope import new_message_id
 from qflare.protocol.topics import Topics
 
@@ -73,6 +81,29 @@ class DeviceConfig:
     heartbeat_interval_s: float = 5.0
     #: The deployment the MAC binds: ``KafkaSettings.deployment_id``.
     scope: str = ""
+    #: The dataset size this device declares at enrolment (label ``qflare.num_examples``): the
+    #: most its updates may claim, and what the server weights them by. None: not declared.
+    num_examples: int | None = None
+
+    def enrolment_labels(self) -> dict[str, str]:
+        """The labels the enrolment carries: ``labels``, and the declared size when set."""
+        labels = dict(self.labels)
+        reserved = sorted(RESERVED_LABELS & set(labels))
+        if reserved:
+            raise ConfigError(
+                f"label {reserved[0]} is set by the operator on enrolment tokens, not by a device",
+                field=f"labels.{reserved[0]}",
+            )
+        if self.num_examples is not None:
+            declared = labels.get(DECLARED_EXAMPLES_LABEL)
+            if declared is not None and declared != str(self.num_examples):
+                raise ConfigError(
+                    f"label {DECLARED_EXAMPLES_LABEL}={declared} contradicts num_examples "
+                    f"{self.num_examples}",
+                    field=f"labels.{DECLARED_EXAMPLES_LABEL}",
+                )
+            labels[DECLARED_EXAMPLES_LABEL] = str(self.num_examples)
+        return labels
 
 
 class DeviceRuntime:
@@ -116,7 +147,12 @@ class DeviceRuntime:
     def enrol(self, *, previous: Signer | None = None) -> None:
         """Ask to join; ``previous`` (the current key, when rotating to this one) signs the proof."""
         body = enrolment(
-            self.device_id, self.key.public_key, self.cfg.token, self.cfg.scope, self.cfg.labels, previous
+            self.device_id,
+            self.key.public_key,
+            self.cfg.token,
+            self.cfg.scope,
+            self.cfg.enrolment_labels(),
+            previous,
         )
         self.enrollment_id = new_message_id()
         record = seal(

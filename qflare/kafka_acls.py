@@ -5,9 +5,10 @@ Each service has its own principal, all devices share one, and an operator
 docs/architecture.md: only the registry writes ``qflare.devices``, only the
 scheduler writes round tasks and its faust changelogs, devices write only
 enrolments, heartbeats and updates, and the only service that writes the
-registry's control topic is the aggregator (its quarantine ``suspend``). Nobody but the super user holds DELETE or
-ALTER on a topic, so records and topics cannot be deleted and configs (a
-compacted topic's cleanup policy) cannot be changed by a service or device.
+registry's control topic is the aggregator (its quarantine ``suspend``).
+Nobody but the super user holds DELETE or ALTER on a topic, so records and
+topics cannot be deleted and configs (a compacted topic's cleanup policy)
+cannot be changed by a service or device.
 
 Topic names carry the deployment's prefix, so the bindings are made per
 prefix: ``stack up`` grants the unprefixed deployment, and a harness or

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from qflare.authority import authorise
 from qflare.clock import now_ms
-from qflare.errors import ProtocolError, QflareError, Reason
+from qflare.errors import ProtocolError, QflareError, Reason, Rejected
 from qflare.identity import DEFAULT_KEYS_DIR, Identity, TrustedKeys, load_identity, trusted_ring
 from qflare.kafka import (
     KafkaSettings,
@@ -56,7 +56,8 @@ async def send_command(
 
     Returns True once confirmed (or immediately when not waiting), False if the
     registry did not confirm in time: the command stays queued in Kafka and is
-    applied when the registry runs.
+    applied when the registry runs. ``CommandRefused`` (the registry's reason and
+    field) if the registry refused it.
     """
     t = kafka.topics
     await prepare_topics(kafka, t)
@@ -76,9 +77,28 @@ async def send_command(
     if watcher is None:
         return True
     try:
-        return await watcher.wait_for(msg_id, confirm_s)
+        answer = await watcher.wait_for(msg_id, confirm_s)
     finally:
         await watcher.stop()
+    if answer is not None and answer.event == "message.rejected":
+        raise CommandRefused(answer)
+    return answer is not None
+
+
+class CommandRefused(Rejected):
+    """The registry refused an operator's command; ``reason`` and ``field`` are the registry's."""
+
+    def __init__(self, event: AuditEvent) -> None:
+        reason = _REASONS.get(event.reason, Reason.ERROR)
+        error, field = event.detail.get("error"), event.detail.get("field")
+        super().__init__(
+            reason,
+            f"the registry refused the command ({event.reason}): {error}",
+            field=field if isinstance(field, str) else None,
+        )
+
+
+_REASONS = {r.value: r for r in Reason}
 
 
 class _AuditWatcher:
@@ -102,7 +122,8 @@ class _AuditWatcher:
         for tp in self.parts:  # resolve the end offsets now, before the command is sent
             await self.consumer.position(tp)
 
-    async def wait_for(self, ref_id: bytes, timeout_s: float) -> bool:
+    async def wait_for(self, ref_id: bytes, timeout_s: float) -> AuditEvent | None:
+        """The registry's audit event naming ``ref_id`` (what it did, or ``message.rejected``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
@@ -115,8 +136,8 @@ class _AuditWatcher:
                     except ProtocolError:
                         continue  # not ours to judge here; the audit service records rejections
                     if isinstance(body, AuditEvent) and body.ref_id == ref_id and body.source == "registry":
-                        return True
-        return False
+                        return body
+        return None
 
     async def stop(self) -> None:
         await self.consumer.stop()

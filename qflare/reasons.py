@@ -111,6 +111,11 @@ class Reason(StrEnum):
         "Signed with the key of a device that is revoked or deregistered.",
     )
     UNKNOWN_DEVICE = "unknown_device", "registry", "A command names a device the registry does not know."
+    NOT_SUSPENDED = (
+        "not_suspended",
+        "registry",
+        "A reinstate command names a device that is not suspended (only a suspension can be lifted).",
+    )
     RESERVED_EVENT = (
         "reserved_event",
         "audit",

@@ -1,10 +1,11 @@
-"""`qflare devices …`: tokens, revocation, key rotation, and the published fleet."""
+"""`qflare devices …`: tokens, revocation, suspension, key rotation, and the published fleet."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -12,8 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from qflare import operator
+from qflare.errors import SchemaError
 from qflare.kafka import KafkaSettings
 from qflare.protocol.control import RegistryCommand
+from qflare.protocol.devices import DECLARED_EXAMPLES_LABEL, MAX_EXAMPLES_LABEL, declared_examples
 from qflare_cli.keys import KEYS_DIR
 
 app = typer.Typer(
@@ -40,47 +43,78 @@ def token(
     count: int = typer.Option(1, min=1, max=100_000, help="How many single-use tokens to issue."),
     ttl_s: float = typer.Option(3600.0, min=1, help="Seconds until the tokens expire."),
     label: list[str] = typer.Option([], help="KEY=VALUE label given to devices enrolling with it."),
+    max_examples: int | None = typer.Option(
+        None,
+        "--max-examples",
+        min=1,
+        max=2**40,
+        help=f"The largest dataset size a device enrolling with these tokens may declare (its "
+        f"{DECLARED_EXAMPLES_LABEL} label); the registry refuses a larger declaration. Devices are "
+        "weighted by their declared size.",
+    ),
     keys_dir: Path = KEYS_DIR,
 ) -> None:
     """Issue single-use, expiring enrolment tokens and print them, one per line."""
     ident = operator.operator_identity(keys_dir)
+    labels = _labels(label)
+    if MAX_EXAMPLES_LABEL in labels:
+        raise typer.BadParameter(f"set {MAX_EXAMPLES_LABEL} with --max-examples", param_hint="--label")
+    if max_examples is not None:
+        labels[MAX_EXAMPLES_LABEL] = str(max_examples)
     try:
         tokens = asyncio.run(
-            operator.issue_tokens(KafkaSettings(), ident, count, ttl_s, _labels(label), keys_dir=keys_dir)
+            operator.issue_tokens(KafkaSettings(), ident, count, ttl_s, labels, keys_dir=keys_dir)
         )
-    except operator.RegistryUnconfirmedError as exc:
+    except (operator.RegistryUnconfirmedError, operator.CommandRefused) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     for t in tokens:
         typer.echo(t)
 
 
+def _send(
+    command: str, device_id: str, keys_dir: Path, done: str, labels: dict[str, str] | None = None
+) -> None:
+    """Sign and send one device command, and wait for the registry to confirm or refuse it."""
+    cmd = RegistryCommand(command, device_id, (), 0, labels or {})
+    ident = operator.operator_identity(keys_dir)
+    try:
+        confirmed = asyncio.run(operator.send_command(KafkaSettings(), ident, cmd, keys_dir=keys_dir))
+    except operator.CommandRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _confirm(confirmed, done)
+
+
 @app.command()
 def revoke(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
     """Revoke a device: every service rejects its later messages."""
-    cmd = RegistryCommand("revoke", device_id, (), 0, {})
-    _confirm(
-        asyncio.run(
-            operator.send_command(
-                KafkaSettings(), operator.operator_identity(keys_dir), cmd, keys_dir=keys_dir
-            )
-        ),
-        f"{device_id} revoked",
-    )
+    _send("revoke", device_id, keys_dir, f"{device_id} revoked")
 
 
 @app.command("delete")
 def delete(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
     """Delete a device: the registry publishes a signed "deleted" record and every service forgets it."""
-    cmd = RegistryCommand("delete", device_id, (), 0, {})
-    _confirm(
-        asyncio.run(
-            operator.send_command(
-                KafkaSettings(), operator.operator_identity(keys_dir), cmd, keys_dir=keys_dir
-            )
-        ),
-        f"{device_id} deleted",
-    )
+    _send("delete", device_id, keys_dir, f"{device_id} deleted")
+
+
+@app.command()
+def suspend(
+    device_id: str,
+    reason: str = typer.Option("operator", help="Why, as the audit event's reason."),
+    keys_dir: Path = KEYS_DIR,
+) -> None:
+    """Suspend (quarantine) a device: it is no longer selected for rounds and its updates are
+    refused, but it stays enrolled and its heartbeats are accepted. The aggregator sends the same
+    command itself when a job's quarantine policy flags a device; `reinstate` lifts it."""
+    _send("suspend", device_id, keys_dir, f"{device_id} suspended", {"reason": reason})
+
+
+@app.command()
+def reinstate(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
+    """Lift a suspension: the device is active again, selectable, and its updates are accepted.
+    Only an operator may reinstate; the registry refuses a device that is not suspended."""
+    _send("reinstate", device_id, keys_dir, f"{device_id} reinstated")
 
 
 @app.command("rotate-key")
@@ -104,14 +138,16 @@ def rotate_key(
         raise typer.BadParameter("--key-id must be 32 hex characters")
     expires_ms = int((time.time() + within_s) * 1000)
     cmd = RegistryCommand("rotate_key", device_id, (), expires_ms, {}, named)
-    _confirm(
-        asyncio.run(
+    try:
+        confirmed = asyncio.run(
             operator.send_command(
                 KafkaSettings(), operator.operator_identity(keys_dir), cmd, keys_dir=keys_dir
             )
-        ),
-        f"key rotation for {device_id} authorised for {within_s:.0f} s",
-    )
+        )
+    except operator.CommandRefused as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _confirm(confirmed, f"key rotation for {device_id} authorised for {within_s:.0f} s")
 
 
 def _confirm(confirmed: bool, what: str) -> None:
@@ -138,22 +174,35 @@ def list_devices(
                         "status": d.status,
                         "key_id": d.key_id.hex(),
                         "health": view.health.get(d.device_id),
+                        "declared_examples": _declared(d.labels),
                         "labels": d.labels,
                     }
                 )
             )
         return
-    table = Table("device", "status", "health", "key_id", "labels")
+    table = Table("device", "status", "health", "examples", "key_id", "labels")
     for d in sorted(view.devices.values(), key=lambda d: d.device_id):
+        declared = _declared(d.labels)
         table.add_row(
             d.device_id,
-            d.status,
+            f"[yellow]{d.status}[/yellow]" if d.status == "suspended" else d.status,
             view.health.get(d.device_id, "-"),
+            "-" if declared is None else str(declared),
             d.key_id.hex()[:16],
             ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
         )
     console.print(table)
-    console.print(f"{len(view.devices)} devices")
+    statuses = Counter(d.status for d in view.devices.values())
+    by_status = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    console.print(f"{len(view.devices)} devices" + (f" ({by_status})" if by_status else ""))
+
+
+def _declared(labels: dict[str, str]) -> int | None:
+    """The dataset size the device declared and the registry approved (None: none, or unreadable)."""
+    try:
+        return declared_examples(labels)
+    except SchemaError:
+        return None
 
 
 @app.command()

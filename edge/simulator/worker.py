@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
@@ -27,6 +27,7 @@ from edge.attacker import Roster
 from edge.enrolment import EnrollmentResults
 from edge.link import Link
 from edge.runtime import DeviceConfig, DeviceRuntime, load_or_create_key
+from edge.shards import ALPHA, VAL_FRACTION, builtin_shards, split, train_size
 from edge.spool import Spool
 from qflare.attacks import Attack
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys
@@ -61,9 +62,9 @@ class TrainSpec:
     #: Global index of each of this worker's devices, in ``devices`` order.
     indices: list[int]
     seed: int
-    alpha: float = 0.5
+    alpha: float = ALPHA
     #: Share of each device's shard held out as its local validation split.
-    val_fraction: float = 0.1
+    val_fraction: float = VAL_FRACTION
     #: ``package.module:attribute`` of the user's DeviceApp (None: the built-in app on ``dataset``).
     app: str | None = None
     #: Attackers (built-in app only): the attack, and every attacker's device id -> fleet index.
@@ -98,19 +99,19 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
     results = EnrollmentResults(kafka, tset, TrustedKeys(Path(spec.keys_dir)))
     await results.start()
     rng = random.Random(spec.seed)
+    # What each device trains on is what it declares at enrolment, attackers included (the
+    # num_examples liar then claims more than it declared, and is refused).
+    sizes = declared_sizes(spec)
     fleet: dict[str, DeviceRuntime] = {}
     for device_id, token in spec.devices:
         key = load_or_create_key(state / "keys" / f"{device_id}.key")
         cfg = DeviceConfig(
             device_id,
             token,
-            {
-                "hardware": rng.choice(["cpu-small", "cpu-large"]),
-                "dataset_size": str(rng.choice([300, 600, 1200])),
-                "sim_worker": str(spec.index),
-            },
+            {"hardware": rng.choice(["cpu-small", "cpu-large"]), "sim_worker": str(spec.index)},
             spec.heartbeat_interval_s,
             scope=kafka.deployment_id,
+            num_examples=sizes.get(device_id),
         )
         fleet[device_id] = DeviceRuntime(cfg, key, link, tset)
     if spec.train is not None:
@@ -157,6 +158,18 @@ async def _run(spec: WorkerSpec, control: Queue[Any], stats: Queue[Any]) -> None
     await results.stop()
     await link.stop()
     spool.close()
+
+
+def declared_sizes(spec: WorkerSpec) -> dict[str, int]:
+    """Each device's training-split size on the built-in dataset (empty: no built-in training)."""
+    t = spec.train
+    if t is None or t.app is not None or not t.dataset:
+        return {}
+    _, shards = builtin_shards(t.dataset, t.partition, t.total_devices, t.seed, t.alpha)
+    return {
+        device_id: train_size(shards[index], t.val_fraction)
+        for (device_id, _), index in zip(spec.devices, t.indices, strict=True)
+    }
 
 
 def _apply(command: str, device: DeviceRuntime, tasks: dict[str, asyncio.Task[None]]) -> None:
@@ -236,29 +249,19 @@ def _install_builtin_app(
     from edge.attacker import Colluders, Tamper
     from edge.builtin import mnist_app
     from qflare.attacks import data_rng, poison_data
-    from qflare.ml import dirichlet, iid, load_dataset, pathological
-    from qflare.ml.data import DatasetName
 
     # Two cores are shared by every worker and the services: one thread each.
     torch.set_num_threads(1)
-    data = load_dataset(cast(DatasetName, t.dataset))
-    if t.partition == "iid":
-        shards = iid(len(data.train_labels), t.total_devices, t.seed)
-    elif t.partition == "pathological":
-        shards = pathological(data.train_labels, t.total_devices, t.seed)
-    else:
-        shards = dirichlet(data.train_labels, t.total_devices, t.alpha, t.seed)
+    data, shards = builtin_shards(t.dataset, t.partition, t.total_devices, t.seed, t.alpha)
 
     def train_split(index: int) -> Any:
-        return shards[index][int(len(shards[index]) * t.val_fraction) :]
+        return split(shards[index], t.val_fraction)[0]
 
     colluders = Colluders(
         lambda i: (data.train_images[train_split(i)], data.train_labels[train_split(i)]), t.seed
     )
     for (device_id, _), index in zip(spec.devices, t.indices, strict=True):
-        shard = shards[index]
-        held = int(len(shard) * t.val_fraction)
-        train, val = shard[held:], shard[:held]
+        train, val = split(shards[index], t.val_fraction)
         images, labels = data.train_images[train], data.train_labels[train]
         tamper = None
         if t.attack is not None and device_id in t.attackers:

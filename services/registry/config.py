@@ -21,3 +21,6 @@ class RegistrySettings(BatchServiceSettings):
     offline_after_s: float = Field(default=30.0, gt=0)
     sweep_interval_s: float = Field(default=1.0, gt=0)
     batch_max_records: int = Field(default=1000, ge=1)
+    #: The largest dataset size a device may declare at enrolment (label ``qflare.num_examples``),
+    #: whatever its token approves: the aggregator weights updates by the declared size.
+    max_declared_examples: int = Field(default=1_000_000, ge=1, le=2**40)

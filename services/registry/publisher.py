@@ -21,6 +21,7 @@ from qflare.protocol import Message, seal
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.devices import Device, DeviceHealth
 from qflare.protocol.topics import Topics, TopicSpec
+from qflare.types import Scalar
 from services.registry.store import DeviceRow, RegistryStore
 
 log = structlog.get_logger("qflare.registry")
@@ -76,6 +77,7 @@ class Publisher:
         reason: str = "",
         subject: str | None = None,
         ref: Message | None = None,
+        detail: dict[str, Scalar] | None = None,
     ) -> None:
         body = AuditEvent(
             event=event,
@@ -84,6 +86,7 @@ class Publisher:
             reason=reason,
             subject=subject,
             ref_id=ref.header.id if ref else None,
+            detail=dict(detail or {}),
         )
         await self.store.outbox.queue(
             self.topics.audit.name, SERVICE.encode(), self.seal(body, self.topics.audit)
@@ -109,14 +112,20 @@ class Publisher:
         )
 
     async def reject(
-        self, record: ConsumerRecord[Any, Any], exc: QflareError, *, source: str | None = None
+        self,
+        record: ConsumerRecord[Any, Any],
+        exc: QflareError,
+        *,
+        source: str | None = None,
+        ref: Message | None = None,
     ) -> None:
         """Count, log and audit a rejected record. Nothing changed, so no outbox is needed:
         a replay after a crash rejects (and reports) it again.
 
         ``source`` is the verified sender (None when the record did not verify); past the
         tally's rate limit for (topic, source, reason) the rejection is only counted, and the
-        window's ``summary`` reports it with the others left out.
+        window's ``summary`` reports it with the others left out. ``ref``: the verified
+        message, when it was a command, so its sender (``qflare devices …``) learns why.
         """
         if not self.tally.note(record.topic, source, exc.reason):
             return
@@ -136,6 +145,7 @@ class Publisher:
             source=SERVICE,
             reason=exc.reason,
             subject=subject,
+            ref_id=None if ref is None else ref.header.id,
             detail={
                 "topic": record.topic,
                 "partition": record.partition,

@@ -1,6 +1,6 @@
 """The registry's consumer loop, top to bottom.
 
-Reads enrolments, heartbeats and operator commands; keeps devices in
+Reads enrolments, heartbeats and signed commands (``commands.py``); keeps devices in
 PostgreSQL and liveness in Redis; publishes device records (compacted topic)
 and health transitions, and reads the device topic back (``watch.py``).
 Offsets are committed only after a batch's effects are durable, and every
@@ -19,7 +19,7 @@ import structlog
 from aiokafka import ConsumerRecord
 
 from qflare import metrics, poison
-from qflare.authority import authorise, check_command
+from qflare.authority import authorise
 from qflare.clock import now_ms
 from qflare.errors import Rejected, UnknownKeyError, is_transient
 from qflare.identity import TrustedKeys, load_identity
@@ -31,6 +31,7 @@ from qflare.protocol.devices import Deregistration, DeviceHealth, Enrollment, He
 from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import process_span
+from services.registry.commands import Commands
 from services.registry.config import RegistrySettings
 from services.registry.liveness import Liveness
 from services.registry.publisher import SERVICE, Publisher
@@ -100,6 +101,9 @@ class RegistryService(BatchLoop):
         self.out = Publisher(self.producer, self.store, self.identity, self.topics, tally)
         self.results = Results(self.out, self.store, self.identity, self.topics)
         self.watch = DeviceTopicWatch(t.devices, operators, self.identity.name, self.store, self.out)
+        self.commands = Commands(
+            self.store, self.out, self.live, self._remember, max_age_s=self.cfg.command_max_age_s
+        )
         # Records a crash left in the outbox go out before anything new.
         await self.out.flush_outbox()
         self.consumer = await self._started(
@@ -158,13 +162,18 @@ class RegistryService(BatchLoop):
             elif isinstance(body, Deregistration):
                 await self._deregister(msg, body)
             elif isinstance(body, RegistryCommand):
-                await self._command(msg, body)
+                await self.commands.apply(msg, body)
             metrics.ACCEPTED.labels(SERVICE, msg.header.type).inc()
         except Exception as exc:  # whatever one record holds, it is one rejection (qflare.poison)
             if poison.retry(exc):
                 raise
             refused = poison.rejection(exc)  # the decoder's, the registry's own Rejected, a store's
-            await self.out.reject(record, refused, source=None if msg is None else msg.header.sender)
+            await self.out.reject(
+                record,
+                refused,
+                source=None if msg is None else msg.header.sender,
+                ref=msg if msg is not None and isinstance(msg.body, RegistryCommand) else None,
+            )
             await self.results.rejected(record, refused, msg)
 
     def _decode(self, record: ConsumerRecord[Any, Any]) -> Message:
@@ -198,7 +207,7 @@ class RegistryService(BatchLoop):
             rotation_proof=body.rotation_proof,
         )
         async with self.store.conn.transaction():
-            row, outcome = await self.store.enrol(claim)
+            row, outcome = await self.store.enrol(claim, max_declared=self.cfg.max_declared_examples)
             if outcome != "unchanged":
                 await self.out.queue_device(row)
                 await self.out.queue_audit(
@@ -221,51 +230,8 @@ class RegistryService(BatchLoop):
                 Reason.SENDER_MISMATCH, "a device may only deregister itself", field="body.device_id"
             )
         async with self.store.conn.transaction():
-            row = await self._retire(body.device_id, "deregistered", msg)
-        await self._after_retire(row)
-
-    async def _command(self, msg: Message, body: RegistryCommand) -> None:
-        check_command(msg, max_age_s=self.cfg.command_max_age_s, now_ms=now_ms())
-        if body.command != "issue_tokens" and not body.device_id:
-            raise Rejected(Reason.SCHEMA, f"{body.command} needs a device_id", field="body.device_id")
-        retired = None
-        async with self.store.conn.transaction():
-            # Applied ids are kept in PostgreSQL, so a copy is refused even after a restart
-            # (the decoder's replay cache is only in memory).
-            if not await self.store.first_application(msg.header.sender, msg.header.id):
-                raise Rejected(
-                    Reason.COMMAND_REPLAY, f"command {msg.header.id.hex()} was already applied", field="id"
-                )
-            if body.command == "issue_tokens":
-                count = await self.store.add_tokens(list(body.token_hashes), body.expires_ms, body.labels)
-                await self.out.queue_audit(
-                    "tokens.issued", "info", reason=f"{count} tokens", subject=msg.header.sender, ref=msg
-                )
-            elif body.command == "revoke":
-                retired = await self._retire(str(body.device_id), "revoked", msg)
-            elif body.command == "delete":
-                # A signed record with status "deleted": consumers forget the device. No tombstone
-                # follows; a bare one would be refused like any other.
-                retired = await self._retire(str(body.device_id), "deleted", msg)
-            elif body.command == "rotate_key":
-                await self.store.authorise_rotation(str(body.device_id), body.expires_ms, body.key_id)
-                await self.out.queue_audit(
-                    "device.rotation_authorised", "info", subject=body.device_id, ref=msg
-                )
-        if retired is not None:
-            await self._after_retire(retired)
-
-    async def _retire(self, device_id: str, status: str, msg: Message) -> DeviceRow:
-        row = await self.store.set_status(device_id, status)
-        if row is None:
-            raise Rejected(Reason.UNKNOWN_DEVICE, f"no device {device_id}", field="device_id")
-        await self.out.queue_device(row)
-        await self.out.queue_audit(f"device.{status}", "warning", subject=device_id, ref=msg)
-        return row
-
-    async def _after_retire(self, row: DeviceRow) -> None:
-        self._remember(row)
-        await self.live.forget(row.device_id)
+            row = await self.commands.retire(body.device_id, "deregistered", msg)
+        await self.commands.after_retire(row)
 
     def _remember(self, row: DeviceRow) -> None:
         self.device_keys.set(row.device_id, row.status, row.public_key)

@@ -21,6 +21,7 @@ from qflare.errors import Rejected
 from qflare.migrations import migrate
 from qflare.outbox import Outbox
 from qflare.reasons import Reason
+from services.registry.labels import admitted_labels, check_device_labels
 
 SCHEMA_DIR = Path(__file__).with_name("schema")
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -119,9 +120,14 @@ class RegistryStore:
         found = await cur.fetchone()
         return _row(found) if found else None
 
-    async def enrol(self, claim: EnrolmentClaim) -> tuple[DeviceRow, str]:
+    async def enrol(self, claim: EnrolmentClaim, *, max_declared: int = 2**40) -> tuple[DeviceRow, str]:
         """Apply one verified enrolment. Returns the row and the outcome
-        (``new``, ``unchanged`` or ``rotated``), or raises ``EnrollmentRejected``."""
+        (``new``, ``unchanged`` or ``rotated``), or raises ``EnrollmentRejected``
+        (or ``DeclaredExamplesRejected``: a new device's declared size is above its token's
+        ``qflare.max_examples`` or ``max_declared``; the token is then not used).
+
+        A known device's labels are kept as they were approved: a re-enrolment or a key
+        rotation changes its key at most."""
         async with self.conn.transaction():
             cur = await self.conn.execute(
                 f"SELECT {_COLUMNS} FROM registry.devices WHERE device_id = %s FOR UPDATE",
@@ -130,18 +136,22 @@ class RegistryStore:
             found = await cur.fetchone()
             if found is not None:
                 return await self._re_enrol(_row(found), claim)
+            check_device_labels(claim.labels)
             token_labels = await self._use_token(claim)
+            # Raised inside the transaction: a refused declaration leaves the token unused.
+            labels = admitted_labels(claim.labels, token_labels, limit=max_declared)
             cur = await self.conn.execute(
                 f"INSERT INTO registry.devices (device_id, key_id, public_key, status, labels) "
                 f"VALUES (%s, %s, %s, 'active', %s) RETURNING {_COLUMNS}",
-                (claim.device_id, claim.kid, claim.public_key, json.dumps({**token_labels, **claim.labels})),
+                (claim.device_id, claim.kid, claim.public_key, json.dumps(labels)),
             )
             inserted = await cur.fetchone()
             assert inserted is not None
             return _row(inserted), "new"
 
     async def _re_enrol(self, row: DeviceRow, claim: EnrolmentClaim) -> tuple[DeviceRow, str]:
-        if row.status != "active":
+        # A suspended device is still enrolled (it heartbeats); only a retired one is refused.
+        if row.status not in ("active", "suspended"):
             raise EnrollmentRejected(
                 Reason.REVOKED, f"device {row.device_id} is {row.status}", field="device_id"
             )
@@ -220,7 +230,7 @@ class RegistryStore:
         return _row(updated)
 
     async def set_status(self, device_id: str, status: str) -> DeviceRow | None:
-        """Revoke or deregister; None if the device is unknown. Idempotent."""
+        """Revoke, deregister, delete, suspend or reinstate; None if the device is unknown. Idempotent."""
         async with self.conn.transaction():
             row = await self.device(device_id)
             if row is None:

@@ -101,8 +101,11 @@ def after_complete(
             **{k: v for k, v in metrics.items() if k in ("test_accuracy", "train_loss", "evaluated_version")},
         }
     )
-    if status == "completed":
-        p.model_version = model_version
+    if status in ("completed", "held"):
+        # ``held``: the publication gate refused the round's new version. The round counts as
+        # done, with no new version: the next one trains from the same model.
+        if status == "completed":
+            p.model_version = model_version
         p.attempts = 0
         if p.evaluating:  # the final model is evaluated: the job is done
             p.status = "done"

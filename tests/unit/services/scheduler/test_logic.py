@@ -69,6 +69,29 @@ def test_completion_advances_retries_and_finishes() -> None:
     assert p.status == "done" and p.completed_rounds == 2
 
 
+def test_a_held_round_counts_as_done_with_no_new_version() -> None:
+    p = Progress("j", {"rounds": 3}, round=1, open=True)
+    assert after_complete(p, 1, "completed", 1, {})
+    p.round, p.open = 2, True
+    assert after_complete(p, 2, "quorum_not_met", 1, {})
+    assert p.attempts == 1
+    p.round, p.open = 3, True
+    # The gate refused round 3's version: the job goes on from version 1, attempts reset.
+    assert after_complete(p, 3, "held", 1, {"test_accuracy": 0.2})
+    assert p.model_version == 1 and p.completed_rounds == 2 and p.attempts == 0 and not p.open
+    assert p.history[-1]["status"] == "held" and p.history[-1]["model_version"] == 1
+    p.round, p.open = 4, True
+    assert not after_complete(p, 4, "held", 1, {})  # the last round held: the job ends on version 1
+    assert p.status == "done" and p.model_version == 1 and p.completed_rounds == 3
+    assert Progress.from_dict(p.to_dict()) == p
+
+
+def test_a_held_last_round_of_a_federated_job_evaluates_the_version_kept() -> None:
+    p = Progress("j", {"rounds": 1, "evaluation": "federated"}, round=1, open=True, model_version=4)
+    assert after_complete(p, 1, "held", 4, {})
+    assert p.evaluating and p.model_version == 4 and p.status == "running"
+
+
 def test_overdue_only_after_deadline_plus_grace() -> None:
     p = Progress("j", {}, open=True, deadline_ms=1000)
     assert not overdue(p, 1500, 1000)
