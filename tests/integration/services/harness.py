@@ -75,7 +75,15 @@ class Fleet:
         self.spool = Spool(self.state_dir / "fleet.spool")
         self.link = Link(self.spool, lambda: make_producer(self.kafka, request_timeout_ms=5000))
 
-    def add(self, device_id: str, token: str | None, *, key: KeyFile | None = None) -> DeviceRuntime:
+    def add(
+        self,
+        device_id: str,
+        token: str | None,
+        *,
+        key: KeyFile | None = None,
+        num_examples: int | None = None,
+    ) -> DeviceRuntime:
+        """A device; ``num_examples`` is the dataset size it declares at enrolment."""
         key = key or load_or_create_key(self.state_dir / "keys" / f"{device_id}.key")
         cfg = DeviceConfig(
             device_id,
@@ -83,6 +91,7 @@ class Fleet:
             {"hardware": "test"},
             self.heartbeat_interval_s,
             scope=self.kafka.deployment_id,
+            num_examples=num_examples,
         )
         device = DeviceRuntime(cfg, key, self.link, self.topics)
         self.devices[device_id] = device
