@@ -22,7 +22,7 @@ from qflare.crypto.enrolment import rotation_proof_ok, token_id, token_key, toke
 from qflare.errors import ProtocolError
 from qflare.protocol import Decoder, KeyRing, Message, Reassembler, wire
 from qflare.protocol.control import AuditEvent
-from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat
+from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat, declared_examples
 from qflare.protocol.training import ModelUpdate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,7 +150,8 @@ def test_python_accepts_envelopes_signed_in_go(go_signed: dict[str, Any]) -> Non
     assert en.body.rotation_proof is not None
     signer_public_key = bytes.fromhex(go_signed["signer"]["public_key"])
     assert rotation_proof_ok(signer_public_key, "go.", device["owner"], kid, en.body.rotation_proof)
-    assert en.body.labels == {"site": "go"}
+    assert en.body.labels == {"qflare.num_examples": "70000", "site": "go"}
+    assert declared_examples(en.body.labels) == 70000
 
     au = decoder.decode(records["audit_event"], _topic(go_signed))
     assert isinstance(au.body, AuditEvent)

@@ -215,7 +215,9 @@ func cmdSign(args []string) error {
 		qflare.E("token_id", qflare.Bin(tokenID[:])),
 		qflare.E("token_mac", qflare.Bin(qflare.TokenMAC(tokenKey, "go.", *devOwner, newKeyID[:]))),
 		qflare.E("rotation_proof", qflare.Bin(proof)),
-		qflare.E("labels", qflare.MapOf(qflare.E("site", qflare.Str("go"))))))
+		// The dataset size the device declares (§7.1): the most its updates may claim.
+		qflare.E("labels", qflare.MapOf(
+			qflare.E("qflare.num_examples", qflare.Str("70000")), qflare.E("site", qflare.Str("go"))))))
 	if err != nil {
 		return err
 	}
