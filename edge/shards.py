@@ -51,3 +51,16 @@ def split(shard: npt.NDArray[Any], val_fraction: float) -> tuple[npt.NDArray[Any
 def train_size(shard: npt.NDArray[Any], val_fraction: float) -> int:
     """How many examples a device trains on: the size it declares."""
     return len(split(shard, val_fraction)[0])
+
+
+def largest_train_size(
+    dataset: str,
+    partition: str,
+    total: int,
+    seed: int,
+    alpha: float = ALPHA,
+    val_fraction: float = VAL_FRACTION,
+) -> int:
+    """The largest size any of the ``total`` devices declares: what an operator may approve per token."""
+    _, shards = builtin_shards(dataset, partition, total, seed, alpha)
+    return max(train_size(shard, val_fraction) for shard in shards)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from edge.shards import largest_train_size
 from edge.simulator.fleet import start_fleet
 from edge.simulator.observer import FleetObserver
 from qflare import operator
@@ -23,6 +24,7 @@ from qflare.children import ServiceProcess
 from qflare.errors import QflareError
 from qflare.identity import DEFAULT_KEYS_DIR, trusted_ring
 from qflare.kafka import KafkaSettings
+from qflare.protocol.devices import MAX_EXAMPLES_LABEL
 from qflare.supervisor import Supervisor
 from qflare_cli.attack_options import ATTACK_HELP, ATTACK_PARAM_HELP, ATTACKERS_HELP, attack_option
 from qflare_cli.supervised import printer
@@ -87,8 +89,14 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
     keys_dir: Path = o["keys_dir"]
     registry = _Registry(kafka) if o["spawn_registry"] else None
     ident = operator.operator_identity(keys_dir)
+    train = _train(o)
+    labels = {"fleet": fleet}
+    if train is not None and "dataset" in train:
+        # The operator's approval of the devices' declared sizes: at most the largest shard.
+        largest = largest_train_size(train["dataset"], train["partition"], len(ids), train["seed"])
+        labels[MAX_EXAMPLES_LABEL] = str(largest)
     tokens = await operator.issue_tokens(
-        kafka, ident, len(ids), 3600, {"fleet": fleet}, keys_dir=keys_dir, confirm_s=120
+        kafka, ident, len(ids), 3600, labels, keys_dir=keys_dir, confirm_s=120
     )
     fleet_procs = start_fleet(
         ids,
@@ -99,7 +107,7 @@ async def _simulate(o: dict[str, Any]) -> dict[str, Any]:
         state_dir=o["state_dir"] / fleet,
         keys_dir=keys_dir,
         seed=o["seed"],
-        train=_train(o),
+        train=train,
         say=printer(console),
     )
     observer = FleetObserver(

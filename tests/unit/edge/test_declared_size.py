@@ -6,7 +6,7 @@ import pytest
 
 from edge.__main__ import config, parser
 from edge.runtime import DeviceConfig
-from edge.shards import VAL_FRACTION, builtin_shards, split, train_size
+from edge.shards import VAL_FRACTION, builtin_shards, largest_train_size, split, train_size
 from edge.simulator.worker import TrainSpec, WorkerSpec, declared_sizes
 from qflare.errors import ConfigError
 
@@ -35,6 +35,9 @@ def test_simulated_devices_declare_their_training_split() -> None:
     sizes = declared_sizes(spec)
     assert sizes == {"a": len(split(shards[3], VAL_FRACTION)[0]), "b": len(split(shards[7], VAL_FRACTION)[0])}
     assert sizes["a"] != sizes["b"]  # Dirichlet shards differ in size
+    # What `qflare simulate` approves per token: no honest device declares more.
+    largest = largest_train_size("mnist", "dirichlet", 10, 1)
+    assert largest == max(len(split(s, VAL_FRACTION)[0]) for s in shards) >= max(sizes.values())
     assert declared_sizes(WorkerSpec(0, [("a", "t")], "/tmp", "", "", "", 1.0, 0)) == {}
 
 
