@@ -221,6 +221,7 @@ def show(device_id: str, keys_dir: Path = KEYS_DIR) -> None:
                 "key_id": found.key_id.hex(),
                 "sig_alg": found.sig_alg,
                 "labels": found.labels,
+                "declared_examples": _declared(found.labels),
                 "health": view.health.get(device_id),
                 "enrolled_ms": found.enrolled_ms,
                 "updated_ms": found.updated_ms,
