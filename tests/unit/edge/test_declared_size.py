@@ -47,3 +47,14 @@ def test_qflare_edge_declares_its_built_in_split_unless_told() -> None:
     assert config(parser().parse_args(base), "").num_examples == train_size(shards[2], VAL_FRACTION) == 13500
     assert config(parser().parse_args([*base, "--num-examples", "77"]), "").num_examples == 77
     assert config(parser().parse_args(["run", "--device-id", "d"]), "").num_examples is None
+
+
+def test_qflare_edge_refuses_the_operators_label_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.__main__ import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--device-id", "d", "--label", "qflare.max_examples=5"])
+    assert caught.value.code == 2 and "qflare.max_examples" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--device-id", "d", "--num-examples", "0"])
+    assert caught.value.code == 2
