@@ -20,7 +20,7 @@ version instead: the round then closes ``held`` on its base version, audited
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import structlog
 
@@ -82,18 +82,15 @@ class Closer:
         closed_ms = now_ms()
         model: EncodedModel | None = None
         carried: StrategyState | None = None
-        held = False
         if outcome == COMPLETED and not rnd.evaluate_only:
             model, carried, metrics, evaluated = await self._aggregate(job, rnd, closed_ms)
-            verdict = await self.gate.check(job, rnd, metrics)
-            held = verdict is not None and verdict.held
-            metrics = metrics if verdict is None else verdict.metrics
-            if held:  # the candidate goes nowhere: the round stays on its base version
+            done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated)
+            verdict = await self.gate.check(job, rnd, done.metrics)  # None: the job has no gate
+            if verdict is not None and verdict.held:  # the candidate goes nowhere: the base stays
                 model = carried = None
-                done = self._report(rnd, HELD, rnd.model_version, None, metrics, evaluated)
-            else:
-                assert model is not None
-                done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated)
+                done = self._report(rnd, HELD, rnd.model_version, None, verdict.metrics, evaluated)
+            elif verdict is not None:
+                done = replace(done, metrics=verdict.metrics)
         else:
             # An evaluation-only round, or one without a quorum: no new version, but whatever the
             # devices evaluated of the round's version is reported.
@@ -108,10 +105,10 @@ class Closer:
                 await buffered.drop(self.store.conn, rnd)
             if closed:
                 await self.out.queue_round_complete(done)
-                if held:
-                    await self._audit_held(done)
                 if model is not None and carried is not None:
                     await self._store_version(rnd, model, carried, done.metrics)
+                elif done.status == HELD:
+                    await self._audit_held(done)
         if closed:
             if carried is not None:
                 job.strategy_state = carried.to_bytes()
