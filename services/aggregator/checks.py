@@ -21,10 +21,12 @@ from collections.abc import Mapping
 
 from qflare.errors import InvalidUpdateError, Rejected
 from qflare.fl import WEIGHTS, FixedPoint, RoundSums, Update, UpdateSpec
-from qflare.protocol import Tensor
+from qflare.protocol import Message, Tensor
+from qflare.protocol.messages import ModelChunk
 from qflare.protocol.tensors import qualified, split_groups
 from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
+from services.aggregator.jobs import Job
 from services.aggregator.models import MODEL_DTYPE
 from services.aggregator.rounds import OpenRound
 
@@ -185,3 +187,33 @@ def out_of_range(exc: InvalidUpdateError, spec: UpdateSpec) -> Rejected:
     if (group, name) in order:
         field = f"body.tensors[{order.index((group, name))}].data"
     return Rejected(Reason.OUT_OF_RANGE, str(exc), field=field)
+
+
+def admit_stream(
+    msg: Message,
+    chunk: ModelChunk,
+    rounds: Mapping[tuple[str, int], OpenRound],
+    jobs: Mapping[str, Job],
+    framing_bytes: int,
+) -> None:
+    """A chunked update may open a stream only for a round it was selected for, with the
+    size the job's update spec gives (within the body's own framing)."""
+    sender, round_ = msg.header.sender, msg.header.round
+    candidates = [r for r in rounds.values() if r.round == round_]
+    if not candidates:
+        raise Rejected(Reason.WRONG_ROUND, f"no open round {round_} to stream an update to", field="round")
+    mine = [r for r in candidates if sender in r.devices]
+    if not mine:
+        raise Rejected(Reason.UNSELECTED, f"{sender!r} was not selected for round {round_}")
+    for rnd in mine:
+        job = jobs.get(rnd.job_id)
+        if job is None:
+            continue
+        floor = job.spec.data_bytes()  # every group's tensors (SCAFFOLD: twice the model)
+        if floor <= chunk.size <= floor + framing_bytes:
+            return
+    raise Rejected(
+        Reason.SHAPE,
+        f"a stream of {chunk.size} bytes does not fit the update spec of round {round_}",
+        field="body.size",
+    )

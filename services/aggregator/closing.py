@@ -11,12 +11,16 @@ A streaming strategy aggregates the round's exact sums; a buffered one the
 round's updates (``OpenRound.buffer``, in device-id order), whose stored rows
 are deleted in the same transaction. The new version carries the strategy's
 server groups of the carried state after its weights.
+
+A job with a publication gate (``services.aggregator.gate``) may hold the new
+version instead: the round then closes ``held`` on its base version, audited
+``round.held``, and neither the version nor the carried state is stored.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import structlog
 
@@ -26,8 +30,10 @@ from qflare.fl import RoundInput, StrategyState
 from qflare.metrics import record_round_closed
 from qflare.protocol.training import RoundComplete
 from qflare.tracing import FanIn, tracer
+from qflare.types import Scalar
 from services.aggregator import buffered
 from services.aggregator.evaluation import Evaluator, central, federated
+from services.aggregator.gate import HELD, Gate
 from services.aggregator.jobs import Job
 from services.aggregator.models import EncodedModel, decode, encode, named_groups, weights_of
 from services.aggregator.publisher import Publisher
@@ -47,6 +53,7 @@ class Closer:
         rounds: dict[tuple[str, int], OpenRound],
     ) -> None:
         self.store, self.out, self.evaluator = store, out, evaluator
+        self.gate = Gate(store, evaluator)
         self.jobs, self.rounds = jobs, rounds
         #: Trace contexts of each open round's included updates (in memory: tracing is best effort).
         self.fanin: dict[tuple[str, int], FanIn] = {}
@@ -78,6 +85,12 @@ class Closer:
         if outcome == COMPLETED and not rnd.evaluate_only:
             model, carried, metrics, evaluated = await self._aggregate(job, rnd, closed_ms)
             done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated)
+            verdict = await self.gate.check(job, rnd, done.metrics)  # None: the job has no gate
+            if verdict is not None and verdict.held:  # the candidate goes nowhere: the base stays
+                model = carried = None
+                done = self._report(rnd, HELD, rnd.model_version, None, verdict.metrics, evaluated)
+            elif verdict is not None:
+                done = replace(done, metrics=verdict.metrics)
         else:
             # An evaluation-only round, or one without a quorum: no new version, but whatever the
             # devices evaluated of the round's version is reported.
@@ -94,6 +107,8 @@ class Closer:
                 await self.out.queue_round_complete(done)
                 if model is not None and carried is not None:
                     await self._store_version(rnd, model, carried, done.metrics)
+                elif done.status == HELD:
+                    await self._audit_held(done)
         if closed:
             if carried is not None:
                 job.strategy_state = carried.to_bytes()
@@ -151,6 +166,21 @@ class Closer:
         # encoding the model, then the held-out evaluation.
         timing = {"aggregate_s": aggregated - began, "eval_s": time.perf_counter() - aggregated}
         return model, carried, round_metrics(rnd, closed_ms, {**evaluation, **timing}), evaluated
+
+    async def _audit_held(self, done: RoundComplete) -> None:
+        """Audit (and log) a round whose new version the publication gate refused."""
+        m = done.metrics
+        detail: dict[str, Scalar] = {
+            "job_id": done.job_id,
+            "round": done.round,
+            "model_version": done.model_version,
+            "candidate_version": done.model_version + 1,
+            **{k: m[k] for k in ("candidate_accuracy", "base_accuracy", "gate_drop") if k in m},
+        }
+        log.warning("publication gate held the round's new version", **detail)
+        await self.out.queue_audit(
+            "round.held", "warning", reason="accuracy_drop", subject=done.job_id, detail=detail
+        )
 
     async def _store_version(
         self, rnd: OpenRound, model: EncodedModel, carried: StrategyState, metrics: dict[str, float]

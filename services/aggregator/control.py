@@ -49,6 +49,7 @@ from services.aggregator.models import encode, named_groups
 from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import OpenRound
 from services.aggregator.store import AggregatorStore
+from services.aggregator.weights import DeviceBook, RoundWeighting
 
 log = structlog.get_logger("qflare.aggregator")
 
@@ -64,9 +65,12 @@ class Control:
         keys: DeviceKeys,
         closer: Closer,
         models: ModelStore,
+        book: DeviceBook | None = None,
     ) -> None:
         self.cfg, self.kafka, self.topics = cfg, kafka, topics
         self.store, self.out, self.keys = store, out, keys
+        #: Each device's latest status and declared dataset size (``services.aggregator.weights``).
+        self.book = book or DeviceBook()
         self.closer = closer
         self.jobs, self.rounds = closer.jobs, closer.rounds
         self.models = models
@@ -152,7 +156,8 @@ class Control:
             msg = self.decoders[record.topic].decode(record.value, record.topic)
             authorise(msg)
             assert isinstance(msg.body, Device)
-            self.keys.apply(msg.body)
+            self.keys.apply(msg.body)  # refuses an older revision
+            self.book.apply(msg.body)
         except ReplayError:
             return  # the registry re-sent a record (its outbox after a crash): harmless, already applied
         except Exception as exc:  # whatever one record holds, it is one rejection
@@ -315,10 +320,15 @@ class Control:
             StrategyState.from_bytes(job.strategy_state), task.round, layout.names, layout.shapes
         )
         rnd = OpenRound.from_task(task, msg.header.id, now_ms(), sums)
+        if not rnd.evaluate_only:  # the weighting rule is fixed now, and stored with the round
+            rnd.weighting = RoundWeighting.open(job.config, task.devices, self.book)
         await self.store.insert_round(rnd, dict(task.config))
         await self._fence(job, task.fencing_token)
         self.rounds[rnd.key] = rnd
-        log.info("round opened", job_id=task.job_id, round=task.round, devices=len(task.devices))
+        cap = None if rnd.weighting is None else rnd.weighting.rule.cap
+        log.info(
+            "round opened", job_id=task.job_id, round=task.round, devices=len(task.devices), weight_cap=cap
+        )
 
     async def _fence(self, job: Job, token: int) -> None:
         """Remember the highest leader token seen for the job (in the caller's transaction)."""

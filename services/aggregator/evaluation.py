@@ -7,6 +7,11 @@ were given; ``federated`` combines what they reported (``qflare.fl.evaluation``)
 torch is imported on first use only, so an aggregator that never closes a
 round (or has evaluation off) starts quickly and stays small. The test split
 is read once per dataset and kept as float32, already normalised.
+
+An FLTrust job's server trains on a root set taken from the test split
+(``qflare.ml.rootset``): its central evaluation uses the test split less those
+images (``evaluation_indices``, the choice ``qflare sim`` makes too), so no
+defence is scored on data the server trained on.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from numpy.typing import NDArray
 
 from qflare.errors import ConfigError, DatasetError, Rejected
 from qflare.fl import JobSpec
+from qflare.fl.strategies.fltrust import FLTrustParams
 from qflare.ml import DatasetName, ModelName, load_dataset, to_float
+from qflare.ml.rootset import evaluation_indices
 from qflare.reasons import Reason
 from services.aggregator import entrypoints
 from services.aggregator.jobs import Job
@@ -39,21 +46,29 @@ class Evaluator:
         self._test: dict[str, tuple[NDArray[np.float32], NDArray[np.int64]]] = {}
         self._loaded: dict[str, entrypoints.EntryPoint] = {}
 
-    def _split(self, dataset: DatasetName) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    def _split(
+        self, dataset: DatasetName, root_size: int = 0
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """The first ``examples`` test images, those of a root set of ``root_size`` left out."""
         if dataset not in self._test:
             data = load_dataset(dataset)
             self._test[dataset] = (to_float(data.test_images), data.test_labels)
         images, labels = self._test[dataset]
+        if root_size:
+            keep = evaluation_indices(len(labels), root_size)[: self.examples]
+            return images[keep], labels[keep]
         return images[: self.examples], labels[: self.examples]
 
     def evaluate(
-        self, model: ModelName, dataset: DatasetName, weights: Sequence[NDArray[Any]]
+        self, model: ModelName, dataset: DatasetName, weights: Sequence[NDArray[Any]], root_size: int = 0
     ) -> dict[str, float]:
-        """``{"test_loss", "test_accuracy", "test_examples"}``, or {} when off or the data is missing."""
+        """``{"test_loss", "test_accuracy", "test_examples"}``, or {} when off or the data is missing.
+
+        ``root_size``: an FLTrust root set of that size is left out of the test split."""
         if self.examples == 0:
             return {}
         try:
-            images, labels = self._split(dataset)
+            images, labels = self._split(dataset, root_size)
         except DatasetError as exc:
             # A missing dataset must not stop training: the round still closes, without test metrics.
             log.warning("evaluation skipped", dataset=dataset, error=str(exc))
@@ -68,10 +83,10 @@ class Evaluator:
         return {"test_loss": loss, "test_accuracy": accuracy, "test_examples": float(len(labels))}
 
     async def evaluate_async(
-        self, model: ModelName, dataset: DatasetName, weights: Sequence[NDArray[Any]]
+        self, model: ModelName, dataset: DatasetName, weights: Sequence[NDArray[Any]], root_size: int = 0
     ) -> dict[str, float]:
         """``evaluate`` in a worker thread, so the event loop keeps serving Kafka meanwhile."""
-        return await asyncio.to_thread(self.evaluate, model, dataset, weights)
+        return await asyncio.to_thread(self.evaluate, model, dataset, weights, root_size)
 
     def entry_point(self, ref: str) -> entrypoints.EntryPoint:
         """The registered central evaluation of model-store model ``ref`` (``ConfigError`` if none)."""
@@ -98,7 +113,9 @@ class Evaluator:
         """The central evaluation of ``job``'s new model, in a worker thread."""
         if job.builtin is None:
             return await asyncio.to_thread(self.evaluate_stored, job.config.model, job.layout.names, weights)
-        return await self.evaluate_async(job.builtin, job.config.dataset, weights)
+        params = job.config.strategy
+        root_size = params.root_size if isinstance(params, FLTrustParams) else 0
+        return await self.evaluate_async(job.builtin, job.config.dataset, weights, root_size)
 
     def check(self, spec: JobSpec) -> None:
         """Refuse a job whose evaluation this aggregator cannot run.

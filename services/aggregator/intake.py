@@ -29,6 +29,7 @@ from qflare.protocol.training import ModelUpdate, RoundFailure
 from qflare.reasons import Reason
 from services.aggregator.cursor import Cursor, StreamKey
 from services.aggregator.publisher import SERVICE
+from services.aggregator.weights import DeviceBook, check_sender
 
 #: Completed streams remembered, so a late duplicate chunk is not taken for a new stream.
 _REMEMBER_STREAMS = 4096
@@ -47,8 +48,10 @@ class Intake:
         max_bytes: int = 512 * MIB,
         max_bytes_per_sender: int = 64 * MIB,
         admit: Callable[[Message, ModelChunk], None] | None = None,
+        book: DeviceBook | None = None,
     ) -> None:
         self.keys = keys
+        self.book = book
         self.limits = limits
         # No age limit: whether an update counts must not depend on when it is read (a restart
         # re-reads the backlog); the round, version and de-duplication checks refuse replays.
@@ -142,6 +145,8 @@ class Intake:
             return self.decoder.decode(value, topic)
         except UnknownKeyError as exc:
             device = self.keys.retired_owner(exc.key_id)
+            if device is not None and self.book is not None:
+                check_sender(self.book, device)  # a key ring without suspended keys: say why
             if device is not None:
                 raise Rejected(
                     Reason.REVOKED, f"device {device} is revoked or deregistered", field="key_id"

@@ -16,6 +16,7 @@ from qflare.fl import RoundSums, Update
 from qflare.fl.buffer import UpdateBuffer
 from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round, personal_summary
 from qflare.protocol.training import RoundTask
+from services.aggregator.weights import RoundWeighting
 
 COMPLETED = "completed"
 QUORUM_NOT_MET = "quorum_not_met"
@@ -27,6 +28,7 @@ class Included:
 
     device_id: str
     message_id: bytes
+    #: The update's weight (``services.aggregator.weights``): what the strategy aggregated it with.
     num_examples: int
     loss: float | None
     #: The device's evaluation of the round's model version (federated evaluation), if any.
@@ -35,6 +37,8 @@ class Included:
     failure: str | None = None
     #: The device's accuracy of its own personal model (Ditto, FedPer), if it reported one.
     personal_accuracy: float | None = None
+    #: The example count the device claimed (None: the same as ``num_examples``).
+    claimed: int | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +68,9 @@ class OpenRound:
     buffer: UpdateBuffer | None = None
     #: Buffered updates accepted since the last checkpoint (stored with their ``included`` rows).
     pending_updates: list[Update] = field(default_factory=list)
+    #: The weighting rule fixed when the round opened (None: an evaluation-only round, or one
+    #: opened before weights were fixed with the round; ``weighting_for`` then fixes it).
+    weighting: RoundWeighting | None = None
 
     @classmethod
     def from_task(cls, task: RoundTask, task_id: bytes, opened_ms: int, sums: RoundSums) -> OpenRound:
@@ -87,7 +94,13 @@ class OpenRound:
 
     @property
     def num_examples(self) -> int:
+        """The sum of the included updates' weights."""
         return sum(i.num_examples for i in self.included.values())
+
+    @property
+    def claimed_examples(self) -> int:
+        """The sum of the example counts the included devices claimed."""
+        return sum(i.num_examples if i.claimed is None else i.claimed for i in self.included.values())
 
     def federated_evaluation(self) -> dict[str, float]:
         """The included devices' evaluations of the round's model version, combined (empty if none)."""
@@ -166,6 +179,7 @@ def round_metrics(
         "selected": float(len(rnd.devices)),
         "failed_devices": float(len(rnd.failed)),
         "bytes_in": float(rnd.stats.get("bytes_in", 0)),
+        "claimed_examples": float(rnd.claimed_examples),
         "duration_s": max(0.0, (closed_ms - rnd.opened_ms) / 1000),
     }
     for stat, count in sorted(rnd.stats.items()):

@@ -58,12 +58,12 @@ from qflare.keys import DeviceKeys
 from qflare.protocol import Message
 from qflare.protocol.messages import ModelChunk
 from qflare.protocol.training import ModelUpdate, RoundFailure
-from qflare.reasons import Reason
 from qflare.runner import BatchLoop
 from qflare.tracing import FanIn, process_span
 from qflare.types import Scalar
 from services.aggregator import buffered
 from services.aggregator.checks import (
+    admit_stream,
     check_answer,
     check_capacity,
     check_evaluation_reply,
@@ -83,6 +83,7 @@ from services.aggregator.model_store import ModelStore
 from services.aggregator.publisher import SERVICE, Publisher
 from services.aggregator.rounds import Included, OpenRound
 from services.aggregator.store import AggregatorStore
+from services.aggregator.weights import DeviceBook, RoundWeighting, check_sender, weigh
 
 log = structlog.get_logger("qflare.aggregator")
 
@@ -95,6 +96,7 @@ class AggregatorService(BatchLoop):
         self.topics = self.kafka.topics
         self.identity = load_identity(self.cfg.identity, self.cfg.keys_dir)
         self.keys = DeviceKeys()
+        self.book = DeviceBook()  # each device's status and declared size, from the same records
         self.jobs: dict[str, Job] = {}
         self.rounds: dict[tuple[str, int], OpenRound] = {}
         self.fixed_point = FixedPoint()
@@ -108,6 +110,7 @@ class AggregatorService(BatchLoop):
             max_bytes=self.cfg.max_stream_bytes,
             max_bytes_per_sender=self.cfg.max_stream_bytes_per_sender,
             admit=self._admit_stream,
+            book=self.book,
         )
         self.tally = poison.Tally(
             SERVICE,
@@ -165,7 +168,15 @@ class AggregatorService(BatchLoop):
             self.rounds,
         )
         self.control = Control(
-            self.cfg, self.kafka, self.topics, self.store, self.out, self.keys, self.closer, self.models
+            self.cfg,
+            self.kafka,
+            self.topics,
+            self.store,
+            self.out,
+            self.keys,
+            self.closer,
+            self.models,
+            self.book,
         )
         self.control.before_change = self._checkpoint
         await self.control.start(self.control_consumer, self.offsets)
@@ -367,29 +378,7 @@ class AggregatorService(BatchLoop):
         cursor.dirty = True
 
     def _admit_stream(self, msg: Message, chunk: ModelChunk) -> None:
-        """A chunked update may open a stream only for a round it was selected for, with the
-        size the job's update spec gives (within the body's own framing)."""
-        sender, round_ = msg.header.sender, msg.header.round
-        rounds = [r for r in self.rounds.values() if r.round == round_]
-        if not rounds:
-            raise Rejected(
-                Reason.WRONG_ROUND, f"no open round {round_} to stream an update to", field="round"
-            )
-        mine = [r for r in rounds if sender in r.devices]
-        if not mine:
-            raise Rejected(Reason.UNSELECTED, f"{sender!r} was not selected for round {round_}")
-        for rnd in mine:
-            job = self.jobs.get(rnd.job_id)
-            if job is None:
-                continue
-            floor = job.spec.data_bytes()  # every group's tensors (SCAFFOLD: twice the model)
-            if floor <= chunk.size <= floor + self.cfg.update_framing_bytes:
-                return
-        raise Rejected(
-            Reason.SHAPE,
-            f"a stream of {chunk.size} bytes does not fit the update spec of round {round_}",
-            field="body.size",
-        )
+        admit_stream(msg, chunk, self.rounds, self.jobs, self.cfg.update_framing_bytes)
 
     def _include(self, msg: Message, update: ModelUpdate, size: int, batch: _Batch) -> None:
         """Check the update against its job's update spec and fold it into its round (the sums of a
@@ -402,12 +391,20 @@ class AggregatorService(BatchLoop):
             batch.touched[claimed.key] = claimed
         try:
             rnd = find_round(update, sender=head.sender, header_round=head.round, rounds=self.rounds)
-            job = self.jobs[rnd.job_id]
+            check_sender(self.book, head.sender)
+            job, weight = self.jobs[rnd.job_id], update.num_examples
             if rnd.evaluate_only:
                 check_evaluation_reply(update, message_id=head.id, rnd=rnd)
             else:
                 spec = job.spec
                 accepted = check_update(update, message_id=head.id, rnd=rnd, spec=spec, fmt=self.fixed_point)
+                # The strategy aggregates with the server's weight, never the device's own claim.
+                accepted = weigh(
+                    accepted,
+                    rnd.weighting or RoundWeighting.open(job.config, rnd.devices, self.book),
+                    self.book,
+                )
+                weight = accepted.num_examples
                 if job.strategy.mode == "buffered":
                     check_values(accepted, spec)  # no sum guards a buffered strategy's range
                     if rnd.buffer is None:
@@ -434,7 +431,7 @@ class AggregatorService(BatchLoop):
         loss = update.metrics.get("loss")
         personal = personal_accuracy(update.metrics)
         rnd.include(
-            Included(update.device_id, head.id, update.num_examples, loss, evaluation, None, personal)
+            Included(update.device_id, head.id, weight, loss, evaluation, None, personal, update.num_examples)
         )
         metrics.ACCEPTED.labels(SERVICE, update.TYPE).inc()
 
@@ -447,6 +444,7 @@ class AggregatorService(BatchLoop):
             batch.touched[claimed.key] = claimed
         try:
             rnd = find_round(failure, sender=head.sender, header_round=head.round, rounds=self.rounds)
+            check_sender(self.book, head.sender)
             check_answer(failure, message_id=head.id, rnd=rnd)
         except Rejected as exc:
             if claimed is not None:

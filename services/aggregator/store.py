@@ -22,6 +22,7 @@ from qflare.migrations import migrate
 from qflare.outbox import Outbox
 from services.aggregator.cursor import Cursor
 from services.aggregator.rounds import Included, OpenRound
+from services.aggregator.weights import RoundWeighting
 
 SCHEMA_DIR = Path(__file__).with_name("schema")
 Conn = psycopg.AsyncConnection[TupleRow]
@@ -131,6 +132,23 @@ class AggregatorStore:
             (job_id, version, parent, round, json.dumps(metrics), digest, weights),
         )
 
+    async def model_metrics(self, job_id: str, version: int) -> dict[str, float]:
+        """The metrics stored with a version (its central evaluation, when it had one)."""
+        cur = await self.conn.execute(
+            "SELECT metrics FROM aggregator.models WHERE job_id = %s AND version = %s", (job_id, version)
+        )
+        row = await cur.fetchone()
+        stored = None if row is None else row[0]
+        return {str(k): float(v) for k, v in dict(stored or {}).items() if isinstance(v, int | float)}
+
+    async def add_model_metrics(self, job_id: str, version: int, metrics: dict[str, float]) -> None:
+        """Merge ``metrics`` into those stored with a version (e.g. a late central evaluation)."""
+        await self.conn.execute(
+            "UPDATE aggregator.models SET metrics = coalesce(metrics, '{}'::jsonb) || %s::jsonb "
+            "WHERE job_id = %s AND version = %s",
+            (json.dumps(metrics), job_id, version),
+        )
+
     # --- rounds ----------------------------------------------------------------------
 
     async def round_task_id(self, job_id: str, round: int) -> bytes | None:
@@ -148,8 +166,8 @@ class AggregatorStore:
     async def insert_round(self, rnd: OpenRound, config: dict[str, Any]) -> None:
         await self.conn.execute(
             "INSERT INTO aggregator.rounds (job_id, round, task_id, model_version, strategy, devices, "
-            "deadline_ms, min_updates, config, status, state, opened_at) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'open', %s, to_timestamp(%s / 1000.0))",
+            "deadline_ms, min_updates, config, status, state, opened_at, weighting) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'open', %s, to_timestamp(%s / 1000.0), %s)",
             (
                 rnd.job_id,
                 rnd.round,
@@ -162,13 +180,14 @@ class AggregatorStore:
                 json.dumps(config),
                 rnd.sums.to_bytes(),
                 rnd.opened_ms,
+                None if rnd.weighting is None else json.dumps(rnd.weighting.to_json()),
             ),
         )
 
     async def open_rounds(self) -> list[OpenRound]:
         cur = await self.conn.execute(
             "SELECT job_id, round, task_id, model_version, strategy, devices, deadline_ms, min_updates, "
-            "(extract(epoch FROM opened_at) * 1000)::bigint, state, stats, rounds.config "
+            "(extract(epoch FROM opened_at) * 1000)::bigint, state, stats, rounds.config, weighting "
             "FROM aggregator.rounds JOIN aggregator.jobs USING (job_id) "
             "WHERE rounds.status = 'open' AND jobs.scope = %s ORDER BY job_id, round",
             (self.scope,),
@@ -187,6 +206,7 @@ class AggregatorStore:
             state,
             stats,
             config,
+            weighting,
         ) in await cur.fetchall():
             rounds.append(
                 OpenRound(
@@ -202,17 +222,26 @@ class AggregatorStore:
                     sums=RoundSums.from_bytes(bytes(state)),
                     stats=Counter({str(k): int(v) for k, v in dict(stats).items()}),
                     evaluate_only=is_evaluation_round(dict(config)),
+                    weighting=None if weighting is None else RoundWeighting.from_json(weighting),
                 )
             )
         for r in rounds:
             cur = await self.conn.execute(
-                "SELECT device_id, message_id, num_examples, loss, evaluation, failure, personal_accuracy "
+                "SELECT device_id, message_id, num_examples, loss, evaluation, failure, personal_accuracy, "
+                "claimed "
                 "FROM aggregator.included WHERE job_id = %s AND round = %s",
                 (r.job_id, r.round),
             )
-            for device, msg_id, n, loss, evaluation, failure, personal in await cur.fetchall():
+            for device, msg_id, n, loss, evaluation, failure, personal, claimed in await cur.fetchall():
                 entry = Included(
-                    str(device), bytes(msg_id), int(n), loss, _evaluation(evaluation), failure, personal
+                    str(device),
+                    bytes(msg_id),
+                    int(n),
+                    loss,
+                    _evaluation(evaluation),
+                    failure,
+                    personal,
+                    claimed,
                 )
                 answers = r.included if failure is None else r.failed
                 answers[entry.device_id] = entry
@@ -229,7 +258,7 @@ class AggregatorStore:
                 await cur.executemany(
                     "INSERT INTO aggregator.included "
                     "(job_id, round, device_id, message_id, num_examples, loss, evaluation, failure, "
-                    "personal_accuracy) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "personal_accuracy, claimed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     [
                         (
                             rnd.job_id,
@@ -241,6 +270,7 @@ class AggregatorStore:
                             None if i.evaluation is None else json.dumps(i.evaluation.to_metrics()),
                             i.failure,
                             i.personal_accuracy,
+                            i.claimed,
                         )
                         for i in rnd.pending
                     ],

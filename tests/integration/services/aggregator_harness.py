@@ -27,7 +27,7 @@ from qflare.kafka import KafkaSettings, make_producer, prepare_topics, replay
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Channel, Decoder, Reassembler, Tensor, seal, seal_chunked
 from qflare.protocol.control import AuditEvent, JobCommand
-from qflare.protocol.devices import Device
+from qflare.protocol.devices import DECLARED_EXAMPLES_LABEL, Device
 from qflare.protocol.training import GlobalModel, ModelUpdate, RoundComplete, RoundFailure, RoundTask
 from qflare.types import Scalar
 from tests.integration.services.harness import audit_events, channel_for, read_topic
@@ -46,6 +46,9 @@ JOB_CONFIG: dict[str, Any] = {
     "seed": 7,
     "dataset": "mnist",
 }
+#: The dataset size a stand-in device declares unless told otherwise: above every claim the tests
+#: make, and the same for all, so the cap (3 × the median) never binds and weights are the claims.
+DECLARED = 1_000_000
 
 
 @dataclass
@@ -168,14 +171,17 @@ class ControlPlane:
         *,
         sender: str = "registry",
         revision: int | None = None,
+        declared: int | None = DECLARED,
     ) -> SimDevice:
         """Publish the registry's record of a device (with a fresh key unless given); each record
-        of a device gets the next revision unless one is given, as the registry's would."""
+        of a device gets the next revision unless one is given, as the registry's would. It declares
+        ``declared`` examples (label ``qflare.num_examples``; None: no label)."""
         key = key or generate_key()
         now = int(time.time() * 1000)
         revision = revision or self.revisions.get(device_id, 0) + 1
         self.revisions[device_id] = max(revision, self.revisions.get(device_id, 0))
-        record = Device(device_id, status, key.public_key, now, now, revision=revision)
+        labels = {} if declared is None else {DECLARED_EXAMPLES_LABEL: str(declared)}
+        record = Device(device_id, status, key.public_key, now, now, revision=revision, labels=labels)
         await self.send(self.topics.devices.name, device_id, self._seal(sender, record))
         return SimDevice(device_id, key, key.signer(), self.topics.updates.channel)
 
