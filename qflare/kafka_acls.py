@@ -69,7 +69,8 @@ FLOWS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "audit_heads": (frozenset({"audit"}), frozenset({"audit"})),
     # The scheduler re-queues "resume" for its own jobs; operators write through ``admin``.
     "jobs": (frozenset({"scheduler"}), frozenset({"scheduler", "aggregator"})),
-    "registry_control": (frozenset(), frozenset({"registry"})),
+    # Operators write through ``admin``; the aggregator sends its quarantine ``suspend`` here.
+    "registry_control": (frozenset({"aggregator"}), frozenset({"registry"})),
     # Operators import models through ``admin``; only the aggregator keeps a model store.
     "model_store": (frozenset(), frozenset({"aggregator"})),
 }

@@ -27,6 +27,7 @@ from qflare.metrics import record_round_closed
 from qflare.protocol.training import RoundComplete
 from qflare.tracing import FanIn, tracer
 from services.aggregator import buffered
+from services.aggregator.anomaly import Detector
 from services.aggregator.evaluation import Evaluator, central, federated
 from services.aggregator.jobs import Job
 from services.aggregator.models import EncodedModel, decode, encode, named_groups, weights_of
@@ -50,6 +51,7 @@ class Closer:
         self.jobs, self.rounds = jobs, rounds
         #: Trace contexts of each open round's included updates (in memory: tracing is best effort).
         self.fanin: dict[tuple[str, int], FanIn] = {}
+        self.anomaly = Detector(store, out)
 
     async def close_ready(self, now_ms: int | None) -> int:
         """Close every round whose outcome is decided (``now_ms=None``: ignore deadlines); return how many."""
@@ -75,8 +77,10 @@ class Closer:
         closed_ms = now_ms()
         model: EncodedModel | None = None
         carried: StrategyState | None = None
+        scored = None  # a buffered round's anomaly scores (anomaly.py)
         if outcome == COMPLETED and not rnd.evaluate_only:
             model, carried, metrics, evaluated = await self._aggregate(job, rnd, closed_ms)
+            scored = await self.anomaly.assess(job, rnd, model, metrics)
             done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated)
         else:
             # An evaluation-only round, or one without a quorum: no new version, but whatever the
@@ -92,6 +96,7 @@ class Closer:
                 await buffered.drop(self.store.conn, rnd)
             if closed:
                 await self.out.queue_round_complete(done)
+                await self.anomaly.record(scored)
                 if model is not None and carried is not None:
                     await self._store_version(rnd, model, carried, done.metrics)
         if closed:
