@@ -45,6 +45,8 @@ from services.aggregator.rounds import OpenRound
 from services.aggregator.store import AggregatorStore
 
 log = structlog.get_logger("qflare.aggregator")
+#: Keys of an ``update.scored`` detail that are not scores.
+_RESERVED = frozenset({"job_id", "round", "weight", "flagged", "flags"})
 
 
 def score_round(
@@ -78,8 +80,11 @@ class Scored:
     flags: tuple[str, ...]
 
     def detail(self, job_id: str, round_: int) -> dict[str, Scalar]:
+        """The ``update.scored`` event's detail. A rule's own score whose name the event uses for
+        something else (RFA's ``weight``) is published as ``rule_<name>``."""
         out: dict[str, Scalar] = {"job_id": job_id, "round": round_}
-        out.update({name: _finite(value) for name, value in self.scores.items()})
+        for name, value in self.scores.items():
+            out[f"rule_{name}" if name in _RESERVED else name] = _finite(value)
         out.update({"weight": self.weight, "flagged": bool(self.flags), "flags": ",".join(self.flags)})
         return out
 

@@ -88,6 +88,9 @@ def test_round_metrics_and_audit_detail() -> None:
     assert (
         found.updates[0].detail("j", 4)["flags"] == "" and found.updates[0].detail("j", 4)["flagged"] is False
     )
+    # RFA's own score is called weight: published under another name, beside the update's weight.
+    rfa = Scored("r", None, {"norm": 1.0, "cosine": 0.9, "weight": 0.2}, 7, ())
+    assert rfa.detail("j", 4)["rule_weight"] == 0.2 and rfa.detail("j", 4)["weight"] == 7
 
 
 def test_quarantine_needs_a_buffered_strategy() -> None:
