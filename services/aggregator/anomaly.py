@@ -76,6 +76,7 @@ class Scored:
     #: The update's message id (the round's ``included`` row), for the audit event's ``ref``.
     message_id: bytes | None
     scores: Mapping[str, float]
+    #: What the round weighed it by (its ``included`` row's ``num_examples``).
     weight: int
     flags: tuple[str, ...]
 
@@ -146,7 +147,6 @@ class Detector:
             weights_of(model.body, job.layout),
         )
         flags = flag_updates(scores, norm_k=job.config.flag_norm_k, min_cosine=job.config.flag_cosine)
-        weights = {u.device_id: u.num_examples for u in rnd.buffer}
         scored = []
         for device in sorted(scores):
             included = rnd.included.get(device)
@@ -155,7 +155,7 @@ class Detector:
                     device_id=device,
                     message_id=None if included is None else included.message_id,
                     scores=scores[device],
-                    weight=weights.get(device, 0),
+                    weight=0 if included is None else included.num_examples,
                     flags=flags.get(device, ()),
                 )
             )
