@@ -65,6 +65,23 @@ MODEL_ACCURACY = Gauge(
 )
 MODEL_LOSS = Gauge("qflare_model_loss", "Test loss of each job's latest global model", ["job_id"])
 
+# -- anomaly scores and quarantine (the aggregator, at a buffered round's close) --
+FLAGGED_UPDATES = Counter(
+    "qflare_flagged_updates_total",
+    "Scored updates flagged as anomalous, by job and flag rule (norm, cosine, trust); an update "
+    "breaking two rules counts under both",
+    ["job_id", "reason"],
+)
+SCORED_UPDATES = Counter("qflare_scored_updates_total", "Updates given anomaly scores", ["job_id"])
+UPDATE_DELTA_NORM = Histogram(
+    "qflare_update_delta_norm",
+    "Euclidean norm of each scored update's delta from the global model",
+    buckets=(0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000),
+)
+QUARANTINE_REQUESTS = Counter(
+    "qflare_quarantine_requests_total", "Suspend commands the aggregator queued for the registry", ["job_id"]
+)
+
 # -- audit (set by the audit service) ------------------------------------------
 AUDIT_CHAIN_LENGTH = Gauge("qflare_audit_chain_length", "Entries in the audit hash chain", ["stream"])
 AUDIT_CHAIN_INTACT = Gauge(

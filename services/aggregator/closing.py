@@ -32,6 +32,7 @@ from qflare.protocol.training import RoundComplete
 from qflare.tracing import FanIn, tracer
 from qflare.types import Scalar
 from services.aggregator import buffered
+from services.aggregator.anomaly import Detector
 from services.aggregator.evaluation import Evaluator, central, federated
 from services.aggregator.gate import HELD, Gate
 from services.aggregator.jobs import Job
@@ -57,6 +58,7 @@ class Closer:
         self.jobs, self.rounds = jobs, rounds
         #: Trace contexts of each open round's included updates (in memory: tracing is best effort).
         self.fanin: dict[tuple[str, int], FanIn] = {}
+        self.anomaly = Detector(store, out)
 
     async def close_ready(self, now_ms: int | None) -> int:
         """Close every round whose outcome is decided (``now_ms=None``: ignore deadlines); return how many."""
@@ -82,8 +84,10 @@ class Closer:
         closed_ms = now_ms()
         model: EncodedModel | None = None
         carried: StrategyState | None = None
+        scored = None  # a buffered round's anomaly scores (anomaly.py)
         if outcome == COMPLETED and not rnd.evaluate_only:
             model, carried, metrics, evaluated = await self._aggregate(job, rnd, closed_ms)
+            scored = await self.anomaly.assess(job, rnd, model, metrics)
             done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated)
             verdict = await self.gate.check(job, rnd, done.metrics)  # None: the job has no gate
             if verdict is not None and verdict.held:  # the candidate goes nowhere: the base stays
@@ -105,6 +109,7 @@ class Closer:
                 await buffered.drop(self.store.conn, rnd)
             if closed:
                 await self.out.queue_round_complete(done)
+                await self.anomaly.record(scored)
                 if model is not None and carried is not None:
                     await self._store_version(rnd, model, carried, done.metrics)
                 elif done.status == HELD:

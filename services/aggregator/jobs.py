@@ -23,6 +23,7 @@ from qflare.ml import ModelName, init_weights
 from qflare.protocol.store import StoredModel
 from qflare.reasons import Reason
 from services.aggregator.models import Layout
+from services.aggregator.quarantine import check_job
 
 
 def layout_of(spec: JobSpec, stored: StoredModel | None) -> tuple[ModelName | None, Layout]:
@@ -66,6 +67,7 @@ class Job:
         self.builtin, self.layout = layout_of(self.config, self.stored)
         self.model = self.builtin or self.config.model
         self.strategy = build_strategy(self.config)
+        check_job(self.config, self.strategy)  # quarantine needs a buffered strategy's scores
         self.spec = self.strategy.update_spec(self.layout.names, self.layout.shapes)
         if not self.strategy_state:
             self.strategy_state = self.strategy.initial_state().to_bytes()
