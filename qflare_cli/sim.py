@@ -42,6 +42,14 @@ from qflare.sim.rules import declared_sizes, evaluation_split
 from qflare.sim.sweep import apply, key_value, label, parse_grid, points, scalar
 from qflare.sim.trainers import Trainer, unsupported
 from qflare_cli.jobs import STRATEGY_HELP, model_ref
+from qflare_cli.rule_options import (
+    GATE_HELP,
+    QUARANTINE_K_HELP,
+    QUARANTINE_M_HELP,
+    WEIGHT_CAP_HELP,
+    WEIGHTING_HELP,
+    rules,
+)
 
 console = Console(stderr=True, width=max(100, shutil.get_terminal_size().columns))
 
@@ -87,38 +95,11 @@ ATTACK = typer.Option(
 )
 ATTACKERS = typer.Option(0.2, min=0.0, max=1.0, help="Share of the devices that attack (drawn from --seed).")
 ATTACK_PARAM = typer.Option([], "--attack-param", help="An attack parameter, key=value (repeatable).")
-WEIGHTING = typer.Option(
-    "declared",
-    help="declared: an update weighs the training-shard size its device declared, capped at "
-    "--weight-cap x the round's median (a larger claim is refused); equal: every update weighs 1.",
-)
-WEIGHT_CAP = typer.Option(3.0, min=1.0, help="k: no update weighs more than k x the round's median.")
-GATE_MAX_DROP = typer.Option(
-    None,
-    min=0.0,
-    max=1.0,
-    help="Publication gate: hold a new model whose test accuracy falls more than this fraction "
-    "(0.02 = 2 points) below the published one's.",
-)
-QUARANTINE_K = typer.Option(
-    0, min=0, help="Stop selecting a device flagged in k of its last m scored rounds (0: off)."
-)
-QUARANTINE_M = typer.Option(5, min=1, help="m: the window of --quarantine-k.")
-
-
-def rules(
-    weighting: str, weight_cap: float, gate_max_drop: float | None, quarantine_k: int, quarantine_m: int
-) -> dict[str, Any]:
-    """The job's server rules (``JobSpec`` fields), for ``_base``'s map."""
-    out: dict[str, Any] = {
-        "weighting": weighting,
-        "weight_cap": weight_cap,
-        "quarantine_k": quarantine_k,
-        "quarantine_m": quarantine_m,
-    }
-    if gate_max_drop is not None:
-        out["gate_max_drop"] = gate_max_drop
-    return out
+WEIGHTING = typer.Option("declared", help=WEIGHTING_HELP)
+WEIGHT_CAP = typer.Option(3.0, min=1.0, help=WEIGHT_CAP_HELP)
+GATE_MAX_DROP = typer.Option(None, min=0.0, max=1.0, help=GATE_HELP)
+QUARANTINE_K = typer.Option(0, min=0, help=QUARANTINE_K_HELP)
+QUARANTINE_M = typer.Option(5, min=1, help=QUARANTINE_M_HELP)
 
 
 def _base(
