@@ -29,7 +29,8 @@ from qflare import localstack, operator, poison
 from qflare.attacks import Attack, select_attackers
 from qflare.crypto import read_key
 from qflare.errors import QflareError, StackError
-from qflare.fl import JobSpec
+from qflare.fl import JobSpec, build_strategy
+from qflare.fl.selection import fleet_round_size
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, init_identities, key_path, trusted_ring
 from qflare.kafka import KafkaSettings, assign_from_start, make_consumer, make_producer
 from qflare.protocol import Decoder, seal
@@ -39,6 +40,15 @@ from qflare.supervisor import Supervisor
 from qflare_cli.attack_options import ATTACK_HELP, ATTACK_PARAM_HELP, ATTACKERS_HELP, attack_option
 from qflare_cli.jobs import EVALUATION_HELP, evaluated, evaluation_setting, model_ref
 from qflare_cli.reports import DeviceReports, describe
+from qflare_cli.rule_options import (
+    GATE_HELP,
+    QUARANTINE_K_HELP,
+    QUARANTINE_M_HELP,
+    QUORUM_HELP,
+    WEIGHT_CAP_HELP,
+    WEIGHTING_HELP,
+    rules,
+)
 from qflare_cli.stack import quiet_clients
 from qflare_cli.strategy_options import MU_HELP, PARAM_HELP, STRATEGY_HELP, strategy_params
 from qflare_cli.supervised import metrics_ports, printer, start_services
@@ -81,21 +91,29 @@ def demo(
     attack: str | None = typer.Option(None, help=ATTACK_HELP),
     attackers: float = typer.Option(0.2, min=0.0, max=1.0, help=ATTACKERS_HELP),
     attack_param: list[str] | None = typer.Option(None, "--attack-param", help=ATTACK_PARAM_HELP),
+    weighting: str = typer.Option("declared", help=WEIGHTING_HELP),
+    weight_cap: float = typer.Option(3.0, min=1.0, help=WEIGHT_CAP_HELP),
+    quarantine_k: int = typer.Option(0, min=0, help=QUARANTINE_K_HELP),
+    quarantine_m: int = typer.Option(5, min=1, help=QUARANTINE_M_HELP),
+    gate_max_drop: float | None = typer.Option(None, min=0.0, max=1.0, help=GATE_HELP),
+    quorum: float = typer.Option(0.8, min=0.01, max=1.0, help=QUORUM_HELP),
 ) -> None:
     """Run the main job: federated training of a model on MNIST across simulated devices.
 
     Pick the aggregation algorithm with --strategy NAME and its parameters with repeated
-    --param key=value (`qflare jobs strategies` lists them).
+    --param key=value (`qflare jobs strategies` lists them). --attack NAME --attackers 0.2 makes
+    a share of the devices attackers; --weighting, --quarantine-k/--quarantine-m and
+    --gate-max-drop set the server's defences beyond the strategy.
     """
     quiet_clients()
     try:
-        job = JobSpec.parse(
+        job = demo_job(
             {
                 "model": model_ref(model),
                 "strategy": strategy_params(strategy, proximal_mu, param or ()),
                 "rounds": rounds,
                 "fraction": fraction,
-                "min_clients": min(2, devices),
+                "quorum": quorum,
                 "deadline_s": deadline_s,
                 "epochs": epochs,
                 "batch_size": batch,
@@ -104,8 +122,9 @@ def demo(
                 "dataset": dataset,
                 "partition": partition,
                 **evaluation_setting(evaluation),
+                **rules(weighting, weight_cap, gate_max_drop, quarantine_k, quarantine_m),
             },
-            where="",  # errors name the key as the options do: strategy.server_lr, rounds
+            devices,
         )
         chosen = attack_option(attack, attack_param or (), app)
     except QflareError as exc:
@@ -134,6 +153,23 @@ def demo(
     finally:
         if not (already_up or keep_stack):
             console.print("stopped: " + ", ".join(launcher.down(cfg)))
+
+
+def demo_job(settings: dict[str, Any], devices: int) -> JobSpec:
+    """The demo's job over a fleet of ``devices`` from the options' ``settings``.
+
+    ``min_clients`` is the round size selection gives the whole fleet
+    (``fleet_round_size``), as ``qflare sim`` sets it, so a bounded robust rule (Krum's
+    n >= 2f + 3, Bulyan's 4f + 3) is checked against the rounds the job will have, not
+    against a floor of 2 that refuses it at job start.
+    """
+    fraction = float(settings.get("fraction", 1.0))
+    job = JobSpec.parse(
+        {**settings, "min_clients": fleet_round_size(devices, fraction)},
+        where="",  # errors name the key as the options do: strategy.server_lr, rounds
+    )
+    build_strategy(job)  # the strategy's own checks (a robust rule's bound), before anything starts
+    return job
 
 
 class Run:

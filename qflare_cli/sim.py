@@ -38,9 +38,18 @@ from qflare.sim import (
 )
 from qflare.sim.attacks import AttackingTrainer, BackdoorScore, backdoor_success, poisoned_fleet
 from qflare.sim.plot import plot_accuracy
+from qflare.sim.rules import declared_sizes, evaluation_split
 from qflare.sim.sweep import apply, key_value, label, parse_grid, points, scalar
 from qflare.sim.trainers import Trainer, unsupported
 from qflare_cli.jobs import STRATEGY_HELP, model_ref
+from qflare_cli.rule_options import (
+    GATE_HELP,
+    QUARANTINE_K_HELP,
+    QUARANTINE_M_HELP,
+    WEIGHT_CAP_HELP,
+    WEIGHTING_HELP,
+    rules,
+)
 
 console = Console(stderr=True, width=max(100, shutil.get_terminal_size().columns))
 
@@ -86,6 +95,11 @@ ATTACK = typer.Option(
 )
 ATTACKERS = typer.Option(0.2, min=0.0, max=1.0, help="Share of the devices that attack (drawn from --seed).")
 ATTACK_PARAM = typer.Option([], "--attack-param", help="An attack parameter, key=value (repeatable).")
+WEIGHTING = typer.Option("declared", help=WEIGHTING_HELP)
+WEIGHT_CAP = typer.Option(3.0, min=1.0, help=WEIGHT_CAP_HELP)
+GATE_MAX_DROP = typer.Option(None, min=0.0, max=1.0, help=GATE_HELP)
+QUARANTINE_K = typer.Option(0, min=0, help=QUARANTINE_K_HELP)
+QUARANTINE_M = typer.Option(5, min=1, help=QUARANTINE_M_HELP)
 
 
 def _base(
@@ -147,7 +161,8 @@ def attacked(
         fleet = poisoned_fleet(fleet, attack, bad)
     # Batched training on a GPU evaluates there too; otherwise exactly as the aggregator does.
     gpu = trainer == "batched" and app_ref is None and _cuda(device)
-    evaluation = CentralEvaluation(fleet.test_images, fleet.test_labels, device="cuda" if gpu else None)
+    test_images, test_labels = evaluation_split(job, fleet.test_images, fleet.test_labels)
+    evaluation = CentralEvaluation(test_images, test_labels, device="cuda" if gpu else None)
     chosen: Trainer
     if app_ref is not None:
         from edge.loader import load_app
@@ -173,7 +188,18 @@ def attacked(
     if attack is not None:
         chosen = AttackingTrainer(chosen, attack, frozenset(bad), job.seed)
     score = None if attack is None else backdoor_success(attack, fleet)
-    return Simulation(job, fleet.ids, chosen, evaluation), score
+    # Every built-in device declares its training shard (an attacker its honest one, so a
+    # num_examples liar claims more than it declared); an --app fleet's sizes are its own claims.
+    sizes = [len(index) for index in fleet.train_index] if app_ref is None else None
+    sim_ = Simulation(
+        job,
+        fleet.ids,
+        chosen,
+        evaluation,
+        declared=None if sizes is None else declared_sizes(fleet.ids, sizes),
+        attackers=frozenset(fleet.ids[i] for i in bad),
+    )
+    return sim_, score
 
 
 def _cuda(device: str) -> bool:
@@ -257,6 +283,11 @@ def sim(
     attack: str | None = ATTACK,
     attackers: float = ATTACKERS,
     attack_param: list[str] = ATTACK_PARAM,
+    weighting: str = WEIGHTING,
+    weight_cap: float = WEIGHT_CAP,
+    gate_max_drop: float | None = GATE_MAX_DROP,
+    quarantine_k: int = QUARANTINE_K,
+    quarantine_m: int = QUARANTINE_M,
 ) -> None:
     """Run a job's rounds in this process: the strategy, selection, data split and seeds of the
     services, with no Kafka. One JSON line per round on stdout: round, accuracy, loss, seconds."""
@@ -267,6 +298,7 @@ def sim(
         base = _base(
             model, dataset, partition, devices, fraction, rounds, epochs, batch, lr, seed, strategy, param
         )
+        base.update(rules(weighting, weight_cap, gate_max_drop, quarantine_k, quarantine_m))
         job = JobSpec.parse(base)
         chosen = None if attack is None else parse_attack(attack, parse_params(attack_param))
         sim_, score = attacked(job, devices, app_ref, trainer, device, chosen, attackers)

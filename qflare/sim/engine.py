@@ -11,26 +11,33 @@ with the same code where it is pure:
    device-id order: ``begin_round``/``accumulate`` for a streaming strategy, the
    sorted list for a buffered one; ``aggregate`` gives the new global model;
 5. evaluate it centrally on the first 10,000 test examples, as the aggregator does.
+
+Between steps 3 and 5 the aggregator's server rules apply (``qflare.sim.rules``): each
+update's weight comes from the size its device declared (a larger claim is refused),
+a robust rule's anomaly scores flag updates (and may quarantine devices), and the
+publication gate can hold a candidate whose accuracy drops too far.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from qflare.errors import ConfigError, InvalidUpdateError
+from qflare.errors import AggregationError, ConfigError, InvalidUpdateError, Rejected
 from qflare.fl.arrays import NDArrays
 from qflare.fl.job import JobSpec, TrainConfig
 from qflare.fl.registry import build_strategy
 from qflare.fl.selection import select
 from qflare.fl.state import StrategyState
 from qflare.fl.strategy import RoundInput, Update
+from qflare.fl.weighting import RoundWeights, round_weights
 from qflare.ml import init_weights, layout
+from qflare.sim.rules import Flags, Watch
 from qflare.sim.trainers import DeviceResult, Trainer
 
 #: The aggregator's default number of test examples (``services.aggregator.config``).
@@ -51,14 +58,35 @@ class RoundRecord:
     #: Ditto/FedPer: the round's devices' personal accuracy on their own held-out splits.
     personal_accuracy_mean: float | None = None
     personal_accuracy_p10: float | None = None
+    #: Updates the weighting rule refused (a claim above the declared size, or none declared).
+    rejected: int = 0
+    #: A robust rule's round: the updates flagged (None when the rule gives no scores).
+    flags: Flags | None = None
+    #: The publication gate held the candidate (``accuracy`` is then the published model's).
+    held: bool = False
+    candidate_accuracy: float | None = None
+    #: Devices no longer selected because they were quarantined (cumulative).
+    suspended: int = 0
+    #: Why the round closed without a new model (too few updates for the rule's bound).
+    unclosed: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        personal = {}
+        personal: dict[str, Any] = {}
         if self.personal_accuracy_mean is not None:
             personal = {
                 "personal_accuracy_mean": self.personal_accuracy_mean,
                 "personal_accuracy_p10": self.personal_accuracy_p10,
             }
+        if self.flags is not None:
+            personal["flagged"] = self.flags.flagged
+            personal["flagged_attackers"] = self.flags.attackers
+        if self.held or self.candidate_accuracy is not None:
+            personal["held"] = self.held
+            personal["candidate_accuracy"] = self.candidate_accuracy
+        if self.suspended:
+            personal["suspended"] = self.suspended
+        if self.unclosed is not None:
+            personal["unclosed"] = self.unclosed
         return {
             "round": self.round,
             "accuracy": self.accuracy,
@@ -67,6 +95,7 @@ class RoundRecord:
             "seconds": round(self.seconds, 4),
             "participants": self.participants,
             "failed": self.failed,
+            "rejected": self.rejected,
             **personal,
         }
 
@@ -144,9 +173,17 @@ class Simulation:
     weights: NDArrays = field(default_factory=list)
     names: tuple[str, ...] = ()
     state: StrategyState | None = None
+    #: Device -> the dataset size it declared at enrolment. None: nobody declared, and each
+    #: update weighs its own claim (a ``--app`` fleet, whose sizes are not known beforehand).
+    declared: Mapping[str, int | None] | None = None
+    #: The attacker devices, only to report how many flagged updates were theirs.
+    attackers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self.strategy = build_strategy(self.job)
+        self.watch = Watch(self.job, self.attackers)
+        #: The published model's accuracy, for the publication gate (evaluated when first needed).
+        self._published: float | None = None
         if not self.weights:
             arch = self.job.builtin
             if arch is None:
@@ -171,10 +208,13 @@ class Simulation:
     def selected(self, round_no: int) -> list[str]:
         if self.selection is not None:
             return sorted(self.selection(round_no))
-        chosen = select(list(self.ids), self.job, round_no)
+        # Quarantined devices are suspended: the scheduler selects only active ones.
+        available = [d for d in self.ids if d not in self.watch.suspended]
+        chosen = select(available, self.job, round_no)
         if chosen is None:
             raise ConfigError(
-                f"{len(self.ids)} devices, the job needs at least {self.job.min_clients}", field="devices"
+                f"{len(available)} devices available, the job needs at least {self.job.min_clients}",
+                field="devices",
             )
         return chosen
 
@@ -194,7 +234,10 @@ class Simulation:
                 round_no, [self._index[d] for d in devices], self.weights, config, extra
             )
             results.update(zip(devices, trained, strict=True))
-        updates, failed = self._accepted(results)
+        rule = None
+        if self.declared is not None:
+            rule = round_weights(self.job.weighting, self.job.weight_cap, chosen, self.declared)
+        updates, failed, rejected = self._accepted(results, rule)
         if not updates:
             raise ConfigError(f"round {round_no}: no device sent a usable update", field="updates")
         round_input: RoundInput
@@ -206,11 +249,28 @@ class Simulation:
             round_input = sums
         else:
             round_input = updates
-        new, self.state = self.strategy.aggregate(self.state, round_input, self.weights)
-        self.weights = [np.ascontiguousarray(w, dtype=np.float32) for w in new]
-        accuracy = loss = None
+        try:
+            flags = self.watch.scored(self.strategy, self.state, updates, self.weights)
+            new, state = self.strategy.aggregate(self.state, round_input, self.weights)
+        except AggregationError as exc:
+            # Too few updates left for the rule's bound (e.g. refused over-claims): the round
+            # closes without a new model, as the aggregator's failed round does.
+            return self._unclosed(round_no, began, updates, failed, rejected, str(exc))
+        candidate = [np.ascontiguousarray(w, dtype=np.float32) for w in new]
+        accuracy = loss = candidate_accuracy = None
+        held = False
         if self.evaluation is not None and self.job.builtin is not None:
-            loss, accuracy = self.evaluation(self.job.builtin, self.weights)
+            loss, accuracy = self.evaluation(self.job.builtin, candidate)
+            held = self._gate_holds(accuracy)
+        if held:
+            # Not promoted: the round's base model (and the strategy's state) stay published.
+            candidate_accuracy = accuracy
+            accuracy = self._published
+        else:
+            self.weights, self.state = candidate, state
+            self._published = accuracy
+            if self.job.gate_max_drop is not None:
+                candidate_accuracy = accuracy
         mean, p10 = personal_summary(
             [u.metrics["personal_accuracy"] for u in updates if "personal_accuracy" in u.metrics]
         )
@@ -224,7 +284,40 @@ class Simulation:
             failed=failed,
             personal_accuracy_mean=mean,
             personal_accuracy_p10=p10,
+            rejected=rejected,
+            flags=flags,
+            held=held,
+            candidate_accuracy=candidate_accuracy,
+            suspended=len(self.watch.suspended),
         )
+
+    def _unclosed(
+        self, round_no: int, began: float, updates: Sequence[Update], failed: int, rejected: int, why: str
+    ) -> RoundRecord:
+        accuracy = loss = None
+        if self.evaluation is not None and self.job.builtin is not None:
+            loss, accuracy = self.evaluation(self.job.builtin, self.weights)
+        return RoundRecord(
+            round=round_no,
+            accuracy=accuracy,
+            loss=loss,
+            train_loss=_train_loss(updates),
+            seconds=time.perf_counter() - began,
+            participants=len(updates),
+            failed=failed,
+            rejected=rejected,
+            unclosed=why,
+            suspended=len(self.watch.suspended),
+        )
+
+    def _gate_holds(self, accuracy: float) -> bool:
+        """Whether the publication gate refuses a candidate of ``accuracy`` (False with no gate)."""
+        drop = self.job.gate_max_drop
+        if drop is None or self.evaluation is None or self.job.builtin is None:
+            return False
+        if self._published is None:
+            self._published = self.evaluation(self.job.builtin, self.weights)[1]
+        return accuracy < self._published - drop
 
     def final_personal(self) -> dict[str, Any] | None:
         """Ditto/FedPer: every device's personal accuracy now (not only the last round's), summarised.
@@ -244,11 +337,14 @@ class Simulation:
             "personal_accuracy_p10": p10,
         }
 
-    def _accepted(self, results: dict[str, DeviceResult]) -> tuple[list[Update], int]:
-        """The updates the aggregator's checks would accept, in device-id order; and the rest's count."""
+    def _accepted(
+        self, results: dict[str, DeviceResult], rule: RoundWeights | None
+    ) -> tuple[list[Update], int, int]:
+        """The updates the aggregator's checks would accept, in device-id order, each weighted by
+        ``rule``; the count of failed or malformed ones, and of those the weighting refused."""
         shapes = [tuple(w.shape) for w in self.weights]
         spec = self.strategy.update_spec(self.names, shapes)
-        updates, failed = [], 0
+        updates, failed, rejected = [], 0, 0
         for device in sorted(results):
             result = results[device]
             if result.failure is not None or result.num_examples < 1:
@@ -259,11 +355,18 @@ class Simulation:
             except InvalidUpdateError:
                 failed += 1
                 continue
+            weight = result.num_examples
+            if rule is not None and self.declared is not None:
+                try:
+                    weight = rule.weight(device, result.num_examples, self.declared.get(device))
+                except Rejected:
+                    rejected += 1
+                    continue
             groups = {
                 g: [np.asarray(a, dtype=np.float32) for a in arrays] for g, arrays in result.groups.items()
             }
-            updates.append(Update(device, groups, result.num_examples, result.metrics))
-        return updates, failed
+            updates.append(Update(device, groups, weight, result.metrics))
+        return updates, failed, rejected
 
 
 def _train_loss(updates: Sequence[Update]) -> float | None:

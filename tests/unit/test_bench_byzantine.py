@@ -1,0 +1,58 @@
+"""``bench/byzantine.py``: the matrix code on a 2 × 2 grid of one round, the goals and the resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.byzantine import Settings, goals, main, render, strategy
+
+
+def test_a_small_grid_writes_cells_resumes_and_ends_with_the_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cells.jsonl"
+    args = ["--splits", "iid", "--defences", "fedavg,median", "--attacks", "none,sign_flip"]
+    args += ["--devices", "20", "--fraction", "0.5", "--rounds", "1", "--out", str(out)]
+    result = main(args)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == result
+    table = result["matrix"]["iid"]
+    assert set(table) == {"fedavg", "median"} and set(table["median"]) == {"none", "sign_flip"}
+    assert all(0.0 < cell["accuracy"] <= 1.0 for row in table.values() for cell in row.values())
+    assert len(out.read_text().splitlines()) == 4
+    assert main(args) == result  # every cell read back, none run again
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_each_rule_gets_the_largest_f_its_bound_allows() -> None:
+    s = Settings()  # n = 10
+    assert strategy("median", s)["num_byzantine"] == 4
+    assert strategy("krum", s)["num_byzantine"] == 3
+    assert strategy("bulyan", s)["num_byzantine"] == 1
+    assert strategy("trimmed_mean", s) == {"name": "trimmed_mean", "beta": 0.2}
+    assert strategy("fedavg", s) == {"name": "fedavg"}
+
+
+def test_goals_are_computed_from_the_numbers() -> None:
+    m = {
+        "iid": {
+            "fedavg": {
+                "none": {"accuracy": 0.90},
+                "sign_flip": {"accuracy": 0.10},
+                "backdoor": {"accuracy": 0.89, "backdoor_success": 0.9},
+            },
+            "median": {
+                "none": {"accuracy": 0.885},
+                "sign_flip": {"accuracy": 0.89},
+                "backdoor": {"accuracy": 0.88, "backdoor_success": 0.03},
+            },
+        }
+    }
+    g = goals(m)["iid"]
+    assert g["untargeted"]["sign_flip"] == {"best": "median", "accuracy": 0.89, "gap": 0.01, "met": True}
+    assert g["backdoor"]["lowest"] == "median" and g["backdoor"]["met"]
+    assert g["no_attack_loss"] == {"fedavg": 0.0, "median": 0.015} and not g["no_attack_met"]
+    assert "88.0/3.0" in render(m) and "89.0/90.0" in render(m)
