@@ -105,9 +105,7 @@ def test_without_declarations_each_update_weighs_its_own_claim() -> None:
 
 
 def test_a_robust_rule_flags_the_outlier_and_quarantine_stops_selecting_it() -> None:
-    job = _job(
-        strategy={"name": "median", "num_byzantine": 1}, rounds=2, quarantine_k=1, quarantine_m=2
-    )
+    job = _job(strategy={"name": "median", "num_byzantine": 1}, rounds=2, quarantine_k=1, quarantine_m=2)
     ids = device_ids(5)
     sim = Simulation(
         job,
