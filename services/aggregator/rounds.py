@@ -12,11 +12,13 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from qflare.errors import Rejected
 from qflare.fl import RoundSums, Update
 from qflare.fl.buffer import UpdateBuffer
 from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round, personal_summary
 from qflare.protocol.training import RoundTask
-from services.aggregator.weights import RoundWeighting
+from qflare.reasons import Reason
+from services.aggregator.weights import DeviceBook, RoundWeighting, check_sender
 
 COMPLETED = "completed"
 QUORUM_NOT_MET = "quorum_not_met"
@@ -193,3 +195,16 @@ def round_metrics(
     out.update(evaluation or {})
     # The wire refuses NaN and infinities in metrics (a diverged model can have an infinite test loss).
     return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+def check_round_sender(book: DeviceBook, rnd: OpenRound, device_id: str, message_id: bytes) -> None:
+    """``check_sender`` for a device selected for ``rnd``. A device suspended after the round
+    opened can never answer it, so its refusal is counted as its answer (a failed reply,
+    reason ``suspended``): the round closes once everyone else is in instead of waiting out
+    its deadline for an update that cannot come. The refusal is still raised (and audited)."""
+    try:
+        check_sender(book, device_id)
+    except Rejected:
+        if rnd.answer(device_id) is None:
+            rnd.include(Included(device_id, message_id, 0, None, failure=Reason.SUSPENDED.value))
+        raise

@@ -81,9 +81,9 @@ from services.aggregator.intake import Intake
 from services.aggregator.jobs import Job
 from services.aggregator.model_store import ModelStore
 from services.aggregator.publisher import SERVICE, Publisher
-from services.aggregator.rounds import Included, OpenRound
+from services.aggregator.rounds import Included, OpenRound, check_round_sender
 from services.aggregator.store import AggregatorStore
-from services.aggregator.weights import DeviceBook, RoundWeighting, check_sender, weigh
+from services.aggregator.weights import DeviceBook, RoundWeighting, weigh
 
 log = structlog.get_logger("qflare.aggregator")
 
@@ -391,7 +391,7 @@ class AggregatorService(BatchLoop):
             batch.touched[claimed.key] = claimed
         try:
             rnd = find_round(update, sender=head.sender, header_round=head.round, rounds=self.rounds)
-            check_sender(self.book, head.sender)
+            check_round_sender(self.book, rnd, head.sender, head.id)
             job, weight = self.jobs[rnd.job_id], update.num_examples
             if rnd.evaluate_only:
                 check_evaluation_reply(update, message_id=head.id, rnd=rnd)
@@ -444,7 +444,7 @@ class AggregatorService(BatchLoop):
             batch.touched[claimed.key] = claimed
         try:
             rnd = find_round(failure, sender=head.sender, header_round=head.round, rounds=self.rounds)
-            check_sender(self.book, head.sender)
+            check_round_sender(self.book, rnd, head.sender, head.id)
             check_answer(failure, message_id=head.id, rnd=rnd)
         except Rejected as exc:
             if claimed is not None:

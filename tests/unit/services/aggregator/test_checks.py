@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qflare.crypto import generate_key
 from qflare.errors import InvalidUpdateError, Rejected
 from qflare.fl import WEIGHTS, FedAvg, FixedPoint, Update
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor
+from qflare.protocol.devices import Device
 from qflare.protocol.training import ModelUpdate, RoundFailure, RoundTask
 from qflare.reasons import Reason
 from qflare.types import Scalar
@@ -21,7 +23,8 @@ from services.aggregator.checks import (
     out_of_range,
 )
 from services.aggregator.models import Layout
-from services.aggregator.rounds import Included, OpenRound
+from services.aggregator.rounds import Included, OpenRound, check_round_sender
+from services.aggregator.weights import DeviceBook
 
 LAYOUT = Layout.of("2nn")
 SPEC = FedAvg().update_spec(LAYOUT.names, LAYOUT.shapes)
@@ -168,3 +171,22 @@ def test_a_failed_reply_is_checked_like_an_update() -> None:
     assert _failure_reason(failure, rnd) == Reason.REPLAY
     assert _failure_reason(failure, rnd, message_id=b"\x02" * 16) == Reason.DUPLICATE
     assert _reason(_update(), rnd, message_id=b"\x03" * 16) == Reason.DUPLICATE
+
+
+def test_a_device_suspended_mid_round_counts_as_answered_so_the_round_need_not_wait() -> None:
+    book = DeviceBook()
+    key = generate_key().public_key
+    book.apply(Device("a", "active", key, 1, 1, revision=1))
+    book.apply(Device("b", "suspended", key, 1, 1, revision=2))
+    rnd = _round()
+    check_round_sender(book, rnd, "a", MSG_ID)  # active: nothing recorded
+    assert rnd.answer("a") is None
+    rnd.include(Included("a", MSG_ID, 10, 0.5))
+    assert rnd.decide(None) is None  # "b" has not answered
+    for _ in range(2):  # a second refusal records nothing more
+        with pytest.raises(Rejected) as err:
+            check_round_sender(book, rnd, "b", b"\x02" * 16)
+        assert err.value.reason == Reason.SUSPENDED
+    assert list(rnd.failed) == ["b"] and rnd.failed["b"].failure == "suspended"
+    assert len(rnd.pending) == 2
+    assert rnd.decide(None) == "completed"  # decided at once, without waiting for the deadline
