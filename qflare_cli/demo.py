@@ -28,7 +28,7 @@ from edge.simulator.observer import FleetObserver, wait_until
 from qflare import localstack, operator, poison
 from qflare.attacks import Attack, select_attackers
 from qflare.crypto import read_key
-from qflare.errors import QflareError, StackError
+from qflare.errors import ConfigError, QflareError, StackError
 from qflare.fl import JobSpec, build_strategy
 from qflare.fl.selection import fleet_round_size
 from qflare.identity import DEFAULT_KEYS_DIR, TrustedKeys, init_identities, key_path, trusted_ring
@@ -56,6 +56,9 @@ from qflare_cli.supervised import metrics_ports, printer, start_services
 # Wide enough for a round line and the summary when output is piped (rich assumes 80 then).
 console = Console(stderr=True, width=max(120, shutil.get_terminal_size().columns))
 KEYS_DIR = DEFAULT_KEYS_DIR
+#: A round with either status is done: a held one (the publication gate kept the published
+#: version) moves the job on like a completed one.
+FINISHED = ("completed", "held")
 
 
 def demo(
@@ -91,7 +94,9 @@ def demo(
     attack: str | None = typer.Option(None, help=ATTACK_HELP),
     attackers: float = typer.Option(0.2, min=0.0, max=1.0, help=ATTACKERS_HELP),
     attack_param: list[str] | None = typer.Option(None, "--attack-param", help=ATTACK_PARAM_HELP),
-    weighting: str = typer.Option("declared", help=WEIGHTING_HELP),
+    weighting: str | None = typer.Option(
+        None, help=WEIGHTING_HELP + " Default: declared, or equal with --app (a user's app declares no size)."
+    ),
     weight_cap: float = typer.Option(3.0, min=1.0, help=WEIGHT_CAP_HELP),
     quarantine_k: int = typer.Option(0, min=0, help=QUARANTINE_K_HELP),
     quarantine_m: int = typer.Option(5, min=1, help=QUARANTINE_M_HELP),
@@ -122,7 +127,13 @@ def demo(
                 "dataset": dataset,
                 "partition": partition,
                 **evaluation_setting(evaluation),
-                **rules(weighting, weight_cap, gate_max_drop, quarantine_k, quarantine_m),
+                **rules(
+                    weighting or ("equal" if app else "declared"),
+                    weight_cap,
+                    gate_max_drop,
+                    quarantine_k,
+                    quarantine_m,
+                ),
             },
             devices,
         )
@@ -186,6 +197,13 @@ class Run:
         attack: Attack | None = None,
         attackers: float = 0.0,
     ) -> None:
+        if app is not None and job.weighting == "declared":
+            # A user's app reports its dataset size only in its updates: nothing is declared at
+            # enrolment, so the aggregator would refuse every update (reason ``undeclared``).
+            raise ConfigError(
+                "weighting: devices training a user app (--app) declare no dataset size at "
+                "enrolment; run the job with weighting 'equal' (--weighting equal)"
+            )
         self.on_round = on_round
         #: Attacker devices (``qflare.attacks``): the attack, and the share of the fleet running it.
         self.attack, self.attackers = attack, attackers
@@ -310,7 +328,7 @@ class Run:
             with Progress(*columns, console=console, transient=True) as bar:
                 overall = bar.add_task("rounds", total=total)
                 current = bar.add_task("round 1: training on devices", total=None)
-                while sum(r.status == "completed" for r in done) < total:
+                while sum(r.status in FINISHED for r in done) < total:
                     self._check_processes()
                     for records in (await consumer.getmany(timeout_ms=500)).values():
                         for record in records:
@@ -325,7 +343,7 @@ class Run:
                             self._print_round(rc, on_devices)
                             if self.on_round is not None:
                                 self.on_round(rc)
-                            bar.update(overall, completed=sum(r.status == "completed" for r in done))
+                            bar.update(overall, completed=sum(r.status in FINISHED for r in done))
                             bar.update(current, description=f"round {rc.round + 1}: training on devices")
         finally:
             await consumer.stop()
@@ -399,7 +417,9 @@ class Run:
         table.add_row(
             "job", f"{self.job_id} ({self.job.model}, {self.job.strategy.name}, {self.devices} devices)"
         )
-        table.add_row("rounds", f"{len(completed)} completed, {len(results) - len(completed)} retried")
+        held = sum(r.status == "held" for r in results)
+        retried = len(results) - len(completed) - held
+        table.add_row("rounds", f"{len(completed)} completed, {held} held, {retried} retried")
         final = completed[-1] if completed else None
         table.add_row(
             "final accuracy",

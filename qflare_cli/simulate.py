@@ -54,7 +54,8 @@ def simulate(
     app: str | None = typer.Option(
         None,
         help="package.module:attribute of a DeviceApp every device runs when a round selects it "
-        "(device i gets partition i of --devices); the current directory is importable.",
+        "(device i gets partition i of --devices); the current directory is importable. Such devices "
+        "declare no dataset size, so their job needs weighting 'equal'.",
     ),
     attack: str | None = typer.Option(None, help=ATTACK_HELP + " The devices then train the built-in app."),
     attackers: float = typer.Option(0.2, min=0.0, max=1.0, help=ATTACKERS_HELP),

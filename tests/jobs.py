@@ -5,7 +5,10 @@ from __future__ import annotations
 from qflare.fl import JobSpec
 
 
-def small_fedavg_job(*, rounds: int, seed: int, deadline_s: float = 300.0, quorum: float = 0.8) -> JobSpec:
+def small_fedavg_job(
+    *, rounds: int, seed: int, deadline_s: float = 300.0, quorum: float = 0.8, weighting: str = "declared"
+) -> JobSpec:
+    """``weighting="equal"`` for devices that declare no dataset size (a user's app)."""
     return JobSpec.parse(
         {
             "model": "builtin:2nn",
@@ -21,5 +24,6 @@ def small_fedavg_job(*, rounds: int, seed: int, deadline_s: float = 300.0, quoru
             "seed": seed,
             "dataset": "mnist",
             "partition": "iid",
+            "weighting": weighting,
         }
     )

@@ -106,6 +106,8 @@ def test_an_example_trains_through_the_services_and_reaches_its_bar(
             "lr": example.lr,
             "seed": 4,
             "evaluation": "federated",
+            # An app reports its size only in its updates: nothing is declared at enrolment.
+            "weighting": "equal",
         }
     )
     seen: list[RoundComplete] = []

@@ -36,7 +36,7 @@ BROKEN_APP = "tests.apps.broken:app"
 
 def test_a_fleet_trains_with_a_user_app_loaded_by_name() -> None:
     seen: list[RoundComplete] = []
-    job = small_fedavg_job(rounds=2, seed=5)
+    job = small_fedavg_job(rounds=2, seed=5, weighting="equal")  # an app declares no size
     run = Run(devices=3, processes=1, seed=5, job=job, as_json=False, on_round=seen.append, app=SHIFT_APP)
     run.execute()
     ids = [f"dev-{run.run_id}-{i:03d}" for i in range(3)]
@@ -148,7 +148,7 @@ def test_devices_whose_app_cannot_load_heartbeat_while_rounds_complete_without_t
 
     # Two of the four selected devices send updates, the other two failed replies: a quorum of half
     # is met, and everyone answered, so each round closes without waiting for its deadline.
-    job = small_fedavg_job(rounds=2, seed=6, deadline_s=15.0, quorum=0.5)
+    job = small_fedavg_job(rounds=2, seed=6, deadline_s=15.0, quorum=0.5, weighting="equal")
     run = RunWithBrokenDevices(
         state=tmp_path / "edge",
         devices=2,

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qflare.errors import ConfigError
-from qflare_cli.demo import demo_job
+from qflare_cli.demo import Run, demo_job
 from qflare_cli.main import app as main_app
 from qflare_cli.rule_options import rules
 
@@ -55,3 +55,15 @@ def test_demo_help_explains_the_rule_options() -> None:
     for option in ("--weighting", "--weight-cap", "--quarantine-k", "--quarantine-m", "--gate-max-drop"):
         assert option in text
     assert "declared" in text and "0.02 = 2 points" in text
+
+
+def test_a_user_app_fleet_needs_equal_weighting_because_it_declares_no_size() -> None:
+    declared = demo_job(_settings(strategy={"name": "fedavg"}), 3)
+    with pytest.raises(ConfigError) as info:
+        Run(devices=3, processes=1, seed=0, job=declared, as_json=False, app="tests.apps.shift:app")
+    assert str(info.value).startswith("weighting:") and "--weighting equal" in str(info.value)
+    equal = demo_job(_settings(strategy={"name": "fedavg"}, weighting="equal"), 3)
+    run = Run(devices=3, processes=1, seed=0, job=equal, as_json=False, app="tests.apps.shift:app")
+    assert run.job.weighting == "equal"
+    # Without an app the fleet declares its shard sizes, so the default stands.
+    assert Run(devices=3, processes=1, seed=0, job=declared, as_json=False).job.weighting == "declared"
