@@ -21,6 +21,7 @@ from qflare.crypto import KeyFile
 from qflare.errors import ProtocolError
 from qflare.identity import trusted_ring
 from qflare.kafka import KafkaSettings, make_admin, make_consumer, make_producer, partitions, replay
+from qflare.operator import FleetView, read_fleet
 from qflare.protocol import Body, Channel, Decoder, KeyRing
 from qflare.protocol.control import AuditEvent
 from qflare.protocol.topics import Topics, TopicSpec
@@ -182,3 +183,21 @@ async def delete_to_end(kafka: KafkaSettings, spec: TopicSpec) -> dict[TopicPart
     finally:
         await admin.close()
     return ends
+
+
+async def fleet_state(
+    kafka: KafkaSettings, keys_dir: Path, check: Callable[[FleetView], bool], timeout_s: float = 60
+) -> FleetView:
+    """The fleet as the operator reads it, once ``check`` holds for it (a device it names may not
+    be there yet: a ``KeyError`` means "not yet"); ``AssertionError`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        view = await read_fleet(kafka, keys_dir)
+        try:
+            if check(view):
+                return view
+        except KeyError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"fleet state not reached in {timeout_s} s: {sorted(view.devices)}")
+        await asyncio.sleep(0.5)

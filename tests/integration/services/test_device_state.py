@@ -33,7 +33,7 @@ from tests.integration.services.aggregator_harness import (
     rejections,
     round_results,
 )
-from tests.integration.services.harness import Fleet, RegistryProcess, audit_events
+from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, fleet_state
 
 
 def _free_port() -> int:
@@ -139,12 +139,12 @@ async def test_the_registry_answers_a_forged_tombstone_or_old_record_with_the_cu
     def both(v: operator.FleetView) -> bool:
         return kept.device_id in v.devices and gone.device_id in v.devices
 
-    await _until(kafka, keys_dir, both)
+    await fleet_state(kafka, keys_dir, both)
     first = await _raw_value(kafka, t, gone.device_id)  # the signed "active" record, revision 1
     assert await operator.send_command(
         kafka, operator_id, RegistryCommand("revoke", gone.device_id, (), 0, {}), keys_dir=keys_dir
     )
-    await _until(kafka, keys_dir, lambda v: v.devices[gone.device_id].status == "revoked")
+    await fleet_state(kafka, keys_dir, lambda v: v.devices[gone.device_id].status == "revoked")
     await _send(kafka, t.devices.name, gone.device_id, first)
     await _send(kafka, t.devices.name, kept.device_id, None)
     await _send(kafka, t.devices.name, kept.device_id, b"\x93junk")  # unverifiable bytes, too
@@ -177,7 +177,7 @@ async def test_the_registry_answers_a_forged_tombstone_or_old_record_with_the_cu
     assert await operator.send_command(
         kafka, operator_id, RegistryCommand("delete", kept.device_id, (), 0, {}), keys_dir=keys_dir
     )
-    await _until(kafka, keys_dir, lambda v: kept.device_id not in v.devices)
+    await fleet_state(kafka, keys_dir, lambda v: kept.device_id not in v.devices)
     assert registry.alive
 
 
@@ -187,19 +187,3 @@ async def _raw_value(kafka: KafkaSettings, t: Topics, device_id: str) -> bytes:
             if record.key == device_id.encode() and record.value is not None:
                 return bytes(record.value)
     raise AssertionError(f"no record of {device_id}")
-
-
-async def _until(
-    kafka: KafkaSettings, keys_dir: Path, check: Any, timeout_s: float = 60
-) -> operator.FleetView:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        view = await operator.read_fleet(kafka, keys_dir)
-        try:
-            if check(view):
-                return view
-        except KeyError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fleet state not reached in {timeout_s} s: {sorted(view.devices)}")
-        await asyncio.sleep(0.5)

@@ -8,10 +8,8 @@ the device id and key id, so one seen on the topic enrols nothing else.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 from edge.runtime import enrolment
 from qflare import operator
@@ -21,27 +19,11 @@ from qflare.kafka import KafkaSettings, make_producer, read_to_end, replay
 from qflare.protocol import seal
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import Enrollment
-from tests.integration.services.harness import Fleet, RegistryProcess, audit_events
+from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, fleet_state
 
 
 def _reasons(events: list[AuditEvent], subject: str) -> list[str]:
     return [e.reason for e in events if e.event == "message.rejected" and e.subject == subject]
-
-
-async def _view(
-    kafka: KafkaSettings, keys_dir: Path, check: Any, timeout_s: float = 60
-) -> operator.FleetView:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        view = await operator.read_fleet(kafka, keys_dir)
-        try:
-            if check(view):
-                return view
-        except KeyError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fleet state not reached in {timeout_s} s: {sorted(view.devices)}")
-        await asyncio.sleep(0.5)
 
 
 async def test_a_rotation_window_needs_the_current_keys_proof_or_the_named_key(
@@ -57,7 +39,7 @@ async def test_a_rotation_window_needs_the_current_keys_proof_or_the_named_key(
     fleet.add(named_id, tokens[0]).enrol()
     old = fleet.add(proven_id, tokens[1])
     old.enrol()
-    await _view(kafka, keys_dir, lambda v: named_id in v.devices and proven_id in v.devices)
+    await fleet_state(kafka, keys_dir, lambda v: named_id in v.devices and proven_id in v.devices)
 
     # 1. The operator names the new key: only that key may take over.
     wanted, thief = generate_key(), generate_key()
@@ -81,7 +63,7 @@ async def test_a_rotation_window_needs_the_current_keys_proof_or_the_named_key(
     def rotated(v: operator.FleetView) -> bool:
         return v.devices[named_id].key_id == wanted.key_id and v.devices[proven_id].key_id == new.key_id
 
-    view = await _view(kafka, keys_dir, rotated)
+    view = await fleet_state(kafka, keys_dir, rotated)
     assert view.devices[named_id].status == view.devices[proven_id].status == "active"
     assert registry.alive
 
@@ -116,7 +98,7 @@ async def test_the_token_never_travels_and_a_seen_mac_enrols_no_other_key(
         await producer.stop()
     await audit_events(kafka, keys_dir, lambda ev: "token_mac" in _reasons(ev, device_id))
     device.enrol()
-    view = await _view(kafka, keys_dir, lambda v: device_id in v.devices)
+    view = await fleet_state(kafka, keys_dir, lambda v: device_id in v.devices)
     assert view.devices[device_id].key_id == device.key.key_id
 
     # Neither the topic nor the device's spool holds the token.

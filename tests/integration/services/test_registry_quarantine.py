@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from qflare.protocol.devices import DECLARED_EXAMPLES_LABEL, MAX_EXAMPLES_LABEL,
 from qflare.protocol.envelope import new_message_id
 from qflare.reasons import Reason
 from qflare_cli.main import app
-from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, read_topic
+from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, fleet_state, read_topic
 
 LIMIT = 100_000
 
@@ -53,22 +52,6 @@ def registry(
     proc.start()
     yield proc
     proc.stop()
-
-
-async def _view(
-    kafka: KafkaSettings, keys_dir: Path, check: Callable[[operator.FleetView], bool], timeout_s: float = 60
-) -> operator.FleetView:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        view = await operator.read_fleet(kafka, keys_dir)
-        try:
-            if check(view):
-                return view
-        except KeyError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fleet state not reached in {timeout_s} s: {view.devices}")
-        await asyncio.sleep(0.5)
 
 
 async def _send(kafka: KafkaSettings, topic: str, key: str, value: bytes) -> None:
@@ -119,7 +102,7 @@ async def test_a_declared_size_is_kept_only_within_what_the_operator_approved(
 
     # The refusal left the token unused: declaring what the operator approved enrols with it.
     fleet.add(liar, tokens[1], num_examples=600).enrol()
-    view = await _view(kafka, keys_dir, lambda v: honest in v.devices and liar in v.devices)
+    view = await fleet_state(kafka, keys_dir, lambda v: honest in v.devices and liar in v.devices)
     assert view.devices[honest].labels[DECLARED_EXAMPLES_LABEL] == "540"
     assert view.devices[honest].labels[MAX_EXAMPLES_LABEL] == "600"
     assert view.devices[liar].labels[DECLARED_EXAMPLES_LABEL] == "600"
@@ -159,7 +142,7 @@ async def test_the_aggregator_suspends_and_only_an_operator_reinstates(
     device = fleet.add(flagged, tokens[0], num_examples=100)
     device.enrol()
     fleet.add(other, tokens[1], num_examples=100).enrol()
-    await _view(kafka, keys_dir, lambda v: flagged in v.devices and other in v.devices)
+    await fleet_state(kafka, keys_dir, lambda v: flagged in v.devices and other in v.devices)
 
     labels = {"job_id": f"job-{unique}", "rounds": "3,4,5", "reason": "flagged 3 of 5"}
     sent = await _command(
@@ -170,7 +153,7 @@ async def test_the_aggregator_suspends_and_only_an_operator_reinstates(
     assert suspended.subject == flagged and suspended.severity == "warning" and suspended.ref_id == sent
     assert suspended.reason == "flagged 3 of 5" and suspended.detail["by"] == "aggregator"
     assert suspended.detail["job_id"] == labels["job_id"] and suspended.detail["rounds"] == "3,4,5"
-    view = await _view(kafka, keys_dir, lambda v: v.devices[flagged].status == "suspended")
+    view = await fleet_state(kafka, keys_dir, lambda v: v.devices[flagged].status == "suspended")
     assert view.devices[flagged].labels[DECLARED_EXAMPLES_LABEL] == "100"
 
     # Still enrolled: its heartbeats are accepted (it comes online), and a restart's re-enrolment too.
@@ -220,7 +203,7 @@ async def test_the_aggregator_suspends_and_only_an_operator_reinstates(
         CliRunner().invoke, app, ["devices", "reinstate", flagged, "--keys-dir", str(keys_dir)]
     )
     assert again.exit_code == 1 and "not_suspended" in again.output, again.output
-    view = await _view(kafka, keys_dir, lambda v: v.devices[flagged].status == "active")
+    view = await fleet_state(kafka, keys_dir, lambda v: v.devices[flagged].status == "active")
     events = await audit_events(kafka, keys_dir, lambda ev: any(e.event == "device.reinstated" for e in ev))
     (reinstated,) = [e for e in events if e.event == "device.reinstated"]
     assert reinstated.subject == flagged and reinstated.detail["by"] == "operator"
