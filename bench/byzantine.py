@@ -119,6 +119,10 @@ def strategy(defence: str, s: Settings) -> dict[str, Any]:
         params["num_byzantine"] = max(0, min(s.f, MAX_F[defence](round_size(s))))
     if defence == "trimmed_mean":
         params["beta"] = s.beta
+    if defence == "fltrust":
+        # The server takes as many SGD steps on its 100 root images as an average device on its
+        # 60,000 / devices examples (FLTrust rescales every device delta to the server's norm).
+        params["root_epochs"] = max(1, round(60_000 / s.devices / 100))
     return params
 
 

@@ -34,6 +34,8 @@ def test_each_rule_gets_the_largest_f_its_bound_allows() -> None:
     assert strategy("bulyan", s)["num_byzantine"] == 1
     assert strategy("trimmed_mean", s) == {"name": "trimmed_mean", "beta": 0.2}
     assert strategy("fedavg", s) == {"name": "fedavg"}
+    # The server trains its 100 root images as many steps as a device its 600.
+    assert strategy("fltrust", s) == {"name": "fltrust", "root_epochs": 6}
 
 
 def test_goals_are_computed_from_the_numbers() -> None:

@@ -39,6 +39,15 @@ RootTrainer = Callable[[Sequence[NDArray[Any]], int], Sequence[NDArray[Any]]]
 class FLTrustParams(StrategyParams):
     name: Literal["fltrust"] = "fltrust"
     root_size: int = Field(100, ge=1, le=10_000, description="Test-split images in the server's root set.")
+    root_epochs: int | None = Field(
+        None,
+        ge=1,
+        le=1_000,
+        description="Passes over the root set per round (default: the job's epochs). Each device delta is "
+        "rescaled to the server delta's norm, so a server that takes far fewer steps than a device slows "
+        "every round; the paper trains the server as long as a device: e.g. 6 x the job's epochs for "
+        "devices of 600 examples and a root set of 100.",
+    )
 
 
 def trust_coefficients(dots: F64, norms: F64, server_norm: float) -> tuple[F64, F64]:
@@ -91,7 +100,7 @@ class FLTrust(RobustStrategy):
                 check_model_name(job.builtin),
                 job.dataset,
                 global_weights,
-                epochs=job.epochs,
+                epochs=job.strategy.root_epochs or job.epochs,
                 batch_size=job.batch_size,
                 lr=job.lr,
                 seed=job.seed * 1_000_003 + round,

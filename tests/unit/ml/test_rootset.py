@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qflare.errors import ConfigError
+from qflare.errors import ConfigError, SchemaError
 from qflare.fl import JobSpec, Update, build_strategy
 from qflare.fl.spec import WEIGHTS
 from qflare.fl.strategies.fltrust import FLTrust
@@ -57,3 +57,20 @@ def test_fltrust_gives_a_sign_flipped_device_no_trust(mnist: Dataset) -> None:
     assert all(scores[f"d{k}"]["trust"] > 0.3 for k in range(3)), scores
     new, _ = strategy.aggregate(strategy.initial_state(), updates, start)
     assert [w.shape for w in new] == [w.shape for w in start]
+
+
+def test_fltrust_root_epochs_sets_how_long_the_server_trains() -> None:
+    start = init_weights("2nn", 0)
+
+    def server_norm(strategy: dict[str, object]) -> float:
+        job = JobSpec.parse({"min_clients": 1, "strategy": strategy, "lr": 0.05, "batch_size": 50})
+        fltrust = build_strategy(job)
+        assert isinstance(fltrust, FLTrust)
+        return float(np.sqrt(sum(np.dot(d, d) for d in fltrust.server_delta(start, 1))))
+
+    default = server_norm({"name": "fltrust"})  # the job's 1 epoch: 2 steps of 50 images
+    longer = server_norm({"name": "fltrust", "root_epochs": 6})  # 12 steps, as a device of 600
+    assert longer > 2 * default
+    with pytest.raises(SchemaError) as info:
+        JobSpec.parse({"strategy": {"name": "fltrust", "root_epochs": 0}})
+    assert "root_epochs" in str(info.value.field), info.value
