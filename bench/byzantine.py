@@ -193,7 +193,9 @@ class Cells:
         trainer = self._trainers[(split, attack)]
         bad = select_attackers(s.devices, s.attackers, s.seed) if attack != "none" else []
         chosen: Any = trainer
-        score = None
+        # Without an attack, the backdoor's trigger is still scored: how often the clean model
+        # calls a triggered image the target anyway, the floor no defence can go under.
+        score = backdoor_success(parse_attack("backdoor"), fleet)
         if attack != "none":
             parsed = parse_attack(attack)
             chosen = AttackingTrainer(trainer, parsed, frozenset(bad), job.seed)
@@ -209,6 +211,7 @@ class Cells:
         )
         records = sim.run()
         last = records[-1]
+        rate = None if score is None else score("2nn", sim.weights)
         flags = [r.flags for r in records if r.flags is not None]
         return {
             "split": split,
@@ -216,7 +219,8 @@ class Cells:
             "attack": attack,
             "accuracy": last.accuracy,
             "curve": [r.accuracy for r in records],
-            "backdoor_success": None if score is None else score("2nn", sim.weights),
+            "backdoor_success": rate if attack != "none" else None,
+            "trigger_rate": rate if attack == "none" else None,
             "rejected": sum(r.rejected for r in records),
             "flagged": sum(f.flagged for f in flags) if flags else None,
             "flagged_attackers": sum(f.attackers for f in flags) if flags else None,
@@ -298,6 +302,8 @@ def matrix(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict
         cell: dict[str, Any] = {"accuracy": r["accuracy"]}
         if r["backdoor_success"] is not None:
             cell["backdoor_success"] = r["backdoor_success"]
+        if r.get("trigger_rate") is not None:
+            cell["trigger_rate"] = r["trigger_rate"]
         out.setdefault(r["split"], {}).setdefault(r["defence"], {})[r["attack"]] = cell
     return out
 
@@ -341,6 +347,8 @@ def goals(m: dict[str, dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
                 "success": asr[low],
                 "under_5pct": sorted(d for d, v in asr.items() if v < 0.05),
                 "met": asr[low] < 0.05,
+                # The same defence's model without an attack, scored on the same triggered images.
+                "clean_trigger_rate": table[low].get("none", {}).get("trigger_rate"),
             }
         losses = {
             d: round(clean - row["none"]["accuracy"], 4)
@@ -459,7 +467,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"  untargeted attacks, best defence within 2 points: {g['untargeted_met']} (missed: {missed})")
         if g["backdoor"] is not None:
             b = g["backdoor"]
-            print(f"  backdoor success < 5%: {b['met']} (lowest {b['lowest']} {100 * b['success']:.1f}%)")
+            floor = b.get("clean_trigger_rate")
+            unattacked = "" if floor is None else f"; {100 * floor:.1f}% without the attack"
+            lowest = f"lowest {b['lowest']} {100 * b['success']:.1f}%{unattacked}"
+            print(f"  backdoor success < 5%: {b['met']} ({lowest})")
         print(f"  no defence loses > 1 point without attack: {g['no_attack_met']}")
     result = {"settings": asdict(s), "matrix": m, "goals": summary}
     print(json.dumps(result))

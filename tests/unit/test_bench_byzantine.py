@@ -22,6 +22,9 @@ def test_a_small_grid_writes_cells_resumes_and_ends_with_the_json(
     table = result["matrix"]["iid"]
     assert set(table) == {"fedavg", "median"} and set(table["median"]) == {"none", "sign_flip"}
     assert all(0.0 < cell["accuracy"] <= 1.0 for row in table.values() for cell in row.values())
+    # Unattacked models are scored on the backdoor's triggered images too: the floor for its success.
+    assert all(0.0 <= row["none"]["trigger_rate"] <= 1.0 for row in table.values())
+    assert not any("trigger_rate" in row["sign_flip"] for row in table.values())
     assert len(out.read_text().splitlines()) == 4
     assert main(args) == result  # every cell read back, none run again
     assert len(out.read_text().splitlines()) == 4
@@ -47,7 +50,7 @@ def test_goals_are_computed_from_the_numbers() -> None:
                 "backdoor": {"accuracy": 0.89, "backdoor_success": 0.9},
             },
             "median": {
-                "none": {"accuracy": 0.885},
+                "none": {"accuracy": 0.885, "trigger_rate": 0.02},
                 "sign_flip": {"accuracy": 0.89},
                 "backdoor": {"accuracy": 0.88, "backdoor_success": 0.03},
             },
@@ -56,5 +59,6 @@ def test_goals_are_computed_from_the_numbers() -> None:
     g = goals(m)["iid"]
     assert g["untargeted"]["sign_flip"] == {"best": "median", "accuracy": 0.89, "gap": 0.01, "met": True}
     assert g["backdoor"]["lowest"] == "median" and g["backdoor"]["met"]
+    assert g["backdoor"]["clean_trigger_rate"] == 0.02
     assert g["no_attack_loss"] == {"fedavg": 0.0, "median": 0.015} and not g["no_attack_met"]
     assert "88.0/3.0" in render(m) and "89.0/90.0" in render(m)
