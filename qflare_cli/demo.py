@@ -201,8 +201,9 @@ class Run:
             # A user's app reports its dataset size only in its updates: nothing is declared at
             # enrolment, so the aggregator would refuse every update (reason ``undeclared``).
             raise ConfigError(
-                "weighting: devices training a user app (--app) declare no dataset size at "
-                "enrolment; run the job with weighting 'equal' (--weighting equal)"
+                "devices training a user app (--app) declare no dataset size at enrolment; run the "
+                "job with weighting 'equal' (--weighting equal)",
+                field="weighting",
             )
         self.on_round = on_round
         #: Attacker devices (``qflare.attacks``): the attack, and the share of the fleet running it.

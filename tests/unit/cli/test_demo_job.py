@@ -61,7 +61,7 @@ def test_a_user_app_fleet_needs_equal_weighting_because_it_declares_no_size() ->
     declared = demo_job(_settings(strategy={"name": "fedavg"}), 3)
     with pytest.raises(ConfigError) as info:
         Run(devices=3, processes=1, seed=0, job=declared, as_json=False, app="tests.apps.shift:app")
-    assert str(info.value).startswith("weighting:") and "--weighting equal" in str(info.value)
+    assert info.value.field == "weighting" and "--weighting equal" in str(info.value)
     equal = demo_job(_settings(strategy={"name": "fedavg"}, weighting="equal"), 3)
     run = Run(devices=3, processes=1, seed=0, job=equal, as_json=False, app="tests.apps.shift:app")
     assert run.job.weighting == "equal"
