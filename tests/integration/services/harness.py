@@ -201,3 +201,14 @@ async def fleet_state(
         if time.monotonic() > deadline:
             raise AssertionError(f"fleet state not reached in {timeout_s} s: {sorted(view.devices)}")
         await asyncio.sleep(0.5)
+
+
+async def send_records(kafka: KafkaSettings, topic: str, key: str, *values: bytes | None) -> None:
+    """Produce ``values`` to ``topic`` under ``key``, in order, as raw bytes (``None``: a tombstone)."""
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=key.encode())
+    finally:
+        await producer.stop()

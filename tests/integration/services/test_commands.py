@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qflare.identity import Identity, load_identity
-from qflare.kafka import KafkaSettings, make_producer
+from qflare.kafka import KafkaSettings
 from qflare.protocol import seal
 from qflare.protocol.control import AuditEvent, JobCommand, RegistryCommand
 from tests.integration.services.aggregator_harness import (
@@ -24,7 +24,7 @@ from tests.integration.services.aggregator_harness import (
     global_model,
     round_results,
 )
-from tests.integration.services.harness import RegistryProcess, audit_events
+from tests.integration.services.harness import RegistryProcess, audit_events, send_records
 
 _HOUR_MS = 3_600_000
 
@@ -34,16 +34,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-async def _send(kafka: KafkaSettings, topic: str, key: str, *values: bytes) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        for value in values:
-            await producer.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await producer.stop()
 
 
 def _refusals(source: str, events: list[AuditEvent]) -> set[tuple[str, str]]:
@@ -90,7 +80,7 @@ async def test_registry_obeys_only_fresh_operator_commands_and_each_only_once(
     revoke = RegistryCommand("revoke", f"d{unique}")
     op = operator_id
     # A trusted service key is not an operator: it may neither mint tokens nor revoke devices.
-    await _send(
+    await send_records(
         kafka,
         control,
         "x",
@@ -118,11 +108,11 @@ async def test_registry_obeys_only_fresh_operator_commands_and_each_only_once(
     rotate = RegistryCommand("rotate_key", f"r{unique}", (), int(time.time() * 1000) + _HOUR_MS)
     fresh = seal(rotate, op.signer, t.registry_control.channel, sender=op.name)
     authorised = "device.rotation_authorised"
-    await _send(kafka, control, "rotate_key", fresh)
+    await send_records(kafka, control, "rotate_key", fresh)
     await audit_events(kafka, keys_dir, lambda ev: any(e.event == authorised for e in ev))
     registry.kill9()
     registry.start()
-    await _send(kafka, control, "rotate_key", fresh)
+    await send_records(kafka, control, "rotate_key", fresh)
     events = await audit_events(kafka, keys_dir, lambda ev: "command_replay" in _reasons("registry", ev))
     assert len([e for e in events if e.event == authorised]) == 1
 
@@ -136,7 +126,7 @@ async def test_aggregator_obeys_only_fresh_job_commands_from_allowed_senders_and
     op, sch = plane.identities["operator"], plane.identities["scheduler"]
     hour_ago = int(time.time() * 1000) - _HOUR_MS
     # The scheduler may nudge a job (resume) but not stop it; an hour-old stop has expired.
-    await _send(
+    await send_records(
         kafka,
         jobs,
         job,
@@ -144,7 +134,7 @@ async def test_aggregator_obeys_only_fresh_job_commands_from_allowed_senders_and
         seal(JobCommand(job, "stop"), op.signer, plane.topics.jobs.channel, sender=op.name, ts_ms=hour_ago),
     )
     pause = seal(JobCommand(job, "pause"), op.signer, plane.topics.jobs.channel, sender=op.name)
-    await _send(kafka, jobs, job, pause)
+    await send_records(kafka, jobs, job, pause)
     # A round task for the paused job is refused: proof that the pause was applied.
     await plane.open_round(job, 1, 0, ["nobody"], deadline_s=1.0)
     wanted = {"sender_not_allowed", "command_expired", "job_not_running"}
@@ -153,7 +143,7 @@ async def test_aggregator_obeys_only_fresh_job_commands_from_allowed_senders_and
     await plane.command(job, "resume")
     aggregator.kill9()
     aggregator.start()
-    await _send(kafka, jobs, job, pause)
+    await send_records(kafka, jobs, job, pause)
     events = await audit_events(kafka, keys_dir, lambda ev: "command_replay" in _reasons("aggregator", ev))
     errors = {reason: err for reason, err in _refusals("aggregator", events)}
     assert errors["sender_not_allowed"] == "sender: 'scheduler' may not send job_command:stop"

@@ -18,7 +18,7 @@ from qflare import operator
 from qflare.crypto import generate_key
 from qflare.errors import ProtocolError
 from qflare.identity import Identity, TrustedKeys
-from qflare.kafka import KafkaSettings, make_producer, read_to_end, replay
+from qflare.kafka import KafkaSettings, read_to_end, replay
 from qflare.protocol import Decoder
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import Device
@@ -33,7 +33,7 @@ from tests.integration.services.aggregator_harness import (
     rejections,
     round_results,
 )
-from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, fleet_state
+from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, fleet_state, send_records
 
 
 def _free_port() -> int:
@@ -41,15 +41,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-async def _send(kafka: KafkaSettings, topic: str, key: str, value: bytes | None) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await producer.stop()
 
 
 def _refused_by(source: str, events: list[AuditEvent]) -> dict[str, set[str]]:
@@ -74,7 +65,7 @@ async def test_an_old_record_or_a_bare_tombstone_changes_no_key_even_after_a_res
     # ...and the attack: that old signed "active" record re-published, and a null record for a
     # good device. (A copy of a record still in the topic is caught earlier, as a replay.)
     await plane.send(devices, rv_id, old_active)
-    await _send(kafka, devices, kept.device_id, None)
+    await send_records(kafka, devices, kept.device_id, None)
 
     want = {rv_id: {"stale_revision"}, kept.device_id: {"tombstone"}}
 
@@ -145,9 +136,9 @@ async def test_the_registry_answers_a_forged_tombstone_or_old_record_with_the_cu
         kafka, operator_id, RegistryCommand("revoke", gone.device_id, (), 0, {}), keys_dir=keys_dir
     )
     await fleet_state(kafka, keys_dir, lambda v: v.devices[gone.device_id].status == "revoked")
-    await _send(kafka, t.devices.name, gone.device_id, first)
-    await _send(kafka, t.devices.name, kept.device_id, None)
-    await _send(kafka, t.devices.name, kept.device_id, b"\x93junk")  # unverifiable bytes, too
+    await send_records(kafka, t.devices.name, gone.device_id, first)
+    await send_records(kafka, t.devices.name, kept.device_id, None)
+    await send_records(kafka, t.devices.name, kept.device_id, b"\x93junk")  # unverifiable bytes, too
 
     def healed(last: dict[str, Any]) -> bool:
         k, g = last.get(kept.device_id), last.get(gone.device_id)

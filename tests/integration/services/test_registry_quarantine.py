@@ -20,14 +20,21 @@ from edge.runtime import enrolment
 from qflare import operator
 from qflare.crypto import Signer
 from qflare.identity import Identity, TrustedKeys, load_identity
-from qflare.kafka import KafkaSettings, make_producer
+from qflare.kafka import KafkaSettings
 from qflare.protocol import seal
 from qflare.protocol.control import AuditEvent, RegistryCommand
 from qflare.protocol.devices import DECLARED_EXAMPLES_LABEL, MAX_EXAMPLES_LABEL, DeviceHealth
 from qflare.protocol.envelope import new_message_id
 from qflare.reasons import Reason
 from qflare_cli.main import app
-from tests.integration.services.harness import Fleet, RegistryProcess, audit_events, fleet_state, read_topic
+from tests.integration.services.harness import (
+    Fleet,
+    RegistryProcess,
+    audit_events,
+    fleet_state,
+    read_topic,
+    send_records,
+)
 
 LIMIT = 100_000
 
@@ -54,15 +61,6 @@ def registry(
     proc.stop()
 
 
-async def _send(kafka: KafkaSettings, topic: str, key: str, value: bytes) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value, key=key.encode())
-    finally:
-        await producer.stop()
-
-
 def _rejected(events: list[AuditEvent], subject: str) -> dict[str, AuditEvent]:
     return {e.reason: e for e in events if e.event == "message.rejected" and e.subject == subject}
 
@@ -86,7 +84,7 @@ async def test_a_declared_size_is_kept_only_within_what_the_operator_approved(
     key = fleet.add(forger, None).key
     body = enrolment(forger, key.public_key, tokens[2], kafka.deployment_id, {MAX_EXAMPLES_LABEL: "10000000"})
     forged = seal(body, key.signer(), kafka.topics.enrollments.channel, sender=forger)
-    await _send(kafka, kafka.topics.enrollments.name, forger, forged)
+    await send_records(kafka, kafka.topics.enrollments.name, forger, forged)
 
     def refused(ev: list[AuditEvent]) -> bool:
         return all("declared_examples" in _rejected(ev, d) for d in (liar, forger, huge))
@@ -123,7 +121,7 @@ async def _command(kafka: KafkaSettings, cmd: RegistryCommand, signer: Signer, s
     msg_id = new_message_id()
     t = kafka.topics
     value = seal(cmd, signer, t.registry_control.channel, sender=sender, msg_id=msg_id)
-    await _send(kafka, t.registry_control.name, cmd.command, value)
+    await send_records(kafka, t.registry_control.name, cmd.command, value)
     return msg_id
 
 
