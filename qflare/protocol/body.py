@@ -207,6 +207,23 @@ class Fields:
             out[k] = _finite(float(v), f"{self._name(key)}.{k}")
         return out
 
+    def float_maps(self, key: str) -> dict[str, dict[str, float]]:
+        """id -> (str -> finite number): a float map per id (``round_complete.scores``)."""
+        out: dict[str, dict[str, float]] = {}
+        for k, v in self._map(key).items():
+            where = f"{self._name(key)}.{k}"
+            if not isinstance(k, str) or not ID_PATTERN.fullmatch(k):
+                raise SchemaError("expected an id as the key", field=where)
+            if not isinstance(v, dict):
+                raise SchemaError(f"expected a map, got {type(v).__name__}", field=where)
+            inner: dict[str, float] = {}
+            for name, value in v.items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise SchemaError("expected a number", field=f"{where}.{name}")
+                inner[name] = _finite(float(value), f"{where}.{name}")
+            out[k] = inner
+        return out
+
     def scalar_map(self, key: str) -> dict[str, Scalar]:
         out = self._map(key)
         for k, v in out.items():

@@ -242,6 +242,7 @@ class RoundComplete(Body):
         "model_digest",
         "metrics",
         "evaluation",
+        "scores",
     )
     job_id: str
     round: int
@@ -255,6 +256,9 @@ class RoundComplete(Body):
     metrics: dict[str, float] = field(default_factory=dict)
     #: "central" or "federated" when ``metrics`` holds an evaluation (``test_*``), else None.
     evaluation: str | None = None
+    #: A buffered round's anomaly scores: included device id -> score name -> value (``norm``,
+    #: ``cosine``, the rule's own, ``flagged`` 1 or 0). Empty when the round scored nothing.
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_body(self) -> dict[str, Any]:
         return {
@@ -268,6 +272,7 @@ class RoundComplete(Body):
             "model_digest": self.model_digest,
             "metrics": sorted_map(self.metrics),
             "evaluation": self.evaluation,
+            "scores": {k: sorted_map(v) for k, v in sorted_map(self.scores).items()},
         }
 
     @classmethod
@@ -284,5 +289,9 @@ class RoundComplete(Body):
             model_digest=f.opt_blob("model_digest", size=32),
             metrics=f.float_map("metrics"),
             evaluation=f.opt_choice("evaluation", EVALUATIONS),
+            scores=f.float_maps("scores"),
         )
+        stray = sorted(set(out.scores) - set(out.included))
+        if stray:  # a score describes an update the round folded in, nothing else
+            raise SchemaError(f"{stray[0]!r} is not in included", field=f"body.scores.{stray[0]}")
         return out

@@ -11,7 +11,8 @@ Two calls around the close transaction (``closing.py``):
 
 - ``Detector.assess``, before it: computes the scores and flags, and adds the
   round's ``flagged_updates``, ``anomaly_norm_median`` and ``anomaly_cosine_min``
-  to the metrics the round-complete record carries;
+  to the metrics the round-complete record carries; the record's ``scores`` map
+  carries each update's own (``Assessment.record_scores``);
 - ``Detector.record``, inside it (only when this close is the one that flipped
   the round): one ``update.scored`` audit event per update through the outbox,
   the flag history and any quarantine request (``quarantine.py``), so they go out
@@ -36,6 +37,7 @@ from qflare.fl import Strategy, StrategyState, Update
 from qflare.fl.anomaly import flag_updates
 from qflare.fl.arrays import NDArrays
 from qflare.fl.strategies._robust import Deltas, RobustStrategy, Scores, delta_scores
+from qflare.protocol.limits import DEFAULT_LIMITS
 from qflare.types import Scalar
 from services.aggregator import quarantine
 from services.aggregator.jobs import Job
@@ -103,6 +105,20 @@ class Assessment:
     @property
     def flagged(self) -> tuple[Scored, ...]:
         return tuple(s for s in self.updates if s.flags)
+
+    def record_scores(self, cap: int = DEFAULT_LIMITS.max_map_len) -> dict[str, dict[str, float]]:
+        """``round_complete.scores``: each scored update's finite scores and ``flagged`` (1 or 0).
+
+        A map on the wire holds at most ``cap`` entries; a larger round lists its flagged updates
+        first, then the rest in device-id order, and every update still has its audit event."""
+        ordered = sorted(self.updates, key=lambda s: (not s.flags, s.device_id))[:cap]
+        out: dict[str, dict[str, float]] = {}
+        for s in ordered:
+            # The wire refuses non-finite numbers; such a score stays in the audit event (as nil).
+            row = {k: float(v) for k, v in s.scores.items() if math.isfinite(v)}
+            row["flagged"] = 1.0 if s.flags else 0.0
+            out[s.device_id] = row
+        return out
 
     def metrics(self) -> dict[str, float]:
         """What the round-complete record's metrics gain (median and minimum over the scored updates)."""

@@ -88,11 +88,12 @@ class Closer:
         if outcome == COMPLETED and not rnd.evaluate_only:
             model, carried, metrics, evaluated = await self._aggregate(job, rnd, closed_ms)
             scored = await self.anomaly.assess(job, rnd, model, metrics)
-            done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated)
+            scores = {} if scored is None else scored.record_scores()
+            done = self._report(rnd, COMPLETED, model.body.version, model.digest, metrics, evaluated, scores)
             verdict = await self.gate.check(job, rnd, done.metrics)  # None: the job has no gate
             if verdict is not None and verdict.held:  # the candidate goes nowhere: the base stays
                 model = carried = None
-                done = self._report(rnd, HELD, rnd.model_version, None, verdict.metrics, evaluated)
+                done = self._report(rnd, HELD, rnd.model_version, None, verdict.metrics, evaluated, scores)
             elif verdict is not None:
                 done = replace(done, metrics=verdict.metrics)
         else:
@@ -210,6 +211,7 @@ class Closer:
         digest: bytes | None,
         metrics: dict[str, float],
         evaluation: str | None,
+        scores: dict[str, dict[str, float]] | None = None,
     ) -> RoundComplete:
         included = sorted(rnd.included)
         return RoundComplete(
@@ -223,4 +225,5 @@ class Closer:
             model_digest=digest,
             metrics=metrics,
             evaluation=evaluation,
+            scores=scores or {},
         )

@@ -40,7 +40,7 @@ from qflare.protocol.devices import Enrollment, EnrollmentResult, Heartbeat  # n
 from qflare.protocol.envelope import PROTOCOL_VERSION, Chunk, Header, encode_envelope  # noqa: E402
 from qflare.protocol.messages import ModelChunk  # noqa: E402
 from qflare.protocol.store import StoredModel  # noqa: E402
-from qflare.protocol.training import ModelUpdate, RoundFailure, RoundTask  # noqa: E402
+from qflare.protocol.training import ModelUpdate, RoundComplete, RoundFailure, RoundTask  # noqa: E402
 from qflare.types import Scalar  # noqa: E402
 from tests.vectors.accepted import acceptances  # noqa: E402
 from tests.vectors.cases import CHANNEL, RECEIVER, TS, Cases, build_rejections, fixed_id  # noqa: E402
@@ -174,6 +174,27 @@ def _job_command() -> JobCommand:
     return JobCommand("job-1", "start", config)
 
 
+def _round_complete() -> RoundComplete:
+    """A robust round's close: the new version's digest, its metrics and each update's anomaly scores."""
+    scores = {
+        "dev-2": {"norm": 9.75, "cosine": -0.5, "krum_score": 120.5, "selected": 0.0, "flagged": 1.0},
+        "dev-1": {"norm": 1.25, "cosine": 0.875, "krum_score": 3.0, "selected": 1.0, "flagged": 0.0},
+    }
+    return RoundComplete(
+        "job-1",
+        7,
+        "completed",
+        7,
+        2,
+        1200,
+        ("dev-1", "dev-2"),
+        bytes(range(32)),
+        {"participants": 2.0, "flagged_updates": 1.0, "test_accuracy": 0.9375},
+        "central",
+        scores,
+    )
+
+
 VECTOR_TOKEN = "qft_vector-token-0123456789"
 VECTOR_SCOPE = "vectors."
 
@@ -234,6 +255,7 @@ def build() -> dict[str, Any]:
     add("stored_model", "stored_model", _stored_model(), key, "dev-1")
     failure = RoundFailure("job-1", 7, "dev-1", 6, "ValueError", "the train handler raised: no data")
     add("round_failure", "round_failure", failure, key, "dev-1", round=7)
+    add("round_complete", "round_complete", _round_complete(), key, "dev-1", round=7)
 
     stranger = generate_key(seed=STRANGER_SEED)
     cases = Cases(key, device, stranger, {e["name"]: e for e in envelopes}, whole)

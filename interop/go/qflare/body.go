@@ -21,7 +21,8 @@ const (
 	fSettings // str -> scalar | (str -> scalar): one level of nesting
 	fArray
 	fTensors
-	fInner // model_chunk inner_type: a body type of §7 other than model_chunk
+	fInner  // model_chunk inner_type: a body type of §7 other than model_chunk
+	fScores // id -> floats: round_complete's per-update anomaly scores
 )
 
 // ft is the type of one body field (§7).
@@ -49,6 +50,7 @@ var (
 	tFloats   = &ft{kind: fFloats}
 	tScalars  = &ft{kind: fScalars}
 	tSettings = &ft{kind: fSettings}
+	tScores   = &ft{kind: fScores}
 	tIDs      = &ft{kind: fArray, elem: tID}
 	tTensors  = &ft{kind: fTensors}
 	tEventStr = &ft{kind: fStr, n: 64, re: eventRe}
@@ -98,7 +100,8 @@ var bodySchemas = map[string][]fd{
 	"round_complete": {f("job_id", tID), f("round", tInt),
 		f("status", enum("completed", "quorum_not_met", "failed", "held")), f("model_version", tInt),
 		f("num_updates", tInt), f("num_examples", tInt), f("included", tIDs), f("model_digest", opt(tBin32)),
-		f("metrics", tFloats), f("evaluation", opt(enum("central", "federated")))},
+		f("metrics", tFloats), f("evaluation", opt(enum("central", "federated"))),
+		f("scores", tScores)},
 	"audit_event": {f("event", tEventStr), f("severity", enum("info", "warning", "error", "critical")),
 		f("source", tID), f("reason", strMax(1024)), f("subject", opt(strMax(256))), f("ref_id", opt(tBin16)),
 		f("detail", tScalars)},
@@ -270,6 +273,19 @@ func check(t *ft, x Value, path string) error {
 			case KInt:
 			default:
 				return errf("schema", p, "not a number")
+			}
+		}
+	case fScores:
+		if x.Kind != KMap {
+			return errf("schema", path, "not a map")
+		}
+		for _, e := range x.Map {
+			p := joinKey(path, e.Key)
+			if !idRe.MatchString(e.Key) {
+				return errf("schema", p, "not an id")
+			}
+			if err := check(tFloats, e.Val, p); err != nil {
+				return err
 			}
 		}
 	case fScalars, fSettings:

@@ -236,6 +236,8 @@ func fromView(t *ft, j any) (Value, error) {
 			}
 			return viewScalar(e)
 		})
+	case fScores:
+		return viewMap(j, func(e any) (Value, error) { return viewMap(e, viewFloat) })
 	case fArray:
 		return viewArray(j, func(e any) (Value, error) { return fromView(t.elem, e) })
 	case fTensors:

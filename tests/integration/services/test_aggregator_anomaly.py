@@ -117,6 +117,13 @@ async def test_an_attacker_is_flagged_each_round_and_quarantined_once(
         assert r.status == "completed" and r.num_updates == 5
         assert r.metrics["flagged_updates"] == 1.0
         assert r.metrics["anomaly_cosine_min"] < 0 < r.metrics["anomaly_norm_median"]
+        # Each update's own scores travel in the record itself, the attacker's marked flagged.
+        assert set(r.scores) == set(ids)
+        for scored_id, row in r.scores.items():
+            bad = scored_id == attacker.device_id
+            assert row["flagged"] == (1.0 if bad else 0.0)
+            assert (row["cosine"] < 0) is bad and row["norm"] > 0
+        assert min(row["cosine"] for row in r.scores.values()) == r.metrics["anomaly_cosine_min"]
 
     def enough(events: list[AuditEvent]) -> bool:
         return len(_of(events, "update.scored", job)) >= 5 * ROUNDS and bool(

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qflare.errors import NonFiniteTensorError, SchemaError
+from qflare.errors import NonFiniteTensorError, QflareError, SchemaError
 from qflare.protocol import Body, wire
 from qflare.protocol.control import JobCommand
 from qflare.protocol.devices import Deregistration, Device, EnrollmentResult, Heartbeat
 from qflare.protocol.messages import BODY_TYPES
+from qflare.protocol.training import RoundComplete
 from tests.unit.protocol.helpers import sample_bodies
 
 BODIES = sample_bodies()
@@ -225,6 +226,34 @@ def test_job_settings_nest_one_level_sorted_and_name_the_inner_key() -> None:
         with pytest.raises(SchemaError) as wrong:
             JobCommand.from_body(data)
         assert wrong.value.field == "body.config.strategy.name"
+
+
+def test_round_scores_are_sorted_per_included_update_and_name_the_bad_entry() -> None:
+    done = RoundComplete(
+        "job-1",
+        2,
+        "completed",
+        2,
+        2,
+        600,
+        ("dev-a", "dev-b"),
+        scores={"dev-b": {"norm": 2.0, "cosine": -0.5, "flagged": 1.0}, "dev-a": {"norm": 1.0}},
+    )
+    body = done.to_body()["scores"]
+    assert list(body) == ["dev-a", "dev-b"] and list(body["dev-b"]) == ["cosine", "flagged", "norm"]
+    assert RoundComplete.from_body(_decoded(done)) == done
+    data = _decoded(done)
+    cases: list[tuple[object, type[QflareError], str]] = [
+        ({"dev-c": {"norm": 1.0}}, SchemaError, "body.scores.dev-c"),  # not an included update
+        ({"-bad": {"norm": 1.0}}, SchemaError, "body.scores.-bad"),
+        ({"dev-a": 1.0}, SchemaError, "body.scores.dev-a"),
+        ({"dev-a": {"norm": "1"}}, SchemaError, "body.scores.dev-a.norm"),
+        ({"dev-a": {"norm": math.nan}}, NonFiniteTensorError, "body.scores.dev-a.norm"),
+    ]
+    for scores, error, where in cases:
+        with pytest.raises(error) as info:
+            RoundComplete.from_body(data | {"scores": scores})
+        assert info.value.field == where, scores
 
 
 def test_text_limits_count_characters() -> None:

@@ -88,6 +88,14 @@ def test_round_metrics_and_audit_detail() -> None:
     assert (
         found.updates[0].detail("j", 4)["flags"] == "" and found.updates[0].detail("j", 4)["flagged"] is False
     )
+    # The round-complete record's map: finite scores only, flagged as 1 or 0, for every update.
+    assert found.record_scores() == {
+        "a": {"norm": 1.0, "cosine": 0.5, "flagged": 0.0},
+        "b": {"norm": 3.0, "cosine": 0.9, "flagged": 0.0},
+        "x": {"norm": 9.0, "cosine": -0.7, "flagged": 1.0},
+    }
+    # Past a map's entry limit the flagged come first, then the rest in device-id order.
+    assert list(found.record_scores(cap=2)) == ["x", "a"]
     # RFA's own score is called weight: published under another name, beside the update's weight.
     rfa = Scored("r", None, {"norm": 1.0, "cosine": 0.9, "weight": 0.2}, 7, ())
     assert rfa.detail("j", 4)["rule_weight"] == 0.2 and rfa.detail("j", 4)["weight"] == 7
