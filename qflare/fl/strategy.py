@@ -42,8 +42,12 @@ from qflare.fl.arrays import NDArrays, Shape
 from qflare.fl.job import JobSpec, StrategyParams, TrainConfig
 from qflare.fl.spec import WEIGHTS, GroupSpec, UpdateSpec
 from qflare.fl.state import RoundSums, StrategyState
+from qflare.reasons import Reason
 
 Mode = Literal["streaming", "buffered"]
+#: Refusals that prove the selected device faulty (a claim over its approved dataset size, a
+#: suspended device): each spends one of a robust rule's f for the round (``Strategy.excluding``).
+KNOWN_FAULTY_REASONS = frozenset({Reason.OVER_CLAIM.value, Reason.SUSPENDED.value})
 _NO_METRICS: Mapping[str, float] = MappingProxyType({})
 
 
@@ -148,6 +152,11 @@ class Strategy(ABC):
         for group, acc in sums.sums.items():
             weight = update.num_examples if spec[group] == "examples" else 1
             acc.add(update.groups[group], weight)
+
+    def excluding(self, known_faulty: int) -> Strategy:
+        """The rule for a round in which ``known_faulty`` selected devices were already refused for
+        misbehaving (``KNOWN_FAULTY_REASONS``); only a rule with a Byzantine budget changes."""
+        return self
 
     @abstractmethod
     def aggregate(

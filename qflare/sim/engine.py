@@ -34,7 +34,7 @@ from qflare.fl.job import JobSpec, TrainConfig
 from qflare.fl.registry import build_strategy
 from qflare.fl.selection import select
 from qflare.fl.state import StrategyState
-from qflare.fl.strategy import RoundInput, Update
+from qflare.fl.strategy import KNOWN_FAULTY_REASONS, RoundInput, Update
 from qflare.fl.weighting import RoundWeights, round_weights
 from qflare.ml import init_weights, layout
 from qflare.sim.rules import Flags, Watch
@@ -237,7 +237,7 @@ class Simulation:
         rule = None
         if self.declared is not None:
             rule = round_weights(self.job.weighting, self.job.weight_cap, chosen, self.declared)
-        updates, failed, rejected = self._accepted(results, rule)
+        updates, failed, rejected, faulty = self._accepted(results, rule)
         if not updates:
             raise ConfigError(f"round {round_no}: no device sent a usable update", field="updates")
         round_input: RoundInput
@@ -249,9 +249,11 @@ class Simulation:
             round_input = sums
         else:
             round_input = updates
+        # Each refused over-claim spends one of the rule's f, as in the aggregator (closing.py).
+        strategy = self.strategy.excluding(faulty)
         try:
-            flags = self.watch.scored(self.strategy, self.state, updates, self.weights)
-            new, state = self.strategy.aggregate(self.state, round_input, self.weights)
+            flags = self.watch.scored(strategy, self.state, updates, self.weights)
+            new, state = strategy.aggregate(self.state, round_input, self.weights)
         except AggregationError as exc:
             # Too few updates left for the rule's bound (e.g. refused over-claims): the round
             # closes without a new model, as the aggregator's failed round does.
@@ -339,12 +341,13 @@ class Simulation:
 
     def _accepted(
         self, results: dict[str, DeviceResult], rule: RoundWeights | None
-    ) -> tuple[list[Update], int, int]:
+    ) -> tuple[list[Update], int, int, int]:
         """The updates the aggregator's checks would accept, in device-id order, each weighted by
-        ``rule``; the count of failed or malformed ones, and of those the weighting refused."""
+        ``rule``; the count of failed or malformed ones, of those the weighting refused, and of
+        those refused as proof of a faulty device (``KNOWN_FAULTY_REASONS``)."""
         shapes = [tuple(w.shape) for w in self.weights]
         spec = self.strategy.update_spec(self.names, shapes)
-        updates, failed, rejected = [], 0, 0
+        updates, failed, rejected, faulty = [], 0, 0, 0
         for device in sorted(results):
             result = results[device]
             if result.failure is not None or result.num_examples < 1:
@@ -359,14 +362,15 @@ class Simulation:
             if rule is not None and self.declared is not None:
                 try:
                     weight = rule.weight(device, result.num_examples, self.declared.get(device))
-                except Rejected:
+                except Rejected as exc:
                     rejected += 1
+                    faulty += exc.reason in KNOWN_FAULTY_REASONS
                     continue
             groups = {
                 g: [np.asarray(a, dtype=np.float32) for a in arrays] for g, arrays in result.groups.items()
             }
             updates.append(Update(device, groups, weight, result.metrics))
-        return updates, failed, rejected
+        return updates, failed, rejected, faulty
 
 
 def _train_loss(updates: Sequence[Update]) -> float | None:

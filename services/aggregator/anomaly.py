@@ -43,7 +43,7 @@ from services.aggregator import quarantine
 from services.aggregator.jobs import Job
 from services.aggregator.models import EncodedModel, decode, weights_of
 from services.aggregator.publisher import Publisher
-from services.aggregator.rounds import OpenRound
+from services.aggregator.rounds import OpenRound, known_faulty
 from services.aggregator.store import AggregatorStore
 
 log = structlog.get_logger("qflare.aggregator")
@@ -156,7 +156,7 @@ class Detector:
         if base is None:  # _aggregate read it a moment ago; only a damaged store lacks it
             raise AggregationError(f"model {rnd.model_version} of {rnd.job_id!r} is missing", field="model")
         scores = score_round(
-            job.strategy,
+            job.strategy.excluding(known_faulty(rnd)),  # the rule as the round was aggregated
             StrategyState.from_bytes(job.strategy_state),  # the state the round was aggregated with
             rnd.buffer,
             weights_of(decode(base.weights), job.layout),

@@ -38,7 +38,7 @@ from services.aggregator.gate import HELD, Gate
 from services.aggregator.jobs import Job
 from services.aggregator.models import EncodedModel, decode, encode, named_groups, weights_of
 from services.aggregator.publisher import Publisher
-from services.aggregator.rounds import COMPLETED, OpenRound, round_metrics
+from services.aggregator.rounds import COMPLETED, OpenRound, known_faulty, round_metrics
 from services.aggregator.store import AggregatorStore
 
 log = structlog.get_logger("qflare.aggregator")
@@ -144,7 +144,7 @@ class Closer:
         if base is None:  # the round was opened on this version; only a damaged store lacks it
             raise AggregationError(f"model {rnd.model_version} of {rnd.job_id!r} is missing", field="model")
         began = time.perf_counter()
-        strategy = job.strategy
+        strategy = job.strategy.excluding(known_faulty(rnd))
         # A buffered round's input is its updates in device-id order (the buffer keeps that order).
         round_input: RoundInput = rnd.sums if strategy.mode == "streaming" else (rnd.buffer or ())
         weights, carried = strategy.aggregate(

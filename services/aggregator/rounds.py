@@ -16,9 +16,10 @@ from qflare.errors import Rejected
 from qflare.fl import RoundSums, Update
 from qflare.fl.buffer import UpdateBuffer
 from qflare.fl.evaluation import DeviceEvaluation, combine, is_evaluation_round, personal_summary
+from qflare.fl.strategy import KNOWN_FAULTY_REASONS
 from qflare.protocol.training import RoundTask
 from qflare.reasons import Reason
-from services.aggregator.weights import DeviceBook, RoundWeighting, check_sender
+from services.aggregator.weights import DeviceBook, RoundWeighting, check_sender, weigh
 
 COMPLETED = "completed"
 QUORUM_NOT_MET = "quorum_not_met"
@@ -208,3 +209,23 @@ def check_round_sender(book: DeviceBook, rnd: OpenRound, device_id: str, message
         if rnd.answer(device_id) is None:
             rnd.include(Included(device_id, message_id, 0, None, failure=Reason.SUSPENDED.value))
         raise
+
+
+def weigh_answer(
+    rnd: OpenRound, update: Update, weighting: RoundWeighting, book: DeviceBook, message_id: bytes
+) -> Update:
+    """``weigh`` for an update of ``rnd``. A claim over the device's approved size (``over_claim``)
+    is signed proof that the device misbehaved, and it would be refused the same way again, so the
+    refusal is its answer (a failed reply): the round stops waiting for it, and the robust rule
+    counts it against its f (``known_faulty``). The refusal is still raised (and audited)."""
+    try:
+        return weigh(update, weighting, book)
+    except Rejected as exc:
+        if exc.reason == Reason.OVER_CLAIM.value and rnd.answer(update.device_id) is None:
+            rnd.include(Included(update.device_id, message_id, 0, None, failure=exc.reason))
+        raise
+
+
+def known_faulty(rnd: OpenRound) -> int:
+    """Selected devices whose answer was a refusal proving them faulty (``KNOWN_FAULTY_REASONS``)."""
+    return sum(i.failure in KNOWN_FAULTY_REASONS for i in rnd.failed.values())

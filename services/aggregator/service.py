@@ -81,9 +81,9 @@ from services.aggregator.intake import Intake
 from services.aggregator.jobs import Job
 from services.aggregator.model_store import ModelStore
 from services.aggregator.publisher import SERVICE, Publisher
-from services.aggregator.rounds import Included, OpenRound, check_round_sender
+from services.aggregator.rounds import Included, OpenRound, check_round_sender, weigh_answer
 from services.aggregator.store import AggregatorStore
-from services.aggregator.weights import DeviceBook, RoundWeighting, weigh
+from services.aggregator.weights import DeviceBook, RoundWeighting
 
 log = structlog.get_logger("qflare.aggregator")
 
@@ -399,11 +399,8 @@ class AggregatorService(BatchLoop):
                 spec = job.spec
                 accepted = check_update(update, message_id=head.id, rnd=rnd, spec=spec, fmt=self.fixed_point)
                 # The strategy aggregates with the server's weight, never the device's own claim.
-                accepted = weigh(
-                    accepted,
-                    rnd.weighting or RoundWeighting.open(job.config, rnd.devices, self.book),
-                    self.book,
-                )
+                weighting = rnd.weighting or RoundWeighting.open(job.config, rnd.devices, self.book)
+                accepted = weigh_answer(rnd, accepted, weighting, self.book, head.id)
                 weight = accepted.num_examples
                 if job.strategy.mode == "buffered":
                     check_values(accepted, spec)  # no sum guards a buffered strategy's range

@@ -18,6 +18,14 @@ A rule's bound (e.g. Krum's ``n ≥ 2f + 3``) is checked when the strategy is bu
 (``build_strategy``, at job start) against the fewest updates a round of the job
 can close with, ``max(1, ceil(quorum × min_clients))``, and again when a round
 closes against the updates it has (``AggregationError``, field ``updates``).
+
+``f`` bounds the faulty devices among those a round selected. A selected device
+the server already refused for misbehaving (an over-claim of its dataset size, a
+suspended device: ``KNOWN_FAULTY_REASONS``) sent nothing the rule sees, so the
+updates it does see hold at most ``f − r`` faulty ones for ``r`` such devices:
+``excluding(r)`` is the rule with that budget, for both its bound and its maths.
+Without it a round with two refused liars out of ten could not satisfy median's
+``n ≥ 2f + 1`` at ``f = 4`` with its eight honest updates.
 """
 
 from __future__ import annotations
@@ -202,6 +210,13 @@ class RobustStrategy(Strategy):
                 f"raise min_clients (and quorum) or lower the strategy's tolerance",
                 field="min_clients",
             )
+
+    def excluding(self, known_faulty: int) -> Strategy:
+        params = self.job.strategy
+        if known_faulty <= 0 or not isinstance(params, ByzantineParams) or params.num_byzantine == 0:
+            return self
+        fewer = params.model_copy(update={"num_byzantine": max(0, params.num_byzantine - known_faulty)})
+        return type(self)(self.job.model_copy(update={"strategy": fewer}), fixed_point=self.fixed_point)
 
     def check_round(self, n: int) -> None:
         if n < self.min_updates():

@@ -77,6 +77,27 @@ async def test_a_liar_and_a_suspended_device_are_refused_and_the_model_is_the_ho
     assert aggregator.alive
 
 
+async def test_a_refused_liar_is_its_answer_so_the_round_closes_without_its_deadline(
+    kafka: KafkaSettings, keys_dir: Path, plane: ControlPlane, aggregator: AggregatorProcess, unique: str
+) -> None:
+    job = f"job-{unique}"
+    honest = [await plane.device(f"h{i}-{unique}", declared=100) for i in range(2)]
+    liar = await plane.device(f"liar-{unique}", declared=100)
+    await plane.start_job(job)
+    await global_model(kafka, keys_dir, job, 0)
+    ids = [d.device_id for d in (*honest, liar)]
+    # A deadline far beyond the test's wait: the round closes only because everyone answered.
+    await plane.open_round(job, 1, 0, ids, min_updates=2, deadline_s=3600)
+    weights = [perturbed(seed) for seed in range(3)]
+    await _send(plane, liar, job, weights[2], 101)
+    for device, w in zip(honest, weights, strict=False):
+        await _send(plane, device, job, w, 100)
+
+    (done,) = await round_results(kafka, keys_dir, lambda got: any(r.job_id == job for r in got))
+    assert done.status == "completed" and sorted(done.included) == sorted(d.device_id for d in honest)
+    assert done.metrics["failed_devices"] == 1 and done.metrics["rejected_over_claim"] == 1
+
+
 async def test_a_huge_approved_size_weighs_at_most_k_times_the_median(
     kafka: KafkaSettings, keys_dir: Path, plane: ControlPlane, aggregator: AggregatorProcess, unique: str
 ) -> None:

@@ -87,6 +87,20 @@ def test_a_claim_above_the_declared_size_is_refused_and_counted() -> None:
     assert _step(sim, before) == pytest.approx(2.0, abs=1e-4)  # the liar's +4 is not in it
 
 
+def test_a_refused_liar_spends_the_robust_rules_f_so_the_round_still_closes() -> None:
+    # Median with f = 2 needs 5 updates; the liar's refusal leaves 4, of which at most one can be
+    # faulty, so the round closes with f = 1 (the median of 1, 2, 3, 4).
+    job = _job(strategy={"name": "median", "num_byzantine": 2}, min_clients=5, quorum=1.0)
+    sim = _sim(job, [1, 2, 3, 4, 50], [10, 10, 10, 10, 2**27], [10] * 5)
+    before = list(sim.weights)
+    record = sim.round(1)
+    assert record.rejected == 1 and record.unclosed is None and record.participants == 4
+    assert _step(sim, before) == pytest.approx(2.5, abs=1e-4)
+    # A device that merely failed proves nothing: its missing update leaves f = 2, below the bound.
+    dropped = _sim(job, [1, 2, 3, 4, 50], [10, 10, 10, 10, 0], [10] * 5)
+    assert "needs n ≥ 2f + 1" in (dropped.round(1).unclosed or "")
+
+
 def test_equal_weighting_ignores_sizes_but_still_refuses_over_claims() -> None:
     sim = _sim(_job(weighting="equal"), [1, 2, 3, 4], [10, 10, 10, 100], [10, 10, 10, 100])
     before = list(sim.weights)

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from qflare.errors import AggregationError, ConfigError, SchemaError
-from qflare.fl import JobSpec, Update, build_strategy
+from qflare.fl import JobSpec, Strategy, Update, build_strategy
 from qflare.fl.buffer import buffered
 from qflare.fl.strategies import _robust
+from qflare.fl.strategies._robust import ByzantineParams
 from qflare.fl.strategies.fltrust import FLTrust
 from tests.unit.fl.strategies.helpers import f32, make, update
-from tests.unit.fl.strategies.robust_helpers import robust, scalars
+from tests.unit.fl.strategies.robust_helpers import one_round, robust, scalars, sized
 
 RULES = [
     "bulyan",
@@ -179,3 +180,28 @@ def test_each_rule_is_buffered_and_refuses_sums_and_disorder(name: str) -> None:
 def test_fltrust_is_importable_without_torch_and_builds_from_a_job() -> None:
     strategy = build_strategy(JobSpec.parse({"strategy": {"name": "fltrust"}}))
     assert isinstance(strategy, FLTrust) and strategy.root_trainer is None
+
+
+def _f(strategy: Strategy) -> int:
+    params = strategy.job.strategy
+    assert isinstance(params, ByzantineParams)
+    return params.num_byzantine
+
+
+@pytest.mark.parametrize(("name", "n"), [("median", 5), ("krum", 7), ("multikrum", 7), ("bulyan", 11)])
+def test_refused_faulty_devices_spend_the_rules_f(name: str, n: int) -> None:
+    # f = 2: one selected device was refused as faulty, so the n − 1 updates left hold at most one
+    # faulty update, and the rule runs with f = 1 (its bound and its maths).
+    strategy = robust(name, n, num_byzantine=2)
+    left = scalars(*range(n - 1))
+    with pytest.raises(AggregationError):
+        strategy.aggregate(strategy.initial_state(), left, [f32(0.0)])
+    fewer = strategy.excluding(1)
+    assert type(fewer) is type(strategy) and _f(fewer) == 1 and _f(strategy) == 2  # the rule is unchanged
+    expected = robust(name, n - 1, num_byzantine=1)
+    assert one_round(fewer, left) == one_round(expected, left)
+    # More refusals than f leave f = 0; no refusal, or a rule without f, is the rule itself.
+    assert _f(strategy.excluding(5)) == 0
+    assert strategy.excluding(0) is strategy
+    plain = make("trimmed_mean", job=sized(n))
+    assert plain.excluding(3) is plain

@@ -7,7 +7,7 @@ import pytest
 
 from qflare.crypto import generate_key
 from qflare.errors import InvalidUpdateError, Rejected
-from qflare.fl import WEIGHTS, FedAvg, FixedPoint, Update
+from qflare.fl import WEIGHTS, FedAvg, FixedPoint, JobSpec, Update
 from qflare.fl.evaluation import DeviceEvaluation
 from qflare.ml import init_weights, tensor_names
 from qflare.protocol import Tensor
@@ -23,8 +23,8 @@ from services.aggregator.checks import (
     out_of_range,
 )
 from services.aggregator.models import Layout
-from services.aggregator.rounds import Included, OpenRound, check_round_sender
-from services.aggregator.weights import DeviceBook
+from services.aggregator.rounds import Included, OpenRound, check_round_sender, known_faulty, weigh_answer
+from services.aggregator.weights import DeviceBook, RoundWeighting
 
 LAYOUT = Layout.of("2nn")
 SPEC = FedAvg().update_spec(LAYOUT.names, LAYOUT.shapes)
@@ -190,3 +190,28 @@ def test_a_device_suspended_mid_round_counts_as_answered_so_the_round_need_not_w
     assert list(rnd.failed) == ["b"] and rnd.failed["b"].failure == "suspended"
     assert len(rnd.pending) == 2
     assert rnd.decide(None) == "completed"  # decided at once, without waiting for the deadline
+
+
+def test_an_over_claim_is_the_devices_answer_and_proves_it_faulty() -> None:
+    book = DeviceBook()
+    key = generate_key().public_key
+    book.apply(Device("a", "active", key, 1, 1, revision=1, labels={"qflare.num_examples": "10"}))
+    book.apply(Device("b", "active", key, 1, 1, revision=1, labels={"qflare.num_examples": "10"}))
+    rnd = _round()
+    weighting = RoundWeighting.open(JobSpec(), rnd.devices, book)
+    honest = weigh_answer(rnd, _fl_update("a", 10), weighting, book, MSG_ID)
+    assert honest.num_examples == 10 and rnd.answer("a") is None  # intake includes it, not this
+    rnd.include(Included("a", MSG_ID, 10, 0.5))
+    assert rnd.decide(None) is None and known_faulty(rnd) == 0
+    with pytest.raises(Rejected) as err:
+        weigh_answer(rnd, _fl_update("b", 11), weighting, book, b"\x02" * 16)
+    assert err.value.reason == Reason.OVER_CLAIM
+    assert rnd.failed["b"].failure == "over_claim" and known_faulty(rnd) == 1
+    assert rnd.decide(None) == "completed"  # everyone answered: no wait for the deadline
+    # An ordinary failed reply proves nothing about the device.
+    rnd.include(Included("c", b"\x03" * 16, 0, None, failure="ValueError"))
+    assert known_faulty(rnd) == 1
+
+
+def _fl_update(device: str, n: int) -> Update:
+    return Update(device, {WEIGHTS: [np.zeros(1, np.float32)]}, n, {})
