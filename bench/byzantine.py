@@ -12,8 +12,11 @@ as ``qflare sim --attack`` (``qflare.sim.attacks``) and the same server rules as
 (declared-size weighting, anomaly flags; ``qflare.sim.rules``). Rows are the defences (plain
 FedAvg and each robust rule), columns the attacks (and no attack).
 
-The defaults fit the matrix (2 × 10 × 11 = 220 cells) in about 40 minutes of one CPU core:
-C = 0.1 (n = 10 updates a round), E = 1, B = 50, lr = 0.1, 10 rounds. Each bounded rule takes
+The defaults fit the matrix (2 × 10 × 11 = 220 cells) in about 45 minutes of one CPU core:
+C = 0.1 (n = 10 updates a round), E = 1, B = 50, lr = 0.1, 30 rounds. A backdoor builds up over
+rounds (at 10 rounds median and Bulyan held it under 7%; at 30 it succeeds on most of their
+triggered images) and the robust rules' cost without an attack shrinks as the model converges,
+so 30 rounds judge both more fairly than 10 (``--rounds 10`` gives the shorter run). Each bounded rule takes
 the largest f up to 4 that its bound allows at n = 10: median, RFA and centred clipping
 f = 4 (n ≥ 2f + 1), Krum and Multi-Krum f = 3 (n ≥ 2f + 3), Bulyan f = 1 (n ≥ 4f + 3);
 trimmed mean trims β = 0.2 (2 of 10) from each end. 20 attackers in 100 devices put 2 in
@@ -94,7 +97,7 @@ class Settings:
     devices: int = 100
     attackers: float = 0.2
     fraction: float = 0.1
-    rounds: int = 10
+    rounds: int = 30
     epochs: int = 1
     batch_size: int = 50
     lr: float = 0.1

@@ -5,7 +5,8 @@ Two stages over the round's deltas, with ``f`` the tolerated Byzantine updates:
 
 1. select ``θ = n − 2f`` deltas by Krum repeatedly, each time removing the one chosen;
 2. for each coordinate, average the ``β = θ − 2f`` selected values closest to the
-   selected values' median.
+   selected values' median, weighted by their updates' server-owned weights as FedAvg's
+   mean is (``weighted``, the default; the paper's plain mean otherwise).
 
 The paper requires ``n ≥ 4f + 3``. Anomaly scores: ``krum_score`` (over all n) and
 ``selected`` (1 if chosen in stage 1).
@@ -16,6 +17,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
 from qflare.fl.arrays import NDArrays
 from qflare.fl.job import StrategyParams
@@ -27,6 +29,11 @@ from qflare.fl.strategies.krum import krum_scores
 
 class BulyanParams(ByzantineParams):
     name: Literal["bulyan"] = "bulyan"
+    weighted: bool = Field(
+        True,
+        description="Stage 2 averages each coordinate's kept values with their updates' server-owned "
+        "weights, as FedAvg (false: the paper's plain mean).",
+    )
 
 
 def bulyan_select(dist2: F64, f: int) -> list[int]:
@@ -40,12 +47,17 @@ def bulyan_select(dist2: F64, f: int) -> list[int]:
     return sorted(chosen)
 
 
-def bulyan_coordinates(x: F64, f: int) -> F64:
-    """Stage 2: per column of the selected rows ``x``, the mean of the θ − 2f values nearest its median."""
+def bulyan_coordinates(x: F64, f: int, weights: F64 | None = None) -> F64:
+    """Stage 2: per column of the selected rows ``x``, the mean of the θ − 2f values nearest its median
+    (weighted by their rows' ``weights`` when given)."""
     beta = x.shape[0] - 2 * f
     med = np.median(x, axis=0)
     nearest = np.argsort(np.abs(x - med), axis=0, kind="stable")[:beta]
-    return np.asarray(np.take_along_axis(x, nearest, axis=0).mean(axis=0), np.float64)
+    kept = np.take_along_axis(x, nearest, axis=0)
+    if weights is None:
+        return np.asarray(kept.mean(axis=0), np.float64)
+    w = weights[nearest]
+    return np.asarray((kept * w).sum(axis=0) / w.sum(axis=0), np.float64)
 
 
 @register_strategy
@@ -69,7 +81,9 @@ class Bulyan(RobustStrategy):
         f = self._f()
         dist2 = distances(deltas.gram())
         chosen = bulyan_select(dist2, f)
-        step = deltas.coordinatewise(lambda x: bulyan_coordinates(x, f), rows=chosen)
+        assert isinstance(self.job.strategy, BulyanParams)
+        weights = deltas.examples[chosen] if self.job.strategy.weighted else None
+        step = deltas.coordinatewise(lambda x: bulyan_coordinates(x, f, weights), rows=chosen)
         scores = krum_scores(dist2, f)
         own = {
             d: {"krum_score": float(scores[i]), "selected": float(i in chosen)}

@@ -3,7 +3,11 @@ Gradient Descent").
 
 Each delta's score is the sum of its squared distances to its ``n − f − 2`` nearest
 other deltas; Krum moves the model by the delta with the lowest score, Multi-Krum by
-the unweighted mean of the ``m`` lowest-scoring ones (``m = 0``: ``n − f``). Ties go
+the mean of the ``m`` lowest-scoring ones (``m = 0``: ``n − f``), weighted by the
+round's server-owned weights as FedAvg's mean is (``weighted``, the default, which is
+what Flower's Multi-Krum does with its clients' counts; the paper's plain mean
+otherwise). Under unbalanced data the plain mean optimises a different objective
+from FedAvg's and loses accuracy with no attack at all. Ties go
 to the first in device-id order. The paper's guarantee needs ``n ≥ 2f + 3``; Multi-Krum
 also needs ``m ≤ n − f``. The anomaly scores are ``krum_score`` and ``selected`` (1/0).
 Distances come from the Gram matrix of the deltas, built a block at a time.
@@ -39,6 +43,11 @@ class KrumParams(ByzantineParams):
 class MultiKrumParams(ByzantineParams):
     name: Literal["multikrum"] = "multikrum"
     m: int = Field(0, ge=0, description="Updates averaged: the m lowest Krum scores (0: n − f).")
+    weighted: bool = Field(
+        True,
+        description="Average the m chosen deltas with the round's server-owned weights, as FedAvg "
+        "(false: the paper's plain mean).",
+    )
 
 
 def krum_scores(dist2: F64, f: int) -> F64:
@@ -75,12 +84,18 @@ class _KrumBase(RobustStrategy):
     def _m(self, n: int) -> int:
         return 1
 
+    def _weighted(self) -> bool:
+        return False
+
     def combine(self, state: StrategyState, deltas: Deltas) -> tuple[NDArrays, Scores, StrategyState]:
         dist2 = distances(deltas.gram())
         scores = krum_scores(dist2, self._f())
         chosen = krum_select(dist2, self._f(), self._m(deltas.n))
         coeffs = np.zeros(deltas.n)
-        coeffs[chosen] = 1.0 / len(chosen)
+        if self._weighted():
+            coeffs[chosen] = deltas.examples[chosen] / deltas.examples[chosen].sum()
+        else:
+            coeffs[chosen] = 1.0 / len(chosen)
         own = {
             d: {"krum_score": float(scores[i]), "selected": float(i in chosen)}
             for i, d in enumerate(deltas.ids)
@@ -114,6 +129,10 @@ class MultiKrum(_KrumBase):
                 f"updates a round of this job may close with ({have})",
                 field="strategy.m",
             )
+
+    def _weighted(self) -> bool:
+        assert isinstance(self.job.strategy, MultiKrumParams)
+        return self.job.strategy.weighted
 
     def _m(self, n: int) -> int:
         assert isinstance(self.job.strategy, MultiKrumParams)

@@ -1,8 +1,10 @@
 """Robust federated aggregation, RFA (Pillutla, Kakade and Harchaoui, 2022, "Robust Aggregation for
 Federated Learning"): the geometric median of the deltas by the smoothed Weiszfeld algorithm.
 
-Starting from the mean ``v = Σ α_k Δ_k`` (``α_k = 1/n``: equal weights, so a device
-cannot buy influence by claiming examples), each iteration sets
+Starting from the mean ``v = Σ α_k Δ_k``, with ``α_k`` the round's server-owned weights
+as the paper's ``n_k / n`` (``weighted``, the default: the declared sizes the operator
+approved, capped at k × the median, never a device's own claim; or ``1/n``), each
+iteration sets
 
     β_k = α_k / max(ν, ‖v − Δ_k‖),    v ← Σ β_k Δ_k / Σ β_k.
 
@@ -30,6 +32,10 @@ class RFAParams(ByzantineParams):
     name: Literal["rfa"] = "rfa"
     iterations: int = Field(10, ge=1, le=1000, description="Smoothed Weiszfeld iterations T.")
     nu: float = Field(1e-6, gt=0, description="ν: the smoothing floor on distances.")
+    weighted: bool = Field(
+        True,
+        description="α_k: the round's server-owned weights, as in the paper (false: equal weights 1/n).",
+    )
 
 
 def weiszfeld(gram: F64, alpha: F64, nu: float, iterations: int) -> F64:
@@ -64,6 +70,7 @@ class RFA(RobustStrategy):
 
     def combine(self, state: StrategyState, deltas: Deltas) -> tuple[NDArrays, Scores, StrategyState]:
         p = self._params()
-        c = weiszfeld(deltas.gram(), np.full(deltas.n, 1.0 / deltas.n), p.nu, p.iterations)
+        alpha = deltas.examples if p.weighted else np.full(deltas.n, 1.0)
+        c = weiszfeld(deltas.gram(), alpha / alpha.sum(), p.nu, p.iterations)
         own = {d: {"weight": float(c[i])} for i, d in enumerate(deltas.ids)}
         return deltas.combine(c), own, state

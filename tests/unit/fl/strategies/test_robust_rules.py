@@ -65,6 +65,23 @@ def test_rfa() -> None:
     assert weiszfeld(gram, np.full(4, 0.25), 1e-6, 1).tolist() == pytest.approx([0.3, 0.3, 0.3, 0.1])
 
 
+def test_averaging_rules_weigh_what_they_keep_by_the_server_owned_weights() -> None:
+    # Weights 1, 3, 1, 1, 4 (what the server fixed; the outlier's weight buys it nothing it is not kept).
+    weighted = scalars(1, 2, 3, 4, 100, examples=[1, 3, 1, 1, 4])
+    # Multi-Krum keeps 1, 2, 3, 4: (1 + 6 + 3 + 4) / 6; the paper's plain mean is 2.5.
+    assert one_round(robust("multikrum", 5), weighted) == pytest.approx(14 / 6, abs=1e-6)
+    assert one_round(robust("multikrum", 5, weighted=False), weighted) == 2.5
+    # Bulyan (f = 1, n = 7) keeps 2, 3, 4 per coordinate: weights 3, 1, 1 give (6 + 3 + 4) / 5.
+    bulyan = scalars(1, 2, 3, 4, 5, 6, 1000, examples=[1, 3, 1, 1, 1, 1, 9])
+    assert one_round(robust("bulyan", 7), bulyan) == pytest.approx(13 / 5, abs=1e-6)
+    assert one_round(robust("bulyan", 7, weighted=False), bulyan) == 3.0
+    # RFA starts from the weighted mean: deltas 0, 0, 0, 10 with weights 1, 1, 1, 3 start at 5; the
+    # distances 5 (x4) give α / 5 and so the weighted mean again: 5 is a fixed point of one step.
+    rfa = scalars(0, 0, 0, 10, examples=[1, 1, 1, 3])
+    assert one_round(robust("rfa", 4, iterations=1), rfa) == pytest.approx(5.0, abs=1e-6)
+    assert one_round(robust("rfa", 4, iterations=1, weighted=False), rfa) == pytest.approx(1.0, abs=1e-6)
+
+
 def test_centered_clip_keeps_its_estimate_for_the_next_round() -> None:
     # τ = 1, from v = 0: (0.5 - 0.5 + clip(10) = 1) / 3.
     strategy = robust("centered_clip", 3, tau=1.0)
