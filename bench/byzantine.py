@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -449,6 +449,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, default=None, help="JSON lines, a line per cell (resumable).")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads.")
     p.add_argument("--services", nargs="*", metavar="ATTACK:DEFENCE", help="Cells through qflare demo.")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="Comma-separated seeds (e.g. 0,1,2,3,4): the matrix per seed, then every cell's mean over "
+        "them with the goals checked on the means (overrides --seed).",
+    )
     defaults = Settings()
     for name, value in asdict(defaults).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
@@ -459,9 +465,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     if args.services:
         return compare_services(args.services, s)
-    rows = run_matrix(s, _names(args.splits), _names(args.defences), _names(args.attacks), args.out)
-    m = matrix(rows)
+    seeds = [int(x) for x in _names(args.seeds)] if args.seeds else [s.seed]
+    per_seed = [matrix(run_matrix(replace(s, seed=seed), *grid(args), args.out)) for seed in seeds]
+    m = per_seed[0] if len(seeds) == 1 else mean_matrix(per_seed)
     summary = goals(m)
+    if len(seeds) > 1:
+        print(f"the mean of seeds {', '.join(map(str, seeds))} in every cell")
     print(render(m))
     print()
     for split, g in summary.items():
@@ -475,9 +484,47 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             lowest = f"lowest {b['lowest']} {100 * b['success']:.1f}%{unattacked}"
             print(f"  backdoor success < 5%: {b['met']} ({lowest})")
         print(f"  no defence loses > 1 point without attack: {g['no_attack_met']}")
-    result = {"settings": asdict(s), "matrix": m, "goals": summary}
+    result: dict[str, Any] = {"settings": asdict(s), "matrix": m, "goals": summary}
+    if len(seeds) > 1:
+        result["seeds"] = seeds
+        result["per_seed"] = [
+            {"seed": seed, "goals": goals(one)} for seed, one in zip(seeds, per_seed, strict=True)
+        ]
+        for split in summary:
+            met = {
+                name: sum(bool((g["goals"].get(split) or {}).get(key)) for g in result["per_seed"])
+                for name, key in (("untargeted", "untargeted_met"), ("no_attack", "no_attack_met"))
+            }
+            met["backdoor"] = sum(
+                bool(((g["goals"].get(split) or {}).get("backdoor") or {}).get("met"))
+                for g in result["per_seed"]
+            )
+            print(f"{split}: goals met per seed (of {len(seeds)}): {met}")
     print(json.dumps(result))
     return result
+
+
+def grid(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
+    return _names(args.splits), _names(args.defences), _names(args.attacks)
+
+
+def mean_matrix(
+    per_seed: Sequence[dict[str, dict[str, dict[str, dict[str, Any]]]]],
+) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
+    """Every cell's mean over the seeds' matrices (a cell that failed in any seed stays None)."""
+    out: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}
+    first = per_seed[0]
+    for split, table in first.items():
+        for defence, row in table.items():
+            for attack, cell in row.items():
+                cells = [m[split][defence][attack] for m in per_seed]
+                mean: dict[str, Any] = {}
+                for key in cell:
+                    values = [c.get(key) for c in cells]
+                    ok = [float(v) for v in values if v is not None]
+                    mean[key] = sum(ok) / len(ok) if len(ok) == len(values) else None
+                out.setdefault(split, {}).setdefault(defence, {})[attack] = mean
+    return out
 
 
 def compare_services(cells: Sequence[str], s: Settings) -> dict[str, Any]:

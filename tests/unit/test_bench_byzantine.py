@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.byzantine import Settings, goals, main, render, strategy
+from bench.byzantine import Settings, goals, main, mean_matrix, render, strategy
 
 
 def test_a_small_grid_writes_cells_resumes_and_ends_with_the_json(
@@ -62,3 +62,36 @@ def test_goals_are_computed_from_the_numbers() -> None:
     assert g["backdoor"]["clean_trigger_rate"] == 0.02
     assert g["no_attack_loss"] == {"fedavg": 0.0, "median": 0.015} and not g["no_attack_met"]
     assert "88.0/3.0" in render(m) and "89.0/90.0" in render(m)
+
+
+def test_seeds_give_each_cell_its_mean_and_the_goals_per_seed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cells.jsonl"
+    args = ["--splits", "iid", "--defences", "fedavg,median", "--attacks", "none"]
+    args += ["--devices", "20", "--fraction", "0.5", "--rounds", "1", "--out", str(out), "--seeds", "0,1"]
+    result = main(args)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["seeds"] == [0, 1] and [g["seed"] for g in result["per_seed"]] == [0, 1]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["settings"]["seed"], r["defence"]) for r in rows) == [
+        (0, "fedavg"),
+        (0, "median"),
+        (1, "fedavg"),
+        (1, "median"),
+    ]
+    for defence in ("fedavg", "median"):
+        both = [r["accuracy"] for r in rows if r["defence"] == defence]
+        assert result["matrix"]["iid"][defence]["none"]["accuracy"] == pytest.approx(sum(both) / 2)
+
+
+def test_a_cell_failed_in_any_seed_has_no_mean() -> None:
+    one = {
+        "iid": {"krum": {"none": {"accuracy": 0.8}, "backdoor": {"accuracy": 0.7, "backdoor_success": 0.1}}}
+    }
+    two = {
+        "iid": {"krum": {"none": {"accuracy": None}, "backdoor": {"accuracy": 0.9, "backdoor_success": 0.3}}}
+    }
+    m = mean_matrix([one, two])["iid"]["krum"]
+    assert m["none"] == {"accuracy": None}
+    assert m["backdoor"] == pytest.approx({"accuracy": 0.8, "backdoor_success": 0.2})
