@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,10 +87,10 @@ def test_seeds_give_each_cell_its_mean_and_the_goals_per_seed(
 
 
 def test_a_cell_failed_in_any_seed_has_no_mean() -> None:
-    one = {
+    one: dict[str, Any] = {
         "iid": {"krum": {"none": {"accuracy": 0.8}, "backdoor": {"accuracy": 0.7, "backdoor_success": 0.1}}}
     }
-    two = {
+    two: dict[str, Any] = {
         "iid": {"krum": {"none": {"accuracy": None}, "backdoor": {"accuracy": 0.9, "backdoor_success": 0.3}}}
     }
     m = mean_matrix([one, two])["iid"]["krum"]
