@@ -212,6 +212,7 @@ class RobustStrategy(Strategy):
             )
 
     def excluding(self, known_faulty: int) -> Strategy:
+        # A copy built from the job alone: a subclass whose constructor takes more must override this.
         params = self.job.strategy
         if known_faulty <= 0 or not isinstance(params, ByzantineParams) or params.num_byzantine == 0:
             return self
