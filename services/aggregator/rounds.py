@@ -229,7 +229,7 @@ def weigh_answer(
 def known_faulty(rnd: OpenRound) -> int:
     """Selected devices whose answer was a refusal proving them faulty (``KNOWN_FAULTY_REASONS``).
 
-    A device's own failed reply giving one of those reasons counts as well: an honest device never
-    sends one (it is told neither), so a device that does is faulty by its own word, and it sent
-    no update the rule could be misled by."""
+    A device's own failed reply giving one of those reasons counts as well: the edge never sends
+    one, and a device that does declares itself suspended or over its approved size, so it is
+    faulty by its own word, and it sent no update the rule could be misled by."""
     return sum(i.failure in KNOWN_FAULTY_REASONS for i in rnd.failed.values())
