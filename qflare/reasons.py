@@ -211,7 +211,8 @@ class Reason(StrEnum):
     OVER_CLAIM = (
         "over_claim",
         "aggregator",
-        "num_examples is above the dataset size the device declared at enrolment (the approved size).",
+        "num_examples is above the dataset size the device declared at enrolment (the approved size). "
+        "The refusal is also the device's answer to the round and spends one of a robust rule's f.",
     )
     UNDECLARED = (
         "undeclared",
@@ -221,7 +222,8 @@ class Reason(StrEnum):
     SUSPENDED = (
         "suspended",
         "aggregator, registry",
-        "The device is suspended (quarantined after repeated anomaly flags) until an operator reinstates it.",
+        "The device is suspended (quarantined after repeated anomaly flags) until an operator reinstates it. "
+        "In a round it was selected for, the refusal is its answer and spends one of a robust rule's f.",
     )
     DECLARED_EXAMPLES = (
         "declared_examples",
