@@ -276,21 +276,19 @@ class Simulation:
         mean, p10 = personal_summary(
             [u.metrics["personal_accuracy"] for u in updates if "personal_accuracy" in u.metrics]
         )
-        return RoundRecord(
-            round=round_no,
+        return self._record(
+            round_no,
+            began,
+            updates,
+            failed,
+            rejected,
             accuracy=accuracy,
             loss=loss,
-            train_loss=_train_loss(updates),
-            seconds=time.perf_counter() - began,
-            participants=len(updates),
-            failed=failed,
             personal_accuracy_mean=mean,
             personal_accuracy_p10=p10,
-            rejected=rejected,
             flags=flags,
             held=held,
             candidate_accuracy=candidate_accuracy,
-            suspended=len(self.watch.suspended),
         )
 
     def _unclosed(
@@ -299,17 +297,29 @@ class Simulation:
         accuracy = loss = None
         if self.evaluation is not None and self.job.builtin is not None:
             loss, accuracy = self.evaluation(self.job.builtin, self.weights)
+        return self._record(
+            round_no, began, updates, failed, rejected, accuracy=accuracy, loss=loss, unclosed=why
+        )
+
+    def _record(
+        self,
+        round_no: int,
+        began: float,
+        updates: Sequence[Update],
+        failed: int,
+        rejected: int,
+        **outcome: Any,
+    ) -> RoundRecord:
+        """The round's record: what every round reports, plus ``outcome`` (accuracy, flags, …)."""
         return RoundRecord(
             round=round_no,
-            accuracy=accuracy,
-            loss=loss,
             train_loss=_train_loss(updates),
             seconds=time.perf_counter() - began,
             participants=len(updates),
             failed=failed,
             rejected=rejected,
-            unclosed=why,
             suspended=len(self.watch.suspended),
+            **outcome,
         )
 
     def _gate_holds(self, accuracy: float) -> bool:
